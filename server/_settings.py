@@ -1,0 +1,64 @@
+"""The server's configuration: one frozen Settings, read once at start-up.
+
+Every field can be set by a flag (`--postgres-dsn`) or an environment
+variable (`FEATURESTORE_POSTGRES_DSN`); a flag wins over the environment,
+which wins over the default. Nothing below the composition root reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "FEATURESTORE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one server process."""
+
+    host: str = field(default="0.0.0.0", metadata={"help": "address the gRPC server binds"})  # noqa: S104
+    port: int = field(default=50051, metadata={"help": "gRPC port"})
+    postgres_dsn: str = field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        metadata={"help": "PostgreSQL connection string (registry and offline store)"},
+    )
+    postgres_pool_min: int = field(default=1, metadata={"help": "PostgreSQL pool: connections kept open"})
+    postgres_pool_max: int = field(default=10, metadata={"help": "PostgreSQL pool: most connections"})
+    postgres_timeout: float = field(default=5.0, metadata={"help": "seconds a PostgreSQL statement may take"})
+    startup_timeout: float = field(default=30.0, metadata={"help": "seconds to wait for PostgreSQL at start-up"})
+    health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
+    shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})
+    max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+    @classmethod
+    def load(cls, argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+        """Settings from command-line flags over environment variables over defaults."""
+        parser = argparse.ArgumentParser(prog="featurestore-server", description="Feature store gRPC server")
+        for f in dataclasses.fields(cls):
+            env = ENV_PREFIX + f.name.upper()
+            default: Any = f.default
+            if env in environ:
+                default = _parse(f.type, environ[env], env)
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                type=_TYPES[str(f.type)],
+                default=default,
+                help=f"{f.metadata['help']} (env {env}; default {f.default!r})",
+            )
+        return cls(**vars(parser.parse_args(list(argv))))
+
+
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def _parse(type_name: Any, raw: str, env: str) -> Any:
+    try:
+        return _TYPES[str(type_name)](raw)
+    except ValueError:
+        raise SystemExit(f"{env}={raw!r} is not a valid {type_name}") from None

@@ -1,0 +1,96 @@
+"""Conversion between the registry's protobuf messages and domain records."""
+
+from __future__ import annotations
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from featurestore.registry.v1 import feature_pb2 as pb
+from server.registry._model import Feature, FeatureGroup, Meta, SourceConfig, Transformation
+
+
+def _name(enum: EnumTypeWrapper, value: int) -> str:
+    """The enum value's name; an unknown number stays visible as its digits for validation to reject."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return str(value)
+
+
+def feature_from_proto(msg: pb.Feature) -> Feature:
+    """The definition a client sent; server fields (times, revision, etag) are ignored."""
+    sc = msg.source_config
+    return Feature(
+        name=msg.name,
+        entity_type=msg.entity_type,
+        value_type=_name(pb.ValueType, msg.value_type),
+        description=msg.description,
+        source=_name(pb.FeatureSource, msg.source),
+        category=_name(pb.FeatureCategory, msg.category),
+        frequency=_name(pb.FeatureFrequency, msg.frequency),
+        owner=msg.owner,
+        tags=tuple(msg.tags),
+        source_config=SourceConfig(sc.table, sc.filter, sc.entity_column, sc.timestamp_column),
+        transformations=tuple(Transformation(t.type, t.function, t.column) for t in msg.transformations),
+        max_age=msg.max_age.ToTimedelta() if msg.HasField("max_age") else None,
+    )
+
+
+def _set_meta(msg: pb.Feature | pb.FeatureGroup, name: str, meta: Meta | None) -> None:
+    if meta is None:
+        return
+    msg.revision = meta.revision
+    msg.etag = meta.etag(name)
+    msg.create_time.FromDatetime(meta.create_time)
+    msg.update_time.FromDatetime(meta.update_time)
+
+
+def feature_to_proto(f: Feature) -> pb.Feature:
+    """The full message, with server fields when the feature is stored."""
+    msg = pb.Feature(
+        name=f.name,
+        description=f.description,
+        entity_type=f.entity_type,
+        value_type=pb.ValueType.Value(f.value_type),
+        source=pb.FeatureSource.Value(f.source),
+        category=pb.FeatureCategory.Value(f.category),
+        frequency=pb.FeatureFrequency.Value(f.frequency),
+        owner=f.owner,
+        tags=f.tags,
+        source_config=pb.SourceConfig(
+            table=f.source_config.table,
+            filter=f.source_config.filter,
+            entity_column=f.source_config.entity_column,
+            timestamp_column=f.source_config.timestamp_column,
+        ),
+        transformations=[pb.Transformation(type=t.type, function=t.function, column=t.column) for t in f.transformations],
+    )
+    if f.max_age is not None:
+        msg.max_age.FromTimedelta(f.max_age)
+    _set_meta(msg, f.name, f.meta)
+    return msg
+
+
+def group_from_proto(msg: pb.FeatureGroup) -> FeatureGroup:
+    """The definition a client sent; server fields are ignored."""
+    return FeatureGroup(
+        name=msg.name,
+        entity_type=msg.entity_type,
+        feature_names=tuple(msg.feature_names),
+        description=msg.description,
+        owner=msg.owner,
+        tags=tuple(msg.tags),
+    )
+
+
+def group_to_proto(g: FeatureGroup) -> pb.FeatureGroup:
+    """The full message, with server fields when the group is stored."""
+    msg = pb.FeatureGroup(
+        name=g.name,
+        description=g.description,
+        feature_names=g.feature_names,
+        entity_type=g.entity_type,
+        owner=g.owner,
+        tags=g.tags,
+    )
+    _set_meta(msg, g.name, g.meta)
+    return msg

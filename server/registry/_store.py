@@ -1,0 +1,41 @@
+"""The registry's storage interface, in domain terms."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from server.registry._model import Feature, FeatureFilter, FeatureGroup, GroupFilter, Page
+
+
+class RegistryStore(Protocol):
+    """Durable storage of feature and group definitions.
+
+    Methods raise `server._errors.ServiceError` (NOT_FOUND, ALREADY_EXISTS,
+    ABORTED on a lost race, FAILED_PRECONDITION, UNAVAILABLE); driver errors
+    never escape. `expected_revision` makes a write conditional: it applies
+    only while the stored revision still equals it.
+    """
+
+    async def create_feature(self, feature: Feature) -> Feature: ...
+
+    async def get_feature(self, name: str) -> Feature: ...
+
+    async def list_features(self, flt: FeatureFilter, page_size: int, after: str) -> Page[Feature]: ...
+
+    async def replace_feature(self, feature: Feature, expected_revision: int) -> Feature: ...
+
+    async def delete_feature(self, name: str, expected_revision: int | None) -> None: ...
+
+    async def list_feature_revisions(self, name: str, page_size: int, after: str) -> Page[Feature]: ...
+
+    async def create_group(self, group: FeatureGroup) -> FeatureGroup: ...
+
+    async def get_group(self, name: str) -> FeatureGroup: ...
+
+    async def list_groups(self, flt: GroupFilter, page_size: int, after: str) -> Page[FeatureGroup]: ...
+
+    async def replace_group(self, group: FeatureGroup, expected_revision: int) -> FeatureGroup: ...
+
+    async def delete_group(self, name: str, expected_revision: int | None) -> None: ...
+
+    async def ping(self) -> None: ...

@@ -1,0 +1,131 @@
+"""Validation of registry definitions; every problem becomes a FieldViolation.
+
+Names are lowercase identifiers so that they are safe as Redis keys, column
+names and file names alike. Free text (descriptions, tags, owners) may hold
+any Unicode except control characters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from featurestore.registry.v1 import feature_pb2
+
+from server._errors import FieldViolation
+from server.registry._model import Feature, FeatureGroup
+
+NAME_MAX = 128
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_TEXT_MAX = {"description": 4096, "owner": 256, "filter": 4096, "column": 256, "tag": 64}
+TAGS_MAX = 64
+GROUP_FEATURES_MAX = 1000
+
+VALUE_TYPES = frozenset(feature_pb2.ValueType.keys()) - {"VALUE_TYPE_UNSPECIFIED"}
+SOURCES = frozenset(feature_pb2.FeatureSource.keys())
+CATEGORIES = frozenset(feature_pb2.FeatureCategory.keys())
+FREQUENCIES = frozenset(feature_pb2.FeatureFrequency.keys())
+
+
+def identifier_problem(value: str, *, required: bool = True, max_len: int = NAME_MAX) -> str | None:
+    """Why `value` is not a valid lowercase identifier, or None if it is."""
+    if not value:
+        return "is required" if required else None
+    if len(value) > max_len:
+        return f"must be at most {max_len} characters, got {len(value)}"
+    if not _IDENTIFIER.fullmatch(value):
+        return f"must be a lowercase identifier ([a-z][a-z0-9_]*), got {_preview(value)}"
+    return None
+
+
+def _preview(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def _text_problem(value: str, max_len: int) -> str | None:
+    if len(value) > max_len:
+        return f"must be at most {max_len} characters, got {len(value)}"
+    if _CONTROL.search(value):
+        return "must not contain control characters"
+    return None
+
+
+def _check(out: list[FieldViolation], path: str, problem: str | None) -> None:
+    if problem:
+        out.append(FieldViolation(path, problem))
+
+
+def _enum(out: list[FieldViolation], path: str, value: str, allowed: frozenset[str]) -> None:
+    if value not in allowed:
+        out.append(FieldViolation(path, f"unknown value {value}; expected one of {', '.join(sorted(allowed))}"))
+
+
+def _tags(out: list[FieldViolation], path: str, tags: Iterable[str]) -> None:
+    tags = list(tags)
+    if len(tags) > TAGS_MAX:
+        out.append(FieldViolation(path, f"at most {TAGS_MAX} tags, got {len(tags)}"))
+    for i, tag in enumerate(tags):
+        _check(out, f"{path}[{i}]", "must not be empty" if not tag.strip() else _text_problem(tag, _TEXT_MAX["tag"]))
+    if len(set(tags)) != len(tags):
+        out.append(FieldViolation(path, "must not repeat a tag"))
+
+
+def feature_violations(f: Feature, prefix: str = "feature") -> list[FieldViolation]:
+    """Every problem with a feature definition (empty when it is valid)."""
+    out: list[FieldViolation] = []
+    _check(out, f"{prefix}.name", identifier_problem(f.name))
+    _check(out, f"{prefix}.entity_type", identifier_problem(f.entity_type, max_len=64))
+    if f.value_type == "VALUE_TYPE_UNSPECIFIED":
+        out.append(FieldViolation(f"{prefix}.value_type", "is required"))
+    else:
+        _enum(out, f"{prefix}.value_type", f.value_type, VALUE_TYPES)
+    _enum(out, f"{prefix}.source", f.source, SOURCES)
+    _enum(out, f"{prefix}.category", f.category, CATEGORIES)
+    _enum(out, f"{prefix}.frequency", f.frequency, FREQUENCIES)
+    _check(out, f"{prefix}.description", _text_problem(f.description, _TEXT_MAX["description"]))
+    _check(out, f"{prefix}.owner", _text_problem(f.owner, _TEXT_MAX["owner"]))
+    _tags(out, f"{prefix}.tags", f.tags)
+    _source_config(out, f"{prefix}.source_config", f)
+    _transformations(out, f"{prefix}.transformations", f)
+    if f.max_age is not None and f.max_age.total_seconds() <= 0:
+        out.append(FieldViolation(f"{prefix}.max_age", "must be positive"))
+    return out
+
+
+def _source_config(out: list[FieldViolation], path: str, f: Feature) -> None:
+    sc = f.source_config
+    if sc.table and not _TABLE.fullmatch(sc.table):
+        out.append(FieldViolation(f"{path}.table", f"must be a table name like schema.table, got {_preview(sc.table)}"))
+    _check(out, f"{path}.filter", _text_problem(sc.filter, _TEXT_MAX["filter"]))
+    for column in ("entity_column", "timestamp_column"):
+        value = getattr(sc, column)
+        _check(out, f"{path}.{column}", value and _text_problem(value, _TEXT_MAX["column"]))
+
+
+def _transformations(out: list[FieldViolation], path: str, f: Feature) -> None:
+    for i, t in enumerate(f.transformations):
+        _check(out, f"{path}[{i}].type", identifier_problem(t.type, max_len=64))
+        _check(out, f"{path}[{i}].function", identifier_problem(t.function, required=False, max_len=64))
+        _check(out, f"{path}[{i}].column", _text_problem(t.column, _TEXT_MAX["column"]))
+
+
+def group_violations(g: FeatureGroup, prefix: str = "feature_group") -> list[FieldViolation]:
+    """Every problem with a group definition that can be seen without the database."""
+    out: list[FieldViolation] = []
+    _check(out, f"{prefix}.name", identifier_problem(g.name))
+    _check(out, f"{prefix}.entity_type", identifier_problem(g.entity_type, max_len=64))
+    _check(out, f"{prefix}.description", _text_problem(g.description, _TEXT_MAX["description"]))
+    _check(out, f"{prefix}.owner", _text_problem(g.owner, _TEXT_MAX["owner"]))
+    _tags(out, f"{prefix}.tags", g.tags)
+    names = g.feature_names
+    if not names:
+        out.append(FieldViolation(f"{prefix}.feature_names", "must name at least one feature"))
+    if len(names) > GROUP_FEATURES_MAX:
+        out.append(FieldViolation(f"{prefix}.feature_names", f"at most {GROUP_FEATURES_MAX} features"))
+    for i, name in enumerate(names[:GROUP_FEATURES_MAX]):
+        _check(out, f"{prefix}.feature_names[{i}]", identifier_problem(name))
+    if len(set(names)) != len(names):
+        out.append(FieldViolation(f"{prefix}.feature_names", "must not repeat a feature"))
+    return out
