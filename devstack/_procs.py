@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,15 +43,16 @@ class Proc:
     log: Path
     port: int
     extra: dict[str, object] = field(default_factory=dict)
+    stop_signal: int = signal.SIGTERM
 
     def running(self) -> bool:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        """Ask the server to shut down (its stop signal), then SIGKILL after `timeout` seconds."""
         if not self.running():
             return
-        self.popen.terminate()
+        self.popen.send_signal(self.stop_signal)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -71,7 +73,10 @@ class Proc:
 def _spawn(name: str, cmd: list[str], log: Path, port: int, **kwargs: object) -> Proc:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+        # A session of its own: Ctrl-C reaches only the supervisor, which stops the servers in order.
+        popen = subprocess.Popen(  # type: ignore[call-overload]
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs
+        )
     return Proc(name, popen, log, port)
 
 
@@ -118,6 +123,14 @@ def _pg_user() -> str | None:
     return PG_SYSTEM_USER
 
 
+def _as_user(user: str | None) -> dict[str, object]:
+    """Popen arguments that drop to `user` and its group (user= alone keeps root's group)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def _make_traversable(path: Path) -> None:
     for parent in [path, *path.parents]:
         parent.chmod(parent.stat().st_mode | 0o005)
@@ -133,7 +146,9 @@ def start_postgres(data_dir: Path, port: int, *, durable: bool = True) -> Proc:
         data_dir.chmod(0o700)
     if not (data_dir / "PG_VERSION").exists():
         initdb = [str(_pg_bin() / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-        subprocess.run(initdb, check=True, capture_output=True, user=user)
+        done = subprocess.run(initdb, capture_output=True, text=True, cwd=data_dir, **_as_user(user))
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     settings = ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"]
     if not durable:
         settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -142,7 +157,8 @@ def start_postgres(data_dir: Path, port: int, *, durable: bool = True) -> Proc:
     log.touch()
     if user:
         shutil.chown(log, user)
-    proc = _spawn("postgres", cmd, log, port, user=user)
+    proc = _spawn("postgres", cmd, log, port, **_as_user(user))
+    proc.stop_signal = signal.SIGINT  # "fast" shutdown: roll back open transactions, checkpoint, exit
     wait_for_port(proc)
     proc.extra["dsn"] = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     return proc

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
-
 _log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[None]]
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -28,7 +28,7 @@ def rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         except ServiceError as err:
             if err.code is grpc.StatusCode.UNAVAILABLE:
                 _log.warning("%s: %s", method.__name__, err.message)
-            await context.abort_with_status(err.to_status())
+            await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
             raise AssertionError("abort_with_status returned") from err  # pragma: no cover
 
     return wrapper

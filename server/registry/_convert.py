@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from typing import Any
 
 from featurestore.registry.v1 import feature_pb2 as pb
 from server.registry._model import Feature, FeatureGroup, Meta, SourceConfig, Transformation
 
 
-def _name(enum: EnumTypeWrapper, value: int) -> str:
+def _name(enum: Any, value: int) -> str:
     """The enum value's name; an unknown number stays visible as its digits for validation to reject."""
     try:
-        return enum.Name(value)
+        return str(enum.Name(value))
     except ValueError:
         return str(value)
 
@@ -62,7 +62,9 @@ def feature_to_proto(f: Feature) -> pb.Feature:
             entity_column=f.source_config.entity_column,
             timestamp_column=f.source_config.timestamp_column,
         ),
-        transformations=[pb.Transformation(type=t.type, function=t.function, column=t.column) for t in f.transformations],
+        transformations=[
+            pb.Transformation(type=t.type, function=t.function, column=t.column) for t in f.transformations
+        ],
     )
     if f.max_age is not None:
         msg.max_age.FromTimedelta(f.max_age)

@@ -9,15 +9,22 @@ and a feature cannot vanish under a group being created.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 import grpc
 
-from server._errors import ServiceError, already_exists, etag_mismatch, invalid_argument, not_found, unavailable
-from server._errors import FieldViolation
+from server._errors import (
+    FieldViolation,
+    ServiceError,
+    already_exists,
+    etag_mismatch,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
 from server._postgres import CONNECTION_ERRORS
 from server.registry._model import (
     Feature,
@@ -32,6 +39,8 @@ from server.registry._model import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Row = asyncpg.Record
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _COLUMNS = "name, definition, revision, create_time, update_time"
 # Statements per table; table names are constants, values always parameters.
@@ -56,7 +65,7 @@ def _statements(table: str) -> dict[str, str]:
 _SQL = {_FEATURES: _statements(_FEATURES), _GROUPS: _statements(_GROUPS)}
 
 
-def _translated(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn driver errors into ServiceErrors at the store's edge."""
 
     @functools.wraps(method)
@@ -90,11 +99,11 @@ def _feature_definition(f: Feature) -> dict[str, Any]:
     }
 
 
-def _meta(row: Mapping[str, Any]) -> Meta:
+def _meta(row: Row) -> Meta:
     return Meta(revision=row["revision"], create_time=row["create_time"], update_time=row["update_time"])
 
 
-def _feature_from_row(row: Mapping[str, Any]) -> Feature:
+def _feature_from_row(row: Row) -> Feature:
     d = row["definition"]
     max_age = d.get("max_age_seconds")
     return Feature(
@@ -124,7 +133,7 @@ def _group_definition(g: FeatureGroup) -> dict[str, Any]:
     }
 
 
-def _group_from_row(row: Mapping[str, Any]) -> FeatureGroup:
+def _group_from_row(row: Row) -> FeatureGroup:
     d = row["definition"]
     return FeatureGroup(
         name=row["name"],
@@ -137,7 +146,7 @@ def _group_from_row(row: Mapping[str, Any]) -> FeatureGroup:
     )
 
 
-async def _record(conn: asyncpg.Connection, kind: str, change: str, row: Mapping[str, Any]) -> None:
+async def _record(conn: Conn, kind: str, change: str, row: Row) -> None:
     await conn.execute(
         "INSERT INTO registry_revisions (kind, name, revision, change, definition, create_time, update_time) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -154,7 +163,7 @@ async def _record(conn: asyncpg.Connection, kind: str, change: str, row: Mapping
 
 def _filter_sql(clauses: list[tuple[str, str]], after: str, page_size: int) -> tuple[str, list[Any]]:
     """WHERE/ORDER/LIMIT for a keyset page; each clause applies only if its value is non-empty."""
-    conditions, args = ["name > $1"], [after]
+    conditions, args = ["name > $1"], list[Any]([after])
     for sql, value in clauses:
         if value:
             args.append(value)
@@ -272,7 +281,7 @@ class PostgresRegistryStore:
         )
 
     @staticmethod
-    async def _lost_race(conn: asyncpg.Connection, table: str, kind: str, name: str) -> ServiceError:
+    async def _lost_race(conn: Conn, table: str, kind: str, name: str) -> ServiceError:
         """The error for a conditional write that matched no row."""
         exists = await conn.fetchval(_SQL[table]["exists"], name)
         return etag_mismatch(kind, name) if exists else not_found(kind, name)
@@ -342,7 +351,7 @@ class PostgresRegistryStore:
             await _record(conn, "feature_group", "DELETE", row)
 
     @staticmethod
-    async def _set_members(conn: asyncpg.Connection, group: FeatureGroup) -> None:
+    async def _set_members(conn: Conn, group: FeatureGroup) -> None:
         """Insert the members after checking they exist with the group's entity type.
 
         FOR KEY SHARE keeps the features from being deleted until commit.
@@ -356,7 +365,9 @@ class PostgresRegistryStore:
         for i, feature_name in enumerate(group.feature_names):
             found = entity_types.get(feature_name)
             if found is None:
-                violations.append(FieldViolation(f"feature_group.feature_names[{i}]", f"feature {feature_name!r} does not exist"))
+                violations.append(
+                    FieldViolation(f"feature_group.feature_names[{i}]", f"feature {feature_name!r} does not exist")
+                )
             elif found != group.entity_type:
                 violations.append(
                     FieldViolation(

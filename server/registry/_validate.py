@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterable
 
 from featurestore.registry.v1 import feature_pb2
-
 from server._errors import FieldViolation
 from server.registry._model import Feature, FeatureGroup
 

@@ -31,8 +31,9 @@ def error_details(error: grpc.RpcError) -> ErrorDetails:
         if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             any_detail.Unpack(info)
-            details = ErrorDetails(details.code, details.message, info.reason, dict(info.metadata),
-                                   details.field_violations)
+            details = ErrorDetails(
+                details.code, details.message, info.reason, dict(info.metadata), details.field_violations
+            )
         elif any_detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             any_detail.Unpack(bad)

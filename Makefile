@@ -1,0 +1,44 @@
+# The two commands of the README: `make up` runs the stack, `make test` tests it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BUF    := .tools/node_modules/.bin/buf
+
+.PHONY: up test pytest lint gen check-gen buf-lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e clients/python -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
+
+up: venv
+	$(BIN)/python -m devstack up
+
+test: lint pytest
+
+pytest: venv
+	$(BIN)/python -m pytest
+
+lint: venv check-gen buf-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+gen: venv
+	$(BIN)/python tools/protogen.py
+
+check-gen: venv
+	$(BIN)/python tools/protogen.py --check
+
+buf-lint: $(BUF)
+	$(BUF) lint
+
+clean:
+	rm -rf .state

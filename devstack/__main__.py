@@ -1,0 +1,95 @@
+"""`python -m devstack up`: the whole system on loopback, until Ctrl-C.
+
+PostgreSQL, Valkey, the feature store server and Envoy run as child
+processes; their data and logs live in the state folder (default `.state/`)
+and survive restarts. The demo definitions are loaded on every start
+(existing ones are left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from devstack import _demo
+from devstack._procs import ROOT, Proc, start_envoy, start_postgres, start_server, start_valkey
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up"])
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("STATE_DIR", ROOT / ".state")))
+    parser.add_argument("--http-port", type=int, default=_env_int("HTTP_PORT", 8080))
+    parser.add_argument("--grpc-port", type=int, default=_env_int("GRPC_PORT", 50051))
+    parser.add_argument("--postgres-port", type=int, default=_env_int("POSTGRES_PORT", 15432))
+    parser.add_argument("--redis-port", type=int, default=_env_int("REDIS_PORT", 16379))
+    return parser.parse_args(argv)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
+    state: Path = args.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    postgres = start_postgres(state / "postgres", args.postgres_port)
+    procs.append(postgres)
+    print(f"  PostgreSQL  127.0.0.1:{postgres.port}")
+    procs.append(start_valkey(state / "valkey", args.redis_port))
+    print(f"  Valkey      127.0.0.1:{args.redis_port}")
+    server = start_server(state, args.grpc_port, str(postgres.extra["dsn"]))
+    procs.append(server)
+    print(f"  gRPC        127.0.0.1:{server.port}")
+    procs.append(start_envoy(state, args.http_port, server.port))
+    print(f"  REST+gRPC   http://localhost:{args.http_port}  (Envoy)")
+    created = _demo.load(f"127.0.0.1:{server.port}")
+    print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
+    print(f"  logs        {state}/*.log")
+
+
+def _watch(procs: list[Proc]) -> None:
+    while True:
+        for proc in procs:
+            if not proc.running():
+                print(f"{proc.name} exited with {proc.popen.returncode}; last log lines:\n{proc.log_tail()}")
+                return
+        time.sleep(0.5)
+
+
+def main(argv: list[str]) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    args = _parse(argv)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    procs: list[Proc] = []
+    print("starting the feature store stack:")
+    try:
+        _start_all(args, procs)
+        print("ready; press Ctrl-C to stop")
+        _watch(procs)
+        return 1
+    except _Stop:
+        return 0
+    finally:
+        print("stopping...")
+        for proc in reversed(procs):
+            proc.stop()
+        print("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,84 @@
+"""Session fixtures: real PostgreSQL, the server and Envoy on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from devstack._procs import Proc, free_port, start_envoy, start_postgres, start_server
+from featurestore import FeatureStoreClient
+from tests._http import Rest
+
+REGISTRY_TABLES = "registry_group_members, registry_feature_groups, registry_features, registry_revisions"
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def postgres(stack_dir: Path) -> Iterator[Proc]:
+    proc = start_postgres(stack_dir / "postgres", free_port(), durable=False)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres: Proc) -> str:
+    return str(postgres.extra["dsn"])
+
+
+@pytest.fixture(scope="session")
+def server(stack_dir: Path, postgres_dsn: str) -> Iterator[Proc]:
+    proc = start_server(stack_dir, free_port(), postgres_dsn, ["--health-interval", "0.2"])
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def envoy(stack_dir: Path, server: Proc) -> Iterator[Proc]:
+    proc = start_envoy(stack_dir, free_port(), server.port)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def grpc_target(server: Proc) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="session")
+def client(grpc_target: str) -> Iterator[FeatureStoreClient]:
+    with FeatureStoreClient(grpc_target) as c:
+        grpc.channel_ready_future(c.channel).result(timeout=10)
+        yield c
+
+
+@pytest.fixture(scope="session")
+def rest(envoy: Proc) -> Rest:
+    return Rest(f"http://127.0.0.1:{envoy.port}")
+
+
+def run_sql(dsn: str, sql: str) -> list[asyncpg.Record]:
+    """Run one statement on a fresh connection and return its rows."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def empty_registry(postgres_dsn: str, server: Proc) -> None:
+    """Every test that uses it starts from an empty registry."""
+    run_sql(postgres_dsn, f"TRUNCATE {REGISTRY_TABLES}")
