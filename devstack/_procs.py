@@ -20,6 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -60,9 +61,9 @@ class Proc:
             self.popen.wait()
 
     def kill(self) -> None:
-        """SIGKILL at once (a crash)."""
+        """SIGKILL the server and every process it started, at once (a crash)."""
         if self.running():
-            self.popen.kill()
+            os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: the group is all of it
             self.popen.wait()
 
     def log_tail(self, lines: int = 40) -> str:
@@ -123,7 +124,7 @@ def _pg_user() -> str | None:
     return PG_SYSTEM_USER
 
 
-def _as_user(user: str | None) -> dict[str, object]:
+def _as_user(user: str | None) -> dict[str, Any]:
     """Popen arguments that drop to `user` and its group (user= alone keeps root's group)."""
     if user is None:
         return {}

@@ -56,16 +56,17 @@ def feature_to_proto(f: Feature) -> pb.Feature:
         frequency=pb.FeatureFrequency.Value(f.frequency),
         owner=f.owner,
         tags=f.tags,
-        source_config=pb.SourceConfig(
-            table=f.source_config.table,
-            filter=f.source_config.filter,
-            entity_column=f.source_config.entity_column,
-            timestamp_column=f.source_config.timestamp_column,
-        ),
         transformations=[
             pb.Transformation(type=t.type, function=t.function, column=t.column) for t in f.transformations
         ],
     )
+    if f.source_config != SourceConfig():
+        sc = f.source_config
+        msg.source_config.CopyFrom(
+            pb.SourceConfig(
+                table=sc.table, filter=sc.filter, entity_column=sc.entity_column, timestamp_column=sc.timestamp_column
+            )
+        )
     if f.max_age is not None:
         msg.max_age.FromTimedelta(f.max_age)
     _set_meta(msg, f.name, f.meta)

@@ -247,7 +247,7 @@ class PostgresRegistryStore:
                     name,
                     expected_revision,
                 )
-            except asyncpg.ForeignKeyViolationError:
+            except (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError):
                 raise await self._feature_in_use(name) from None
             if row is None:
                 raise await self._lost_race(conn, _FEATURES, "feature", name)

