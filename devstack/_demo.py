@@ -8,14 +8,18 @@ so that the seed's curls, run in order, all succeed on a fresh stack.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from featurestore import FeatureStoreClient
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import value_pb2 as vpb
 
 _CUSTOMER: dict[str, Any] = {
     "entity_type": "customer",
@@ -100,6 +104,36 @@ def load(target: str) -> list[str]:
             if _create(functools.partial(client.registry.CreateFeatureGroup, request)):
                 created.append(group.name)
     return created
+
+
+# Recent values for the seed's example customers, so its feature-store curls show data.
+DEMO_VALUES = {
+    "customer123": {"customer_days_since_last_purchase": 3, "customer_purchase_frequency_30d": 4},
+    "customer456": {"customer_days_since_last_purchase": 12, "customer_purchase_frequency_30d": 1},
+    "customer789": {"customer_days_since_last_purchase": 40, "customer_purchase_frequency_30d": 0},
+}
+
+
+def load_values(target: str, timeout: float = 10.0) -> int:
+    """Write DEMO_VALUES as of now; waits until serving knows the demo features. Returns values written."""
+    event_time = timestamp_pb2.Timestamp()
+    event_time.GetCurrentTime()
+    rows = [
+        fs.EntityRow(
+            entity_id=entity, event_time=event_time, values={k: vpb.Value(int64_value=v) for k, v in values.items()}
+        )
+        for entity, values in DEMO_VALUES.items()
+    ]
+    request = fs.WriteFeaturesRequest(entity_type="customer", rows=rows)
+    deadline = time.monotonic() + timeout
+    with FeatureStoreClient(target) as client:
+        while True:
+            try:
+                return int(client.store.WriteFeatures(request).written_values)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.INVALID_ARGUMENT or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # the registry snapshot has not caught up yet
 
 
 def _create(call: Callable[[], object]) -> bool:

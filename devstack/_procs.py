@@ -186,9 +186,12 @@ def start_valkey(data_dir: Path, port: int, *, durable: bool = True, extra_args:
 # -- the feature store server -----------------------------------------------
 
 
-def start_server(state_dir: Path, port: int, postgres_dsn: str, extra_args: list[str] | None = None) -> Proc:
+def start_server(
+    state_dir: Path, port: int, postgres_dsn: str, redis_url: str, extra_args: list[str] | None = None
+) -> Proc:
     """`python -m server` on `port`; ready once it listens."""
-    cmd = [sys.executable, "-m", "server", "--port", str(port), "--postgres-dsn", postgres_dsn, "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "server", "--port", str(port), "--host", "127.0.0.1"]
+    cmd += ["--postgres-dsn", postgres_dsn, "--redis-url", redis_url]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = _spawn("server", [*cmd, *(extra_args or [])], state_dir / f"server-{port}.log", port, cwd=ROOT, env=env)
     wait_for_port(proc, timeout=60)

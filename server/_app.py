@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
@@ -13,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from featurestore.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from server import online
 from server._health import HealthMonitor
 from server._postgres import connect_and_migrate
 from server._settings import Settings
@@ -20,6 +22,7 @@ from server.registry import PostgresRegistryStore, RegistryServicer
 
 _log = logging.getLogger(__name__)
 REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 @dataclass
@@ -29,14 +32,19 @@ class App:
     server: grpc.aio.Server
     health: health_aio.HealthServicer
     pool: asyncpg.Pool
-    monitor_task: asyncio.Task[None]
+    online_store: online.RedisOnlineStore
     port: int
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, release the stores."""
         await self.health.enter_graceful_shutdown()
-        self.monitor_task.cancel()
         await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.online_store.close()
         await self.pool.close()
 
 
@@ -50,8 +58,7 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-async def start(settings: Settings) -> App:
-    """Connect the stores, register the services and start listening."""
+async def _registry(settings: Settings) -> tuple[asyncpg.Pool, PostgresRegistryStore]:
     pool = await connect_and_migrate(
         settings.postgres_dsn,
         timeout=settings.startup_timeout,
@@ -59,18 +66,45 @@ async def start(settings: Settings) -> App:
         max_size=settings.postgres_pool_max,
         command_timeout=settings.postgres_timeout,
     )
-    registry_store = PostgresRegistryStore(pool)
+    return pool, PostgresRegistryStore(pool)
+
+
+def _online(settings: Settings) -> online.RedisOnlineStore:
+    client = online.connect(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        max_connections=settings.redis_pool_max,
+        timeout=settings.redis_timeout,
+    )
+    return online.RedisOnlineStore(client, ttl_seconds=settings.online_ttl)
+
+
+async def start(settings: Settings) -> App:
+    """Connect the stores, register the services and start listening."""
+    pool, registry_store = await _registry(settings)
+    online_store = _online(settings)
+    catalog = online.Catalog()
+    refresher = online.CatalogRefresher(catalog, registry_store, settings.registry_refresh_interval)
+    await refresher.refresh()
+
     server = grpc.aio.server(options=_server_options(settings))
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry_store), server)
+    limits = online.Limits(max_values=settings.max_request_values)
+    server.add_generic_rpc_handlers((online.handler(online.OnlineServicer(catalog, online_store, limits)),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    service_names = [REGISTRY_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-    reflection.enable_server_reflection([*service_names, reflection.SERVICE_NAME], server)
+    services = [REGISTRY_SERVICE, online.SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(services, server)
+
     monitor = HealthMonitor(
-        health, {"postgresql": registry_store.ping}, {REGISTRY_SERVICE: ["postgresql"]}, settings.health_interval
+        health,
+        {"postgresql": registry_store.ping, "redis": online_store.ping},
+        {REGISTRY_SERVICE: ["postgresql"], online.SERVICE: ["redis"]},
+        settings.health_interval,
     )
     await monitor.check_once()
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     _log.info("serving gRPC on %s:%d", settings.host, port)
-    return App(server, health, pool, asyncio.create_task(monitor.run()), port)
+    tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(refresher.run())]
+    return App(server, health, pool, online_store, port, tasks)

@@ -31,6 +31,18 @@ class Settings:
     postgres_pool_max: int = field(default=10, metadata={"help": "PostgreSQL pool: most connections"})
     postgres_timeout: float = field(default=5.0, metadata={"help": "seconds a PostgreSQL statement may take"})
     startup_timeout: float = field(default=30.0, metadata={"help": "seconds to wait for PostgreSQL at start-up"})
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Redis/Valkey URL (online store)"})
+    redis_cluster: bool = field(default=False, metadata={"help": "treat redis_url as a Redis Cluster seed node"})
+    redis_pool_max: int = field(default=64, metadata={"help": "Redis connections per process"})
+    redis_timeout: float = field(default=0.5, metadata={"help": "seconds a Redis call may take"})
+    online_ttl: int = field(default=0, metadata={"help": "Redis TTL of an entity's key after a write; 0 = none"})
+    max_request_values: int = field(
+        default=100_000, metadata={"help": "most entities x features one read or write may hold"}
+    )
+    registry_refresh_interval: float = field(
+        default=0.5, metadata={"help": "seconds between checks for registry changes (serving snapshot)"}
+    )
+    workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
     health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})
     max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
@@ -54,7 +66,15 @@ class Settings:
         return cls(**vars(parser.parse_args(list(argv))))
 
 
-_TYPES = {"str": str, "int": int, "float": float}
+def _bool(raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+_TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": _bool}
 
 
 def _parse(type_name: Any, raw: str, env: str) -> Any:

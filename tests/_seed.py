@@ -73,3 +73,7 @@ def _complete(command: str) -> bool:
 
 def registry_curls() -> list[Curl]:
     return [c for c in curls() if "/api/feature-registry/" in c.command]
+
+
+def store_curls() -> list[Curl]:
+    return [c for c in curls() if "/api/feature-store/" in c.command]

@@ -10,7 +10,7 @@ import asyncpg
 import grpc
 import pytest
 
-from devstack._procs import Proc, free_port, start_envoy, start_postgres, start_server
+from devstack._procs import Proc, free_port, start_envoy, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient
 from tests._http import Rest
 
@@ -35,8 +35,23 @@ def postgres_dsn(postgres: Proc) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(stack_dir: Path, postgres_dsn: str) -> Iterator[Proc]:
-    proc = start_server(stack_dir, free_port(), postgres_dsn, ["--health-interval", "0.2"])
+def valkey(stack_dir: Path) -> Iterator[Proc]:
+    proc = start_valkey(stack_dir / "valkey", free_port(), durable=False)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(valkey: Proc) -> str:
+    return str(valkey.extra["url"])
+
+
+FAST_SERVER_ARGS = ["--health-interval", "0.2", "--registry-refresh-interval", "0.1"]
+
+
+@pytest.fixture(scope="session")
+def server(stack_dir: Path, postgres_dsn: str, redis_url: str) -> Iterator[Proc]:
+    proc = start_server(stack_dir, free_port(), postgres_dsn, redis_url, FAST_SERVER_ARGS)
     yield proc
     proc.stop()
 
@@ -82,3 +97,12 @@ def run_sql(dsn: str, sql: str) -> list[asyncpg.Record]:
 def empty_registry(postgres_dsn: str, server: Proc) -> None:
     """Every test that uses it starts from an empty registry."""
     run_sql(postgres_dsn, f"TRUNCATE {REGISTRY_TABLES}")
+
+
+@pytest.fixture
+def empty_online(redis_url: str) -> None:
+    """Every test that uses it starts from an empty online store."""
+    import redis
+
+    with redis.Redis.from_url(redis_url) as r:
+        r.flushall()

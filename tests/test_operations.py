@@ -14,9 +14,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack._procs import Proc, free_port, start_postgres, start_server
+from devstack._procs import Proc, free_port, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from tests.conftest import FAST_SERVER_ARGS
 
 REGISTRY = "featurestore.registry.v1.RegistryService"
 
@@ -67,17 +68,21 @@ def test_health_reports_each_service(grpc_target: str) -> None:
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[tuple[Proc, Proc]]:
-    """A PostgreSQL and server of this test's own, to break without harming others."""
+def own_stack(tmp_path: Path) -> Iterator[tuple[Proc, Proc, Proc]]:
+    """PostgreSQL, Valkey and a server of this test's own, to break without harming others."""
     postgres = start_postgres(tmp_path / "postgres", free_port())  # durable: it will be killed
-    server = start_server(tmp_path, free_port(), str(postgres.extra["dsn"]), ["--health-interval", "0.2"])
-    yield postgres, server
+    valkey = start_valkey(tmp_path / "valkey", free_port(), durable=False)
+    server = start_server(tmp_path, free_port(), str(postgres.extra["dsn"]), str(valkey.extra["url"]), FAST_SERVER_ARGS)
+    yield postgres, valkey, server
     server.stop()
+    valkey.stop()
     postgres.stop()
 
 
-def test_postgres_outage_gives_unavailable_fast_and_recovers(own_stack: tuple[Proc, Proc], tmp_path: Path) -> None:
-    postgres, server = own_stack
+def test_postgres_outage_gives_unavailable_fast_and_recovers(
+    own_stack: tuple[Proc, Proc, Proc], tmp_path: Path
+) -> None:
+    postgres, _, server = own_stack
     target = f"127.0.0.1:{server.port}"
     with FeatureStoreClient(target) as client:
         client.registry.ListFeatures(rs.ListFeaturesRequest(), timeout=5)
@@ -107,8 +112,8 @@ def _lists(client: FeatureStoreClient) -> bool:
     return True
 
 
-def test_sigterm_drains_and_exits_cleanly(own_stack: tuple[Proc, Proc]) -> None:
-    _, server = own_stack
+def test_sigterm_drains_and_exits_cleanly(own_stack: tuple[Proc, Proc, Proc]) -> None:
+    _, _, server = own_stack
     target = f"127.0.0.1:{server.port}"
     assert health_status(target) == health_pb2.HealthCheckResponse.SERVING
     server.popen.send_signal(signal.SIGTERM)

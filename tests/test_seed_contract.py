@@ -8,7 +8,7 @@ import pytest
 
 from devstack import _demo
 from tests._http import Rest
-from tests._seed import curls, registry_curls
+from tests._seed import curls, registry_curls, store_curls
 
 
 def assert_contains(actual: Any, expected: Any, path: str = "") -> None:
@@ -96,3 +96,25 @@ def test_create_twice_is_409_with_reason(rest: Rest, grpc_target: str) -> None:
     assert body["code"] == 6
     assert "already exists" in body["message"]
     assert body["details"][0]["reason"] == "FEATURE_ALREADY_EXISTS"
+
+
+@pytest.mark.usefixtures("empty_registry", "empty_online")
+def test_feature_store_curls_work_verbatim(rest: Rest, grpc_target: str) -> None:
+    _demo.load(grpc_target)
+    assert registry_curls()[0].run(rest.base_url)[0] == 200  # customer_total_purchases_30d
+    get_one, get_batch, _history = store_curls()
+    _demo.load_values(grpc_target)
+
+    status, one = get_one.run(rest.base_url)
+    assert status == 200, one
+    assert (one["entity_id"], one["entity_type"]) == ("customer123", "customer")
+    by_name = {f["name"]: f for f in one["features"]}
+    assert [f["name"] for f in one["features"]] == get_one.body()["feature_names"]
+    assert by_name["customer_total_purchases_30d"]["status"] == "NOT_FOUND"  # registered, never computed
+    assert by_name["customer_purchase_frequency_30d"]["status"] == "PRESENT"
+    assert by_name["customer_purchase_frequency_30d"]["value"] == {"int64_value": "4"}
+
+    status, batch = get_batch.run(rest.base_url)
+    assert status == 200, batch
+    assert [e["entity_id"] for e in batch["entities"]] == ["customer123", "customer456", "customer789"]
+    assert all(len(e["features"]) == 3 for e in batch["entities"])

@@ -188,6 +188,22 @@ class PostgresRegistryStore:
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
 
+    # -- snapshots for serving ----------------------------------------------
+
+    @_translated
+    async def registry_version(self) -> int:
+        """The newest revision id: it changes with every committed definition change."""
+        return int(await self._pool.fetchval("SELECT coalesce(max(id), 0) FROM registry_revisions"))
+
+    @_translated
+    async def registry_snapshot(self) -> tuple[int, list[Feature], list[FeatureGroup]]:
+        """Every definition and the version they are at, read consistently."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            version = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM registry_revisions"))
+            features = [_feature_from_row(r) for r in await conn.fetch(_SQL[_FEATURES]["list"])]
+            groups = [_group_from_row(r) for r in await conn.fetch(_SQL[_GROUPS]["list"])]
+        return version, features, groups
+
     # -- features -----------------------------------------------------------
 
     @_translated

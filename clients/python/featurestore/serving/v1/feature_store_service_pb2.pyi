@@ -209,7 +209,9 @@ class EntityFeatures(_message.Message):
     """The entity's id."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureValue]:
-        """One value per requested feature, in request order."""
+        """One value per requested feature, in request order. Field 3, as in
+        GetFeaturesResponse, so that the server frames stored values once for both.
+        """
 
     def __init__(
         self,
@@ -423,6 +425,64 @@ class WriteFeaturesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteFeaturesRequest: _TypeAlias = WriteFeaturesRequest  # noqa: Y015
+
+@_typing.final
+class PushFeaturesRequest(_message.Message):
+    """One batch of PushFeatures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_TYPE_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    entity_type: _builtins.str
+    """The entities' type; every feature must be of it."""
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntityRow]:
+        """The rows to write."""
+
+    def __init__(
+        self,
+        *,
+        entity_type: _builtins.str = ...,
+        rows: _abc.Iterable[Global___EntityRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_type", b"entity_type", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushFeaturesRequest: _TypeAlias = PushFeaturesRequest  # noqa: Y015
+
+@_typing.final
+class PushFeaturesResponse(_message.Message):
+    """Response of PushFeatures: totals over the whole stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITTEN_VALUES_FIELD_NUMBER: _builtins.int
+    SKIPPED_VALUES_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
+    written_values: _builtins.int
+    """How many feature values were written."""
+    skipped_values: _builtins.int
+    """How many were skipped because a newer value was already stored."""
+    batches: _builtins.int
+    """How many batches were received."""
+    def __init__(
+        self,
+        *,
+        written_values: _builtins.int = ...,
+        skipped_values: _builtins.int = ...,
+        batches: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "skipped_values", b"skipped_values", "written_values", b"written_values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushFeaturesResponse: _TypeAlias = PushFeaturesResponse  # noqa: Y015
 
 @_typing.final
 class WriteFeaturesResponse(_message.Message):

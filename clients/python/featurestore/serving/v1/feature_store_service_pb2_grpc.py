@@ -56,6 +56,11 @@ class FeatureStoreServiceStub:
                 request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesRequest.SerializeToString,
                 response_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesResponse.FromString,
                 _registered_method=True)
+        self.PushFeatures = channel.stream_unary(
+                '/featurestore.serving.v1.FeatureStoreService/PushFeatures',
+                request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.PushFeaturesRequest.SerializeToString,
+                response_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.PushFeaturesResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureStoreServiceServicer:
@@ -85,7 +90,18 @@ class FeatureStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WriteFeatures(self, request, context):
-        """Writes feature values of entities, online and to history.
+        """Writes feature values of entities. A value replaces the stored one only
+        if its event time is not older; writing the same rows again is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushFeatures(self, request_iterator, context):
+        """Writes a stream of batches (for streaming producers) and answers once
+        with the totals when the client closes the stream. Each batch is applied
+        as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
+        nothing of that batch written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +129,11 @@ def add_FeatureStoreServiceServicer_to_server(servicer, server):
                     servicer.WriteFeatures,
                     request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesRequest.FromString,
                     response_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesResponse.SerializeToString,
+            ),
+            'PushFeatures': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushFeatures,
+                    request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.PushFeaturesRequest.FromString,
+                    response_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.PushFeaturesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +246,33 @@ class FeatureStoreService:
             '/featurestore.serving.v1.FeatureStoreService/WriteFeatures',
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesRequest.SerializeToString,
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushFeatures(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/featurestore.serving.v1.FeatureStoreService/PushFeatures',
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.PushFeaturesRequest.SerializeToString,
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.PushFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,7 +42,15 @@ class FeatureStoreServiceStub:
     GetHistoricalFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]
     """Returns the history of features of one entity in a time range."""
     WriteFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]
-    """Writes feature values of entities, online and to history."""
+    """Writes feature values of entities. A value replaces the stored one only
+    if its event time is not older; writing the same rows again is harmless.
+    """
+    PushFeatures: _grpc.StreamUnaryMultiCallable[_feature_store_service_pb2.PushFeaturesRequest, _feature_store_service_pb2.PushFeaturesResponse]
+    """Writes a stream of batches (for streaming producers) and answers once
+    with the totals when the client closes the stream. Each batch is applied
+    as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
+    nothing of that batch written.
+    """
 
 @_typing.type_check_only
 class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
@@ -58,7 +66,15 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     GetHistoricalFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
     """Returns the history of features of one entity in a time range."""
     WriteFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]  # type: ignore[assignment]
-    """Writes feature values of entities, online and to history."""
+    """Writes feature values of entities. A value replaces the stored one only
+    if its event time is not older; writing the same rows again is harmless.
+    """
+    PushFeatures: _aio.StreamUnaryMultiCallable[_feature_store_service_pb2.PushFeaturesRequest, _feature_store_service_pb2.PushFeaturesResponse]  # type: ignore[assignment]
+    """Writes a stream of batches (for streaming producers) and answers once
+    with the totals when the client closes the stream. Each batch is applied
+    as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
+    nothing of that batch written.
+    """
 
 class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The Feature Store: latest values for inference (online, Redis) and value
@@ -95,6 +111,20 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _feature_store_service_pb2.WriteFeaturesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_feature_store_service_pb2.WriteFeaturesResponse, _abc.Awaitable[_feature_store_service_pb2.WriteFeaturesResponse]]:
-        """Writes feature values of entities, online and to history."""
+        """Writes feature values of entities. A value replaces the stored one only
+        if its event time is not older; writing the same rows again is harmless.
+        """
+
+    @_abc_1.abstractmethod
+    def PushFeatures(
+        self,
+        request_iterator: _MaybeAsyncIterator[_feature_store_service_pb2.PushFeaturesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_feature_store_service_pb2.PushFeaturesResponse, _abc.Awaitable[_feature_store_service_pb2.PushFeaturesResponse]]:
+        """Writes a stream of batches (for streaming producers) and answers once
+        with the totals when the client closes the stream. Each batch is applied
+        as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
+        nothing of that batch written.
+        """
 
 def add_FeatureStoreServiceServicer_to_server(servicer: FeatureStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

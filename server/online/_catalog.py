@@ -1,0 +1,178 @@
+"""An in-memory snapshot of the registry for serving: no request touches PostgreSQL.
+
+The snapshot is reloaded in the background whenever the registry's version
+(the newest revision id) changes, checked every `interval` seconds. Requests
+resolve their features through `plan()`, whose results are cached per
+snapshot, so a repeated request shape costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from server._errors import FieldViolation, invalid_argument
+from server.online import _codec
+from server.registry import Feature, FeatureGroup
+from server.registry._validate import identifier_problem
+
+_log = logging.getLogger(__name__)
+
+VALUE_KINDS = {
+    "FLOAT": "float_value",
+    "INT64": "int64_value",
+    "STRING": "string_value",
+    "BOOL": "bool_value",
+    "BYTES": "bytes_value",
+    "TIMESTAMP": "timestamp_value",
+    "FLOAT_LIST": "float_list_value",
+    "INT64_LIST": "int64_list_value",
+    "STRING_LIST": "string_list_value",
+    "BOOL_LIST": "bool_list_value",
+    "EMBEDDING": "embedding_value",
+}
+_PLAN_CACHE_MAX = 4096
+
+
+class RegistrySource(Protocol):
+    """Where snapshots come from (the registry store)."""
+
+    async def registry_version(self) -> int: ...
+
+    async def registry_snapshot(self) -> tuple[int, list[Feature], list[FeatureGroup]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServedFeature:
+    """What serving and writing need to know of one feature."""
+
+    name: str
+    field: bytes
+    entity_type: str
+    value_type: str
+    value_kind: str
+    max_age_micros: int | None
+    not_found: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A resolved request shape: the features, in response order."""
+
+    features: tuple[ServedFeature, ...]
+    fields: tuple[bytes, ...]
+    not_found: list[bytes]
+    _ages: tuple[int | None, ...]
+    _age_index: tuple[int, ...]
+
+    def cutoffs(self, now_micros: int) -> list[bytes]:
+        """The expiry cutoff of each feature at `now_micros`."""
+        per_age = [_codec.cutoff(now_micros, age) for age in self._ages]
+        return [per_age[i] for i in self._age_index]
+
+
+def _served(f: Feature) -> ServedFeature:
+    max_age = f.effective_max_age()
+    return ServedFeature(
+        name=f.name,
+        field=f.name.encode(),
+        entity_type=f.entity_type,
+        value_type=f.value_type,
+        value_kind=VALUE_KINDS[f.value_type],
+        max_age_micros=None if max_age is None else int(max_age.total_seconds() * 1_000_000),
+        not_found=_codec.not_found_frame(f.name),
+    )
+
+
+def _make_plan(features: list[ServedFeature]) -> Plan:
+    ages = tuple(dict.fromkeys(f.max_age_micros for f in features))
+    return Plan(
+        features=tuple(features),
+        fields=tuple(f.field for f in features),
+        not_found=[f.not_found for f in features],
+        _ages=ages,
+        _age_index=tuple(ages.index(f.max_age_micros) for f in features),
+    )
+
+
+class Catalog:
+    """The current registry snapshot and the request plans resolved against it."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.features: dict[str, ServedFeature] = {}
+        self.groups: dict[str, tuple[str, ...]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Plan] = {}
+
+    def replace(self, version: int, features: list[Feature], groups: list[FeatureGroup]) -> None:
+        """Swap in a new snapshot (one assignment each: readers never see a mix)."""
+        self.features = {f.name: _served(f) for f in features}
+        self.groups = {g.name: g.feature_names for g in groups}
+        self._plans = {}
+        self.version = version
+
+    def plan(self, entity_type: str, names: tuple[str, ...], groups: tuple[str, ...]) -> Plan:
+        """The features a read asks for; INVALID_ARGUMENT names each unknown or mismatched one."""
+        key = (entity_type, names, groups)
+        found = self._plans.get(key)
+        if found is None:
+            found = self._resolve(entity_type, names, groups)
+            if len(self._plans) >= _PLAN_CACHE_MAX:
+                self._plans = {}
+            self._plans[key] = found
+        return found
+
+    def _resolve(self, entity_type: str, names: tuple[str, ...], groups: tuple[str, ...]) -> Plan:
+        problem = identifier_problem(entity_type, max_len=64)
+        violations = [FieldViolation("entity_type", problem)] if problem else []
+        wanted = [(f"feature_names[{i}]", n) for i, n in enumerate(names)]
+        for i, group in enumerate(groups):
+            members = self.groups.get(group)
+            if members is None:
+                violations.append(FieldViolation(f"feature_groups[{i}]", f"feature group {group!r} does not exist"))
+            else:
+                wanted += [(f"feature_groups[{i}]", n) for n in members]
+        features = [self.resolve(path, name, entity_type, violations) for path, name in wanted]
+        if violations:
+            raise invalid_argument(violations)
+        return _make_plan([f for f in features if f is not None])
+
+    def resolve(self, path: str, name: str, entity_type: str, violations: list[FieldViolation]) -> ServedFeature | None:
+        """One feature by name, or None with a violation at `path`."""
+        feature = self.features.get(name)
+        if feature is None:
+            violations.append(FieldViolation(path, f"feature {name!r} does not exist"))
+        elif feature.entity_type != entity_type:
+            problem = f"feature {name!r} has entity_type {feature.entity_type!r}, not {entity_type!r}"
+            violations.append(FieldViolation(path, problem))
+            return None
+        return feature
+
+
+class CatalogRefresher:
+    """Keeps a Catalog equal to the registry, polling its version."""
+
+    def __init__(self, catalog: Catalog, source: RegistrySource, interval: float) -> None:
+        self._catalog = catalog
+        self._source = source
+        self._interval = interval
+
+    async def refresh(self) -> bool:
+        """Reload if the registry changed; True if a new snapshot was loaded."""
+        if await self._source.registry_version() == self._catalog.version:
+            return False
+        version, features, groups = await self._source.registry_snapshot()
+        self._catalog.replace(version, features, groups)
+        _log.info("registry snapshot %d: %d features, %d groups", version, len(features), len(groups))
+        return True
+
+    async def run(self) -> None:
+        """Refresh forever; failures keep the last snapshot and are retried."""
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot whatever happened
+                _log.warning("registry refresh failed, serving snapshot %d: %s", self._catalog.version, exc)

@@ -1,0 +1,110 @@
+"""The stored form of an online feature value, and response framing.
+
+A stored value is the 8-byte event time followed by the value *already
+framed* as field 3 of GetFeaturesResponse / EntityFeatures:
+
+    [event time: 8 bytes, big-endian, microseconds since the epoch + 2**63]
+    [0x1a][varint length][FeatureValue{name, value, event_time, status=PRESENT}]
+
+Serving then needs no protobuf work per value: a response is the
+concatenation of the stored bytes minus their first 8, and expiry is a bytes
+comparison of the stored value against an 8-byte cutoff (big-endian unsigned
+integers order like byte strings). Writers compare the same 8 bytes to keep
+the newest value.
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import value_pb2
+
+_BIAS = 1 << 63
+_TIME = struct.Struct(">Q")
+FEATURES_TAG = b"\x1a"  # field 3, length-delimited
+ENTITY_ID_TAG = b"\x0a"  # field 1, length-delimited
+ENTITY_TYPE_TAG = b"\x12"  # field 2 of GetFeaturesResponse
+BATCH_ENTITY_TYPE_TAG = b"\x0a"  # field 1 of BatchGetFeaturesResponse
+BATCH_ENTITIES_TAG = b"\x12"  # field 2 of BatchGetFeaturesResponse
+TIME_BYTES = _TIME.size
+NEVER_EXPIRES = b""  # every stored value compares >= this cutoff
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def frame(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return tag + varint(len(payload)) + payload
+
+
+def time_key(micros: int) -> bytes:
+    """The 8 bytes that order event times (also before 1970)."""
+    return _TIME.pack(micros + _BIAS)
+
+
+def micros_of(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.Timestamp) -> bytes:
+    """The stored bytes of one feature value."""
+    fv = fs.FeatureValue(name=name, value=value, event_time=event_time, status=fs.PRESENT)
+    return time_key(micros_of(event_time)) + frame(FEATURES_TAG, fv.SerializeToString())
+
+
+def not_found_frame(name: str) -> bytes:
+    """The framed FeatureValue for a feature with no stored value."""
+    return frame(FEATURES_TAG, fs.FeatureValue(name=name, status=fs.NOT_FOUND).SerializeToString())
+
+
+def expired_frame(stored: bytes) -> bytes:
+    """Re-frame a stored value with status EXPIRED (slow path: expired values are rare)."""
+    payload = fs.FeatureValue.FromString(_payload(stored))
+    payload.status = fs.EXPIRED
+    return frame(FEATURES_TAG, payload.SerializeToString())
+
+
+def _payload(stored: bytes) -> bytes:
+    """The serialized FeatureValue inside a stored value."""
+    pos, shift, length = TIME_BYTES + 1, 0, 0
+    while True:
+        byte = stored[pos]
+        length |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return stored[pos : pos + length]
+        shift += 7
+
+
+def cutoff(now_micros: int, max_age_micros: int | None) -> bytes:
+    """Stored values comparing below this are expired."""
+    return NEVER_EXPIRES if max_age_micros is None else time_key(now_micros - max_age_micros)
+
+
+def now_micros() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def assemble(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
+    """The framed FeatureValues of one entity, in request order."""
+    parts = []
+    for value, missing, limit in zip(stored, not_found, cutoffs, strict=True):
+        if value is None:
+            parts.append(missing)
+        elif value >= limit:
+            parts.append(value[TIME_BYTES:])
+        else:
+            parts.append(expired_frame(value))
+    return b"".join(parts)

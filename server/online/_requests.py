@@ -1,0 +1,89 @@
+"""Validation and encoding of online reads and writes (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server._errors import FieldViolation, invalid_argument
+from server.online import _codec
+from server.online._catalog import Catalog
+from server.online._redis import KeyWrite, entity_key
+from server.registry._validate import identifier_problem
+
+ENTITY_ID_MAX_BYTES = 256
+_VIOLATIONS_SHOWN = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-request bounds."""
+
+    max_values: int
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise invalid_argument(violations[:_VIOLATIONS_SHOWN])
+
+
+def entity_type_problem(entity_type: str) -> list[FieldViolation]:
+    problem = identifier_problem(entity_type, max_len=64)
+    return [FieldViolation("entity_type", problem)] if problem else []
+
+
+def entity_id_problem(path: str, entity_id: str) -> list[FieldViolation]:
+    if not entity_id:
+        return [FieldViolation(path, "is required")]
+    if len(entity_id.encode()) > ENTITY_ID_MAX_BYTES:
+        return [FieldViolation(path, f"must be at most {ENTITY_ID_MAX_BYTES} bytes")]
+    return []
+
+
+def check_read(entity_type: str, entity_ids: Sequence[str], n_features: int, limits: Limits, *, batch: bool) -> None:
+    """INVALID_ARGUMENT for a bad entity id or a request over the size limit (the plan checked the type)."""
+    violations: list[FieldViolation] = []
+    for i, entity_id in enumerate(entity_ids):
+        violations += entity_id_problem(f"entity_ids[{i}]" if batch else "entity_id", entity_id)
+    if n_features == 0:
+        violations.append(FieldViolation("feature_names", "name at least one feature or feature group"))
+    if len(entity_ids) * n_features > limits.max_values:
+        problem = f"asks for {len(entity_ids)} entities x {n_features} features; the limit is {limits.max_values}"
+        violations.append(FieldViolation("entity_ids", problem))
+    _raise_if(violations)
+
+
+def encode_rows(
+    catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits
+) -> tuple[list[KeyWrite], int]:
+    """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names every bad value."""
+    violations = entity_type_problem(entity_type)
+    total = sum(len(row.values) for row in rows)
+    if total > limits.max_values:
+        violations.append(FieldViolation("rows", f"holds {total} values; the limit is {limits.max_values}"))
+    _raise_if(violations)
+    writes = [_encode_row(catalog, entity_type, i, row, violations) for i, row in enumerate(rows)]
+    _raise_if(violations)
+    return writes, total
+
+
+def _encode_row(
+    catalog: Catalog, entity_type: str, i: int, row: fs.EntityRow, violations: list[FieldViolation]
+) -> KeyWrite:
+    violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
+    if not row.HasField("event_time"):
+        violations.append(FieldViolation(f"rows[{i}].event_time", "is required"))
+    values = []
+    for name, value in row.values.items():
+        path = f"rows[{i}].values[{name}]"
+        feature = catalog.resolve(path, name, entity_type, violations)
+        if feature is None:
+            continue
+        kind = value.WhichOneof("kind")
+        if kind != feature.value_kind:
+            problem = f"feature {name!r} is {feature.value_type}: set {feature.value_kind}, not {kind or 'nothing'}"
+            violations.append(FieldViolation(path, problem))
+            continue
+        values.append((feature.field, _codec.encode_stored(name, value, row.event_time)))
+    return KeyWrite(entity_key(entity_type, row.entity_id), values)

@@ -1,0 +1,102 @@
+"""The FeatureStoreService's online methods: reads from and writes to the online store.
+
+Reads answer pre-encoded bytes (see _codec): the handlers are registered with
+no response serializer, so the bytes go to the wire as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server._rpc import rpc
+from server.online import _codec
+from server.online._catalog import Catalog
+from server.online._redis import entity_key
+from server.online._requests import Limits, check_read, encode_rows
+from server.online._store import OnlineStore
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE = fs.DESCRIPTOR.services_by_name["FeatureStoreService"].full_name
+
+
+class OnlineServicer:
+    """GetFeatures, BatchGetFeatures, WriteFeatures and PushFeatures."""
+
+    def __init__(self, catalog: Catalog, store: OnlineStore, limits: Limits) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._limits = limits
+
+    @rpc
+    async def GetFeatures(self, request: fs.GetFeaturesRequest, context: Context) -> bytes:
+        entity_type, entity_id = request.entity_type, request.entity_id
+        plan = self._catalog.plan(entity_type, tuple(request.feature_names), tuple(request.feature_groups))
+        check_read(entity_type, (entity_id,), len(plan.fields), self._limits, batch=False)
+        stored = await self._store.read([entity_key(entity_type, entity_id)], plan.fields)
+        features = _codec.assemble(stored, plan.not_found, plan.cutoffs(_codec.now_micros()))
+        head = _codec.frame(_codec.ENTITY_ID_TAG, entity_id.encode())
+        return head + _codec.frame(_codec.ENTITY_TYPE_TAG, entity_type.encode()) + features
+
+    @rpc
+    async def BatchGetFeatures(self, request: fs.BatchGetFeaturesRequest, context: Context) -> bytes:
+        entity_type, entity_ids = request.entity_type, list(request.entity_ids)
+        plan = self._catalog.plan(entity_type, tuple(request.feature_names), tuple(request.feature_groups))
+        check_read(entity_type, entity_ids, len(plan.fields), self._limits, batch=True)
+        parts = [_codec.frame(_codec.BATCH_ENTITY_TYPE_TAG, entity_type.encode())]
+        if entity_ids:
+            keys = [entity_key(entity_type, e) for e in entity_ids]
+            stored = await self._store.read(keys, plan.fields)
+            cutoffs, width = plan.cutoffs(_codec.now_micros()), len(plan.fields)
+            for i, entity_id in enumerate(entity_ids):
+                values = _codec.assemble(stored[i * width : (i + 1) * width], plan.not_found, cutoffs)
+                entity = _codec.frame(_codec.ENTITY_ID_TAG, entity_id.encode()) + values
+                parts.append(_codec.frame(_codec.BATCH_ENTITIES_TAG, entity))
+        return b"".join(parts)
+
+    @rpc
+    async def WriteFeatures(self, request: fs.WriteFeaturesRequest, context: Context) -> fs.WriteFeaturesResponse:
+        written, total = await self._write(request.entity_type, request.rows)
+        return fs.WriteFeaturesResponse(written_values=written, skipped_values=total - written)
+
+    @rpc
+    async def PushFeatures(
+        self, requests: AsyncIterator[fs.PushFeaturesRequest], context: Context
+    ) -> fs.PushFeaturesResponse:
+        response = fs.PushFeaturesResponse()
+        async for request in requests:
+            written, total = await self._write(request.entity_type, request.rows)
+            response.written_values += written
+            response.skipped_values += total - written
+            response.batches += 1
+        return response
+
+    async def _write(self, entity_type: str, rows: Any) -> tuple[int, int]:
+        writes, total = encode_rows(self._catalog, entity_type, rows, self._limits)
+        return await self._store.write(writes), total
+
+
+def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """The service's method handlers; reads return bytes that need no serializer."""
+    methods = {
+        "GetFeatures": grpc.unary_unary_rpc_method_handler(
+            servicer.GetFeatures, request_deserializer=fs.GetFeaturesRequest.FromString
+        ),
+        "BatchGetFeatures": grpc.unary_unary_rpc_method_handler(
+            servicer.BatchGetFeatures, request_deserializer=fs.BatchGetFeaturesRequest.FromString
+        ),
+        "WriteFeatures": grpc.unary_unary_rpc_method_handler(
+            servicer.WriteFeatures,
+            request_deserializer=fs.WriteFeaturesRequest.FromString,
+            response_serializer=fs.WriteFeaturesResponse.SerializeToString,
+        ),
+        "PushFeatures": grpc.stream_unary_rpc_method_handler(
+            servicer.PushFeatures,
+            request_deserializer=fs.PushFeaturesRequest.FromString,
+            response_serializer=fs.PushFeaturesResponse.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
