@@ -242,3 +242,37 @@ def _wait_ready(proc: Proc, admin_port: int, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"envoy not ready within {timeout}s:\n{proc.log_tail()}")
+
+
+def start_valkey_cluster(data_dir: Path, nodes: int = 3, timeout: float = 30.0) -> list[Proc]:
+    """A Redis Cluster of `nodes` primaries on loopback, the 16384 slots split evenly between them."""
+    import redis
+
+    procs = []
+    for n in range(nodes):
+        port, bus_port = free_port(), free_port()  # the default bus port, port + 10000, may not exist
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+        proc = start_valkey(
+            data_dir / f"node{n}", port, durable=False, extra_args=[*extra, "--cluster-port", str(bus_port)]
+        )
+        proc.extra["bus_port"] = bus_port
+        procs.append(proc)
+    clients: list[Any] = [redis.Redis(port=p.port) for p in procs]
+    bounds = [16384 * n // nodes for n in range(nodes + 1)]
+    for n, client in enumerate(clients):
+        client.execute_command("CLUSTER ADDSLOTSRANGE", bounds[n], bounds[n + 1] - 1)
+    for proc in procs[1:]:
+        clients[0].execute_command("CLUSTER MEET", "127.0.0.1", proc.port, proc.extra["bus_port"])
+    deadline = time.monotonic() + timeout
+    while not all(_cluster_ok(c, nodes) for c in clients):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the Valkey cluster did not form")
+        time.sleep(0.1)
+    for client in clients:
+        client.close()
+    return procs
+
+
+def _cluster_ok(client: Any, nodes: int) -> bool:
+    info = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
+    return bool(info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == nodes)

@@ -1,4 +1,9 @@
-"""`python -m server`: run the feature store gRPC server until SIGTERM/SIGINT."""
+"""`python -m server`: run the feature store gRPC server until SIGTERM/SIGINT.
+
+With `--workers N` (N > 1) this process supervises N worker processes that
+share the port through SO_REUSEPORT, forwards SIGTERM/SIGINT to them and
+restarts a worker that dies.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,14 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 
 from server._app import start
 from server._settings import Settings
+
+_log = logging.getLogger("server")
 
 
 async def _run(settings: Settings) -> None:
@@ -19,13 +28,46 @@ async def _run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = await start(settings)
     await stop.wait()
-    logging.getLogger("server").info("draining (grace %.1fs)", settings.shutdown_grace)
+    _log.info("draining (grace %.1fs)", settings.shutdown_grace)
     await app.stop(settings.shutdown_grace)
+
+
+class _Supervisor:
+    """Runs `count` copies of this server as child processes."""
+
+    def __init__(self, argv: list[str], count: int) -> None:
+        self._cmd = [sys.executable, "-m", "server", *argv, "--workers", "1"]
+        self._workers = [self._spawn() for _ in range(count)]
+        self._stopping = False
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._cmd)
+
+    def stop(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+        for worker in self._workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    def run(self) -> int:
+        while not self._stopping:
+            for i, worker in enumerate(self._workers):
+                if worker.poll() is not None and not self._stopping:
+                    _log.error("worker %d exited with %s; restarting it", worker.pid, worker.returncode)
+                    time.sleep(0.5)
+                    self._workers[i] = self._spawn()
+            time.sleep(0.2)
+        return max(worker.wait() for worker in self._workers)
 
 
 def main() -> None:
     settings = Settings.load(sys.argv[1:], os.environ)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        supervisor = _Supervisor(sys.argv[1:], settings.workers)
+        signal.signal(signal.SIGTERM, supervisor.stop)
+        signal.signal(signal.SIGINT, supervisor.stop)
+        sys.exit(supervisor.run())
     asyncio.run(_run(settings))
 
 
