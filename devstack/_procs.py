@@ -246,8 +246,6 @@ def _wait_ready(proc: Proc, admin_port: int, timeout: float = 30.0) -> None:
 
 def start_valkey_cluster(data_dir: Path, nodes: int = 3, timeout: float = 30.0) -> list[Proc]:
     """A Redis Cluster of `nodes` primaries on loopback, the 16384 slots split evenly between them."""
-    import redis
-
     procs = []
     for n in range(nodes):
         port, bus_port = free_port(), free_port()  # the default bus port, port + 10000, may not exist
@@ -257,6 +255,20 @@ def start_valkey_cluster(data_dir: Path, nodes: int = 3, timeout: float = 30.0) 
         )
         proc.extra["bus_port"] = bus_port
         procs.append(proc)
+    try:
+        _form_cluster(procs, timeout)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    return procs
+
+
+def _form_cluster(procs: list[Proc], timeout: float) -> None:
+    """Give each node an equal share of the slots and introduce them to each other."""
+    import redis
+
+    nodes = len(procs)
     clients: list[Any] = [redis.Redis(port=p.port) for p in procs]
     bounds = [16384 * n // nodes for n in range(nodes + 1)]
     for n, client in enumerate(clients):
@@ -270,7 +282,6 @@ def start_valkey_cluster(data_dir: Path, nodes: int = 3, timeout: float = 30.0) 
         time.sleep(0.1)
     for client in clients:
         client.close()
-    return procs
 
 
 def _cluster_ok(client: Any, nodes: int) -> bool:

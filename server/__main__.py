@@ -68,7 +68,12 @@ def main() -> None:
         signal.signal(signal.SIGTERM, supervisor.stop)
         signal.signal(signal.SIGINT, supervisor.stop)
         sys.exit(supervisor.run())
-    asyncio.run(_run(settings))
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_run(settings))
+    else:
+        asyncio.run(_run(settings))
 
 
 if __name__ == "__main__":

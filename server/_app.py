@@ -73,7 +73,7 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
     client = online.connect(
         settings.redis_url,
         cluster=settings.redis_cluster,
-        max_connections=settings.redis_pool_max,
+        connections=settings.redis_connections,
         timeout=settings.redis_timeout,
     )
     return online.RedisOnlineStore(client, ttl_seconds=settings.online_ttl)

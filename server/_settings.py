@@ -33,7 +33,9 @@ class Settings:
     startup_timeout: float = field(default=30.0, metadata={"help": "seconds to wait for PostgreSQL at start-up"})
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Redis/Valkey URL (online store)"})
     redis_cluster: bool = field(default=False, metadata={"help": "treat redis_url as a Redis Cluster seed node"})
-    redis_pool_max: int = field(default=64, metadata={"help": "Redis connections per process"})
+    redis_connections: int = field(
+        default=4, metadata={"help": "pipelined Redis connections per process (a cluster: 16x per node, pooled)"}
+    )
     redis_timeout: float = field(default=0.5, metadata={"help": "seconds a Redis call may take"})
     online_ttl: int = field(default=0, metadata={"help": "Redis TTL of an entity's key after a write; 0 = none"})
     max_request_values: int = field(
@@ -42,6 +44,7 @@ class Settings:
     registry_refresh_interval: float = field(
         default=0.5, metadata={"help": "seconds between checks for registry changes (serving snapshot)"}
     )
+    event_loop: str = field(default="uvloop", metadata={"help": "uvloop (faster) or asyncio"})
     workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
     health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})

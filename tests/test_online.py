@@ -270,3 +270,32 @@ def test_rest_write_and_read_shapes(client: FeatureStoreClient, rest: Rest) -> N
     assert features[1]["value"] == {"int64_value": "7"}
     assert features[0]["event_time"] == "2026-01-01T00:00:00Z"
     assert features[0]["status"] in {"PRESENT", "EXPIRED"}
+
+
+def test_rest_json_equals_the_grpc_response_rendered_as_json(client: FeatureStoreClient, rest: Rest) -> None:
+    from google.protobuf import json_format
+
+    for name, value_type, _ in TYPED_VALUES:
+        register(client, name, value_type, max_age=timedelta(hours=1))
+    register(client, "unwritten", pb.FLOAT)
+    names = [name for name, _, _ in TYPED_VALUES] + ["unwritten"]
+    wait_servable(client, "customer", *names)
+    values = {n: v for n, _, v in TYPED_VALUES}
+    write(client, [row("fresh", ago(minutes=5), **values), row("stale", ago(hours=2), **values)])
+    for entity in ("fresh", "stale", "nobody"):
+        request = fs.GetFeaturesRequest(entity_type="customer", entity_id=entity, feature_names=names)
+        expected = json_format.MessageToDict(client.store.GetFeatures(request), preserving_proto_field_name=True)
+        got = rest.post(
+            "/api/feature-store/features", json_format.MessageToDict(request, preserving_proto_field_name=True)
+        )
+        assert got.status == 200, got.text
+        assert got.headers["content-type"] == "application/json"
+        assert got.json() == expected, entity
+    batch = fs.BatchGetFeaturesRequest(
+        entity_type="customer", entity_ids=["fresh", "nobody", "stale"], feature_names=names
+    )
+    expected = json_format.MessageToDict(client.store.BatchGetFeatures(batch), preserving_proto_field_name=True)
+    got = rest.post(
+        "/api/feature-store/batch-features", json_format.MessageToDict(batch, preserving_proto_field_name=True)
+    )
+    assert got.json() == expected

@@ -55,6 +55,8 @@ class ServedFeature:
     value_kind: str
     max_age_micros: int | None
     not_found: bytes
+    json_field: bytes
+    not_found_json: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,8 @@ class Plan:
     features: tuple[ServedFeature, ...]
     fields: tuple[bytes, ...]
     not_found: list[bytes]
+    json_fields: tuple[bytes, ...]
+    not_found_json: list[bytes]
     _ages: tuple[int | None, ...]
     _age_index: tuple[int, ...]
 
@@ -83,6 +87,8 @@ def _served(f: Feature) -> ServedFeature:
         value_kind=VALUE_KINDS[f.value_type],
         max_age_micros=None if max_age is None else int(max_age.total_seconds() * 1_000_000),
         not_found=_codec.not_found_frame(f.name),
+        json_field=f.name.encode() + _codec.JSON_FIELD_SUFFIX,
+        not_found_json=_codec.not_found_json(f.name),
     )
 
 
@@ -92,6 +98,8 @@ def _make_plan(features: list[ServedFeature]) -> Plan:
         features=tuple(features),
         fields=tuple(f.field for f in features),
         not_found=[f.not_found for f in features],
+        json_fields=tuple(f.json_field for f in features),
+        not_found_json=[f.not_found_json for f in features],
         _ages=ages,
         _age_index=tuple(ages.index(f.max_age_micros) for f in features),
     )

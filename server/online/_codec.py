@@ -11,14 +11,21 @@ concatenation of the stored bytes minus their first 8, and expiry is a bytes
 comparison of the stored value against an 8-byte cutoff (big-endian unsigned
 integers order like byte strings). Writers compare the same 8 bytes to keep
 the newest value.
+
+Each value is stored a second time, under the field ``<feature>:j``, as its
+JSON rendering (proto3 JSON mapping, original field names, ``status`` last)
+behind the same 8-byte time, so REST responses are concatenations too and the
+gateway passes them through (google.api.HttpBody) instead of re-encoding.
 """
 
 from __future__ import annotations
 
+import json
 import struct
-from datetime import UTC, datetime
+import time
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
@@ -32,6 +39,11 @@ BATCH_ENTITY_TYPE_TAG = b"\x0a"  # field 1 of BatchGetFeaturesResponse
 BATCH_ENTITIES_TAG = b"\x12"  # field 2 of BatchGetFeaturesResponse
 TIME_BYTES = _TIME.size
 NEVER_EXPIRES = b""  # every stored value compares >= this cutoff
+JSON_FIELD_SUFFIX = b":j"
+FIELDS_PER_VALUE = 2  # the protobuf form and the JSON form
+_PRESENT_TAIL = b'"PRESENT"}'
+_EXPIRED_TAIL = b'"EXPIRED"}'
+_HTTP_BODY_HEAD = b"\x0a\x10application/json"  # HttpBody.content_type
 
 
 def varint(n: int) -> bytes:
@@ -58,15 +70,33 @@ def micros_of(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
-def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.Timestamp) -> bytes:
-    """The stored bytes of one feature value."""
+def to_json(message: Message) -> bytes:
+    """Compact proto3 JSON with the original field names, as the gateway prints it."""
+    as_dict = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps(as_dict, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.Timestamp) -> tuple[bytes, bytes]:
+    """The stored bytes of one feature value: (protobuf form, JSON form)."""
     fv = fs.FeatureValue(name=name, value=value, event_time=event_time, status=fs.PRESENT)
-    return time_key(micros_of(event_time)) + frame(FEATURES_TAG, fv.SerializeToString())
+    when = time_key(micros_of(event_time))
+    return when + frame(FEATURES_TAG, fv.SerializeToString()), when + to_json(fv)
 
 
 def not_found_frame(name: str) -> bytes:
     """The framed FeatureValue for a feature with no stored value."""
     return frame(FEATURES_TAG, fs.FeatureValue(name=name, status=fs.NOT_FOUND).SerializeToString())
+
+
+def not_found_json(name: str) -> bytes:
+    """The JSON FeatureValue for a feature with no stored value."""
+    return to_json(fs.FeatureValue(name=name, status=fs.NOT_FOUND))
+
+
+def expired_json(stored: bytes) -> bytes:
+    """A stored JSON value with its status (the last member) set to EXPIRED."""
+    assert stored.endswith(_PRESENT_TAIL), stored[-40:]
+    return stored[TIME_BYTES : -len(_PRESENT_TAIL)] + _EXPIRED_TAIL
 
 
 def expired_frame(stored: bytes) -> bytes:
@@ -94,7 +124,29 @@ def cutoff(now_micros: int, max_age_micros: int | None) -> bytes:
 
 
 def now_micros() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
+    return time.time_ns() // 1000
+
+
+def assemble_json(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
+    """The JSON FeatureValues of one entity, comma-separated, in request order."""
+    parts = []
+    for value, missing, limit in zip(stored, not_found, cutoffs, strict=True):
+        if value is None:
+            parts.append(missing)
+        elif value >= limit:
+            parts.append(value[TIME_BYTES:])
+        else:
+            parts.append(expired_json(value))
+    return b",".join(parts)
+
+
+def json_string(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
+def http_body(data: bytes) -> bytes:
+    """A serialized google.api.HttpBody holding JSON."""
+    return _HTTP_BODY_HEAD + frame(b"\x12", data)
 
 
 def assemble(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:

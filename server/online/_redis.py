@@ -12,9 +12,12 @@ Round trips
 -----------
 Reading one entity is one HMGET. Reading many is one EVALSHA of a script that
 runs HMGET per key server-side and returns one flat array, so a request costs
-one round trip and one reply parse whatever its size. In a cluster the keys
-are grouped by hash slot (a script may only touch one slot) and the groups go
-out in one pipeline, one round trip per node, the nodes in parallel.
+one round trip and one reply parse whatever its size. Standalone servers are
+reached through the pipelining client in ``_resp`` (requests of concurrent
+calls share a few connections). In a cluster (redis-py's cluster client) the
+keys are grouped by hash slot (a script may only touch one slot) and the
+groups go out in one pipeline, one round trip per node, the nodes in
+parallel.
 
 Writes are a script too: a value replaces the stored one only if its event
 time is not older (compared on the 8 leading bytes), atomically per key, so
@@ -31,11 +34,11 @@ Redis TTL, so entities nobody writes any more are eventually removed.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
@@ -43,6 +46,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from server._errors import unavailable
+from server.online._resp import ReplyError, RespClient, pack
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,6 +91,7 @@ return written
 """
 
 _UNAVAILABLE = (
+    ConnectionError,
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
@@ -121,17 +126,38 @@ def _translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coro
     return wrapper
 
 
-def connect(url: str, *, cluster: bool, max_connections: int, timeout: float) -> aioredis.Redis | RedisCluster:
-    """A client with bounded pools and fast failure: one quick retry (a stale socket), no backoff."""
-    common: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 1),
-    }
-    if cluster:
-        return RedisCluster.from_url(url, max_connections=max_connections, **common)
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **common)
-    return aioredis.Redis(connection_pool=pool)
+def connect(url: str, *, cluster: bool, connections: int, timeout: float) -> RespClient | RedisCluster:
+    """The pipelining client for a standalone server, redis-py's cluster client for a cluster.
+
+    Both fail fast: the cluster client retries once (a stale socket) without backoff.
+    """
+    if not cluster:
+        return RespClient(url, size=connections, timeout=timeout)
+    return RedisCluster.from_url(
+        url,
+        max_connections=16 * connections,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+class _Script:
+    """A Lua script run by EVALSHA, loaded on first use and again after a server restart."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - the name Redis gives scripts
+
+    async def run(self, client: RespClient, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Any:
+        packed = pack("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return await client.execute_packed(packed)
+        except ReplyError as err:
+            if not str(err).startswith("NOSCRIPT"):
+                raise
+        await client.execute("SCRIPT", "LOAD", self.source)
+        return await client.execute_packed(packed)
 
 
 def _write_args(writes: Sequence[KeyWrite], ttl: int) -> tuple[list[bytes], list[bytes | int]]:
@@ -144,47 +170,55 @@ def _write_args(writes: Sequence[KeyWrite], ttl: int) -> tuple[list[bytes], list
     return keys, args
 
 
+_READ, _WRITE = _Script(READ_SCRIPT), _Script(WRITE_SCRIPT)
+
+
 class RedisOnlineStore:
     """Latest feature values per entity in Redis."""
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, *, ttl_seconds: int = 0) -> None:
+    def __init__(self, client: RespClient | RedisCluster, *, ttl_seconds: int = 0) -> None:
         self._client = client
-        self._cluster = isinstance(client, RedisCluster)
         self._ttl = ttl_seconds
-        self._read_script = client.register_script(READ_SCRIPT)
-        self._write_script = client.register_script(WRITE_SCRIPT)
 
     @_translated
     async def ping(self) -> None:
-        await self._client.ping()
+        if isinstance(self._client, RespClient):
+            await self._client.execute("PING")
+        else:
+            await self._client.ping()
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if isinstance(self._client, RespClient):
+            await self._client.close()
+        else:
+            await self._client.aclose()
 
     @_translated
     async def read(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
         """Values of `fields` for each key, flat and key-major; None where nothing is stored."""
-        if self._cluster:
-            return await self._read_by_slot(keys, fields)
+        client = self._client
+        if not isinstance(client, RespClient):
+            return await self._read_by_slot(client, keys, fields)
         if len(keys) == 1:
-            return await self._client.execute_command("HMGET", keys[0], *fields)  # type: ignore[no-any-return]
-        return await self._read_script(keys=keys, args=fields)  # type: ignore[no-any-return]
+            return await client.execute_packed(pack("HMGET", keys[0], *fields))  # type: ignore[no-any-return]
+        return await _READ.run(client, keys, fields)  # type: ignore[no-any-return]
 
     @_translated
     async def write(self, writes: Sequence[KeyWrite]) -> int:
         """Store the values that are not older than what is stored; returns how many were stored."""
         if not writes:
             return 0
-        if self._cluster:
-            return await self._write_by_slot(writes)
+        if not isinstance(self._client, RespClient):
+            return await self._write_by_slot(self._client, writes)
         keys, args = _write_args(writes, self._ttl)
-        return int(await self._write_script(keys=keys, args=args))
+        return int(await _WRITE.run(self._client, keys, args))
 
-    async def _read_by_slot(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
+    @staticmethod
+    async def _read_by_slot(client: RedisCluster, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
         by_slot: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
             by_slot.setdefault(key_slot(key), []).append(i)
-        pipe = self._client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         for positions in by_slot.values():
             group = [keys[i] for i in positions]
             pipe.execute_command("EVAL", READ_SCRIPT, len(group), *group, *fields)
@@ -196,11 +230,11 @@ class RedisOnlineStore:
                 out[i * width : (i + 1) * width] = reply[n * width : (n + 1) * width]
         return out
 
-    async def _write_by_slot(self, writes: Sequence[KeyWrite]) -> int:
+    async def _write_by_slot(self, client: RedisCluster, writes: Sequence[KeyWrite]) -> int:
         by_slot: dict[int, list[KeyWrite]] = {}
         for w in writes:
             by_slot.setdefault(key_slot(w.key), []).append(w)
-        pipe = self._client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         for group in by_slot.values():
             keys, args = _write_args(group, self._ttl)
             pipe.execute_command("EVAL", WRITE_SCRIPT, len(keys), *keys, *args)

@@ -57,7 +57,10 @@ def check_read(entity_type: str, entity_ids: Sequence[str], n_features: int, lim
 def encode_rows(
     catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits
 ) -> tuple[list[KeyWrite], int]:
-    """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names every bad value."""
+    """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names every bad value.
+
+    Each value is two hash fields (protobuf and JSON form, see _codec), written or skipped together.
+    """
     violations = entity_type_problem(entity_type)
     total = sum(len(row.values) for row in rows)
     if total > limits.max_values:
@@ -74,7 +77,7 @@ def _encode_row(
     violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
     if not row.HasField("event_time"):
         violations.append(FieldViolation(f"rows[{i}].event_time", "is required"))
-    values = []
+    values: list[tuple[bytes, bytes]] = []
     for name, value in row.values.items():
         path = f"rows[{i}].values[{name}]"
         feature = catalog.resolve(path, name, entity_type, violations)
@@ -85,5 +88,6 @@ def _encode_row(
             problem = f"feature {name!r} is {feature.value_type}: set {feature.value_kind}, not {kind or 'nothing'}"
             violations.append(FieldViolation(path, problem))
             continue
-        values.append((feature.field, _codec.encode_stored(name, value, row.event_time)))
+        proto, json = _codec.encode_stored(name, value, row.event_time)
+        values += ((feature.field, proto), (feature.json_field, json))
     return KeyWrite(entity_key(entity_type, row.entity_id), values)

@@ -6,7 +6,7 @@ no response serializer, so the bytes go to the wire as they are.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -14,7 +14,7 @@ import grpc
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server._rpc import rpc
 from server.online import _codec
-from server.online._catalog import Catalog
+from server.online._catalog import Catalog, Plan
 from server.online._redis import entity_key
 from server.online._requests import Limits, check_read, encode_rows
 from server.online._store import OnlineStore
@@ -24,38 +24,66 @@ SERVICE = fs.DESCRIPTOR.services_by_name["FeatureStoreService"].full_name
 
 
 class OnlineServicer:
-    """GetFeatures, BatchGetFeatures, WriteFeatures and PushFeatures."""
+    """GetFeatures, BatchGetFeatures (and their JSON renderings), WriteFeatures and PushFeatures."""
 
     def __init__(self, catalog: Catalog, store: OnlineStore, limits: Limits) -> None:
         self._catalog = catalog
         self._store = store
         self._limits = limits
 
+    def _plan(self, entity_type: str, request: Any, entity_ids: Sequence[str], *, batch: bool) -> Plan:
+        plan = self._catalog.plan(entity_type, tuple(request.feature_names), tuple(request.feature_groups))
+        check_read(entity_type, entity_ids, len(plan.fields), self._limits, batch=batch)
+        return plan
+
+    async def _read(self, entity_type: str, entity_ids: Sequence[str], fields: Sequence[bytes]) -> list[bytes | None]:
+        return await self._store.read([entity_key(entity_type, e) for e in entity_ids], fields)
+
     @rpc
     async def GetFeatures(self, request: fs.GetFeaturesRequest, context: Context) -> bytes:
         entity_type, entity_id = request.entity_type, request.entity_id
-        plan = self._catalog.plan(entity_type, tuple(request.feature_names), tuple(request.feature_groups))
-        check_read(entity_type, (entity_id,), len(plan.fields), self._limits, batch=False)
-        stored = await self._store.read([entity_key(entity_type, entity_id)], plan.fields)
+        plan = self._plan(entity_type, request, (entity_id,), batch=False)
+        stored = await self._read(entity_type, (entity_id,), plan.fields)
         features = _codec.assemble(stored, plan.not_found, plan.cutoffs(_codec.now_micros()))
         head = _codec.frame(_codec.ENTITY_ID_TAG, entity_id.encode())
         return head + _codec.frame(_codec.ENTITY_TYPE_TAG, entity_type.encode()) + features
 
     @rpc
+    async def GetFeaturesJson(self, request: fs.GetFeaturesRequest, context: Context) -> bytes:
+        entity_type, entity_id = request.entity_type, request.entity_id
+        plan = self._plan(entity_type, request, (entity_id,), batch=False)
+        stored = await self._read(entity_type, (entity_id,), plan.json_fields)
+        features = _codec.assemble_json(stored, plan.not_found_json, plan.cutoffs(_codec.now_micros()))
+        head = b'{"entity_id":' + _codec.json_string(entity_id) + b',"entity_type":' + _codec.json_string(entity_type)
+        return _codec.http_body(head + b',"features":[' + features + b"]}")
+
+    @rpc
     async def BatchGetFeatures(self, request: fs.BatchGetFeaturesRequest, context: Context) -> bytes:
         entity_type, entity_ids = request.entity_type, list(request.entity_ids)
-        plan = self._catalog.plan(entity_type, tuple(request.feature_names), tuple(request.feature_groups))
-        check_read(entity_type, entity_ids, len(plan.fields), self._limits, batch=True)
+        plan = self._plan(entity_type, request, entity_ids, batch=True)
         parts = [_codec.frame(_codec.BATCH_ENTITY_TYPE_TAG, entity_type.encode())]
         if entity_ids:
-            keys = [entity_key(entity_type, e) for e in entity_ids]
-            stored = await self._store.read(keys, plan.fields)
+            stored = await self._read(entity_type, entity_ids, plan.fields)
             cutoffs, width = plan.cutoffs(_codec.now_micros()), len(plan.fields)
             for i, entity_id in enumerate(entity_ids):
                 values = _codec.assemble(stored[i * width : (i + 1) * width], plan.not_found, cutoffs)
                 entity = _codec.frame(_codec.ENTITY_ID_TAG, entity_id.encode()) + values
                 parts.append(_codec.frame(_codec.BATCH_ENTITIES_TAG, entity))
         return b"".join(parts)
+
+    @rpc
+    async def BatchGetFeaturesJson(self, request: fs.BatchGetFeaturesRequest, context: Context) -> bytes:
+        entity_type, entity_ids = request.entity_type, list(request.entity_ids)
+        plan = self._plan(entity_type, request, entity_ids, batch=True)
+        entities = []
+        if entity_ids:
+            stored = await self._read(entity_type, entity_ids, plan.json_fields)
+            cutoffs, width = plan.cutoffs(_codec.now_micros()), len(plan.fields)
+            for i, entity_id in enumerate(entity_ids):
+                values = _codec.assemble_json(stored[i * width : (i + 1) * width], plan.not_found_json, cutoffs)
+                entities.append(b'{"entity_id":' + _codec.json_string(entity_id) + b',"features":[' + values + b"]}")
+        head = b'{"entity_type":' + _codec.json_string(entity_type) + b',"entities":['
+        return _codec.http_body(head + b",".join(entities) + b"]}")
 
     @rpc
     async def WriteFeatures(self, request: fs.WriteFeaturesRequest, context: Context) -> fs.WriteFeaturesResponse:
@@ -75,8 +103,9 @@ class OnlineServicer:
         return response
 
     async def _write(self, entity_type: str, rows: Any) -> tuple[int, int]:
+        """(values written, values in the request): each value is two fields, written or skipped together."""
         writes, total = encode_rows(self._catalog, entity_type, rows, self._limits)
-        return await self._store.write(writes), total
+        return await self._store.write(writes) // _codec.FIELDS_PER_VALUE, total
 
 
 def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
@@ -87,6 +116,12 @@ def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore
         ),
         "BatchGetFeatures": grpc.unary_unary_rpc_method_handler(
             servicer.BatchGetFeatures, request_deserializer=fs.BatchGetFeaturesRequest.FromString
+        ),
+        "GetFeaturesJson": grpc.unary_unary_rpc_method_handler(
+            servicer.GetFeaturesJson, request_deserializer=fs.GetFeaturesRequest.FromString
+        ),
+        "BatchGetFeaturesJson": grpc.unary_unary_rpc_method_handler(
+            servicer.BatchGetFeaturesJson, request_deserializer=fs.BatchGetFeaturesRequest.FromString
         ),
         "WriteFeatures": grpc.unary_unary_rpc_method_handler(
             servicer.WriteFeatures,

@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from featurestore.serving.v1 import value_pb2 as featurestore_dot_serving_dot_v1_dot_value__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3featurestore/serving/v1/feature_store_service.proto\x12\x17\x66\x65\x61turestore.serving.v1\x1a#featurestore/serving/v1/value.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0c\x46\x65\x61tureValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.featurestore.serving.v1.FeatureStatus\"w\n\x12GetFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"v\n\x13GetFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\"}\n\x17\x42\x61tchGetFeaturesRequest\x12\x18\n\nentity_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"b\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValueJ\x04\x08\x02\x10\x03\"j\n\x18\x42\x61tchGetFeaturesResponse\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\x39\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\'.featurestore.serving.v1.EntityFeatures\"\xf0\x01\n\x1cGetHistoricalFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfeature_names\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"\x97\x01\n\x1dGetHistoricalFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x35\n\x06values\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"\xe9\x01\n\tEntityRow\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12>\n\x06values\x18\x03 \x03(\x0b\x32..featurestore.serving.v1.EntityRow.ValuesEntry\x1aM\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value:\x02\x38\x01\"c\n\x14WriteFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"b\n\x13PushFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"W\n\x14PushFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x03\"G\n\x15WriteFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03*X\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\x9a\x06\n\x13\x46\x65\x61tureStoreService\x12\x90\x01\n\x0bGetFeatures\x12+.featurestore.serving.v1.GetFeaturesRequest\x1a,.featurestore.serving.v1.GetFeaturesResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/feature-store/features:\x01*\x12\xa5\x01\n\x10\x42\x61tchGetFeatures\x12\x30.featurestore.serving.v1.BatchGetFeaturesRequest\x1a\x31.featurestore.serving.v1.BatchGetFeaturesResponse\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/batch-features:\x01*\x12\xb9\x01\n\x15GetHistoricalFeatures\x12\x35.featurestore.serving.v1.GetHistoricalFeaturesRequest\x1a\x36.featurestore.serving.v1.GetHistoricalFeaturesResponse\"1\x82\xd3\xe4\x93\x02+\"&/api/feature-store/historical-features:\x01*\x12\x9c\x01\n\rWriteFeatures\x12-.featurestore.serving.v1.WriteFeaturesRequest\x1a..featurestore.serving.v1.WriteFeaturesResponse\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/write-features:\x01*\x12m\n\x0cPushFeatures\x12,.featurestore.serving.v1.PushFeaturesRequest\x1a-.featurestore.serving.v1.PushFeaturesResponse(\x01\x42n\n\x1b\x64\x65v.featurestore.serving.v1P\x01ZMgithub.com/featurestore/featurestore/gen/go/featurestore/serving/v1;servingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3featurestore/serving/v1/feature_store_service.proto\x12\x17\x66\x65\x61turestore.serving.v1\x1a#featurestore/serving/v1/value.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0c\x46\x65\x61tureValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.featurestore.serving.v1.FeatureStatus\"w\n\x12GetFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"v\n\x13GetFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\"}\n\x17\x42\x61tchGetFeaturesRequest\x12\x18\n\nentity_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"b\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValueJ\x04\x08\x02\x10\x03\"j\n\x18\x42\x61tchGetFeaturesResponse\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\x39\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\'.featurestore.serving.v1.EntityFeatures\"\xf0\x01\n\x1cGetHistoricalFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfeature_names\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"\x97\x01\n\x1dGetHistoricalFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x35\n\x06values\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"\xe9\x01\n\tEntityRow\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12>\n\x06values\x18\x03 \x03(\x0b\x32..featurestore.serving.v1.EntityRow.ValuesEntry\x1aM\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value:\x02\x38\x01\"c\n\x14WriteFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"b\n\x13PushFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"W\n\x14PushFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x03\"G\n\x15WriteFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03*X\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\xcf\x07\n\x13\x46\x65\x61tureStoreService\x12h\n\x0bGetFeatures\x12+.featurestore.serving.v1.GetFeaturesRequest\x1a,.featurestore.serving.v1.GetFeaturesResponse\x12w\n\x10\x42\x61tchGetFeatures\x12\x30.featurestore.serving.v1.BatchGetFeaturesRequest\x1a\x31.featurestore.serving.v1.BatchGetFeaturesResponse\x12|\n\x0fGetFeaturesJson\x12+.featurestore.serving.v1.GetFeaturesRequest\x1a\x14.google.api.HttpBody\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/feature-store/features:\x01*\x12\x8c\x01\n\x14\x42\x61tchGetFeaturesJson\x12\x30.featurestore.serving.v1.BatchGetFeaturesRequest\x1a\x14.google.api.HttpBody\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/batch-features:\x01*\x12\xb9\x01\n\x15GetHistoricalFeatures\x12\x35.featurestore.serving.v1.GetHistoricalFeaturesRequest\x1a\x36.featurestore.serving.v1.GetHistoricalFeaturesResponse\"1\x82\xd3\xe4\x93\x02+\"&/api/feature-store/historical-features:\x01*\x12\x9c\x01\n\rWriteFeatures\x12-.featurestore.serving.v1.WriteFeaturesRequest\x1a..featurestore.serving.v1.WriteFeaturesResponse\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/write-features:\x01*\x12m\n\x0cPushFeatures\x12,.featurestore.serving.v1.PushFeaturesRequest\x1a-.featurestore.serving.v1.PushFeaturesResponse(\x01\x42n\n\x1b\x64\x65v.featurestore.serving.v1P\x01ZMgithub.com/featurestore/featurestore/gen/go/featurestore/serving/v1;servingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,44 +61,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WRITEFEATURESREQUEST'].fields_by_name['entity_type']._serialized_options = b'\342A\001\002'
   _globals['_PUSHFEATURESREQUEST'].fields_by_name['entity_type']._loaded_options = None
   _globals['_PUSHFEATURESREQUEST'].fields_by_name['entity_type']._serialized_options = b'\342A\001\002'
-  _globals['_FEATURESTORESERVICE'].methods_by_name['GetFeatures']._loaded_options = None
-  _globals['_FEATURESTORESERVICE'].methods_by_name['GetFeatures']._serialized_options = b'\202\323\344\223\002 \"\033/api/feature-store/features:\001*'
-  _globals['_FEATURESTORESERVICE'].methods_by_name['BatchGetFeatures']._loaded_options = None
-  _globals['_FEATURESTORESERVICE'].methods_by_name['BatchGetFeatures']._serialized_options = b'\202\323\344\223\002&\"!/api/feature-store/batch-features:\001*'
+  _globals['_FEATURESTORESERVICE'].methods_by_name['GetFeaturesJson']._loaded_options = None
+  _globals['_FEATURESTORESERVICE'].methods_by_name['GetFeaturesJson']._serialized_options = b'\202\323\344\223\002 \"\033/api/feature-store/features:\001*'
+  _globals['_FEATURESTORESERVICE'].methods_by_name['BatchGetFeaturesJson']._loaded_options = None
+  _globals['_FEATURESTORESERVICE'].methods_by_name['BatchGetFeaturesJson']._serialized_options = b'\202\323\344\223\002&\"!/api/feature-store/batch-features:\001*'
   _globals['_FEATURESTORESERVICE'].methods_by_name['GetHistoricalFeatures']._loaded_options = None
   _globals['_FEATURESTORESERVICE'].methods_by_name['GetHistoricalFeatures']._serialized_options = b'\202\323\344\223\002+\"&/api/feature-store/historical-features:\001*'
   _globals['_FEATURESTORESERVICE'].methods_by_name['WriteFeatures']._loaded_options = None
   _globals['_FEATURESTORESERVICE'].methods_by_name['WriteFeatures']._serialized_options = b'\202\323\344\223\002&\"!/api/feature-store/write-features:\001*'
-  _globals['_FEATURESTATUS']._serialized_start=1967
-  _globals['_FEATURESTATUS']._serialized_end=2055
-  _globals['_FEATUREVALUE']._serialized_start=214
-  _globals['_FEATUREVALUE']._serialized_end=393
-  _globals['_GETFEATURESREQUEST']._serialized_start=395
-  _globals['_GETFEATURESREQUEST']._serialized_end=514
-  _globals['_GETFEATURESRESPONSE']._serialized_start=516
-  _globals['_GETFEATURESRESPONSE']._serialized_end=634
-  _globals['_BATCHGETFEATURESREQUEST']._serialized_start=636
-  _globals['_BATCHGETFEATURESREQUEST']._serialized_end=761
-  _globals['_ENTITYFEATURES']._serialized_start=763
-  _globals['_ENTITYFEATURES']._serialized_end=861
-  _globals['_BATCHGETFEATURESRESPONSE']._serialized_start=863
-  _globals['_BATCHGETFEATURESRESPONSE']._serialized_end=969
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=972
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=1212
-  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_start=1215
-  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_end=1366
-  _globals['_ENTITYROW']._serialized_start=1369
-  _globals['_ENTITYROW']._serialized_end=1602
-  _globals['_ENTITYROW_VALUESENTRY']._serialized_start=1525
-  _globals['_ENTITYROW_VALUESENTRY']._serialized_end=1602
-  _globals['_WRITEFEATURESREQUEST']._serialized_start=1604
-  _globals['_WRITEFEATURESREQUEST']._serialized_end=1703
-  _globals['_PUSHFEATURESREQUEST']._serialized_start=1705
-  _globals['_PUSHFEATURESREQUEST']._serialized_end=1803
-  _globals['_PUSHFEATURESRESPONSE']._serialized_start=1805
-  _globals['_PUSHFEATURESRESPONSE']._serialized_end=1892
-  _globals['_WRITEFEATURESRESPONSE']._serialized_start=1894
-  _globals['_WRITEFEATURESRESPONSE']._serialized_end=1965
-  _globals['_FEATURESTORESERVICE']._serialized_start=2058
-  _globals['_FEATURESTORESERVICE']._serialized_end=2852
+  _globals['_FEATURESTATUS']._serialized_start=1994
+  _globals['_FEATURESTATUS']._serialized_end=2082
+  _globals['_FEATUREVALUE']._serialized_start=241
+  _globals['_FEATUREVALUE']._serialized_end=420
+  _globals['_GETFEATURESREQUEST']._serialized_start=422
+  _globals['_GETFEATURESREQUEST']._serialized_end=541
+  _globals['_GETFEATURESRESPONSE']._serialized_start=543
+  _globals['_GETFEATURESRESPONSE']._serialized_end=661
+  _globals['_BATCHGETFEATURESREQUEST']._serialized_start=663
+  _globals['_BATCHGETFEATURESREQUEST']._serialized_end=788
+  _globals['_ENTITYFEATURES']._serialized_start=790
+  _globals['_ENTITYFEATURES']._serialized_end=888
+  _globals['_BATCHGETFEATURESRESPONSE']._serialized_start=890
+  _globals['_BATCHGETFEATURESRESPONSE']._serialized_end=996
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=999
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=1239
+  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_start=1242
+  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_end=1393
+  _globals['_ENTITYROW']._serialized_start=1396
+  _globals['_ENTITYROW']._serialized_end=1629
+  _globals['_ENTITYROW_VALUESENTRY']._serialized_start=1552
+  _globals['_ENTITYROW_VALUESENTRY']._serialized_end=1629
+  _globals['_WRITEFEATURESREQUEST']._serialized_start=1631
+  _globals['_WRITEFEATURESREQUEST']._serialized_end=1730
+  _globals['_PUSHFEATURESREQUEST']._serialized_start=1732
+  _globals['_PUSHFEATURESREQUEST']._serialized_end=1830
+  _globals['_PUSHFEATURESRESPONSE']._serialized_start=1832
+  _globals['_PUSHFEATURESRESPONSE']._serialized_end=1919
+  _globals['_WRITEFEATURESRESPONSE']._serialized_start=1921
+  _globals['_WRITEFEATURESRESPONSE']._serialized_end=1992
+  _globals['_FEATURESTORESERVICE']._serialized_start=2085
+  _globals['_FEATURESTORESERVICE']._serialized_end=3060
 # @@protoc_insertion_point(module_scope)

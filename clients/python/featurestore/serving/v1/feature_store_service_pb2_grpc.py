@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from featurestore.serving.v1 import feature_store_service_pb2 as featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -46,6 +47,16 @@ class FeatureStoreServiceStub:
                 request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesRequest.SerializeToString,
                 response_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesResponse.FromString,
                 _registered_method=True)
+        self.GetFeaturesJson = channel.unary_unary(
+                '/featurestore.serving.v1.FeatureStoreService/GetFeaturesJson',
+                request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetFeaturesRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.BatchGetFeaturesJson = channel.unary_unary(
+                '/featurestore.serving.v1.FeatureStoreService/BatchGetFeaturesJson',
+                request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
         self.GetHistoricalFeatures = channel.unary_unary(
                 '/featurestore.serving.v1.FeatureStoreService/GetHistoricalFeatures',
                 request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.SerializeToString,
@@ -77,6 +88,22 @@ class FeatureStoreServiceServicer:
 
     def BatchGetFeatures(self, request, context):
         """Returns the latest values of features of many entities.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFeaturesJson(self, request, context):
+        """GetFeatures for REST: the same request, and the GetFeaturesResponse
+        rendered as JSON (proto3 JSON mapping, original field names) by the
+        server from pre-encoded fragments, so the gateway does not re-encode it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetFeaturesJson(self, request, context):
+        """BatchGetFeatures for REST: the BatchGetFeaturesResponse as JSON.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +146,16 @@ def add_FeatureStoreServiceServicer_to_server(servicer, server):
                     servicer.BatchGetFeatures,
                     request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesRequest.FromString,
                     response_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesResponse.SerializeToString,
+            ),
+            'GetFeaturesJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFeaturesJson,
+                    request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetFeaturesRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'BatchGetFeaturesJson': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetFeaturesJson,
+                    request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'GetHistoricalFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHistoricalFeatures,
@@ -192,6 +229,60 @@ class FeatureStoreService:
             '/featurestore.serving.v1.FeatureStoreService/BatchGetFeatures',
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesRequest.SerializeToString,
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFeaturesJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/featurestore.serving.v1.FeatureStoreService/GetFeaturesJson',
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetFeaturesRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetFeaturesJson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/featurestore.serving.v1.FeatureStoreService/BatchGetFeaturesJson',
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.BatchGetFeaturesRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from featurestore.serving.v1 import feature_store_service_pb2 as _feature_store_service_pb2
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -39,6 +40,13 @@ class FeatureStoreServiceStub:
     """Returns the latest values of features of one entity."""
     BatchGetFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.BatchGetFeaturesRequest, _feature_store_service_pb2.BatchGetFeaturesResponse]
     """Returns the latest values of features of many entities."""
+    GetFeaturesJson: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetFeaturesRequest, _httpbody_pb2.HttpBody]
+    """GetFeatures for REST: the same request, and the GetFeaturesResponse
+    rendered as JSON (proto3 JSON mapping, original field names) by the
+    server from pre-encoded fragments, so the gateway does not re-encode it.
+    """
+    BatchGetFeaturesJson: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.BatchGetFeaturesRequest, _httpbody_pb2.HttpBody]
+    """BatchGetFeatures for REST: the BatchGetFeaturesResponse as JSON."""
     GetHistoricalFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]
     """Returns the history of features of one entity in a time range."""
     WriteFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]
@@ -63,6 +71,13 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     """Returns the latest values of features of one entity."""
     BatchGetFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.BatchGetFeaturesRequest, _feature_store_service_pb2.BatchGetFeaturesResponse]  # type: ignore[assignment]
     """Returns the latest values of features of many entities."""
+    GetFeaturesJson: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetFeaturesRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """GetFeatures for REST: the same request, and the GetFeaturesResponse
+    rendered as JSON (proto3 JSON mapping, original field names) by the
+    server from pre-encoded fragments, so the gateway does not re-encode it.
+    """
+    BatchGetFeaturesJson: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.BatchGetFeaturesRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """BatchGetFeatures for REST: the BatchGetFeaturesResponse as JSON."""
     GetHistoricalFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
     """Returns the history of features of one entity in a time range."""
     WriteFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]  # type: ignore[assignment]
@@ -96,6 +111,25 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feature_store_service_pb2.BatchGetFeaturesResponse, _abc.Awaitable[_feature_store_service_pb2.BatchGetFeaturesResponse]]:
         """Returns the latest values of features of many entities."""
+
+    @_abc_1.abstractmethod
+    def GetFeaturesJson(
+        self,
+        request: _feature_store_service_pb2.GetFeaturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """GetFeatures for REST: the same request, and the GetFeaturesResponse
+        rendered as JSON (proto3 JSON mapping, original field names) by the
+        server from pre-encoded fragments, so the gateway does not re-encode it.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetFeaturesJson(
+        self,
+        request: _feature_store_service_pb2.BatchGetFeaturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """BatchGetFeatures for REST: the BatchGetFeaturesResponse as JSON."""
 
     @_abc_1.abstractmethod
     def GetHistoricalFeatures(
