@@ -14,7 +14,11 @@ from devstack._procs import Proc, free_port, start_envoy, start_postgres, start_
 from featurestore import FeatureStoreClient
 from tests._http import Rest
 
-REGISTRY_TABLES = "registry_group_members, registry_feature_groups, registry_features, registry_revisions"
+# DELETE, not TRUNCATE: TRUNCATE's exclusive locks deadlock with the server's snapshot reads.
+CLEAR_REGISTRY = (
+    "DELETE FROM registry_group_members; DELETE FROM registry_feature_groups; "
+    "DELETE FROM registry_features; DELETE FROM registry_revisions"
+)
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +90,9 @@ def run_sql(dsn: str, sql: str) -> list[asyncpg.Record]:
     async def go() -> list[asyncpg.Record]:
         conn = await asyncpg.connect(dsn)
         try:
+            if ";" in sql:
+                await conn.execute(sql)
+                return []
             return list(await conn.fetch(sql))
         finally:
             await conn.close()
@@ -96,7 +103,7 @@ def run_sql(dsn: str, sql: str) -> list[asyncpg.Record]:
 @pytest.fixture
 def empty_registry(postgres_dsn: str, server: Proc) -> None:
     """Every test that uses it starts from an empty registry."""
-    run_sql(postgres_dsn, f"TRUNCATE {REGISTRY_TABLES}")
+    run_sql(postgres_dsn, CLEAR_REGISTRY)
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from devstack import _demo
+from featurestore import FeatureStoreClient
 from tests._http import Rest
+from tests._online import wait_servable
 from tests._seed import curls, registry_curls, store_curls
 
 
@@ -104,6 +106,8 @@ def test_feature_store_curls_work_verbatim(rest: Rest, grpc_target: str) -> None
     assert registry_curls()[0].run(rest.base_url)[0] == 200  # customer_total_purchases_30d
     get_one, get_batch, _history = store_curls()
     _demo.load_values(grpc_target)
+    with FeatureStoreClient(grpc_target) as client:  # serving sees registry changes within about a second
+        wait_servable(client, "customer", *get_one.body()["feature_names"])
 
     status, one = get_one.run(rest.base_url)
     assert status == 200, one
