@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := .tools/node_modules/.bin/buf
 
-.PHONY: up test pytest lint gen check-gen buf-lint venv clean
+.PHONY: up test pytest lint gen check-gen buf-lint venv clean bench
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ check-gen: venv
 
 buf-lint: $(BUF)
 	$(BUF) lint
+
+bench: venv
+	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
+	$(BIN)/python bench/online_bench.py
 
 clean:
 	rm -rf .state
