@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from server._app import start
+from server._app import migrate_only, start
 from server._settings import Settings
 
 _log = logging.getLogger("server")
@@ -63,6 +63,9 @@ class _Supervisor:
 def main() -> None:
     settings = Settings.load(sys.argv[1:], os.environ)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    if settings.migrate_only:
+        asyncio.run(migrate_only(settings))
+        return
     if settings.workers > 1:
         supervisor = _Supervisor(sys.argv[1:], settings.workers)
         signal.signal(signal.SIGTERM, supervisor.stop)

@@ -69,6 +69,12 @@ async def _registry(settings: Settings) -> tuple[asyncpg.Pool, PostgresRegistryS
     return pool, PostgresRegistryStore(pool)
 
 
+async def migrate_only(settings: Settings) -> None:
+    """Apply pending migrations and return (for a pre-rollout job)."""
+    pool, _ = await _registry(settings)
+    await pool.close()
+
+
 def _online(settings: Settings) -> online.RedisOnlineStore:
     client = online.connect(
         settings.redis_url,

@@ -50,6 +50,7 @@ class Settings:
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})
     max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    migrate_only: bool = field(default=False, metadata={"help": "apply pending SQL migrations, then exit"})
 
     @classmethod
     def load(cls, argv: Sequence[str], environ: Mapping[str, str]) -> Settings:

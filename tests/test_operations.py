@@ -6,6 +6,7 @@ import importlib.util
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,3 +120,23 @@ def test_sigterm_drains_and_exits_cleanly(own_stack: tuple[Proc, Proc, Proc]) ->
     server.popen.send_signal(signal.SIGTERM)
     assert server.popen.wait(timeout=15) == 0
     assert "draining" in server.log.read_text()
+
+
+def test_gateway_config_in_the_repository_is_valid() -> None:
+    envoy = Path(sys.executable).parent / "envoy"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [str(envoy), "--mode", "validate", "-c", "gateway/envoy.yaml"], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK" in done.stdout + done.stderr
+
+
+def test_migrate_only_applies_migrations_and_exits(tmp_path: Path, postgres_dsn: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "--migrate-only", "true", "--postgres-dsn", postgres_dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
