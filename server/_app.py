@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from featurestore.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from server import online
+from server import offline, online
 from server._health import HealthMonitor
 from server._postgres import connect_and_migrate
 from server._settings import Settings
@@ -96,7 +96,10 @@ async def start(settings: Settings) -> App:
     server = grpc.aio.server(options=_server_options(settings))
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry_store), server)
     limits = online.Limits(max_values=settings.max_request_values)
-    server.add_generic_rpc_handlers((online.handler(online.OnlineServicer(catalog, online_store, limits)),))
+    history = offline.PostgresHistoryStore(pool)
+    online_servicer = online.OnlineServicer(catalog, online_store, history, limits)
+    history_servicer = offline.HistoryServicer(catalog, history)
+    server.add_generic_rpc_handlers((online.handler(online_servicer), offline.handler(history_servicer)))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = [REGISTRY_SERVICE, online.SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]

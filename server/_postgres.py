@@ -33,6 +33,11 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def quote_ident(name: str) -> str:
+    """An SQL identifier, quoted (for DDL, which takes no parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 

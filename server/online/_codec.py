@@ -56,6 +56,13 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+def timestamp_bytes(micros: int) -> bytes:
+    """A serialized google.protobuf.Timestamp."""
+    seconds, rest = divmod(micros, 1_000_000)
+    out = b"\x08" + varint(seconds if seconds >= 0 else seconds + (1 << 64)) if seconds else b""
+    return out + (b"\x10" + varint(rest * 1000) if rest else b"")
+
+
 def frame(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
     return tag + varint(len(payload)) + payload

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server._errors import FieldViolation, invalid_argument
+from server.offline._model import HistoryRow
 from server.online import _codec
 from server.online._catalog import Catalog
 from server.online._redis import KeyWrite, entity_key
@@ -54,9 +56,16 @@ def check_read(entity_type: str, entity_ids: Sequence[str], n_features: int, lim
     _raise_if(violations)
 
 
-def encode_rows(
-    catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits
-) -> tuple[list[KeyWrite], int]:
+@dataclass(frozen=True, slots=True)
+class EncodedWrite:
+    """A validated write: the online hash fields and the history rows of the same values."""
+
+    online: list[KeyWrite]
+    history: list[HistoryRow]
+    values: int
+
+
+def encode_rows(catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits) -> EncodedWrite:
     """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names every bad value.
 
     Each value is two hash fields (protobuf and JSON form, see _codec), written or skipped together.
@@ -66,17 +75,24 @@ def encode_rows(
     if total > limits.max_values:
         violations.append(FieldViolation("rows", f"holds {total} values; the limit is {limits.max_values}"))
     _raise_if(violations)
-    writes = [_encode_row(catalog, entity_type, i, row, violations) for i, row in enumerate(rows)]
+    history: list[HistoryRow] = []
+    writes = [_encode_row(catalog, entity_type, i, row, violations, history) for i, row in enumerate(rows)]
     _raise_if(violations)
-    return writes, total
+    return EncodedWrite(writes, history, total)
 
 
 def _encode_row(
-    catalog: Catalog, entity_type: str, i: int, row: fs.EntityRow, violations: list[FieldViolation]
+    catalog: Catalog,
+    entity_type: str,
+    i: int,
+    row: fs.EntityRow,
+    violations: list[FieldViolation],
+    history: list[HistoryRow],
 ) -> KeyWrite:
     violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
     if not row.HasField("event_time"):
         violations.append(FieldViolation(f"rows[{i}].event_time", "is required"))
+    event_time = row.event_time.ToDatetime(tzinfo=UTC)
     values: list[tuple[bytes, bytes]] = []
     for name, value in row.values.items():
         path = f"rows[{i}].values[{name}]"
@@ -90,4 +106,5 @@ def _encode_row(
             continue
         proto, json = _codec.encode_stored(name, value, row.event_time)
         values += ((feature.field, proto), (feature.json_field, json))
+        history.append(HistoryRow(entity_type, row.entity_id, name, event_time, value.SerializeToString()))
     return KeyWrite(entity_key(entity_type, row.entity_id), values)

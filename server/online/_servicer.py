@@ -17,7 +17,7 @@ from server.online import _codec
 from server.online._catalog import Catalog, Plan
 from server.online._redis import entity_key
 from server.online._requests import Limits, check_read, encode_rows
-from server.online._store import OnlineStore
+from server.online._store import HistorySink, OnlineStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE = fs.DESCRIPTOR.services_by_name["FeatureStoreService"].full_name
@@ -26,9 +26,10 @@ SERVICE = fs.DESCRIPTOR.services_by_name["FeatureStoreService"].full_name
 class OnlineServicer:
     """GetFeatures, BatchGetFeatures (and their JSON renderings), WriteFeatures and PushFeatures."""
 
-    def __init__(self, catalog: Catalog, store: OnlineStore, limits: Limits) -> None:
+    def __init__(self, catalog: Catalog, store: OnlineStore, history: HistorySink, limits: Limits) -> None:
         self._catalog = catalog
         self._store = store
+        self._history = history
         self._limits = limits
 
     def _plan(self, entity_type: str, request: Any, entity_ids: Sequence[str], *, batch: bool) -> Plan:
@@ -103,9 +104,15 @@ class OnlineServicer:
         return response
 
     async def _write(self, entity_type: str, rows: Any) -> tuple[int, int]:
-        """(values written, values in the request): each value is two fields, written or skipped together."""
-        writes, total = encode_rows(self._catalog, entity_type, rows, self._limits)
-        return await self._store.write(writes) // _codec.FIELDS_PER_VALUE, total
+        """(values written online, values in the request).
+
+        History first: if the online write then fails, the caller's retry re-appends the same
+        history rows, which changes nothing. Online, each value is two fields, written or
+        skipped together.
+        """
+        encoded = encode_rows(self._catalog, entity_type, rows, self._limits)
+        await self._history.append(encoded.history)
+        return await self._store.write(encoded.online) // _codec.FIELDS_PER_VALUE, encoded.values
 
 
 def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]

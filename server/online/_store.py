@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from server.offline._model import HistoryRow
 from server.online._redis import KeyWrite
 
 
@@ -16,3 +17,9 @@ class OnlineStore(Protocol):
     async def write(self, writes: Sequence[KeyWrite]) -> int: ...
 
     async def ping(self) -> None: ...
+
+
+class HistorySink(Protocol):
+    """Where written values are also appended, for history (the offline store)."""
+
+    async def append(self, rows: Sequence[HistoryRow]) -> None: ...

@@ -62,6 +62,11 @@ class FeatureStoreServiceStub:
                 request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.SerializeToString,
                 response_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.FromString,
                 _registered_method=True)
+        self.StreamHistoricalFeatures = channel.unary_stream(
+                '/featurestore.serving.v1.FeatureStoreService/StreamHistoricalFeatures',
+                request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.SerializeToString,
+                response_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.FromString,
+                _registered_method=True)
         self.WriteFeatures = channel.unary_unary(
                 '/featurestore.serving.v1.FeatureStoreService/WriteFeatures',
                 request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesRequest.SerializeToString,
@@ -110,7 +115,17 @@ class FeatureStoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetHistoricalFeatures(self, request, context):
-        """Returns the history of features of one entity in a time range.
+        """Returns the history of features of one entity in a time range, ordered
+        by event time then feature name, at most `limit` values per call;
+        `next_page_token` continues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamHistoricalFeatures(self, request, context):
+        """GetHistoricalFeatures for long ranges: streams every value in the range
+        (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +174,11 @@ def add_FeatureStoreServiceServicer_to_server(servicer, server):
             ),
             'GetHistoricalFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHistoricalFeatures,
+                    request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.FromString,
+                    response_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.SerializeToString,
+            ),
+            'StreamHistoricalFeatures': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamHistoricalFeatures,
                     request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.FromString,
                     response_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.SerializeToString,
             ),
@@ -308,6 +328,33 @@ class FeatureStoreService:
             request,
             target,
             '/featurestore.serving.v1.FeatureStoreService/GetHistoricalFeatures',
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.SerializeToString,
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamHistoricalFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/featurestore.serving.v1.FeatureStoreService/StreamHistoricalFeatures',
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.SerializeToString,
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.FromString,
             options,

@@ -48,7 +48,14 @@ class FeatureStoreServiceStub:
     BatchGetFeaturesJson: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.BatchGetFeaturesRequest, _httpbody_pb2.HttpBody]
     """BatchGetFeatures for REST: the BatchGetFeaturesResponse as JSON."""
     GetHistoricalFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]
-    """Returns the history of features of one entity in a time range."""
+    """Returns the history of features of one entity in a time range, ordered
+    by event time then feature name, at most `limit` values per call;
+    `next_page_token` continues.
+    """
+    StreamHistoricalFeatures: _grpc.UnaryStreamMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]
+    """GetHistoricalFeatures for long ranges: streams every value in the range
+    (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+    """
     WriteFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]
     """Writes feature values of entities. A value replaces the stored one only
     if its event time is not older; writing the same rows again is harmless.
@@ -79,7 +86,14 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     BatchGetFeaturesJson: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.BatchGetFeaturesRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """BatchGetFeatures for REST: the BatchGetFeaturesResponse as JSON."""
     GetHistoricalFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
-    """Returns the history of features of one entity in a time range."""
+    """Returns the history of features of one entity in a time range, ordered
+    by event time then feature name, at most `limit` values per call;
+    `next_page_token` continues.
+    """
+    StreamHistoricalFeatures: _aio.UnaryStreamMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
+    """GetHistoricalFeatures for long ranges: streams every value in the range
+    (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+    """
     WriteFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]  # type: ignore[assignment]
     """Writes feature values of entities. A value replaces the stored one only
     if its event time is not older; writing the same rows again is harmless.
@@ -137,7 +151,20 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _feature_store_service_pb2.GetHistoricalFeaturesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_feature_store_service_pb2.GetHistoricalFeaturesResponse, _abc.Awaitable[_feature_store_service_pb2.GetHistoricalFeaturesResponse]]:
-        """Returns the history of features of one entity in a time range."""
+        """Returns the history of features of one entity in a time range, ordered
+        by event time then feature name, at most `limit` values per call;
+        `next_page_token` continues.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamHistoricalFeatures(
+        self,
+        request: _feature_store_service_pb2.GetHistoricalFeaturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_feature_store_service_pb2.GetHistoricalFeaturesResponse], _abc.AsyncIterator[_feature_store_service_pb2.GetHistoricalFeaturesResponse]]:
+        """GetHistoricalFeatures for long ranges: streams every value in the range
+        (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+        """
 
     @_abc_1.abstractmethod
     def WriteFeatures(

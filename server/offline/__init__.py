@@ -1,0 +1,7 @@
+"""The offline store: every written feature value, in PostgreSQL, for history and training."""
+
+from server.offline._model import HistoryQuery, HistoryRow
+from server.offline._pgstore import PostgresHistoryStore
+from server.offline._servicer import HistoryServicer, handler
+
+__all__ = ["HistoryQuery", "HistoryRow", "HistoryServicer", "PostgresHistoryStore", "handler"]

@@ -1,0 +1,154 @@
+"""The offline store on PostgreSQL: feature history, partitioned by month.
+
+Ingestion is binary COPY into a per-connection staging table, then one
+INSERT ... ON CONFLICT into `feature_history`: idempotent (a rerun leaves one
+row per entity, feature and event time; the latest ingestion wins) and about
+as fast as COPY itself. Partitions are created before the rows that need them
+arrive; `drop_expired` removes partitions older than the retention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+
+from server._errors import unavailable
+from server._postgres import CONNECTION_ERRORS, quote_ident
+from server.offline._model import HistoryQuery, HistoryRow
+
+_log = logging.getLogger(__name__)
+_PARTITION_LOCK = 0x6869_7374  # "hist"
+_PREFIX = "feature_history_p"
+
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS history_staging (ord bigint, entity_type text, entity_id text, "
+    "feature_name text, event_time timestamptz, value bytea) ON COMMIT DELETE ROWS"
+)
+_MERGE = (
+    "INSERT INTO feature_history (entity_type, entity_id, feature_name, event_time, value) "
+    "SELECT DISTINCT ON (entity_type, entity_id, feature_name, event_time) "
+    "entity_type, entity_id, feature_name, event_time, value FROM history_staging "
+    "ORDER BY entity_type, entity_id, feature_name, event_time, ord DESC "
+    "ON CONFLICT (entity_type, entity_id, feature_name, event_time) "
+    "DO UPDATE SET value = EXCLUDED.value, ingestion_time = now()"
+)
+_RANGE = (
+    "SELECT feature_name, (extract(epoch FROM event_time) * 1000000)::int8 AS micros, value FROM feature_history "
+    "WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
+    "AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
+    "ORDER BY event_time, feature_name LIMIT $8"
+)
+_PARTITIONS = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = 'feature_history'::regclass"
+)
+_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _month(d: datetime | date) -> date:
+    return date(d.year, d.month, 1)
+
+
+def _next_month(m: date) -> date:
+    return date(m.year + m.month // 12, m.month % 12 + 1, 1)
+
+
+def _month_of(partition: str) -> date | None:
+    digits = partition.removeprefix(_PREFIX)
+    if len(digits) != 6 or not digits.isdigit():
+        return None
+    return date(int(digits[:4]), int(digits[4:]), 1)
+
+
+def partition_name(month: date) -> str:
+    return f"{_PREFIX}{month.year:04d}{month.month:02d}"
+
+
+def _create_partition_sql(month: date) -> str:
+    """DDL takes no parameters: the name and bounds are built from dates only."""
+    lower, upper = month.isoformat(), _next_month(month).isoformat()
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(partition_name(month))} PARTITION OF feature_history "
+        f"FOR VALUES FROM ('{lower} 00:00:00+00') TO ('{upper} 00:00:00+00')"
+    )
+
+
+class PostgresHistoryStore:
+    """Feature history in PostgreSQL through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._partitions: set[date] = set()
+
+    async def append(self, rows: Sequence[HistoryRow]) -> None:
+        """Store `rows`; re-appending the same (entity, feature, event time) replaces the value."""
+        if not rows:
+            return
+        records = [(i, r.entity_type, r.entity_id, r.feature_name, r.event_time, r.value) for i, r in enumerate(rows)]
+        months = {_month(r.event_time) for r in rows}
+        try:
+            try:
+                await self._copy(records, months)
+            except asyncpg.CheckViolationError:  # "no partition for row": another process dropped it
+                self._partitions.clear()
+                await self._copy(records, months)
+        except CONNECTION_ERRORS as exc:
+            raise unavailable("postgresql", type(exc).__name__) from exc
+
+    async def _copy(self, records: Sequence[tuple[object, ...]], months: set[date]) -> None:
+        await self._ensure_partitions(months)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_STAGING)
+            await conn.copy_records_to_table("history_staging", records=records)
+            await conn.execute(_MERGE)
+
+    async def _ensure_partitions(self, months: set[date]) -> None:
+        missing = months - self._partitions
+        if not missing:
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
+            for month in sorted(missing):
+                await conn.execute(_create_partition_sql(month))
+        self._partitions |= missing
+
+    async def query(self, q: HistoryQuery) -> list[tuple[str, int, bytes]]:
+        """(feature, event time in µs since the epoch, value) in (event time, feature) order, at most q.limit."""
+        after_time, after_name = q.after or (_EPOCH, "")
+        try:
+            rows = await self._pool.fetch(
+                _RANGE,
+                q.entity_type,
+                q.entity_id,
+                list(q.feature_names),
+                q.start,
+                q.end,
+                after_time,
+                after_name,
+                q.limit,
+            )
+        except CONNECTION_ERRORS as exc:
+            raise unavailable("postgresql", type(exc).__name__) from exc
+        return [(r["feature_name"], r["micros"], r["value"]) for r in rows]
+
+    async def drop_expired(self, retention: timedelta, now: datetime | None = None) -> list[str]:
+        """Drop the partitions wholly older than `retention`; returns their names."""
+        cutoff = _month((now or datetime.now(UTC)) - retention)
+        dropped = []
+        async with self._pool.acquire() as conn:
+            for record in await conn.fetch(_PARTITIONS):
+                name: str = record["relname"]
+                month = _month_of(name)
+                if month is not None and _next_month(month) <= cutoff:
+                    await conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+                    self._partitions.discard(month)
+                    dropped.append(name)
+        if dropped:
+            _log.info("dropped history partitions past retention: %s", ", ".join(dropped))
+        return dropped
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")

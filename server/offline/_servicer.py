@@ -1,0 +1,130 @@
+"""GetHistoricalFeatures and StreamHistoricalFeatures: feature history from PostgreSQL.
+
+Responses are assembled as bytes (see server.online._codec): each row becomes
+a FeatureValue frame from its name, stored Value bytes and event time,
+without building message objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import struct
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server._errors import FieldViolation, ServiceError, invalid_argument
+from server._rpc import rpc
+from server.offline._model import HistoryQuery
+from server.offline._pgstore import PostgresHistoryStore
+from server.online import _codec
+from server.online._catalog import Catalog
+from server.online._requests import entity_id_problem
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MAX_LIMIT = 10_000
+STREAM_PAGE = 1_000
+_BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
+_END = datetime(9999, 12, 31, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PRESENT = b"\x20" + bytes([fs.PRESENT])
+_TOKEN = struct.Struct(">q")
+
+
+def _when(ts: Any, default: datetime) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC) if ts.seconds or ts.nanos else default
+
+
+def _query(catalog: Catalog, request: fs.GetHistoricalFeaturesRequest, *, paged: bool) -> HistoryQuery:
+    """The validated query; INVALID_ARGUMENT names every bad field."""
+    violations = entity_id_problem("entity_id", request.entity_id)
+    if not request.feature_names:
+        violations.append(FieldViolation("feature_names", "name at least one feature"))
+    for i, name in enumerate(request.feature_names):
+        catalog.resolve(f"feature_names[{i}]", name, request.entity_type, violations)
+    start, end = _when(request.start_time, _BEGINNING), _when(request.end_time, _END)
+    if start >= end:
+        violations.append(FieldViolation("start_time", "must be before end_time"))
+    if paged and not 1 <= request.limit <= MAX_LIMIT:
+        violations.append(FieldViolation("limit", f"must be between 1 and {MAX_LIMIT}, got {request.limit}"))
+    after = _decode_token(request.page_token, violations) if paged else None
+    if violations:
+        raise invalid_argument(violations)
+    names = tuple(request.feature_names)
+    limit = request.limit if paged else STREAM_PAGE
+    return HistoryQuery(request.entity_type, request.entity_id, names, start, end, limit, after)
+
+
+def _encode_token(micros: int, name: str) -> str:
+    return base64.urlsafe_b64encode(_TOKEN.pack(micros) + name.encode()).decode()
+
+
+def _decode_token(token: str, violations: list[FieldViolation]) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token)
+        micros, name = _TOKEN.unpack(raw[:8])[0], raw[8:].decode()
+    except (ValueError, struct.error):
+        violations.append(FieldViolation("page_token", "is not a token returned by this method"))
+        return None
+    return _EPOCH + timedelta(microseconds=micros), name
+
+
+def _page(q: HistoryQuery, rows: list[tuple[str, int, bytes]], next_token: str) -> bytes:
+    head = _codec.frame(b"\x0a", q.entity_id.encode()) + _codec.frame(b"\x12", q.entity_type.encode())
+    frame, ts = _codec.frame, _codec.timestamp_bytes
+    values = [
+        frame(b"\x1a", frame(b"\x0a", name.encode()) + frame(b"\x12", value) + frame(b"\x1a", ts(micros)) + _PRESENT)
+        for name, micros, value in rows
+    ]
+    tail = _codec.frame(b"\x22", next_token.encode()) if next_token else b""
+    return head + b"".join(values) + tail
+
+
+class HistoryServicer:
+    """Reads of the offline store."""
+
+    def __init__(self, catalog: Catalog, store: PostgresHistoryStore) -> None:
+        self._catalog = catalog
+        self._store = store
+
+    @rpc
+    async def GetHistoricalFeatures(self, request: fs.GetHistoricalFeaturesRequest, context: Context) -> bytes:
+        q = _query(self._catalog, request, paged=True)
+        rows = await self._store.query(dataclasses.replace(q, limit=q.limit + 1))
+        token = _encode_token(rows[q.limit - 1][1], rows[q.limit - 1][0]) if len(rows) > q.limit else ""
+        return _page(q, rows[: q.limit], token)
+
+    async def StreamHistoricalFeatures(
+        self, request: fs.GetHistoricalFeaturesRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        try:
+            q = _query(self._catalog, request, paged=False)
+            while True:
+                rows = await self._store.query(q)
+                if rows:
+                    yield _page(q, rows, "")
+                if len(rows) < q.limit:
+                    return
+                after = (_EPOCH + timedelta(microseconds=rows[-1][1]), rows[-1][0])
+                q = dataclasses.replace(q, after=after)
+        except ServiceError as err:
+            await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
+
+
+def handler(servicer: HistoryServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """The history methods of FeatureStoreService; responses are pre-encoded bytes."""
+    methods = {
+        "GetHistoricalFeatures": grpc.unary_unary_rpc_method_handler(
+            servicer.GetHistoricalFeatures, request_deserializer=fs.GetHistoricalFeaturesRequest.FromString
+        ),
+        "StreamHistoricalFeatures": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamHistoricalFeatures, request_deserializer=fs.GetHistoricalFeaturesRequest.FromString
+        ),
+    }
+    return grpc.method_handlers_generic_handler("featurestore.serving.v1.FeatureStoreService", methods)
