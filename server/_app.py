@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 import grpc
@@ -99,7 +100,14 @@ async def start(settings: Settings) -> App:
     history = offline.PostgresHistoryStore(pool)
     online_servicer = online.OnlineServicer(catalog, online_store, history, limits)
     history_servicer = offline.HistoryServicer(catalog, history)
-    server.add_generic_rpc_handlers((online.handler(online_servicer), offline.handler(history_servicer)))
+    training_servicer = offline.TrainingServicer(catalog, history)
+    server.add_generic_rpc_handlers(
+        (
+            online.handler(online_servicer),
+            offline.handler(history_servicer),
+            offline.training_handler(training_servicer),
+        )
+    )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     services = [REGISTRY_SERVICE, online.SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
@@ -116,4 +124,7 @@ async def start(settings: Settings) -> App:
     await server.start()
     _log.info("serving gRPC on %s:%d", settings.host, port)
     tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(refresher.run())]
+    if settings.history_retention_days > 0:
+        retention = timedelta(days=settings.history_retention_days)
+        tasks.append(asyncio.create_task(history.enforce_retention(retention)))
     return App(server, health, pool, online_store, port, tasks)

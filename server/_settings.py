@@ -41,6 +41,9 @@ class Settings:
     max_request_values: int = field(
         default=100_000, metadata={"help": "most entities x features one read or write may hold"}
     )
+    history_retention_days: int = field(
+        default=0, metadata={"help": "drop history partitions older than this many days; 0 keeps all"}
+    )
     registry_refresh_interval: float = field(
         default=0.5, metadata={"help": "seconds between checks for registry changes (serving snapshot)"}
     )

@@ -3,5 +3,15 @@
 from server.offline._model import HistoryQuery, HistoryRow
 from server.offline._pgstore import PostgresHistoryStore
 from server.offline._servicer import HistoryServicer, handler
+from server.offline._training import TrainingServicer
+from server.offline._training import handler as training_handler
 
-__all__ = ["HistoryQuery", "HistoryRow", "HistoryServicer", "PostgresHistoryStore", "handler"]
+__all__ = [
+    "HistoryQuery",
+    "HistoryRow",
+    "HistoryServicer",
+    "PostgresHistoryStore",
+    "TrainingServicer",
+    "handler",
+    "training_handler",
+]

@@ -9,6 +9,7 @@ arrive; `drop_expired` removes partitions older than the retention.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -40,6 +41,18 @@ _RANGE = (
     "WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
     "AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
     "ORDER BY event_time, feature_name LIMIT $8"
+)
+# For each (row, feature): the latest value at or before the row's timestamp (optionally not older
+# than $5): one backward index probe on the primary key per pair.
+_AS_OF = (
+    "SELECT r.ord::int4 AS row_ord, f.ord::int4 AS feature_ord, "
+    "(extract(epoch FROM h.event_time) * 1000000)::int8 AS micros, h.value "
+    "FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS r(entity_id, ts, ord) "
+    "CROSS JOIN unnest($4::text[]) WITH ORDINALITY AS f(name, ord) "
+    "CROSS JOIN LATERAL (SELECT event_time, value FROM feature_history h "
+    "  WHERE h.entity_type = $1 AND h.entity_id = r.entity_id AND h.feature_name = f.name "
+    "  AND h.event_time <= r.ts AND ($5::interval IS NULL OR h.event_time >= r.ts - $5::interval) "
+    "  ORDER BY h.event_time DESC LIMIT 1) h"
 )
 _PARTITIONS = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -134,6 +147,26 @@ class PostgresHistoryStore:
             raise unavailable("postgresql", type(exc).__name__) from exc
         return [(r["feature_name"], r["micros"], r["value"]) for r in rows]
 
+    async def as_of(
+        self,
+        entity_type: str,
+        entity_ids: Sequence[str],
+        times: Sequence[datetime],
+        feature_names: Sequence[str],
+        max_age: timedelta | None,
+    ) -> list[tuple[int, int, int, bytes]]:
+        """(row index, feature index, event time µs, value) of each (row, feature) that has a value then.
+
+        Indexes are 0-based positions in `entity_ids`/`times` and `feature_names`.
+        """
+        try:
+            rows = await self._pool.fetch(
+                _AS_OF, entity_type, list(entity_ids), list(times), list(feature_names), max_age
+            )
+        except CONNECTION_ERRORS as exc:
+            raise unavailable("postgresql", type(exc).__name__) from exc
+        return [(r["row_ord"] - 1, r["feature_ord"] - 1, r["micros"], r["value"]) for r in rows]
+
     async def drop_expired(self, retention: timedelta, now: datetime | None = None) -> list[str]:
         """Drop the partitions wholly older than `retention`; returns their names."""
         cutoff = _month((now or datetime.now(UTC)) - retention)
@@ -149,6 +182,15 @@ class PostgresHistoryStore:
         if dropped:
             _log.info("dropped history partitions past retention: %s", ", ".join(dropped))
         return dropped
+
+    async def enforce_retention(self, retention: timedelta, every: float = 3600.0) -> None:
+        """Drop expired partitions now and then every `every` seconds, forever."""
+        while True:
+            try:
+                await self.drop_expired(retention)
+            except Exception as exc:  # noqa: BLE001 - retried at the next round
+                _log.warning("history retention failed: %s", exc)
+            await asyncio.sleep(every)
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")

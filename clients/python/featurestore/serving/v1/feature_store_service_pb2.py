@@ -26,10 +26,11 @@ from featurestore.serving.v1 import value_pb2 as featurestore_dot_serving_dot_v1
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3featurestore/serving/v1/feature_store_service.proto\x12\x17\x66\x65\x61turestore.serving.v1\x1a#featurestore/serving/v1/value.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0c\x46\x65\x61tureValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.featurestore.serving.v1.FeatureStatus\"w\n\x12GetFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"v\n\x13GetFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\"}\n\x17\x42\x61tchGetFeaturesRequest\x12\x18\n\nentity_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"b\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValueJ\x04\x08\x02\x10\x03\"j\n\x18\x42\x61tchGetFeaturesResponse\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\x39\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\'.featurestore.serving.v1.EntityFeatures\"\xf0\x01\n\x1cGetHistoricalFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfeature_names\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"\x97\x01\n\x1dGetHistoricalFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x35\n\x06values\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"\xe9\x01\n\tEntityRow\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12>\n\x06values\x18\x03 \x03(\x0b\x32..featurestore.serving.v1.EntityRow.ValuesEntry\x1aM\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value:\x02\x38\x01\"c\n\x14WriteFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"b\n\x13PushFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"W\n\x14PushFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x03\"G\n\x15WriteFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03*X\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\xdd\x08\n\x13\x46\x65\x61tureStoreService\x12h\n\x0bGetFeatures\x12+.featurestore.serving.v1.GetFeaturesRequest\x1a,.featurestore.serving.v1.GetFeaturesResponse\x12w\n\x10\x42\x61tchGetFeatures\x12\x30.featurestore.serving.v1.BatchGetFeaturesRequest\x1a\x31.featurestore.serving.v1.BatchGetFeaturesResponse\x12|\n\x0fGetFeaturesJson\x12+.featurestore.serving.v1.GetFeaturesRequest\x1a\x14.google.api.HttpBody\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/feature-store/features:\x01*\x12\x8c\x01\n\x14\x42\x61tchGetFeaturesJson\x12\x30.featurestore.serving.v1.BatchGetFeaturesRequest\x1a\x14.google.api.HttpBody\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/batch-features:\x01*\x12\xb9\x01\n\x15GetHistoricalFeatures\x12\x35.featurestore.serving.v1.GetHistoricalFeaturesRequest\x1a\x36.featurestore.serving.v1.GetHistoricalFeaturesResponse\"1\x82\xd3\xe4\x93\x02+\"&/api/feature-store/historical-features:\x01*\x12\x8b\x01\n\x18StreamHistoricalFeatures\x12\x35.featurestore.serving.v1.GetHistoricalFeaturesRequest\x1a\x36.featurestore.serving.v1.GetHistoricalFeaturesResponse0\x01\x12\x9c\x01\n\rWriteFeatures\x12-.featurestore.serving.v1.WriteFeaturesRequest\x1a..featurestore.serving.v1.WriteFeaturesResponse\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/write-features:\x01*\x12m\n\x0cPushFeatures\x12,.featurestore.serving.v1.PushFeaturesRequest\x1a-.featurestore.serving.v1.PushFeaturesResponse(\x01\x42n\n\x1b\x64\x65v.featurestore.serving.v1P\x01ZMgithub.com/featurestore/featurestore/gen/go/featurestore/serving/v1;servingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3featurestore/serving/v1/feature_store_service.proto\x12\x17\x66\x65\x61turestore.serving.v1\x1a#featurestore/serving/v1/value.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0c\x46\x65\x61tureValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value\x12.\n\nevent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06status\x18\x04 \x01(\x0e\x32&.featurestore.serving.v1.FeatureStatus\"w\n\x12GetFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"v\n\x13GetFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\"}\n\x17\x42\x61tchGetFeaturesRequest\x12\x18\n\nentity_ids\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x04 \x03(\t\"b\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x37\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValueJ\x04\x08\x02\x10\x03\"j\n\x18\x42\x61tchGetFeaturesResponse\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\x39\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\'.featurestore.serving.v1.EntityFeatures\"\xf0\x01\n\x1cGetHistoricalFeaturesRequest\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfeature_names\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"\x97\x01\n\x1dGetHistoricalFeaturesResponse\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x02 \x01(\t\x12\x35\n\x06values\x18\x03 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"\xe9\x01\n\x0bTrainingRow\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x33\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12>\n\x05\x65xtra\x18\x03 \x03(\x0b\x32/.featurestore.serving.v1.TrainingRow.ExtraEntry\x1aL\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value:\x02\x38\x01\"\xc5\x01\n\x19GetTrainingDatasetRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rfeature_names\x18\x02 \x03(\t\x12\x16\n\x0e\x66\x65\x61ture_groups\x18\x03 \x03(\t\x12\x32\n\x04rows\x18\x04 \x03(\x0b\x32$.featurestore.serving.v1.TrainingRow\x12*\n\x07max_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9e\x02\n\x0fTrainingExample\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x42\n\x05\x65xtra\x18\x03 \x03(\x0b\x32\x33.featurestore.serving.v1.TrainingExample.ExtraEntry\x12\x37\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32%.featurestore.serving.v1.FeatureValue\x1aL\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value:\x02\x38\x01\"X\n\x1aGetTrainingDatasetResponse\x12:\n\x08\x65xamples\x18\x01 \x03(\x0b\x32(.featurestore.serving.v1.TrainingExample\"\xe9\x01\n\tEntityRow\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12>\n\x06values\x18\x03 \x03(\x0b\x32..featurestore.serving.v1.EntityRow.ValuesEntry\x1aM\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.featurestore.serving.v1.Value:\x02\x38\x01\"c\n\x14WriteFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"b\n\x13PushFeaturesRequest\x12\x19\n\x0b\x65ntity_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x30\n\x04rows\x18\x02 \x03(\x0b\x32\".featurestore.serving.v1.EntityRow\"W\n\x14PushFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x03\"G\n\x15WriteFeaturesResponse\x12\x16\n\x0ewritten_values\x18\x01 \x01(\x03\x12\x16\n\x0eskipped_values\x18\x02 \x01(\x03*X\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\x8f\n\n\x13\x46\x65\x61tureStoreService\x12h\n\x0bGetFeatures\x12+.featurestore.serving.v1.GetFeaturesRequest\x1a,.featurestore.serving.v1.GetFeaturesResponse\x12w\n\x10\x42\x61tchGetFeatures\x12\x30.featurestore.serving.v1.BatchGetFeaturesRequest\x1a\x31.featurestore.serving.v1.BatchGetFeaturesResponse\x12|\n\x0fGetFeaturesJson\x12+.featurestore.serving.v1.GetFeaturesRequest\x1a\x14.google.api.HttpBody\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/feature-store/features:\x01*\x12\x8c\x01\n\x14\x42\x61tchGetFeaturesJson\x12\x30.featurestore.serving.v1.BatchGetFeaturesRequest\x1a\x14.google.api.HttpBody\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/batch-features:\x01*\x12\xb9\x01\n\x15GetHistoricalFeatures\x12\x35.featurestore.serving.v1.GetHistoricalFeaturesRequest\x1a\x36.featurestore.serving.v1.GetHistoricalFeaturesResponse\"1\x82\xd3\xe4\x93\x02+\"&/api/feature-store/historical-features:\x01*\x12\x8b\x01\n\x18StreamHistoricalFeatures\x12\x35.featurestore.serving.v1.GetHistoricalFeaturesRequest\x1a\x36.featurestore.serving.v1.GetHistoricalFeaturesResponse0\x01\x12\xaf\x01\n\x12GetTrainingDataset\x12\x32.featurestore.serving.v1.GetTrainingDatasetRequest\x1a\x33.featurestore.serving.v1.GetTrainingDatasetResponse\".\x82\xd3\xe4\x93\x02(\"#/api/feature-store/training-dataset:\x01*0\x01\x12\x9c\x01\n\rWriteFeatures\x12-.featurestore.serving.v1.WriteFeaturesRequest\x1a..featurestore.serving.v1.WriteFeaturesResponse\",\x82\xd3\xe4\x93\x02&\"!/api/feature-store/write-features:\x01*\x12m\n\x0cPushFeatures\x12,.featurestore.serving.v1.PushFeaturesRequest\x1a-.featurestore.serving.v1.PushFeaturesResponse(\x01\x42n\n\x1b\x64\x65v.featurestore.serving.v1P\x01ZMgithub.com/featurestore/featurestore/gen/go/featurestore/serving/v1;servingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +52,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETHISTORICALFEATURESREQUEST'].fields_by_name['feature_names']._serialized_options = b'\342A\001\002'
   _globals['_GETHISTORICALFEATURESREQUEST'].fields_by_name['entity_type']._loaded_options = None
   _globals['_GETHISTORICALFEATURESREQUEST'].fields_by_name['entity_type']._serialized_options = b'\342A\001\002'
+  _globals['_TRAININGROW_EXTRAENTRY']._loaded_options = None
+  _globals['_TRAININGROW_EXTRAENTRY']._serialized_options = b'8\001'
+  _globals['_TRAININGROW'].fields_by_name['entity_id']._loaded_options = None
+  _globals['_TRAININGROW'].fields_by_name['entity_id']._serialized_options = b'\342A\001\002'
+  _globals['_TRAININGROW'].fields_by_name['timestamp']._loaded_options = None
+  _globals['_TRAININGROW'].fields_by_name['timestamp']._serialized_options = b'\342A\001\002'
+  _globals['_GETTRAININGDATASETREQUEST'].fields_by_name['entity_type']._loaded_options = None
+  _globals['_GETTRAININGDATASETREQUEST'].fields_by_name['entity_type']._serialized_options = b'\342A\001\002'
+  _globals['_TRAININGEXAMPLE_EXTRAENTRY']._loaded_options = None
+  _globals['_TRAININGEXAMPLE_EXTRAENTRY']._serialized_options = b'8\001'
   _globals['_ENTITYROW_VALUESENTRY']._loaded_options = None
   _globals['_ENTITYROW_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_ENTITYROW'].fields_by_name['entity_id']._loaded_options = None
@@ -67,38 +78,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURESTORESERVICE'].methods_by_name['BatchGetFeaturesJson']._serialized_options = b'\202\323\344\223\002&\"!/api/feature-store/batch-features:\001*'
   _globals['_FEATURESTORESERVICE'].methods_by_name['GetHistoricalFeatures']._loaded_options = None
   _globals['_FEATURESTORESERVICE'].methods_by_name['GetHistoricalFeatures']._serialized_options = b'\202\323\344\223\002+\"&/api/feature-store/historical-features:\001*'
+  _globals['_FEATURESTORESERVICE'].methods_by_name['GetTrainingDataset']._loaded_options = None
+  _globals['_FEATURESTORESERVICE'].methods_by_name['GetTrainingDataset']._serialized_options = b'\202\323\344\223\002(\"#/api/feature-store/training-dataset:\001*'
   _globals['_FEATURESTORESERVICE'].methods_by_name['WriteFeatures']._loaded_options = None
   _globals['_FEATURESTORESERVICE'].methods_by_name['WriteFeatures']._serialized_options = b'\202\323\344\223\002&\"!/api/feature-store/write-features:\001*'
-  _globals['_FEATURESTATUS']._serialized_start=1994
-  _globals['_FEATURESTATUS']._serialized_end=2082
-  _globals['_FEATUREVALUE']._serialized_start=241
-  _globals['_FEATUREVALUE']._serialized_end=420
-  _globals['_GETFEATURESREQUEST']._serialized_start=422
-  _globals['_GETFEATURESREQUEST']._serialized_end=541
-  _globals['_GETFEATURESRESPONSE']._serialized_start=543
-  _globals['_GETFEATURESRESPONSE']._serialized_end=661
-  _globals['_BATCHGETFEATURESREQUEST']._serialized_start=663
-  _globals['_BATCHGETFEATURESREQUEST']._serialized_end=788
-  _globals['_ENTITYFEATURES']._serialized_start=790
-  _globals['_ENTITYFEATURES']._serialized_end=888
-  _globals['_BATCHGETFEATURESRESPONSE']._serialized_start=890
-  _globals['_BATCHGETFEATURESRESPONSE']._serialized_end=996
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=999
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=1239
-  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_start=1242
-  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_end=1393
-  _globals['_ENTITYROW']._serialized_start=1396
-  _globals['_ENTITYROW']._serialized_end=1629
-  _globals['_ENTITYROW_VALUESENTRY']._serialized_start=1552
-  _globals['_ENTITYROW_VALUESENTRY']._serialized_end=1629
-  _globals['_WRITEFEATURESREQUEST']._serialized_start=1631
-  _globals['_WRITEFEATURESREQUEST']._serialized_end=1730
-  _globals['_PUSHFEATURESREQUEST']._serialized_start=1732
-  _globals['_PUSHFEATURESREQUEST']._serialized_end=1830
-  _globals['_PUSHFEATURESRESPONSE']._serialized_start=1832
-  _globals['_PUSHFEATURESRESPONSE']._serialized_end=1919
-  _globals['_WRITEFEATURESRESPONSE']._serialized_start=1921
-  _globals['_WRITEFEATURESRESPONSE']._serialized_end=1992
-  _globals['_FEATURESTORESERVICE']._serialized_start=2085
-  _globals['_FEATURESTORESERVICE']._serialized_end=3202
+  _globals['_FEATURESTATUS']._serialized_start=2841
+  _globals['_FEATURESTATUS']._serialized_end=2929
+  _globals['_FEATUREVALUE']._serialized_start=273
+  _globals['_FEATUREVALUE']._serialized_end=452
+  _globals['_GETFEATURESREQUEST']._serialized_start=454
+  _globals['_GETFEATURESREQUEST']._serialized_end=573
+  _globals['_GETFEATURESRESPONSE']._serialized_start=575
+  _globals['_GETFEATURESRESPONSE']._serialized_end=693
+  _globals['_BATCHGETFEATURESREQUEST']._serialized_start=695
+  _globals['_BATCHGETFEATURESREQUEST']._serialized_end=820
+  _globals['_ENTITYFEATURES']._serialized_start=822
+  _globals['_ENTITYFEATURES']._serialized_end=920
+  _globals['_BATCHGETFEATURESRESPONSE']._serialized_start=922
+  _globals['_BATCHGETFEATURESRESPONSE']._serialized_end=1028
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=1031
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=1271
+  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_start=1274
+  _globals['_GETHISTORICALFEATURESRESPONSE']._serialized_end=1425
+  _globals['_TRAININGROW']._serialized_start=1428
+  _globals['_TRAININGROW']._serialized_end=1661
+  _globals['_TRAININGROW_EXTRAENTRY']._serialized_start=1585
+  _globals['_TRAININGROW_EXTRAENTRY']._serialized_end=1661
+  _globals['_GETTRAININGDATASETREQUEST']._serialized_start=1664
+  _globals['_GETTRAININGDATASETREQUEST']._serialized_end=1861
+  _globals['_TRAININGEXAMPLE']._serialized_start=1864
+  _globals['_TRAININGEXAMPLE']._serialized_end=2150
+  _globals['_TRAININGEXAMPLE_EXTRAENTRY']._serialized_start=1585
+  _globals['_TRAININGEXAMPLE_EXTRAENTRY']._serialized_end=1661
+  _globals['_GETTRAININGDATASETRESPONSE']._serialized_start=2152
+  _globals['_GETTRAININGDATASETRESPONSE']._serialized_end=2240
+  _globals['_ENTITYROW']._serialized_start=2243
+  _globals['_ENTITYROW']._serialized_end=2476
+  _globals['_ENTITYROW_VALUESENTRY']._serialized_start=2399
+  _globals['_ENTITYROW_VALUESENTRY']._serialized_end=2476
+  _globals['_WRITEFEATURESREQUEST']._serialized_start=2478
+  _globals['_WRITEFEATURESREQUEST']._serialized_end=2577
+  _globals['_PUSHFEATURESREQUEST']._serialized_start=2579
+  _globals['_PUSHFEATURESREQUEST']._serialized_end=2677
+  _globals['_PUSHFEATURESRESPONSE']._serialized_start=2679
+  _globals['_PUSHFEATURESRESPONSE']._serialized_end=2766
+  _globals['_WRITEFEATURESRESPONSE']._serialized_start=2768
+  _globals['_WRITEFEATURESRESPONSE']._serialized_end=2839
+  _globals['_FEATURESTORESERVICE']._serialized_start=2932
+  _globals['_FEATURESTORESERVICE']._serialized_end=4227
 # @@protoc_insertion_point(module_scope)

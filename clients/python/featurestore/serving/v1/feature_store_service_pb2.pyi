@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from featurestore.serving.v1 import value_pb2 as _value_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -342,6 +343,194 @@ class GetHistoricalFeaturesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetHistoricalFeaturesResponse: _TypeAlias = GetHistoricalFeaturesResponse  # noqa: Y015
+
+@_typing.final
+class TrainingRow(_message.Message):
+    """One entity at one moment, for a training dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ExtraEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _value_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    entity_id: _builtins.str
+    """The entity's id."""
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """The moment whose feature values to use."""
+
+    @_builtins.property
+    def extra(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Value]:
+        """Labels and other columns, passed through to the example unchanged."""
+
+    def __init__(
+        self,
+        *,
+        entity_id: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        extra: _abc.Mapping[_builtins.str, _value_pb2.Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "extra", b"extra", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingRow: _TypeAlias = TrainingRow  # noqa: Y015
+
+@_typing.final
+class GetTrainingDatasetRequest(_message.Message):
+    """Request for GetTrainingDataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_TYPE_FIELD_NUMBER: _builtins.int
+    FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    FEATURE_GROUPS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    entity_type: _builtins.str
+    """The entities' type."""
+    @_builtins.property
+    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The features of each example, in this order."""
+
+    @_builtins.property
+    def feature_groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Feature groups whose features follow `feature_names`."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingRow]:
+        """The entity rows."""
+
+    @_builtins.property
+    def max_age(self) -> _duration_pb2.Duration:
+        """When set, values older than this at a row's timestamp count as absent
+        (NOT_FOUND) instead of EXPIRED.
+        """
+
+    def __init__(
+        self,
+        *,
+        entity_type: _builtins.str = ...,
+        feature_names: _abc.Iterable[_builtins.str] | None = ...,
+        feature_groups: _abc.Iterable[_builtins.str] | None = ...,
+        rows: _abc.Iterable[Global___TrainingRow] | None = ...,
+        max_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_age", b"max_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_type", b"entity_type", "feature_groups", b"feature_groups", "feature_names", b"feature_names", "max_age", b"max_age", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingDatasetRequest: _TypeAlias = GetTrainingDatasetRequest  # noqa: Y015
+
+@_typing.final
+class TrainingExample(_message.Message):
+    """One training example. Fields 1-3 are those of TrainingRow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ExtraEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _value_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    entity_id: _builtins.str
+    """The entity's id."""
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp:
+        """The row's timestamp."""
+
+    @_builtins.property
+    def extra(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Value]:
+        """The row's extra columns."""
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureValue]:
+        """One value per requested feature, in request order."""
+
+    def __init__(
+        self,
+        *,
+        entity_id: _builtins.str = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        extra: _abc.Mapping[_builtins.str, _value_pb2.Value] | None = ...,
+        features: _abc.Iterable[Global___FeatureValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "extra", b"extra", "features", b"features", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingExample: _TypeAlias = TrainingExample  # noqa: Y015
+
+@_typing.final
+class GetTrainingDatasetResponse(_message.Message):
+    """A chunk of GetTrainingDataset's stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingExample]:
+        """The next examples, in request order."""
+
+    def __init__(
+        self,
+        *,
+        examples: _abc.Iterable[Global___TrainingExample] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["examples", b"examples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingDatasetResponse: _TypeAlias = GetTrainingDatasetResponse  # noqa: Y015
 
 @_typing.final
 class EntityRow(_message.Message):

@@ -67,6 +67,11 @@ class FeatureStoreServiceStub:
                 request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.SerializeToString,
                 response_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.FromString,
                 _registered_method=True)
+        self.GetTrainingDataset = channel.unary_stream(
+                '/featurestore.serving.v1.FeatureStoreService/GetTrainingDataset',
+                request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetTrainingDatasetRequest.SerializeToString,
+                response_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetTrainingDatasetResponse.FromString,
+                _registered_method=True)
         self.WriteFeatures = channel.unary_unary(
                 '/featurestore.serving.v1.FeatureStoreService/WriteFeatures',
                 request_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.WriteFeaturesRequest.SerializeToString,
@@ -131,6 +136,16 @@ class FeatureStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrainingDataset(self, request, context):
+        """Point-in-time correct training data: for each entity row, every feature's
+        latest value at or before the row's timestamp (never a later one), with
+        the status serving would have reported at that moment (EXPIRED past the
+        feature's max age). Streams the examples in request order, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WriteFeatures(self, request, context):
         """Writes feature values of entities. A value replaces the stored one only
         if its event time is not older; writing the same rows again is harmless.
@@ -181,6 +196,11 @@ def add_FeatureStoreServiceServicer_to_server(servicer, server):
                     servicer.StreamHistoricalFeatures,
                     request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.FromString,
                     response_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.SerializeToString,
+            ),
+            'GetTrainingDataset': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetTrainingDataset,
+                    request_deserializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetTrainingDatasetRequest.FromString,
+                    response_serializer=featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetTrainingDatasetResponse.SerializeToString,
             ),
             'WriteFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.WriteFeatures,
@@ -357,6 +377,33 @@ class FeatureStoreService:
             '/featurestore.serving.v1.FeatureStoreService/StreamHistoricalFeatures',
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesRequest.SerializeToString,
             featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetHistoricalFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/featurestore.serving.v1.FeatureStoreService/GetTrainingDataset',
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetTrainingDatasetRequest.SerializeToString,
+            featurestore_dot_serving_dot_v1_dot_feature__store__service__pb2.GetTrainingDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

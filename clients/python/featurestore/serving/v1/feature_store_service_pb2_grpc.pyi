@@ -56,6 +56,12 @@ class FeatureStoreServiceStub:
     """GetHistoricalFeatures for long ranges: streams every value in the range
     (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
     """
+    GetTrainingDataset: _grpc.UnaryStreamMultiCallable[_feature_store_service_pb2.GetTrainingDatasetRequest, _feature_store_service_pb2.GetTrainingDatasetResponse]
+    """Point-in-time correct training data: for each entity row, every feature's
+    latest value at or before the row's timestamp (never a later one), with
+    the status serving would have reported at that moment (EXPIRED past the
+    feature's max age). Streams the examples in request order, in chunks.
+    """
     WriteFeatures: _grpc.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]
     """Writes feature values of entities. A value replaces the stored one only
     if its event time is not older; writing the same rows again is harmless.
@@ -93,6 +99,12 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     StreamHistoricalFeatures: _aio.UnaryStreamMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
     """GetHistoricalFeatures for long ranges: streams every value in the range
     (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+    """
+    GetTrainingDataset: _aio.UnaryStreamMultiCallable[_feature_store_service_pb2.GetTrainingDatasetRequest, _feature_store_service_pb2.GetTrainingDatasetResponse]  # type: ignore[assignment]
+    """Point-in-time correct training data: for each entity row, every feature's
+    latest value at or before the row's timestamp (never a later one), with
+    the status serving would have reported at that moment (EXPIRED past the
+    feature's max age). Streams the examples in request order, in chunks.
     """
     WriteFeatures: _aio.UnaryUnaryMultiCallable[_feature_store_service_pb2.WriteFeaturesRequest, _feature_store_service_pb2.WriteFeaturesResponse]  # type: ignore[assignment]
     """Writes feature values of entities. A value replaces the stored one only
@@ -164,6 +176,18 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_feature_store_service_pb2.GetHistoricalFeaturesResponse], _abc.AsyncIterator[_feature_store_service_pb2.GetHistoricalFeaturesResponse]]:
         """GetHistoricalFeatures for long ranges: streams every value in the range
         (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrainingDataset(
+        self,
+        request: _feature_store_service_pb2.GetTrainingDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_feature_store_service_pb2.GetTrainingDatasetResponse], _abc.AsyncIterator[_feature_store_service_pb2.GetTrainingDatasetResponse]]:
+        """Point-in-time correct training data: for each entity row, every feature's
+        latest value at or before the row's timestamp (never a later one), with
+        the status serving would have reported at that moment (EXPIRED past the
+        feature's max age). Streams the examples in request order, in chunks.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,104 @@
+"""GetTrainingDataset: point-in-time correct examples from the feature history.
+
+A row asks "what would serving have answered for this entity at time t": for
+each feature, the latest value with event time <= t, marked EXPIRED when it
+was older than the feature's max age at t, exactly as the online read
+computes it. Rows go to PostgreSQL in chunks; each chunk is one query (an
+index probe per row and feature) and one response message.
+
+The response is assembled as bytes: TrainingExample shares field numbers 1-3
+with TrainingRow, so an example is the row's own serialization followed by
+its feature frames (field 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC
+from typing import Any
+
+import grpc
+
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server._errors import FieldViolation, ServiceError, invalid_argument
+from server.offline._pgstore import PostgresHistoryStore
+from server.online import _codec
+from server.online._catalog import Catalog, Plan
+from server.online._requests import entity_id_problem
+
+Context = grpc.aio.ServicerContext[Any, Any]
+CHUNK_ROWS = 2_000
+MAX_ROWS = 1_000_000
+_FEATURE_TAG = b"\x22"  # TrainingExample.features
+_EXAMPLES_TAG = b"\x0a"  # GetTrainingDatasetResponse.examples
+
+
+def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest) -> Plan:
+    plan = catalog.plan(request.entity_type, tuple(request.feature_names), tuple(request.feature_groups))
+    violations: list[FieldViolation] = []
+    if not plan.features:
+        violations.append(FieldViolation("feature_names", "name at least one feature or feature group"))
+    if len(request.rows) > MAX_ROWS:
+        violations.append(FieldViolation("rows", f"holds {len(request.rows)} rows; the limit is {MAX_ROWS}"))
+    for i, row in enumerate(request.rows):
+        violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
+        if not row.HasField("timestamp"):
+            violations.append(FieldViolation(f"rows[{i}].timestamp", "is required"))
+        if len(violations) > 50:
+            break
+    if request.HasField("max_age") and request.max_age.ToTimedelta().total_seconds() <= 0:
+        violations.append(FieldViolation("max_age", "must be positive"))
+    if violations:
+        raise invalid_argument(violations)
+    return plan
+
+
+def _feature_frame(name_frame: bytes, value: bytes, micros: int, expired: bool) -> bytes:
+    status = b"\x20" + bytes([fs.EXPIRED if expired else fs.PRESENT])
+    payload = name_frame + _codec.frame(b"\x12", value) + _codec.frame(b"\x1a", _codec.timestamp_bytes(micros))
+    return _codec.frame(_FEATURE_TAG, payload + status)
+
+
+class TrainingServicer:
+    """Builds training datasets from the offline store."""
+
+    def __init__(self, catalog: Catalog, store: PostgresHistoryStore) -> None:
+        self._catalog = catalog
+        self._store = store
+
+    async def GetTrainingDataset(self, request: fs.GetTrainingDatasetRequest, context: Context) -> AsyncIterator[bytes]:
+        try:
+            plan = _validate(self._catalog, request)
+            for start in range(0, len(request.rows), CHUNK_ROWS):
+                yield await self._chunk(request, plan, request.rows[start : start + CHUNK_ROWS])
+        except ServiceError as err:
+            await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
+
+    async def _chunk(self, request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any) -> bytes:
+        max_age = request.max_age.ToTimedelta() if request.HasField("max_age") else None
+        times = [row.timestamp.ToDatetime(tzinfo=UTC) for row in rows]
+        names = [f.name for f in plan.features]
+        found = await self._store.as_of(request.entity_type, [r.entity_id for r in rows], times, names, max_age)
+        width = len(names)
+        cells: list[bytes] = [missing for _ in rows for missing in plan.not_found_examples]
+        name_frames = plan.name_frames
+        ages = [f.max_age_micros for f in plan.features]
+        row_micros = [_codec.micros_of(row.timestamp) for row in rows]
+        for row_i, feature_i, micros, value in found:
+            age = ages[feature_i]
+            expired = age is not None and row_micros[row_i] - micros > age
+            cells[row_i * width + feature_i] = _feature_frame(name_frames[feature_i], value, micros, expired)
+        examples = [
+            _codec.frame(_EXAMPLES_TAG, row.SerializeToString() + b"".join(cells[i * width : (i + 1) * width]))
+            for i, row in enumerate(rows)
+        ]
+        return b"".join(examples)
+
+
+def handler(servicer: TrainingServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    methods = {
+        "GetTrainingDataset": grpc.unary_stream_rpc_method_handler(
+            servicer.GetTrainingDataset, request_deserializer=fs.GetTrainingDatasetRequest.FromString
+        ),
+    }
+    return grpc.method_handlers_generic_handler("featurestore.serving.v1.FeatureStoreService", methods)

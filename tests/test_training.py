@@ -1,0 +1,135 @@
+"""Point-in-time correct training datasets, checked against a brute-force reference."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from featurestore import FeatureStoreClient, error_details
+from featurestore.registry.v1 import feature_pb2 as pb
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from tests._http import Rest
+from tests._online import i64, register, row, ts, wait_servable, write
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+MAX_AGE = timedelta(minutes=30)
+FEATURES = ("pit_a", "pit_b")
+_run = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pit_features(client: FeatureStoreClient, postgres_dsn: str) -> None:
+    from tests.conftest import CLEAR_REGISTRY, run_sql
+
+    run_sql(postgres_dsn, CLEAR_REGISTRY)
+    for name in FEATURES:
+        register(client, name, pb.INT64, max_age=MAX_AGE)
+    wait_servable(client, "customer", *FEATURES)
+
+
+def dataset(client: FeatureStoreClient, rows: list[fs.TrainingRow], **kwargs: object) -> list[fs.TrainingExample]:
+    request = fs.GetTrainingDatasetRequest(entity_type="customer", feature_names=FEATURES, rows=rows, **kwargs)  # type: ignore[arg-type]
+    return [e for chunk in client.store.GetTrainingDataset(request) for e in chunk.examples]
+
+
+def reference(
+    history: dict[tuple[str, str], dict[datetime, int]], entity: str, at: datetime, name: str
+) -> tuple[int, int, datetime] | None:
+    """(status, value, event time) by brute force: the latest event at or before `at`."""
+    times = [t for t in history.get((entity, name), {}) if t <= at]
+    if not times:
+        return None
+    latest = max(times)
+    status = fs.EXPIRED if at - latest > MAX_AGE else fs.PRESENT
+    return status, history[(entity, name)][latest], latest
+
+
+minutes = st.integers(min_value=0, max_value=240)
+events = st.lists(
+    st.tuples(st.integers(0, 2), st.sampled_from(FEATURES), minutes, st.integers(-1000, 1000)), max_size=40
+)
+queries = st.lists(st.tuples(st.integers(0, 3), minutes), min_size=1, max_size=30)
+
+
+@pytest.mark.usefixtures("pit_features")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=events, queries=queries)
+def test_as_of_join_matches_brute_force(
+    client: FeatureStoreClient, events: list[tuple[int, str, int, int]], queries: list[tuple[int, int]]
+) -> None:
+    run = next(_run)  # entities of their own per example: no cleanup between examples
+    history: dict[tuple[str, str], dict[datetime, int]] = {}
+    for e, name, minute, value in events:
+        history.setdefault((f"r{run}e{e}", name), {})[T0 + timedelta(minutes=minute)] = value  # the last write wins
+    rows = [
+        row(entity, when, **{name: i64(v)})
+        for (entity, name), by_time in history.items()
+        for when, v in by_time.items()
+    ]
+    if rows:
+        write(client, rows)
+    asked = [(f"r{run}e{e}", T0 + timedelta(minutes=m)) for e, m in queries]
+    examples = dataset(
+        client,
+        [fs.TrainingRow(entity_id=e, timestamp=ts(at), extra={"label": i64(i)}) for i, (e, at) in enumerate(asked)],
+    )
+    assert len(examples) == len(asked)
+    for i, ((entity, at), example) in enumerate(zip(asked, examples, strict=True)):
+        assert (example.entity_id, example.timestamp, example.extra["label"].int64_value) == (entity, ts(at), i)
+        assert [f.name for f in example.features] == list(FEATURES)
+        for feature in example.features:
+            expected = reference(history, entity, at, feature.name)
+            if expected is None:
+                assert feature.status == fs.NOT_FOUND
+                assert not feature.HasField("value")
+            else:
+                status, value, when = expected
+                assert (feature.status, feature.value.int64_value, feature.event_time) == (status, value, ts(when))
+
+
+@pytest.mark.usefixtures("pit_features")
+def test_edges_equal_times_before_any_value_exactly_at_max_age_and_bound(client: FeatureStoreClient) -> None:
+    write(client, [row("edge", T0, pit_a=i64(1)), row("edge", T0 + timedelta(minutes=10), pit_a=i64(2))])
+    at = [
+        T0 - timedelta(microseconds=1),
+        T0,
+        T0 + timedelta(minutes=10),
+        T0 + timedelta(minutes=40),
+        T0 + timedelta(minutes=40, microseconds=1),
+    ]
+    examples = dataset(client, [fs.TrainingRow(entity_id="edge", timestamp=ts(t)) for t in at])
+    a = [e.features[0] for e in examples]
+    assert a[0].status == fs.NOT_FOUND  # before any value
+    assert (a[1].status, a[1].value.int64_value) == (fs.PRESENT, 1)  # a value at exactly the row's time counts
+    assert (a[2].status, a[2].value.int64_value) == (fs.PRESENT, 2)
+    assert (a[3].status, a[3].value.int64_value) == (fs.PRESENT, 2)  # exactly max age old: still present
+    assert (a[4].status, a[4].value.int64_value) == (fs.EXPIRED, 2)
+    bounded = dataset(
+        client, [fs.TrainingRow(entity_id="edge", timestamp=ts(at[4]))], max_age=duration_pb2.Duration(seconds=600)
+    )
+    assert bounded[0].features[0].status == fs.NOT_FOUND  # older than the requested bound: absent
+
+
+@pytest.mark.usefixtures("pit_features")
+def test_training_rest_route_and_bad_rows(client: FeatureStoreClient, rest: Rest) -> None:
+    write(client, [row("rest1", T0, pit_b=i64(5))])
+    body = {
+        "entity_type": "customer",
+        "feature_names": ["pit_b"],
+        "rows": [{"entity_id": "rest1", "timestamp": "2024-03-01T00:05:00Z", "extra": {"label": {"bool_value": True}}}],
+    }
+    response = rest.post("/api/feature-store/training-dataset", body)
+    assert response.status == 200, response.text
+    [chunk] = response.json()
+    [example] = chunk["examples"]
+    assert example["extra"] == {"label": {"bool_value": True}}
+    assert example["features"][0]["value"] == {"int64_value": "5"}
+    with pytest.raises(grpc.RpcError) as info:
+        dataset(client, [fs.TrainingRow(entity_id="", timestamp=ts(T0)), fs.TrainingRow(entity_id="x")])
+    assert set(error_details(info.value).field_violations) == {"rows[0].entity_id", "rows[1].timestamp"}
