@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -11,7 +12,7 @@ from google.protobuf import duration_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featurestore import FeatureStoreClient, error_details
+from featurestore import FeatureStoreClient, error_details, write_training_parquet
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from tests._http import Rest
@@ -133,3 +134,23 @@ def test_training_rest_route_and_bad_rows(client: FeatureStoreClient, rest: Rest
     with pytest.raises(grpc.RpcError) as info:
         dataset(client, [fs.TrainingRow(entity_id="", timestamp=ts(T0)), fs.TrainingRow(entity_id="x")])
     assert set(error_details(info.value).field_violations) == {"rows[0].entity_id", "rows[1].timestamp"}
+
+
+@pytest.mark.usefixtures("pit_features")
+def test_training_dataset_exports_to_parquet(client: FeatureStoreClient, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    write(client, [row(f"pq{i}", T0, pit_a=i64(i)) for i in range(5000)])
+    rows = [
+        fs.TrainingRow(entity_id=f"pq{i}", timestamp=ts(T0 + timedelta(minutes=i % 60)), extra={"y": i64(i % 2)})
+        for i in range(5000)
+    ]
+    request = fs.GetTrainingDatasetRequest(entity_type="customer", feature_names=FEATURES, rows=rows)
+    assert write_training_parquet(client.store.GetTrainingDataset(request), tmp_path / "train.parquet") == 5000
+    table = pq.read_table(tmp_path / "train.parquet").to_pylist()
+    assert [r["entity_id"] for r in table] == [f"pq{i}" for i in range(5000)]
+    assert [r["pit_a"] for r in table[:3]] == [0, 1, 2]
+    assert [r["y"] for r in table[:3]] == [0, 1, 0]
+    assert {r["pit_b__status"] for r in table} == {"NOT_FOUND"}
+    assert table[59]["pit_a__status"] == "EXPIRED"  # 59 minutes after its value, past the 30-minute max age
+    assert table[59]["pit_a"] == 59
