@@ -48,14 +48,20 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def batches(entities: range, times: int, size: int) -> list[list[HistoryRow]]:
-    value = vpb.Value(float_value=1.25).SerializeToString()
+    from server.online._codec import encode_stored
+
+    value_msg = vpb.Value(float_value=1.25)
+    value = value_msg.SerializeToString()
     out: list[list[HistoryRow]] = []
     current: list[HistoryRow] = []
     for e in entities:
         for t in range(times):
             when = T0 + timedelta(hours=t * 24 + e % 24)
+            stamp = fs.FeatureValue().event_time
+            stamp.FromDatetime(when)
             for name in FEATURES:
-                current.append(HistoryRow("user", f"u{e}", name, when, value))
+                frame = encode_stored(name, value_msg, stamp)[0][8:]
+                current.append(HistoryRow("user", f"u{e}", name, when, value, frame))
             if len(current) >= size:
                 out.append(current)
                 current = []
@@ -74,14 +80,14 @@ async def ingest(dsn: str, entities: int, times: int) -> dict[str, float]:
     )
     for month in range(1, 13):
         lo, hi = datetime(2025, month, 1, tzinfo=UTC), datetime(2025 + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-        await pool.execute(f"CREATE TABLE raw_history_{month} PARTITION OF raw_history FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')")
+        bounds = f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+        await pool.execute(f"CREATE TABLE raw_history_{month} PARTITION OF raw_history FOR VALUES {bounds}")
     sample_batches = batches(sample, times, 50_000)
     started = time.perf_counter()
     for batch in sample_batches:
-        records = [(r.entity_type, r.entity_id, r.feature_name, r.event_time, r.value) for r in batch]
-        await pool.copy_records_to_table(
-            "raw_history", records=records, columns=["entity_type", "entity_id", "feature_name", "event_time", "value"]
-        )
+        records = [(r.entity_type, r.entity_id, r.feature_name, r.event_time, r.value, r.frame) for r in batch]
+        columns = ["entity_type", "entity_id", "feature_name", "event_time", "value", "frame"]
+        await pool.copy_records_to_table("raw_history", records=records, columns=columns)
     raw_rate = sum(map(len, sample_batches)) / (time.perf_counter() - started)
     started = time.perf_counter()
     for batch in sample_batches:
@@ -96,7 +102,12 @@ async def ingest(dsn: str, entities: int, times: int) -> dict[str, float]:
     await pool.execute("DROP TABLE raw_history")
     await pool.execute("VACUUM ANALYZE feature_history")
     await pool.close()
-    return {"raw_copy_rows_per_s": raw_rate, "append_rows_per_s": ours_rate, "bulk_append_rows_per_s": bulk_rate, "rows": loaded}
+    return {
+        "raw_copy_rows_per_s": raw_rate,
+        "append_rows_per_s": ours_rate,
+        "bulk_append_rows_per_s": bulk_rate,
+        "rows": loaded,
+    }
 
 
 async def bare_query(dsn: str, entity_ids: list[str], times: int) -> list[float]:
@@ -116,7 +127,9 @@ def grpc_query(client: FeatureStoreClient, entity_ids: list[str], times: int) ->
     latencies = []
     end = T0 + timedelta(days=times + 1)
     for entity in entity_ids:
-        request = fs.GetHistoricalFeaturesRequest(entity_type="user", entity_id=entity, feature_names=FEATURES, limit=10_000)
+        request = fs.GetHistoricalFeaturesRequest(
+            entity_type="user", entity_id=entity, feature_names=FEATURES, limit=10_000
+        )
         request.start_time.FromDatetime(T0)
         request.end_time.FromDatetime(end)
         t0 = time.perf_counter()
@@ -172,8 +185,10 @@ def main() -> int:
         "ingestion": ingestion,
         "historical_query_ms": {
             "rows": args.times * len(FEATURES),
-            "grpc_p50": pct(ours, 0.5), "grpc_p99": pct(ours, 0.99),
-            "bare_asyncpg_p50": pct(bare, 0.5), "bare_asyncpg_p99": pct(bare, 0.99),
+            "grpc_p50": pct(ours, 0.5),
+            "grpc_p99": pct(ours, 0.99),
+            "bare_asyncpg_p50": pct(bare, 0.5),
+            "bare_asyncpg_p99": pct(bare, 0.99),
         },
         "as_of_rows_per_s": join_rate,
     }

@@ -8,13 +8,17 @@ from datetime import datetime
 
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
-    """One feature value as it was true at `event_time`; `value` is a serialized Value message."""
+    """One feature value as it was true at `event_time`.
+
+    `value` is a serialized Value message; `frame` the framed FeatureValue served for it.
+    """
 
     entity_type: str
     entity_id: str
     feature_name: str
     event_time: datetime
     value: bytes
+    frame: bytes
 
 
 @dataclass(frozen=True, slots=True)

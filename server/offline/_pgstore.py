@@ -1,9 +1,10 @@
 """The offline store on PostgreSQL: feature history, partitioned by month.
 
-Ingestion is binary COPY into a per-connection staging table, then one
-INSERT ... ON CONFLICT into `feature_history`: idempotent (a rerun leaves one
-row per entity, feature and event time; the latest ingestion wins) and about
-as fast as COPY itself. Partitions are created before the rows that need them
+Ingestion is idempotent (a rerun leaves one row per entity, feature and event
+time; the latest ingestion wins). A batch first goes in by binary COPY straight
+into `feature_history`, as fast as COPY can be; if any of its rows exist
+already, that COPY is rolled back and the batch goes through a staging table
+and one INSERT ... ON CONFLICT DO UPDATE instead. Partitions are created before the rows that need them
 arrive; `drop_expired` removes partitions older than the retention.
 """
 
@@ -24,20 +25,19 @@ _log = logging.getLogger(__name__)
 _PARTITION_LOCK = 0x6869_7374  # "hist"
 _PREFIX = "feature_history_p"
 
+_COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "frame"]
 _STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS history_staging (ord bigint, entity_type text, entity_id text, "
-    "feature_name text, event_time timestamptz, value bytea) ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS history_staging (entity_type text, entity_id text, "
+    "feature_name text, event_time timestamptz, value bytea, frame bytea) ON COMMIT DELETE ROWS"
 )
 _MERGE = (
-    "INSERT INTO feature_history (entity_type, entity_id, feature_name, event_time, value) "
-    "SELECT DISTINCT ON (entity_type, entity_id, feature_name, event_time) "
-    "entity_type, entity_id, feature_name, event_time, value FROM history_staging "
-    "ORDER BY entity_type, entity_id, feature_name, event_time, ord DESC "
+    "INSERT INTO feature_history (entity_type, entity_id, feature_name, event_time, value, frame) "
+    "SELECT entity_type, entity_id, feature_name, event_time, value, frame FROM history_staging "
     "ON CONFLICT (entity_type, entity_id, feature_name, event_time) "
-    "DO UPDATE SET value = EXCLUDED.value, ingestion_time = now()"
+    "DO UPDATE SET value = EXCLUDED.value, frame = EXCLUDED.frame, ingestion_time = now()"
 )
 _RANGE = (
-    "SELECT feature_name, (extract(epoch FROM event_time) * 1000000)::int8 AS micros, value FROM feature_history "
+    "SELECT feature_name, (extract(epoch FROM event_time) * 1000000)::int8 AS micros, frame FROM feature_history "
     "WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
     "AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
     "ORDER BY event_time, feature_name LIMIT $8"
@@ -46,10 +46,10 @@ _RANGE = (
 # than $5): one backward index probe on the primary key per pair.
 _AS_OF = (
     "SELECT r.ord::int4 AS row_ord, f.ord::int4 AS feature_ord, "
-    "(extract(epoch FROM h.event_time) * 1000000)::int8 AS micros, h.value "
+    "(extract(epoch FROM h.event_time) * 1000000)::int8 AS micros, h.frame "
     "FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS r(entity_id, ts, ord) "
     "CROSS JOIN unnest($4::text[]) WITH ORDINALITY AS f(name, ord) "
-    "CROSS JOIN LATERAL (SELECT event_time, value FROM feature_history h "
+    "CROSS JOIN LATERAL (SELECT event_time, frame FROM feature_history h "
     "  WHERE h.entity_type = $1 AND h.entity_id = r.entity_id AND h.feature_name = f.name "
     "  AND h.event_time <= r.ts AND ($5::interval IS NULL OR h.event_time >= r.ts - $5::interval) "
     "  ORDER BY h.event_time DESC LIMIT 1) h"
@@ -100,7 +100,8 @@ class PostgresHistoryStore:
         """Store `rows`; re-appending the same (entity, feature, event time) replaces the value."""
         if not rows:
             return
-        records = [(i, r.entity_type, r.entity_id, r.feature_name, r.event_time, r.value) for i, r in enumerate(rows)]
+        latest = {(r.entity_type, r.entity_id, r.feature_name, r.event_time): r for r in rows}  # the last one wins
+        records = [(*key, r.value, r.frame) for key, r in latest.items()]
         months = {_month(r.event_time) for r in rows}
         try:
             try:
@@ -114,8 +115,14 @@ class PostgresHistoryStore:
     async def _copy(self, records: Sequence[tuple[object, ...]], months: set[date]) -> None:
         await self._ensure_partitions(months)
         async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                async with conn.transaction():  # a savepoint: new rows take the fast path
+                    await conn.copy_records_to_table("feature_history", records=records, columns=_COLUMNS)
+                return
+            except asyncpg.UniqueViolationError:
+                pass
             await conn.execute(_STAGING)
-            await conn.copy_records_to_table("history_staging", records=records)
+            await conn.copy_records_to_table("history_staging", records=records, columns=_COLUMNS)
             await conn.execute(_MERGE)
 
     async def _ensure_partitions(self, months: set[date]) -> None:
@@ -129,7 +136,7 @@ class PostgresHistoryStore:
         self._partitions |= missing
 
     async def query(self, q: HistoryQuery) -> list[tuple[str, int, bytes]]:
-        """(feature, event time in µs since the epoch, value) in (event time, feature) order, at most q.limit."""
+        """(feature, event time in µs since the epoch, frame) in (event time, feature) order, at most q.limit."""
         after_time, after_name = q.after or (_EPOCH, "")
         try:
             rows = await self._pool.fetch(
@@ -145,7 +152,7 @@ class PostgresHistoryStore:
             )
         except CONNECTION_ERRORS as exc:
             raise unavailable("postgresql", type(exc).__name__) from exc
-        return [(r["feature_name"], r["micros"], r["value"]) for r in rows]
+        return [(r["feature_name"], r["micros"], r["frame"]) for r in rows]
 
     async def as_of(
         self,
@@ -155,7 +162,7 @@ class PostgresHistoryStore:
         feature_names: Sequence[str],
         max_age: timedelta | None,
     ) -> list[tuple[int, int, int, bytes]]:
-        """(row index, feature index, event time µs, value) of each (row, feature) that has a value then.
+        """(row index, feature index, event time µs, frame) of each (row, feature) that has a value then.
 
         Indexes are 0-based positions in `entity_ids`/`times` and `feature_names`.
         """
@@ -165,7 +172,7 @@ class PostgresHistoryStore:
             )
         except CONNECTION_ERRORS as exc:
             raise unavailable("postgresql", type(exc).__name__) from exc
-        return [(r["row_ord"] - 1, r["feature_ord"] - 1, r["micros"], r["value"]) for r in rows]
+        return [(r["row_ord"] - 1, r["feature_ord"] - 1, r["micros"], r["frame"]) for r in rows]
 
     async def drop_expired(self, retention: timedelta, now: datetime | None = None) -> list[str]:
         """Drop the partitions wholly older than `retention`; returns their names."""

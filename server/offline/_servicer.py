@@ -31,7 +31,6 @@ STREAM_PAGE = 1_000
 _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
 _END = datetime(9999, 12, 31, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PRESENT = b"\x20" + bytes([fs.PRESENT])
 _TOKEN = struct.Struct(">q")
 
 
@@ -76,14 +75,10 @@ def _decode_token(token: str, violations: list[FieldViolation]) -> tuple[datetim
 
 
 def _page(q: HistoryQuery, rows: list[tuple[str, int, bytes]], next_token: str) -> bytes:
+    """The response: stored frames are already field 3 (values) of GetHistoricalFeaturesResponse."""
     head = _codec.frame(b"\x0a", q.entity_id.encode()) + _codec.frame(b"\x12", q.entity_type.encode())
-    frame, ts = _codec.frame, _codec.timestamp_bytes
-    values = [
-        frame(b"\x1a", frame(b"\x0a", name.encode()) + frame(b"\x12", value) + frame(b"\x1a", ts(micros)) + _PRESENT)
-        for name, micros, value in rows
-    ]
     tail = _codec.frame(b"\x22", next_token.encode()) if next_token else b""
-    return head + b"".join(values) + tail
+    return head + b"".join([frame for _, _, frame in rows]) + tail
 
 
 class HistoryServicer:

@@ -13,6 +13,7 @@ its feature frames (field 4).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
@@ -28,6 +29,7 @@ from server.online._requests import entity_id_problem
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHUNK_ROWS = 2_000
+PARALLEL_CHUNKS = 2  # PostgreSQL works on two chunks at once (one backend each)
 MAX_ROWS = 1_000_000
 _FEATURE_TAG = b"\x22"  # TrainingExample.features
 _EXAMPLES_TAG = b"\x0a"  # GetTrainingDatasetResponse.examples
@@ -53,10 +55,11 @@ def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest) -> Plan:
     return plan
 
 
-def _feature_frame(name_frame: bytes, value: bytes, micros: int, expired: bool) -> bytes:
-    status = b"\x20" + bytes([fs.EXPIRED if expired else fs.PRESENT])
-    payload = name_frame + _codec.frame(b"\x12", value) + _codec.frame(b"\x1a", _codec.timestamp_bytes(micros))
-    return _codec.frame(_FEATURE_TAG, payload + status)
+def _as_example_feature(frame: bytes, expired: bool) -> bytes:
+    """A stored FeatureValue frame (field 3) as TrainingExample.features (field 4)."""
+    if expired:  # rare: re-encode with the status changed
+        frame = _codec.expired_frame(bytes(_codec.TIME_BYTES) + frame)
+    return _FEATURE_TAG + frame[1:]
 
 
 class TrainingServicer:
@@ -69,8 +72,11 @@ class TrainingServicer:
     async def GetTrainingDataset(self, request: fs.GetTrainingDatasetRequest, context: Context) -> AsyncIterator[bytes]:
         try:
             plan = _validate(self._catalog, request)
-            for start in range(0, len(request.rows), CHUNK_ROWS):
-                yield await self._chunk(request, plan, request.rows[start : start + CHUNK_ROWS])
+            starts = range(0, len(request.rows), CHUNK_ROWS)
+            for pair in (starts[i : i + PARALLEL_CHUNKS] for i in range(0, len(starts), PARALLEL_CHUNKS)):
+                chunks = [self._chunk(request, plan, request.rows[s : s + CHUNK_ROWS]) for s in pair]
+                for chunk in await asyncio.gather(*chunks):  # queries in parallel, answers in order
+                    yield chunk
         except ServiceError as err:
             await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
 
@@ -81,13 +87,12 @@ class TrainingServicer:
         found = await self._store.as_of(request.entity_type, [r.entity_id for r in rows], times, names, max_age)
         width = len(names)
         cells: list[bytes] = [missing for _ in rows for missing in plan.not_found_examples]
-        name_frames = plan.name_frames
         ages = [f.max_age_micros for f in plan.features]
         row_micros = [_codec.micros_of(row.timestamp) for row in rows]
-        for row_i, feature_i, micros, value in found:
+        for row_i, feature_i, micros, frame in found:
             age = ages[feature_i]
             expired = age is not None and row_micros[row_i] - micros > age
-            cells[row_i * width + feature_i] = _feature_frame(name_frames[feature_i], value, micros, expired)
+            cells[row_i * width + feature_i] = _as_example_feature(frame, expired)
         examples = [
             _codec.frame(_EXAMPLES_TAG, row.SerializeToString() + b"".join(cells[i * width : (i + 1) * width]))
             for i, row in enumerate(rows)

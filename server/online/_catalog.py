@@ -68,7 +68,6 @@ class Plan:
     not_found: list[bytes]
     json_fields: tuple[bytes, ...]
     not_found_json: list[bytes]
-    name_frames: list[bytes]
     not_found_examples: list[bytes]
     _ages: tuple[int | None, ...]
     _age_index: tuple[int, ...]
@@ -102,7 +101,6 @@ def _make_plan(features: list[ServedFeature]) -> Plan:
         not_found=[f.not_found for f in features],
         json_fields=tuple(f.json_field for f in features),
         not_found_json=[f.not_found_json for f in features],
-        name_frames=[_codec.frame(b"\x0a", f.field) for f in features],
         not_found_examples=[b"\x22" + f.not_found[1:] for f in features],
         _ages=ages,
         _age_index=tuple(ages.index(f.max_age_micros) for f in features),

@@ -106,5 +106,6 @@ def _encode_row(
             continue
         proto, json = _codec.encode_stored(name, value, row.event_time)
         values += ((feature.field, proto), (feature.json_field, json))
-        history.append(HistoryRow(entity_type, row.entity_id, name, event_time, value.SerializeToString()))
+        frame = proto[_codec.TIME_BYTES :]
+        history.append(HistoryRow(entity_type, row.entity_id, name, event_time, value.SerializeToString(), frame))
     return KeyWrite(entity_key(entity_type, row.entity_id), values)
