@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := .tools/node_modules/.bin/buf
 
-.PHONY: up test pytest lint gen check-gen buf-lint venv clean bench
+.PHONY: up test pytest lint gen check-gen buf-lint venv clean bench bench-offline
 
 venv: $(STAMP)
 
@@ -43,6 +43,9 @@ buf-lint: $(BUF)
 bench: venv
 	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
 	$(BIN)/python bench/online_bench.py
+
+bench-offline: venv
+	$(BIN)/python bench/offline_bench.py
 
 clean:
 	rm -rf .state

@@ -59,7 +59,8 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     print(f"  REST+gRPC   http://localhost:{args.http_port}  (Envoy)")
     created = _demo.load(f"127.0.0.1:{server.port}")
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
-    print(f"  demo values {_demo.load_values(f'127.0.0.1:{server.port}')} online values for customer123/456/789")
+    written = _demo.load_values(f"127.0.0.1:{server.port}")
+    print(f"  demo values {written} values written for customer123/456/789 (now, and 2023 history)")
     print(f"  logs        {state}/*.log")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -114,16 +115,31 @@ DEMO_VALUES = {
 }
 
 
+def _row(entity: str, when: timestamp_pb2.Timestamp, values: dict[str, int]) -> fs.EntityRow:
+    return fs.EntityRow(
+        entity_id=entity, event_time=when, values={k: vpb.Value(int64_value=v) for k, v in values.items()}
+    )
+
+
+def _history_rows() -> list[fs.EntityRow]:
+    """Weekly values of customer123 in early 2023: the period of the seed's historical-features example."""
+    rows = []
+    for week in range(18):
+        when = timestamp_pb2.Timestamp()
+        when.FromDatetime(datetime(2023, 1, 1, tzinfo=UTC) + timedelta(weeks=week))
+        values = {"customer_days_since_last_purchase": week % 7, "customer_purchase_frequency_30d": 2 + week % 5}
+        rows.append(_row("customer123", when, values))
+    return rows
+
+
 def load_values(target: str, timeout: float = 10.0) -> int:
-    """Write DEMO_VALUES as of now; waits until serving knows the demo features. Returns values written."""
-    event_time = timestamp_pb2.Timestamp()
-    event_time.GetCurrentTime()
-    rows = [
-        fs.EntityRow(
-            entity_id=entity, event_time=event_time, values={k: vpb.Value(int64_value=v) for k, v in values.items()}
-        )
-        for entity, values in DEMO_VALUES.items()
-    ]
+    """Write DEMO_VALUES as of now, after some 2023 history; waits until serving knows the demo features.
+
+    Returns the values written to the online store (the 2023 ones are older, so they only go to history).
+    """
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    rows = _history_rows() + [_row(entity, now, values) for entity, values in DEMO_VALUES.items()]
     request = fs.WriteFeaturesRequest(entity_type="customer", rows=rows)
     deadline = time.monotonic() + timeout
     with FeatureStoreClient(target) as client:

@@ -104,7 +104,7 @@ def test_create_twice_is_409_with_reason(rest: Rest, grpc_target: str) -> None:
 def test_feature_store_curls_work_verbatim(rest: Rest, grpc_target: str) -> None:
     _demo.load(grpc_target)
     assert registry_curls()[0].run(rest.base_url)[0] == 200  # customer_total_purchases_30d
-    get_one, get_batch, _history = store_curls()
+    get_one, get_batch, get_history = store_curls()
     _demo.load_values(grpc_target)
     with FeatureStoreClient(grpc_target) as client:  # serving sees registry changes within about a second
         wait_servable(client, "customer", *get_one.body()["feature_names"])
@@ -122,3 +122,9 @@ def test_feature_store_curls_work_verbatim(rest: Rest, grpc_target: str) -> None
     assert status == 200, batch
     assert [e["entity_id"] for e in batch["entities"]] == ["customer123", "customer456", "customer789"]
     assert all(len(e["features"]) == 3 for e in batch["entities"])
+
+    status, past = get_history.run(rest.base_url)
+    assert status == 200, past
+    assert [v["event_time"][:10] for v in past["values"]][:3] == ["2023-01-01", "2023-01-08", "2023-01-15"]
+    assert len(past["values"]) == 13  # weekly demo values in [Jan 1, Apr 1) of the one feature with history
+    assert {v["name"] for v in past["values"]} == {"customer_days_since_last_purchase"}
