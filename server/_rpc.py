@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -30,5 +30,22 @@ def rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
                 _log.warning("%s: %s", method.__name__, err.message)
             await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
             raise AssertionError("abort_with_status returned") from err  # pragma: no cover
+
+    return wrapper
+
+
+StreamHandler = Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]
+
+
+def rpc_stream(method: StreamHandler[S, Req, Resp]) -> StreamHandler[S, Req, Resp]:
+    """`rpc` for server-streaming methods (async generators)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except ServiceError as err:
+            await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
 
     return wrapper

@@ -17,13 +17,14 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server._errors import FieldViolation, ServiceError, invalid_argument
-from server._rpc import rpc
+from server._errors import FieldViolation, invalid_argument
+from server._rpc import rpc, rpc_stream
 from server.offline._model import HistoryQuery
 from server.offline._pgstore import PostgresHistoryStore
 from server.online import _codec
 from server.online._catalog import Catalog
 from server.online._requests import entity_id_problem
+from server.online._servicer import SERVICE
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LIMIT = 10_000
@@ -95,21 +96,18 @@ class HistoryServicer:
         token = _encode_token(rows[q.limit - 1][1], rows[q.limit - 1][0]) if len(rows) > q.limit else ""
         return _page(q, rows[: q.limit], token)
 
+    @rpc_stream
     async def StreamHistoricalFeatures(
         self, request: fs.GetHistoricalFeaturesRequest, context: Context
     ) -> AsyncIterator[bytes]:
-        try:
-            q = _query(self._catalog, request, paged=False)
-            while True:
-                rows = await self._store.query(q)
-                if rows:
-                    yield _page(q, rows, "")
-                if len(rows) < q.limit:
-                    return
-                after = (_EPOCH + timedelta(microseconds=rows[-1][1]), rows[-1][0])
-                q = dataclasses.replace(q, after=after)
-        except ServiceError as err:
-            await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
+        q = _query(self._catalog, request, paged=False)
+        while True:
+            rows = await self._store.query(q)
+            if rows:
+                yield _page(q, rows, "")
+            if len(rows) < q.limit:
+                return
+            q = dataclasses.replace(q, after=(_EPOCH + timedelta(microseconds=rows[-1][1]), rows[-1][0]))
 
 
 def handler(servicer: HistoryServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
@@ -122,4 +120,4 @@ def handler(servicer: HistoryServicer) -> grpc.GenericRpcHandler:  # type: ignor
             servicer.StreamHistoricalFeatures, request_deserializer=fs.GetHistoricalFeaturesRequest.FromString
         ),
     }
-    return grpc.method_handlers_generic_handler("featurestore.serving.v1.FeatureStoreService", methods)
+    return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -21,11 +21,13 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server._errors import FieldViolation, ServiceError, invalid_argument
+from server._errors import FieldViolation, invalid_argument
+from server._rpc import rpc_stream
 from server.offline._pgstore import PostgresHistoryStore
 from server.online import _codec
 from server.online._catalog import Catalog, Plan
 from server.online._requests import entity_id_problem
+from server.online._servicer import SERVICE
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHUNK_ROWS = 2_000
@@ -69,16 +71,14 @@ class TrainingServicer:
         self._catalog = catalog
         self._store = store
 
+    @rpc_stream
     async def GetTrainingDataset(self, request: fs.GetTrainingDatasetRequest, context: Context) -> AsyncIterator[bytes]:
-        try:
-            plan = _validate(self._catalog, request)
-            starts = range(0, len(request.rows), CHUNK_ROWS)
-            for pair in (starts[i : i + PARALLEL_CHUNKS] for i in range(0, len(starts), PARALLEL_CHUNKS)):
-                chunks = [self._chunk(request, plan, request.rows[s : s + CHUNK_ROWS]) for s in pair]
-                for chunk in await asyncio.gather(*chunks):  # queries in parallel, answers in order
-                    yield chunk
-        except ServiceError as err:
-            await context.abort_with_status(err.to_status())  # type: ignore[attr-defined]
+        plan = _validate(self._catalog, request)
+        starts = range(0, len(request.rows), CHUNK_ROWS)
+        for pair in (starts[i : i + PARALLEL_CHUNKS] for i in range(0, len(starts), PARALLEL_CHUNKS)):
+            chunks = [self._chunk(request, plan, request.rows[s : s + CHUNK_ROWS]) for s in pair]
+            for chunk in await asyncio.gather(*chunks):  # queries in parallel, answers in order
+                yield chunk
 
     async def _chunk(self, request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any) -> bytes:
         max_age = request.max_age.ToTimedelta() if request.HasField("max_age") else None
@@ -106,4 +106,4 @@ def handler(servicer: TrainingServicer) -> grpc.GenericRpcHandler:  # type: igno
             servicer.GetTrainingDataset, request_deserializer=fs.GetTrainingDatasetRequest.FromString
         ),
     }
-    return grpc.method_handlers_generic_handler("featurestore.serving.v1.FeatureStoreService", methods)
+    return grpc.method_handlers_generic_handler(SERVICE, methods)

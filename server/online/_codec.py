@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections.abc import Callable
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
@@ -134,8 +135,10 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
-def assemble_json(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
-    """The JSON FeatureValues of one entity, comma-separated, in request order."""
+def _served(
+    stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes], expired: Callable[[bytes], bytes]
+) -> list[bytes]:
+    """Each feature's served form: the stored one, its expired variant, or the not-found one."""
     parts = []
     for value, missing, limit in zip(stored, not_found, cutoffs, strict=True):
         if value is None:
@@ -143,8 +146,18 @@ def assemble_json(stored: list[bytes | None], not_found: list[bytes], cutoffs: l
         elif value >= limit:
             parts.append(value[TIME_BYTES:])
         else:
-            parts.append(expired_json(value))
-    return b",".join(parts)
+            parts.append(expired(value))
+    return parts
+
+
+def assemble(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
+    """The framed FeatureValues of one entity, in request order."""
+    return b"".join(_served(stored, not_found, cutoffs, expired_frame))
+
+
+def assemble_json(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
+    """The JSON FeatureValues of one entity, comma-separated, in request order."""
+    return b",".join(_served(stored, not_found, cutoffs, expired_json))
 
 
 def json_string(text: str) -> bytes:
@@ -154,16 +167,3 @@ def json_string(text: str) -> bytes:
 def http_body(data: bytes) -> bytes:
     """A serialized google.api.HttpBody holding JSON."""
     return _HTTP_BODY_HEAD + frame(b"\x12", data)
-
-
-def assemble(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
-    """The framed FeatureValues of one entity, in request order."""
-    parts = []
-    for value, missing, limit in zip(stored, not_found, cutoffs, strict=True):
-        if value is None:
-            parts.append(missing)
-        elif value >= limit:
-            parts.append(value[TIME_BYTES:])
-        else:
-            parts.append(expired_frame(value))
-    return b"".join(parts)
