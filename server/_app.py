@@ -95,7 +95,8 @@ async def start(settings: Settings) -> App:
     await refresher.refresh()
 
     server = grpc.aio.server(options=_server_options(settings))
-    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry_store), server)
+    registry = RegistryServicer(registry_store, after_write=refresher.refresh_quietly)
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
     limits = online.Limits(max_values=settings.max_request_values)
     history = offline.PostgresHistoryStore(pool)
     online_servicer = online.OnlineServicer(catalog, online_store, history, limits)

@@ -63,10 +63,18 @@ def _pack(status: status_pb2.Status, detail: error_details_pb2.ErrorInfo | error
 _CODE_VALUES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
 
 
+# Errors travel in gRPC trailers, which peers cap (8 KiB by default): keep them small.
+_MESSAGE_VIOLATIONS = 3
+_DETAIL_VIOLATIONS = 20
+
+
 def invalid_argument(violations: Sequence[FieldViolation]) -> ServiceError:
-    """INVALID_ARGUMENT listing every violation; the message names the fields."""
-    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}", violations)
+    """INVALID_ARGUMENT naming the fields: the first few in the message, up to 20 in the details."""
+    summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:_MESSAGE_VIOLATIONS])
+    if len(violations) > _MESSAGE_VIOLATIONS:
+        summary += f" (and {len(violations) - _MESSAGE_VIOLATIONS} more)"
+    detailed = tuple(violations[:_DETAIL_VIOLATIONS])
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", f"invalid request: {summary}", detailed)
 
 
 def not_found(kind: str, name: str) -> ServiceError:

@@ -200,3 +200,16 @@ def test_concurrent_updates_with_one_etag_one_wins(client: FeatureStoreClient) -
 def test_error_body_is_parseable_json_with_status_shape(rest: Rest) -> None:
     body = json.loads(rest.get(f"{FEATURES}/missing").text)
     assert set(body) == {"code", "message", "details"}
+
+
+def test_thousands_of_bad_values_give_a_small_error(client: FeatureStoreClient) -> None:
+    from featurestore.serving.v1 import feature_store_service_pb2 as fs
+    from featurestore.serving.v1 import value_pb2 as vpb
+
+    rows = [fs.EntityRow(entity_id=f"e{i}", values={f"unknown_{i}": vpb.Value(int64_value=i)}) for i in range(2000)]
+    with pytest.raises(grpc.RpcError) as info:
+        client.store.WriteFeatures(fs.WriteFeaturesRequest(entity_type="customer", rows=rows))
+    details = error_details(info.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED from oversized trailers
+    assert "more)" in details.message
+    assert len(details.field_violations) == 20

@@ -129,3 +129,20 @@ def test_workers_share_the_port(tmp_path: Path, own_postgres: str, redis_url: st
         server.stop()
     assert server.popen.returncode == 0
     assert _listeners(port) == 0
+
+
+def test_registry_changes_reach_other_replicas_by_notification(
+    tmp_path: Path, own_postgres: str, redis_url: str
+) -> None:
+    slow_poll = ["--health-interval", "0.2", "--registry-refresh-interval", "60"]  # only NOTIFY can be this fast
+    a = start_server(tmp_path / "a", free_port(), own_postgres, redis_url, slow_poll)
+    b = start_server(tmp_path / "b", free_port(), own_postgres, redis_url, slow_poll)
+    try:
+        with FeatureStoreClient(f"127.0.0.1:{a.port}") as on_a, FeatureStoreClient(f"127.0.0.1:{b.port}") as on_b:
+            time.sleep(0.5)  # both are listening
+            register(on_a, "notified", pb.INT64)
+            assert wait_servable(on_a, "customer", "notified", timeout=0.05) < 0.05  # the writer's process: at once
+            assert wait_servable(on_b, "customer", "notified", timeout=2.0) < 1.0  # another replica: notified
+    finally:
+        a.stop()
+        b.stop()

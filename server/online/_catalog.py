@@ -9,7 +9,9 @@ snapshot, so a repeated request shape costs one dict lookup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +44,10 @@ class RegistrySource(Protocol):
     async def registry_version(self) -> int: ...
 
     async def registry_snapshot(self) -> tuple[int, list[Feature], list[FeatureGroup]]: ...
+
+    async def watch_changes(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` at every registry change until the watch breaks (then return or raise)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,27 +168,53 @@ class Catalog:
 
 
 class CatalogRefresher:
-    """Keeps a Catalog equal to the registry, polling its version."""
+    """Keeps a Catalog equal to the registry.
+
+    A change notification (PostgreSQL NOTIFY, sent by every registry write)
+    triggers a refresh at once; polling the version every `interval` seconds
+    covers notifications lost while the watch was down.
+    """
 
     def __init__(self, catalog: Catalog, source: RegistrySource, interval: float) -> None:
         self._catalog = catalog
         self._source = source
         self._interval = interval
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
 
     async def refresh(self) -> bool:
         """Reload if the registry changed; True if a new snapshot was loaded."""
-        if await self._source.registry_version() == self._catalog.version:
-            return False
-        version, features, groups = await self._source.registry_snapshot()
-        self._catalog.replace(version, features, groups)
+        async with self._lock:
+            if await self._source.registry_version() == self._catalog.version:
+                return False
+            version, features, groups = await self._source.registry_snapshot()
+            self._catalog.replace(version, features, groups)
         _log.info("registry snapshot %d: %d features, %d groups", version, len(features), len(groups))
         return True
 
+    async def refresh_quietly(self) -> None:
+        """refresh(), logging instead of raising: for callers whose own work already succeeded."""
+        try:
+            await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - the periodic refresh will retry
+            _log.warning("registry refresh failed, serving snapshot %d: %s", self._catalog.version, exc)
+
     async def run(self) -> None:
-        """Refresh forever; failures keep the last snapshot and are retried."""
+        """Refresh on every notification and every `interval` seconds, forever."""
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), self._interval)
+                self._changed.clear()
+                await self.refresh_quietly()
+        finally:
+            watcher.cancel()
+
+    async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
             try:
-                await self.refresh()
-            except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot whatever happened
-                _log.warning("registry refresh failed, serving snapshot %d: %s", self._catalog.version, exc)
+                await self._source.watch_changes(self._changed.set)
+            except Exception as exc:  # noqa: BLE001 - polling covers the gap; watch again later
+                _log.info("registry change notifications unavailable (%s); polling", exc)
+            await asyncio.sleep(max(self._interval, 1.0))

@@ -15,7 +15,6 @@ from server.online._redis import KeyWrite, entity_key
 from server.registry._validate import identifier_problem
 
 ENTITY_ID_MAX_BYTES = 256
-_VIOLATIONS_SHOWN = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +26,7 @@ class Limits:
 
 def _raise_if(violations: list[FieldViolation]) -> None:
     if violations:
-        raise invalid_argument(violations[:_VIOLATIONS_SHOWN])
+        raise invalid_argument(violations)
 
 
 def entity_type_problem(entity_type: str) -> list[FieldViolation]:

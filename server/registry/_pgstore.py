@@ -8,6 +8,7 @@ and a feature cannot vanish under a group being created.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -194,6 +195,22 @@ class PostgresRegistryStore:
     async def registry_version(self) -> int:
         """The newest revision id: it changes with every committed definition change."""
         return int(await self._pool.fetchval("SELECT coalesce(max(id), 0) FROM registry_revisions"))
+
+    async def watch_changes(self, on_change: Callable[[], None]) -> None:
+        """LISTEN for the notification every registry write sends; returns when the connection is lost."""
+        async with self._pool.acquire() as conn:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _: lost.set())
+
+            def notified(*_: object) -> None:
+                on_change()
+
+            await conn.add_listener("featurestore_registry", notified)
+            try:
+                await lost.wait()
+            finally:
+                if not conn.is_closed():
+                    await conn.remove_listener("featurestore_registry", notified)
 
     @_translated
     async def registry_snapshot(self) -> tuple[int, list[Feature], list[FeatureGroup]]:

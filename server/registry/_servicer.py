@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -60,11 +61,21 @@ def _same_definition(stored: Feature | FeatureGroup, candidate: Feature | Featur
     return stored == dataclasses.replace(candidate, meta=stored.meta)
 
 
-class RegistryServicer(rs_grpc.RegistryServiceServicer):
-    """Feature and feature group definitions, stored through a RegistryStore."""
+async def _nothing() -> None:
+    return None
 
-    def __init__(self, store: RegistryStore) -> None:
+
+class RegistryServicer(rs_grpc.RegistryServiceServicer):
+    """Feature and feature group definitions, stored through a RegistryStore.
+
+    `after_write` runs after every successful change, before the answer: the
+    composition root refreshes this process's serving snapshot there, so a
+    client that registers a feature can read it from the same process at once.
+    """
+
+    def __init__(self, store: RegistryStore, after_write: Callable[[], Awaitable[object]] = _nothing) -> None:
         self._store = store
+        self._after_write = after_write
 
     # -- features -----------------------------------------------------------
 
@@ -72,7 +83,9 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
     async def CreateFeature(self, request: rs.CreateFeatureRequest, context: Context) -> pb.Feature:
         feature = feature_from_proto(request.feature)
         _ensure_valid(feature_violations(feature))
-        return feature_to_proto(await self._store.create_feature(feature))
+        created = await self._store.create_feature(feature)
+        await self._after_write()
+        return feature_to_proto(created)
 
     @rpc
     async def GetFeature(self, request: rs.GetFeatureRequest, context: Context) -> pb.Feature:
@@ -108,7 +121,9 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         _ensure_valid(feature_violations(updated))
         if _same_definition(current, updated):
             return feature_to_proto(current)
-        return feature_to_proto(await self._store.replace_feature(updated, _revision(current.meta)))
+        replaced = await self._store.replace_feature(updated, _revision(current.meta))
+        await self._after_write()
+        return feature_to_proto(replaced)
 
     @rpc
     async def DeleteFeature(self, request: rs.DeleteFeatureRequest, context: Context) -> empty_pb2.Empty:
@@ -119,6 +134,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             _check_etag("feature", request.name, request.etag, current.meta)
             expected = _revision(current.meta)
         await self._store.delete_feature(request.name, expected)
+        await self._after_write()
         return empty_pb2.Empty()
 
     @rpc
@@ -142,7 +158,9 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
     async def CreateFeatureGroup(self, request: rs.CreateFeatureGroupRequest, context: Context) -> pb.FeatureGroup:
         group = group_from_proto(request.feature_group)
         _ensure_valid(group_violations(group))
-        return group_to_proto(await self._store.create_group(group))
+        created = await self._store.create_group(group)
+        await self._after_write()
+        return group_to_proto(created)
 
     @rpc
     async def GetFeatureGroup(self, request: rs.GetFeatureGroupRequest, context: Context) -> pb.FeatureGroup:
@@ -179,7 +197,9 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         _ensure_valid(group_violations(updated))
         if _same_definition(current, updated):
             return group_to_proto(current)
-        return group_to_proto(await self._store.replace_group(updated, _revision(current.meta)))
+        replaced = await self._store.replace_group(updated, _revision(current.meta))
+        await self._after_write()
+        return group_to_proto(replaced)
 
     @rpc
     async def DeleteFeatureGroup(self, request: rs.DeleteFeatureGroupRequest, context: Context) -> empty_pb2.Empty:
@@ -190,4 +210,5 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             _check_etag("feature group", request.name, request.etag, current.meta)
             expected = _revision(current.meta)
         await self._store.delete_group(request.name, expected)
+        await self._after_write()
         return empty_pb2.Empty()
