@@ -48,7 +48,7 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def batches(entities: range, times: int, size: int) -> list[list[HistoryRow]]:
-    from server.online._codec import encode_stored
+    from server._codec import encode_stored
 
     value_msg = vpb.Value(float_value=1.25)
     value = value_msg.SerializeToString()

@@ -10,7 +10,7 @@ CREATE TABLE feature_history (
     event_time     timestamptz NOT NULL,
     value          bytea NOT NULL,          -- a serialized featurestore.serving.v1.Value
     -- The same value as a ready-to-send FeatureValue frame (field 3 of the read
-    -- responses, see server/online/_codec.py), so reads concatenate instead of encode.
+    -- responses, see server/_codec.py), so reads concatenate instead of encode.
     frame          bytea NOT NULL,
     ingestion_time timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (entity_type, entity_id, feature_name, event_time)

@@ -1,8 +1,8 @@
 """GetHistoricalFeatures and StreamHistoricalFeatures: feature history from PostgreSQL.
 
-Responses are assembled as bytes (see server.online._codec): each row becomes
-a FeatureValue frame from its name, stored Value bytes and event time,
-without building message objects.
+Responses are assembled as bytes (see server._codec): each history row
+keeps its FeatureValue already framed as field 3 of the response, so a page
+is the concatenation of its rows' frames; no message objects are built.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server import _codec
 from server._errors import FieldViolation, invalid_argument
 from server._rpc import rpc, rpc_stream
 from server.offline._model import HistoryQuery
 from server.offline._pgstore import PostgresHistoryStore
-from server.online import _codec
 from server.online._catalog import Catalog
 from server.online._requests import entity_id_problem
 from server.online._servicer import SERVICE

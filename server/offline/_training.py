@@ -21,10 +21,10 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server import _codec
 from server._errors import FieldViolation, invalid_argument
 from server._rpc import rpc_stream
 from server.offline._pgstore import PostgresHistoryStore
-from server.online import _codec
 from server.online._catalog import Catalog, Plan
 from server.online._requests import entity_id_problem
 from server.online._servicer import SERVICE

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from server import _codec
 from server._errors import FieldViolation, invalid_argument
-from server.online import _codec
 from server.registry import Feature, FeatureGroup
 from server.registry._validate import identifier_problem
 

@@ -5,7 +5,7 @@ Key layout
 One hash per entity: key ``f:<entity_type>:<entity_id>`` (entity_type is a
 lowercase identifier without ':', so the key is unambiguous; the entity id is
 its UTF-8 bytes, as is). Each hash field is a feature name; its value is the
-stored form described in ``server.online._codec`` (8-byte event time, then the
+stored form described in ``server._codec`` (8-byte event time, then the
 pre-framed FeatureValue).
 
 Round trips

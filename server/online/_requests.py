@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server import _codec
 from server._errors import FieldViolation, invalid_argument
 from server.offline._model import HistoryRow
-from server.online import _codec
 from server.online._catalog import Catalog
 from server.online._redis import KeyWrite, entity_key
 from server.registry._validate import identifier_problem

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server import _codec
 from server._rpc import rpc
-from server.online import _codec
 from server.online._catalog import Catalog, Plan
 from server.online._redis import entity_key
 from server.online._requests import Limits, check_read, encode_rows
