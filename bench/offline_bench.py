@@ -31,7 +31,7 @@ from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
 from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
 from featurestore.serving.v1 import value_pb2 as vpb  # noqa: E402
-from server._postgres import create_pool  # noqa: E402
+from server._postgres import create_pool, quote_ident  # noqa: E402
 from server.offline import HistoryRow, PostgresHistoryStore  # noqa: E402
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -80,8 +80,10 @@ async def ingest(dsn: str, entities: int, times: int) -> dict[str, float]:
     )
     for month in range(1, 13):
         lo, hi = datetime(2025, month, 1, tzinfo=UTC), datetime(2025 + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-        bounds = f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
-        await pool.execute(f"CREATE TABLE raw_history_{month} PARTITION OF raw_history FOR VALUES {bounds}")
+        bounds = f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+        await pool.execute(
+            "CREATE TABLE " + quote_ident(f"raw_history_{month}") + " PARTITION OF raw_history " + bounds
+        )
     sample_batches = batches(sample, times, 50_000)
     started = time.perf_counter()
     for batch in sample_batches:

@@ -84,7 +84,7 @@ def _create_partition_sql(month: date) -> str:
     """DDL takes no parameters: the name and bounds are built from dates only."""
     lower, upper = month.isoformat(), _next_month(month).isoformat()
     return (
-        f"CREATE TABLE IF NOT EXISTS {quote_ident(partition_name(month))} PARTITION OF feature_history "
+        "CREATE TABLE IF NOT EXISTS " + quote_ident(partition_name(month)) + " PARTITION OF feature_history "
         f"FOR VALUES FROM ('{lower} 00:00:00+00') TO ('{upper} 00:00:00+00')"
     )
 
@@ -183,7 +183,7 @@ class PostgresHistoryStore:
                 name: str = record["relname"]
                 month = _month_of(name)
                 if month is not None and _next_month(month) <= cutoff:
-                    await conn.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+                    await conn.execute("DROP TABLE IF EXISTS " + quote_ident(name))
                     self._partitions.discard(month)
                     dropped.append(name)
         if dropped:
