@@ -21,6 +21,7 @@ gateway passes them through (google.api.HttpBody) instead of re-encoding.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -84,11 +85,38 @@ def to_json(message: Message) -> bytes:
     return json.dumps(as_dict, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def _scalar_json(value: value_pb2.Value) -> str | None:
+    """The proto3 JSON of a scalar Value's member, as json_format prints it; None for other kinds."""
+    kind = value.WhichOneof("kind")
+    if kind == "float_value":
+        x = value.float_value
+        if x != x or x in (math.inf, -math.inf):
+            return '"NaN"' if x != x else ('"Infinity"' if x > 0 else '"-Infinity"')
+        return repr(x)
+    if kind == "int64_value":
+        return f'"{value.int64_value}"'
+    if kind == "string_value":
+        return json.dumps(value.string_value, ensure_ascii=False)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    return None
+
+
+def _value_json(fv: fs.FeatureValue) -> bytes:
+    """FeatureValue JSON; scalars by string formatting (~1 µs), the rest through json_format (~9 µs)."""
+    scalar = _scalar_json(fv.value)
+    if scalar is None:
+        return to_json(fv)
+    kind = fv.value.WhichOneof("kind")
+    when = fv.event_time.ToJsonString()
+    return f'{{"name":"{fv.name}","value":{{"{kind}":{scalar}}},"event_time":"{when}","status":"PRESENT"}}'.encode()
+
+
 def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.Timestamp) -> tuple[bytes, bytes]:
-    """The stored bytes of one feature value: (protobuf form, JSON form)."""
+    """The stored bytes of one feature value: (protobuf form, JSON form). `name` is a feature name (an identifier)."""
     fv = fs.FeatureValue(name=name, value=value, event_time=event_time, status=fs.PRESENT)
     when = time_key(micros_of(event_time))
-    return when + frame(FEATURES_TAG, fv.SerializeToString()), when + to_json(fv)
+    return when + frame(FEATURES_TAG, fv.SerializeToString()), when + _value_json(fv)
 
 
 def not_found_frame(name: str) -> bytes:

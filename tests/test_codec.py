@@ -1,0 +1,39 @@
+"""The stored forms of values: JSON rendering and ordering of event times (pure functions)."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import value_pb2 as vpb
+from server import _codec
+
+scalars = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda x: vpb.Value(float_value=x)),
+    st.integers(-(2**63), 2**63 - 1).map(lambda n: vpb.Value(int64_value=n)),
+    st.text().map(lambda s: vpb.Value(string_value=s)),
+    st.booleans().map(lambda b: vpb.Value(bool_value=b)),
+)
+times = st.integers(-(10**16), 10**17).map(
+    lambda us: timestamp_pb2.Timestamp(seconds=us // 10**6, nanos=us % 10**6 * 1000)
+)
+
+
+@given(value=scalars, when=times)
+def test_fast_json_is_byte_identical_to_json_format(value: vpb.Value, when: timestamp_pb2.Timestamp) -> None:
+    _, stored = _codec.encode_stored("some_feature", value, when)
+    fv = fs.FeatureValue(name="some_feature", value=value, event_time=when, status=fs.PRESENT)
+    assert stored[_codec.TIME_BYTES :] == _codec.to_json(fv)
+
+
+@given(a=times, b=times)
+def test_time_keys_order_like_the_times(a: timestamp_pb2.Timestamp, b: timestamp_pb2.Timestamp) -> None:
+    ka, kb = _codec.time_key(_codec.micros_of(a)), _codec.time_key(_codec.micros_of(b))
+    assert (ka < kb) == (_codec.micros_of(a) < _codec.micros_of(b))
+
+
+@given(when=times)
+def test_timestamp_bytes_parse_back(when: timestamp_pb2.Timestamp) -> None:
+    assert timestamp_pb2.Timestamp.FromString(_codec.timestamp_bytes(_codec.micros_of(when))) == when
