@@ -32,3 +32,13 @@ class HistoryQuery:
     end: datetime
     limit: int
     after: tuple[datetime, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of history: the values' frames concatenated in order, and where to continue."""
+
+    frames: bytes
+    count: int
+    more: bool
+    last: tuple[datetime, str] | None  # the last value's (event time, feature name)

@@ -19,7 +19,7 @@ import asyncpg
 
 from server._errors import unavailable
 from server._postgres import CONNECTION_ERRORS, quote_ident
-from server.offline._model import HistoryQuery, HistoryRow
+from server.offline._model import HistoryPage, HistoryQuery, HistoryRow
 
 _log = logging.getLogger(__name__)
 _PARTITION_LOCK = 0x6869_7374  # "hist"
@@ -36,11 +36,20 @@ _MERGE = (
     "ON CONFLICT (entity_type, entity_id, feature_name, event_time) "
     "DO UPDATE SET value = EXCLUDED.value, frame = EXCLUDED.frame, ingestion_time = now()"
 )
+# One page as one row: PostgreSQL concatenates the frames (asyncpg then decodes one value,
+# not a record per history row) and reports the cursor of the page's last value.
 _RANGE = (
-    "SELECT feature_name, (extract(epoch FROM event_time) * 1000000)::int8 AS micros, frame FROM feature_history "
-    "WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
-    "AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
-    "ORDER BY event_time, feature_name LIMIT $8"
+    "WITH page AS (SELECT event_time, feature_name, frame, "
+    "  row_number() OVER (ORDER BY event_time, feature_name) AS rn FROM ("
+    "    SELECT event_time, feature_name, frame FROM feature_history "
+    "    WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
+    "    AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
+    "    ORDER BY event_time, feature_name LIMIT $8 + 1) s) "
+    "SELECT coalesce(string_agg(frame, ''::bytea ORDER BY rn) FILTER (WHERE rn <= $8), ''::bytea) AS frames, "
+    "  count(*) FILTER (WHERE rn <= $8) AS n, count(*) > $8 AS more, "
+    "  (array_agg(event_time ORDER BY rn DESC) FILTER (WHERE rn <= $8))[1] AS last_time, "
+    "  (array_agg(feature_name ORDER BY rn DESC) FILTER (WHERE rn <= $8))[1] AS last_name "
+    "FROM page"
 )
 # For each (row, feature): the latest value at or before the row's timestamp (optionally not older
 # than $5): one backward index probe on the primary key per pair.
@@ -135,11 +144,11 @@ class PostgresHistoryStore:
                 await conn.execute(_create_partition_sql(month))
         self._partitions |= missing
 
-    async def query(self, q: HistoryQuery) -> list[tuple[str, int, bytes]]:
-        """(feature, event time in µs since the epoch, frame) in (event time, feature) order, at most q.limit."""
+    async def query(self, q: HistoryQuery) -> HistoryPage:
+        """Up to q.limit values in (event time, feature) order, after q.after."""
         after_time, after_name = q.after or (_EPOCH, "")
         try:
-            rows = await self._pool.fetch(
+            row = await self._pool.fetchrow(
                 _RANGE,
                 q.entity_type,
                 q.entity_id,
@@ -152,7 +161,9 @@ class PostgresHistoryStore:
             )
         except CONNECTION_ERRORS as exc:
             raise unavailable("postgresql", type(exc).__name__) from exc
-        return [(r["feature_name"], r["micros"], r["frame"]) for r in rows]
+        assert row is not None
+        last = (row["last_time"], row["last_name"]) if row["n"] else None
+        return HistoryPage(row["frames"], row["n"], row["more"], last)
 
     async def as_of(
         self,

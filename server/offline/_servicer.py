@@ -20,7 +20,7 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
 from server._errors import FieldViolation, invalid_argument
 from server._rpc import rpc, rpc_stream
-from server.offline._model import HistoryQuery
+from server.offline._model import HistoryPage, HistoryQuery
 from server.offline._pgstore import PostgresHistoryStore
 from server.online._catalog import Catalog
 from server.online._requests import entity_id_problem
@@ -59,7 +59,8 @@ def _query(catalog: Catalog, request: fs.GetHistoricalFeaturesRequest, *, paged:
     return HistoryQuery(request.entity_type, request.entity_id, names, start, end, limit, after)
 
 
-def _encode_token(micros: int, name: str) -> str:
+def _encode_token(event_time: datetime, name: str) -> str:
+    micros = (event_time - _EPOCH) // timedelta(microseconds=1)
     return base64.urlsafe_b64encode(_TOKEN.pack(micros) + name.encode()).decode()
 
 
@@ -75,11 +76,11 @@ def _decode_token(token: str, violations: list[FieldViolation]) -> tuple[datetim
     return _EPOCH + timedelta(microseconds=micros), name
 
 
-def _page(q: HistoryQuery, rows: list[tuple[str, int, bytes]], next_token: str) -> bytes:
+def _response(q: HistoryQuery, page: HistoryPage, next_token: str) -> bytes:
     """The response: stored frames are already field 3 (values) of GetHistoricalFeaturesResponse."""
     head = _codec.frame(b"\x0a", q.entity_id.encode()) + _codec.frame(b"\x12", q.entity_type.encode())
     tail = _codec.frame(b"\x22", next_token.encode()) if next_token else b""
-    return head + b"".join([frame for _, _, frame in rows]) + tail
+    return head + page.frames + tail
 
 
 class HistoryServicer:
@@ -92,9 +93,9 @@ class HistoryServicer:
     @rpc
     async def GetHistoricalFeatures(self, request: fs.GetHistoricalFeaturesRequest, context: Context) -> bytes:
         q = _query(self._catalog, request, paged=True)
-        rows = await self._store.query(dataclasses.replace(q, limit=q.limit + 1))
-        token = _encode_token(rows[q.limit - 1][1], rows[q.limit - 1][0]) if len(rows) > q.limit else ""
-        return _page(q, rows[: q.limit], token)
+        page = await self._store.query(q)
+        token = _encode_token(*page.last) if page.more and page.last else ""
+        return _response(q, page, token)
 
     @rpc_stream
     async def StreamHistoricalFeatures(
@@ -102,12 +103,12 @@ class HistoryServicer:
     ) -> AsyncIterator[bytes]:
         q = _query(self._catalog, request, paged=False)
         while True:
-            rows = await self._store.query(q)
-            if rows:
-                yield _page(q, rows, "")
-            if len(rows) < q.limit:
+            page = await self._store.query(q)
+            if page.count:
+                yield _response(q, page, "")
+            if not page.more:
                 return
-            q = dataclasses.replace(q, after=(_EPOCH + timedelta(microseconds=rows[-1][1]), rows[-1][0]))
+            q = dataclasses.replace(q, after=page.last)
 
 
 def handler(servicer: HistoryServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
