@@ -32,6 +32,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=_env_int("GRPC_PORT", 50051))
     parser.add_argument("--postgres-port", type=int, default=_env_int("POSTGRES_PORT", 15432))
     parser.add_argument("--redis-port", type=int, default=_env_int("REDIS_PORT", 16379))
+    parser.add_argument("--metrics-port", type=int, default=_env_int("METRICS_PORT", 9464))
     return parser.parse_args(argv)
 
 
@@ -52,11 +53,14 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     valkey = start_valkey(state / "valkey", args.redis_port)
     procs.append(valkey)
     print(f"  Valkey      127.0.0.1:{valkey.port}")
-    server = start_server(state, args.grpc_port, str(postgres.extra["dsn"]), str(valkey.extra["url"]))
+    server = start_server(
+        state, args.grpc_port, str(postgres.extra["dsn"]), str(valkey.extra["url"]), metrics_port=args.metrics_port
+    )
     procs.append(server)
     print(f"  gRPC        127.0.0.1:{server.port}")
     procs.append(start_envoy(state, args.http_port, server.port))
     print(f"  REST+gRPC   http://localhost:{args.http_port}  (Envoy)")
+    print(f"  metrics     http://localhost:{args.metrics_port}/metrics")
     created = _demo.load(f"127.0.0.1:{server.port}")
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
     written = _demo.load_values(f"127.0.0.1:{server.port}")

@@ -187,13 +187,20 @@ def start_valkey(data_dir: Path, port: int, *, durable: bool = True, extra_args:
 
 
 def start_server(
-    state_dir: Path, port: int, postgres_dsn: str, redis_url: str, extra_args: list[str] | None = None
+    state_dir: Path,
+    port: int,
+    postgres_dsn: str,
+    redis_url: str,
+    extra_args: list[str] | None = None,
+    metrics_port: int | None = None,
 ) -> Proc:
-    """`python -m server` on `port`; ready once it listens."""
+    """`python -m server` on `port` (metrics on a free port unless given); ready once it listens."""
+    metrics_port = free_port() if metrics_port is None else metrics_port
     cmd = [sys.executable, "-m", "server", "--port", str(port), "--host", "127.0.0.1"]
-    cmd += ["--postgres-dsn", postgres_dsn, "--redis-url", redis_url]
+    cmd += ["--postgres-dsn", postgres_dsn, "--redis-url", redis_url, "--metrics-port", str(metrics_port)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = _spawn("server", [*cmd, *(extra_args or [])], state_dir / f"server-{port}.log", port, cwd=ROOT, env=env)
+    proc.extra["metrics_port"] = metrics_port
     wait_for_port(proc, timeout=60)
     return proc
 

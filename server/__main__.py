@@ -35,13 +35,15 @@ async def _run(settings: Settings) -> None:
 class _Supervisor:
     """Runs `count` copies of this server as child processes."""
 
-    def __init__(self, argv: list[str], count: int) -> None:
+    def __init__(self, argv: list[str], count: int, metrics_port: int) -> None:
         self._cmd = [sys.executable, "-m", "server", *argv, "--workers", "1"]
-        self._workers = [self._spawn() for _ in range(count)]
+        self._metrics_port = metrics_port
+        self._workers = [self._spawn(i) for i in range(count)]
         self._stopping = False
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self._cmd)
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        port = self._metrics_port + index if self._metrics_port else 0
+        return subprocess.Popen([*self._cmd, "--metrics-port", str(port)])
 
     def stop(self, signum: int, _frame: object) -> None:
         self._stopping = True
@@ -55,7 +57,7 @@ class _Supervisor:
                 if worker.poll() is not None and not self._stopping:
                     _log.error("worker %d exited with %s; restarting it", worker.pid, worker.returncode)
                     time.sleep(0.5)
-                    self._workers[i] = self._spawn()
+                    self._workers[i] = self._spawn(i)
             time.sleep(0.2)
         return max(worker.wait() for worker in self._workers)
 
@@ -67,7 +69,7 @@ def main() -> None:
         asyncio.run(migrate_only(settings))
         return
     if settings.workers > 1:
-        supervisor = _Supervisor(sys.argv[1:], settings.workers)
+        supervisor = _Supervisor(sys.argv[1:], settings.workers, settings.metrics_port)
         signal.signal(signal.SIGTERM, supervisor.stop)
         signal.signal(signal.SIGINT, supervisor.stop)
         sys.exit(supervisor.run())

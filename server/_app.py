@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from featurestore.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from server import offline, online
+from server import _metrics, offline, online
 from server._health import HealthMonitor
 from server._postgres import connect_and_migrate
 from server._settings import Settings
@@ -121,6 +121,8 @@ async def start(settings: Settings) -> App:
         settings.health_interval,
     )
     await monitor.check_once()
+    if settings.metrics_port:
+        _metrics.serve(settings.host, settings.metrics_port)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     _log.info("serving gRPC on %s:%d", settings.host, port)

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
+from server._metrics import STORE_UP
+
 _log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[None]]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -51,6 +53,8 @@ class HealthMonitor:
         """Probe every store once and publish the resulting statuses."""
         results = await asyncio.gather(*(self._probe(name) for name in self._probes))
         self._healthy = dict(zip(self._probes, results, strict=True))
+        for store, ok in self._healthy.items():
+            STORE_UP.labels(store).set(1 if ok else 0)
         for service, stores in self._dependencies.items():
             ok = all(self._healthy[s] for s in stores)
             await self._servicer.set(service, SERVING if ok else NOT_SERVING)

@@ -48,6 +48,9 @@ class Settings:
         default=0.5, metadata={"help": "seconds between checks for registry changes (serving snapshot)"}
     )
     event_loop: str = field(default="uvloop", metadata={"help": "uvloop (faster) or asyncio"})
+    metrics_port: int = field(
+        default=9464, metadata={"help": "Prometheus /metrics port (worker i of N uses port + i); 0 = off"}
+    )
     workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
     health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})

@@ -140,3 +140,27 @@ def test_migrate_only_applies_migrations_and_exits(tmp_path: Path, postgres_dsn:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_metrics_endpoint_counts_calls_errors_and_store_health(server: Proc, client: FeatureStoreClient) -> None:
+    import urllib.request
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.extra['metrics_port']}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def value(text: str, line_start: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith(line_start)]
+        return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+    before = scrape()
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            client.registry.GetFeature(rs.GetFeatureRequest(name="no_such_feature"))
+    after = scrape()
+    calls = 'featurestore_rpc_duration_seconds_count{method="GetFeature"}'
+    errors = 'featurestore_rpc_errors_total{code="NOT_FOUND",method="GetFeature"}'
+    assert value(after, calls) - value(before, calls) == 3
+    assert value(after, errors) - value(before, errors) == 3
+    assert value(after, 'featurestore_store_up{store="postgresql"}') == 1
+    assert value(after, 'featurestore_store_up{store="redis"}') == 1

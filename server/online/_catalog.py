@@ -17,6 +17,7 @@ from typing import Protocol
 
 from server import _codec
 from server._errors import FieldViolation, invalid_argument
+from server._metrics import REGISTRY_FEATURES, REGISTRY_VERSION
 from server.registry import Feature, FeatureGroup
 from server.registry._validate import identifier_problem
 
@@ -189,6 +190,8 @@ class CatalogRefresher:
                 return False
             version, features, groups = await self._source.registry_snapshot()
             self._catalog.replace(version, features, groups)
+            REGISTRY_VERSION.set(version)
+            REGISTRY_FEATURES.set(len(features))
         _log.info("registry snapshot %d: %d features, %d groups", version, len(features), len(groups))
         return True
 
