@@ -146,3 +146,39 @@ def test_registry_changes_reach_other_replicas_by_notification(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_hung_redis_gives_unavailable_within_the_timeout_and_recovers(tmp_path: Path, own_postgres: str) -> None:
+    import os
+    import signal
+
+    valkey = start_valkey(tmp_path / "valkey", free_port(), durable=False)
+    args = [*FAST_SERVER_ARGS, "--redis-timeout", "0.3"]
+    server = start_server(tmp_path, free_port(), own_postgres, str(valkey.extra["url"]), args)
+    try:
+        with FeatureStoreClient(f"127.0.0.1:{server.port}") as client:
+            register(client, "x", pb.INT64)
+            wait_servable(client, "customer", "x")
+            write(client, [row("c1", now(), x=i64(1))])
+            os.kill(valkey.popen.pid, signal.SIGSTOP)  # accepts nothing, answers nothing
+            try:
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as info:
+                    get(client, "c1", "x")
+                assert error_details(info.value).code == grpc.StatusCode.UNAVAILABLE
+                assert time.monotonic() - started < 1.5
+            finally:
+                os.kill(valkey.popen.pid, signal.SIGCONT)
+            eventually(lambda: _reads(client))
+            assert get(client, "c1", "x")["x"].value.int64_value == 1
+    finally:
+        server.stop()
+        valkey.stop()
+
+
+def _reads(client: FeatureStoreClient) -> bool:
+    try:
+        get(client, "c1", "x")
+    except grpc.RpcError:
+        return False
+    return True
