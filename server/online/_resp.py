@@ -68,6 +68,8 @@ class _Connection(asyncio.Protocol):
 
     def send(self, packed: bytes, deadline: float) -> asyncio.Future[Any]:
         """Queue a command; commands queued in one loop iteration leave in one write."""
+        if self.lost:
+            raise ConnectionError("Redis connection lost")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         idle = not self._waiting
