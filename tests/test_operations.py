@@ -157,9 +157,11 @@ def test_metrics_endpoint_counts_calls_errors_and_store_health(server: Proc, cli
     for _ in range(3):
         with pytest.raises(grpc.RpcError):
             client.registry.GetFeature(rs.GetFeatureRequest(name="no_such_feature"))
-    after = scrape()
     calls = 'featurestore_rpc_duration_seconds_count{method="GetFeature"}'
     errors = 'featurestore_rpc_errors_total{code="NOT_FOUND",method="GetFeature"}'
+    # a call's duration is recorded just after its status went out: give the last one a moment
+    eventually(lambda: value(scrape(), calls) - value(before, calls) == 3, timeout=5)
+    after = scrape()
     assert value(after, calls) - value(before, calls) == 3
     assert value(after, errors) - value(before, errors) == 3
     assert value(after, 'featurestore_store_up{store="postgresql"}') == 1
