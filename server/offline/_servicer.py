@@ -33,6 +33,7 @@ _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
 _END = datetime(9999, 12, 31, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TOKEN = struct.Struct(">q")
+_NEXT_PAGE_TOKEN_TAG = b"\x22"
 
 
 def _when(ts: Any, default: datetime) -> datetime:
@@ -78,8 +79,10 @@ def _decode_token(token: str, violations: list[FieldViolation]) -> tuple[datetim
 
 def _response(q: HistoryQuery, page: HistoryPage, next_token: str) -> bytes:
     """The response: stored frames are already field 3 (values) of GetHistoricalFeaturesResponse."""
-    head = _codec.frame(b"\x0a", q.entity_id.encode()) + _codec.frame(b"\x12", q.entity_type.encode())
-    tail = _codec.frame(b"\x22", next_token.encode()) if next_token else b""
+    # Fields 1 and 2 are entity_id and entity_type, as in GetFeaturesResponse; 4 is next_page_token.
+    head = _codec.frame(_codec.ENTITY_ID_TAG, q.entity_id.encode())
+    head += _codec.frame(_codec.ENTITY_TYPE_TAG, q.entity_type.encode())
+    tail = _codec.frame(_NEXT_PAGE_TOKEN_TAG, next_token.encode()) if next_token else b""
     return head + page.frames + tail
 
 

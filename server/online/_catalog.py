@@ -39,6 +39,12 @@ VALUE_KINDS = {
 _PLAN_CACHE_MAX = 4096
 
 
+def entity_type_problem(entity_type: str) -> list[FieldViolation]:
+    """The violation of a request's `entity_type`, if it is not a valid one."""
+    problem = identifier_problem(entity_type, max_len=64)
+    return [FieldViolation("entity_type", problem)] if problem else []
+
+
 class RegistrySource(Protocol):
     """Where snapshots come from (the registry store)."""
 
@@ -142,8 +148,7 @@ class Catalog:
         return found
 
     def _resolve(self, entity_type: str, names: tuple[str, ...], groups: tuple[str, ...]) -> Plan:
-        problem = identifier_problem(entity_type, max_len=64)
-        violations = [FieldViolation("entity_type", problem)] if problem else []
+        violations = entity_type_problem(entity_type)
         wanted = [(f"feature_names[{i}]", n) for i, n in enumerate(names)]
         for i, group in enumerate(groups):
             members = self.groups.get(group)

@@ -10,9 +10,8 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
 from server._errors import FieldViolation, invalid_argument
 from server.offline._model import HistoryRow
-from server.online._catalog import Catalog
+from server.online._catalog import Catalog, entity_type_problem
 from server.online._redis import KeyWrite, entity_key
-from server.registry._validate import identifier_problem
 
 ENTITY_ID_MAX_BYTES = 256
 
@@ -27,11 +26,6 @@ class Limits:
 def _raise_if(violations: list[FieldViolation]) -> None:
     if violations:
         raise invalid_argument(violations)
-
-
-def entity_type_problem(entity_type: str) -> list[FieldViolation]:
-    problem = identifier_problem(entity_type, max_len=64)
-    return [FieldViolation("entity_type", problem)] if problem else []
 
 
 def entity_id_problem(path: str, entity_id: str) -> list[FieldViolation]:
