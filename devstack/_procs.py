@@ -294,3 +294,39 @@ def _form_cluster(procs: list[Proc], timeout: float) -> None:
 def _cluster_ok(client: Any, nodes: int) -> bool:
     info = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
     return bool(info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == nodes)
+
+
+# -- the batch pipeline -------------------------------------------------------
+
+
+def write_demo_tables(warehouse: Path, log: Path) -> None:
+    """The demo source tables (jobs.demo_data) in `warehouse`, unless they are there already."""
+    if (warehouse / "customer_purchases").is_dir():
+        return
+    cmd = [sys.executable, "-m", "jobs.demo_data", "--warehouse", str(warehouse), "--master", "local[2]"]
+    with log.open("ab") as out:
+        subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=300)
+
+
+def start_pipeline(
+    state_dir: Path, registry: str, postgres_dsn: str, redis_url: str, entity_types: str, every: int = 3600
+) -> Proc:
+    """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra."""
+    log = state_dir / "pipeline.log"
+    start = log.stat().st_size if log.exists() else 0
+    cmd = [sys.executable, "-m", "jobs.batch_pipeline", f"--feature-types={entity_types}", "--lookback-days=30"]
+    cmd += [f"--every={every}", "--master=local[2]", "--registry", registry, "--redis-url", redis_url]
+    cmd += ["--postgres-dsn", postgres_dsn, "--warehouse", str(state_dir / "warehouse")]
+    proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.stop_signal = signal.SIGTERM
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if not proc.running():
+            raise RuntimeError(f"the pipeline exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        summaries = [s for s in log.read_text(errors="replace")[start:].splitlines() if s.startswith("batch pipeline ")]
+        if summaries:
+            proc.extra["summary"] = summaries[0]
+            return proc
+        time.sleep(0.2)
+    proc.stop()
+    raise TimeoutError(f"the pipeline's first run did not finish within 300s:\n{proc.log_tail()}")

@@ -25,6 +25,7 @@ import math
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
@@ -85,21 +86,25 @@ def to_json(message: Message) -> bytes:
     return json.dumps(as_dict, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def _float_json(x: float) -> str:
+    if x != x or x in (math.inf, -math.inf):
+        return '"NaN"' if x != x else ('"Infinity"' if x > 0 else '"-Infinity"')
+    return repr(x)
+
+
+_SCALAR_JSON: dict[str, Callable[[Any], str]] = {
+    "float_value": _float_json,
+    "int64_value": lambda n: f'"{n}"',
+    "string_value": lambda text: json.dumps(text, ensure_ascii=False),
+    "bool_value": lambda b: "true" if b else "false",
+}
+
+
 def _scalar_json(value: value_pb2.Value) -> str | None:
     """The proto3 JSON of a scalar Value's member, as json_format prints it; None for other kinds."""
     kind = value.WhichOneof("kind")
-    if kind == "float_value":
-        x = value.float_value
-        if x != x or x in (math.inf, -math.inf):
-            return '"NaN"' if x != x else ('"Infinity"' if x > 0 else '"-Infinity"')
-        return repr(x)
-    if kind == "int64_value":
-        return f'"{value.int64_value}"'
-    if kind == "string_value":
-        return json.dumps(value.string_value, ensure_ascii=False)
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    return None
+    render = _SCALAR_JSON.get(kind or "")
+    return render(getattr(value, kind)) if render and kind else None
 
 
 def _value_json(fv: fs.FeatureValue) -> bytes:
@@ -117,6 +122,53 @@ def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.T
     fv = fs.FeatureValue(name=name, value=value, event_time=event_time, status=fs.PRESENT)
     when = time_key(micros_of(event_time))
     return when + frame(FEATURES_TAG, fv.SerializeToString()), when + _value_json(fv)
+
+
+_DOUBLE = struct.Struct("<d")
+_SCALAR_PROTO: dict[str, Callable[[Any], bytes]] = {
+    "float_value": lambda x: b"\x09" + _DOUBLE.pack(x),
+    "int64_value": lambda n: b"\x10" + varint(n if n >= 0 else n + (1 << 64)),
+    "string_value": lambda text: frame(b"\x1a", text.encode()),
+    "bool_value": lambda b: b"\x20\x01" if b else b"\x20\x00",
+}
+
+
+class ValueEncoder:
+    """The stored forms of one feature's values that share one event time, as a batch run writes them.
+
+    `encode(x)` takes the plain Python value (float, int, str, bool; a datetime for
+    timestamp_value) and returns (protobuf form, JSON form, serialized Value), byte for
+    byte what `encode_stored` makes of the same value, in ~1 µs for scalars instead of ~5.
+    """
+
+    def __init__(self, name: str, kind: str, event_micros: int) -> None:
+        self.name, self.kind = name, kind
+        self.event_time = timestamp_pb2.Timestamp(
+            seconds=event_micros // 1_000_000, nanos=event_micros % 1_000_000 * 1000
+        )
+        self._when = time_key(event_micros)
+        self._head = frame(b"\x0a", name.encode())
+        self._tail = frame(b"\x1a", timestamp_bytes(event_micros)) + b"\x20" + varint(fs.PRESENT)
+        self._json_head = f'{{"name":"{name}","value":{{"{kind}":'.encode()
+        self._json_tail = f'}},"event_time":"{self.event_time.ToJsonString()}","status":"PRESENT"}}'.encode()
+        self._proto, self._json = _SCALAR_PROTO.get(kind), _SCALAR_JSON.get(kind)
+
+    def encode(self, x: Any) -> tuple[bytes, bytes, bytes]:
+        if self._proto is None or self._json is None:
+            return self._encode_slowly(x)
+        value = self._proto(x)
+        payload = self._head + frame(b"\x12", value) + self._tail
+        stored = self._when + FEATURES_TAG + varint(len(payload)) + payload
+        return stored, self._when + self._json_head + self._json(x).encode() + self._json_tail, value
+
+    def _encode_slowly(self, x: Any) -> tuple[bytes, bytes, bytes]:
+        message = value_pb2.Value()
+        if self.kind == "timestamp_value":
+            message.timestamp_value.FromDatetime(x)
+        else:
+            setattr(message, self.kind, x)
+        proto, as_json = encode_stored(self.name, message, self.event_time)
+        return proto, as_json, message.SerializeToString()
 
 
 def not_found_frame(name: str) -> bytes:

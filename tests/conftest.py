@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -113,3 +114,25 @@ def empty_online(redis_url: str) -> None:
 
     with redis.Redis.from_url(redis_url) as r:
         r.flushall()
+
+
+@pytest.fixture(scope="session")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("warehouse")
+
+
+@pytest.fixture(scope="session")
+def spark(warehouse: Path, postgres: Proc) -> Iterator[Any]:
+    """One local Spark for the session, with the test PostgreSQL as the JDBC catalog `postgres`."""
+    from jobs import SessionConfig, build_session
+
+    config = SessionConfig(
+        master="local[2]",
+        warehouse=str(warehouse),
+        jdbc_url=f"jdbc:postgresql://127.0.0.1:{postgres.port}/postgres?user=postgres",
+        shuffle_partitions=2,
+        conf={"spark.ui.enabled": "false", "spark.driver.port": str(free_port())},
+    )
+    session = build_session(config, "featurestore-tests")
+    yield session
+    session.stop()

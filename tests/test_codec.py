@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from google.protobuf import timestamp_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from featurestore import python_value
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
 from server import _codec
@@ -37,3 +40,25 @@ def test_time_keys_order_like_the_times(a: timestamp_pb2.Timestamp, b: timestamp
 @given(when=times)
 def test_timestamp_bytes_parse_back(when: timestamp_pb2.Timestamp) -> None:
     assert timestamp_pb2.Timestamp.FromString(_codec.timestamp_bytes(_codec.micros_of(when))) == when
+
+
+timestamp_values = st.datetimes(
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+).map(lambda d: vpb.Value(timestamp_value=_timestamp(d)))
+
+
+def _timestamp(d: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(d)
+    return out
+
+
+@given(value=st.one_of(scalars, timestamp_values), when=times)
+def test_the_pipeline_encoder_stores_what_the_write_path_stores(
+    value: vpb.Value, when: timestamp_pb2.Timestamp
+) -> None:
+    kind = value.WhichOneof("kind")
+    assert kind is not None
+    plain = python_value(value)
+    encoder = _codec.ValueEncoder("some_feature", kind, _codec.micros_of(when))
+    assert encoder.encode(plain) == (*_codec.encode_stored("some_feature", value, when), value.SerializeToString())

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devstack import _demo
 from featurestore import FeatureStoreClient
+from featurestore.registry.v1 import registry_service_pb2 as rs
+from jobs import RunConfig, register_warehouse, run
+from jobs.demo_data import DemoSize, write_demo_tables
 from tests._http import Rest
 from tests._online import wait_servable
 from tests._seed import curls, registry_curls, store_curls
@@ -101,27 +106,36 @@ def test_create_twice_is_409_with_reason(rest: Rest, grpc_target: str) -> None:
 
 
 @pytest.mark.usefixtures("empty_registry", "empty_online")
-def test_feature_store_curls_work_verbatim(rest: Rest, grpc_target: str) -> None:
+def test_feature_store_curls_work_verbatim(
+    rest: Rest, grpc_target: str, spark: Any, warehouse: Path, redis_url: str, postgres_dsn: str
+) -> None:
+    """As after `make up`: demo definitions, the seed's feature, the 2023 history, then a pipeline run now."""
     _demo.load(grpc_target)
     assert registry_curls()[0].run(rest.base_url)[0] == 200  # customer_total_purchases_30d
     get_one, get_batch, get_history = store_curls()
-    _demo.load_values(grpc_target)
-    with FeatureStoreClient(grpc_target) as client:  # serving sees registry changes within about a second
+    _demo.load_history(grpc_target)
+    now = datetime.now(UTC).replace(microsecond=0)
+    write_demo_tables(spark, warehouse, DemoSize(), now)
+    register_warehouse(spark, warehouse)
+    spark.catalog.refreshTable("customer_purchases")
+    with FeatureStoreClient(grpc_target) as client:
+        features = list(client.registry.ListFeatures(rs.ListFeaturesRequest(entity_type="customer")).features)
         wait_servable(client, "customer", *get_one.body()["feature_names"])
+    config = RunConfig(now, timedelta(days=30), redis_url, False, postgres_dsn)
+    assert run(spark, features, config, progress=lambda _: None).failed == {}
 
     status, one = get_one.run(rest.base_url)
     assert status == 200, one
     assert (one["entity_id"], one["entity_type"]) == ("customer123", "customer")
-    by_name = {f["name"]: f for f in one["features"]}
     assert [f["name"] for f in one["features"]] == get_one.body()["feature_names"]
-    assert by_name["customer_total_purchases_30d"]["status"] == "NOT_FOUND"  # registered, never computed
-    assert by_name["customer_purchase_frequency_30d"]["status"] == "PRESENT"
-    assert by_name["customer_purchase_frequency_30d"]["value"] == {"int64_value": "4"}
+    assert {f["status"] for f in one["features"]} == {"PRESENT"}  # computed by the pipeline
+    assert {f["event_time"] for f in one["features"]} == {now.isoformat().replace("+00:00", "Z")}
 
     status, batch = get_batch.run(rest.base_url)
     assert status == 200, batch
     assert [e["entity_id"] for e in batch["entities"]] == ["customer123", "customer456", "customer789"]
     assert all(len(e["features"]) == 3 for e in batch["entities"])
+    assert [f["status"] for e in batch["entities"] for f in e["features"]] == ["PRESENT"] * 9
 
     status, past = get_history.run(rest.base_url)
     assert status == 200, past

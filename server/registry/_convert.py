@@ -30,7 +30,7 @@ def feature_from_proto(msg: pb.Feature) -> Feature:
         owner=msg.owner,
         tags=tuple(msg.tags),
         source_config=SourceConfig(sc.table, sc.filter, sc.entity_column, sc.timestamp_column),
-        transformations=tuple(Transformation(t.type, t.function, t.column) for t in msg.transformations),
+        transformations=tuple(Transformation(t.type, t.function, t.column, t.expression) for t in msg.transformations),
         max_age=msg.max_age.ToTimedelta() if msg.HasField("max_age") else None,
     )
 
@@ -57,7 +57,8 @@ def feature_to_proto(f: Feature) -> pb.Feature:
         owner=f.owner,
         tags=f.tags,
         transformations=[
-            pb.Transformation(type=t.type, function=t.function, column=t.column) for t in f.transformations
+            pb.Transformation(type=t.type, function=t.function, column=t.column, expression=t.expression)
+            for t in f.transformations
         ],
     )
     if f.source_config != SourceConfig():

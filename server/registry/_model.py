@@ -42,6 +42,7 @@ class Transformation:
     type: str = ""
     function: str = ""
     column: str = ""
+    expression: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,7 +95,10 @@ def _feature_definition(f: Feature) -> dict[str, Any]:
             "entity_column": f.source_config.entity_column,
             "timestamp_column": f.source_config.timestamp_column,
         },
-        "transformations": [{"type": t.type, "function": t.function, "column": t.column} for t in f.transformations],
+        "transformations": [
+            {"type": t.type, "function": t.function, "column": t.column, "expression": t.expression}
+            for t in f.transformations
+        ],
         "max_age_seconds": f.max_age.total_seconds() if f.max_age is not None else None,
     }
 

@@ -108,6 +108,7 @@ def _transformations(out: list[FieldViolation], path: str, f: Feature) -> None:
         _check(out, f"{path}[{i}].type", identifier_problem(t.type, max_len=64))
         _check(out, f"{path}[{i}].function", identifier_problem(t.function, required=False, max_len=64))
         _check(out, f"{path}[{i}].column", _text_problem(t.column, _TEXT_MAX["column"]))
+        _check(out, f"{path}[{i}].expression", _text_problem(t.expression, _TEXT_MAX["filter"]))
 
 
 def group_violations(g: FeatureGroup, prefix: str = "feature_group") -> list[FieldViolation]:

@@ -216,29 +216,39 @@ Global___SourceConfig: _TypeAlias = SourceConfig  # noqa: Y015
 
 @_typing.final
 class Transformation(_message.Message):
-    """One step of a feature's computation."""
+    """One step of a feature's computation. The batch pipeline's vocabulary is
+    documented in the README ("Batch Feature Pipeline").
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     FUNCTION_FIELD_NUMBER: _builtins.int
     COLUMN_FIELD_NUMBER: _builtins.int
+    EXPRESSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """The kind of step, such as "aggregation" or "filter"."""
+    """The kind of step: "filter", "aggregation" or "expression"."""
     function: _builtins.str
-    """The function, such as "sum", "avg" or "count"."""
+    """The function of an aggregation, such as "sum", "avg" or "count"."""
     column: _builtins.str
-    """The column the function applies to."""
+    """The column (or Spark SQL expression over the source's columns) the
+    function applies to.
+    """
+    expression: _builtins.str
+    """A Spark SQL expression: the predicate of a "filter" step, or the new
+    value of an "expression" step, computed from the aggregate `value`.
+    """
     def __init__(
         self,
         *,
         type: _builtins.str = ...,
         function: _builtins.str = ...,
         column: _builtins.str = ...,
+        expression: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "function", b"function", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "expression", b"expression", "function", b"function", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

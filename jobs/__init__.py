@@ -1,0 +1,28 @@
+"""Spark pipelines that compute registered features and materialize them.
+
+`jobs.batch_pipeline` is the batch pipeline's command line; `jobs.run` computes
+and writes a set of features in an existing Spark session (used by the local
+stack and the tests); the `transform_*` functions are its pure computations.
+"""
+
+from jobs._plan import FUNCTIONS, FeatureSpec, PlanError, SourcePlan, plan, spec_of
+from jobs._run import RunConfig, RunReport, run
+from jobs._session import SessionConfig, build_session, register_warehouse
+from jobs._transform import transform_features, transform_window
+
+__all__ = [
+    "FUNCTIONS",
+    "FeatureSpec",
+    "PlanError",
+    "RunConfig",
+    "RunReport",
+    "SessionConfig",
+    "SourcePlan",
+    "build_session",
+    "plan",
+    "register_warehouse",
+    "run",
+    "spec_of",
+    "transform_features",
+    "transform_window",
+]

@@ -1,0 +1,201 @@
+"""Batch feature pipeline: compute registered batch features in Spark and materialize them.
+
+    python jobs/batch_pipeline.py --feature-types=customer,product --lookback-days=30
+
+Reads the BATCH feature definitions of the given entity types from the
+registry (gRPC), computes each from its source table over the lookback window
+before the as-of time, and writes the values (event time = the as-of time) to
+the offline history in PostgreSQL and the online store in Redis. Reruns with
+the same --as-of rewrite the same values (no duplicates). Exit status: 0 when
+every feature was computed, 1 when some failed (the others are written), 2 when
+the run could not start. Connection flags default to the FEATURESTORE_*
+environment variables the server reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+if __package__ in (None, ""):  # run as a script: make the repository importable, here and in Spark's workers
+    _ROOT = str(Path(__file__).resolve().parent.parent)
+    sys.path.insert(0, _ROOT)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+
+import grpc
+
+from featurestore import FeatureStoreClient
+from featurestore.registry.v1 import feature_pb2 as pb
+from featurestore.registry.v1 import registry_service_pb2 as rs
+from jobs._plan import PlanError, select
+from jobs._run import RunConfig, run
+from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session
+from jobs._watch import watch
+
+_ENV = {
+    "registry": ("FEATURESTORE_TARGET", "localhost:50051"),
+    "redis_url": ("FEATURESTORE_REDIS_URL", "redis://localhost:6379/0"),
+    "postgres_dsn": ("FEATURESTORE_POSTGRES_DSN", "postgresql://localhost:5432/featurestore"),
+    "warehouse": ("FEATURESTORE_WAREHOUSE", "warehouse"),
+    "jdbc_url": ("FEATURESTORE_SOURCE_JDBC_URL", ""),
+}
+
+
+def _as_of(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _conf(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command line; connection defaults come from `env`."""
+    defaults = {name: env.get(var, fallback) for name, (var, fallback) in _ENV.items()}
+    p = argparse.ArgumentParser(prog="batch_pipeline", description=__doc__.split("\n\n")[0])
+    p.add_argument("--feature-types", type=_csv, required=True, help="entity types, comma-separated: customer,product")
+    p.add_argument("--lookback-days", type=_positive, default=30, help="days of source data before the as-of time")
+    p.add_argument("--as-of", type=_as_of, help="compute as of this UTC time (a backfill); default: now")
+    p.add_argument("--features", type=_csv, default=[], help="only these features, comma-separated")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the Spark query; write nothing")
+    p.add_argument(
+        "--every",
+        type=_positive,
+        help="keep running: recompute everything every EVERY seconds, new or changed features within seconds",
+    )
+    p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
+    p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
+    p.add_argument("--registry", default=defaults["registry"], help="registry gRPC target host:port")
+    p.add_argument("--redis-url", default=defaults["redis_url"])
+    p.add_argument("--redis-cluster", action="store_true", help="the Redis URL is a cluster node")
+    p.add_argument("--postgres-dsn", default=defaults["postgres_dsn"])
+    p.add_argument("--online-ttl", type=int, default=0, help="Redis TTL of written entity keys (0: none)")
+    p.add_argument("--warehouse", default=defaults["warehouse"], help="local Parquet warehouse folder")
+    p.add_argument("--source-jdbc-url", default=defaults["jdbc_url"], help="JDBC URL of a PostgreSQL source")
+    p.add_argument("--jdbc-catalog", default="postgres", help="catalog name of the JDBC source's tables")
+    p.add_argument("--jdbc-jar", default=DEFAULT_JDBC_JAR)
+    return p
+
+
+def load_features(target: str, entity_types: Sequence[str]) -> list[pb.Feature]:
+    """Every feature of `entity_types` in the registry, all pages."""
+    features: list[pb.Feature] = []
+    with FeatureStoreClient(target) as client:
+        for entity_type in entity_types:
+            token = ""
+            while True:
+                request = rs.ListFeaturesRequest(entity_type=entity_type, page_size=1000, page_token=token)
+                page = client.registry.ListFeatures(request, timeout=30)
+                features += page.features
+                token = page.next_page_token
+                if not token:
+                    break
+    return features
+
+
+def _batch_features(args: argparse.Namespace) -> list[pb.Feature]:
+    return select(load_features(args.registry, args.feature_types), args.feature_types, args.features)
+
+
+def _session(args: argparse.Namespace) -> SessionConfig:
+    return SessionConfig(
+        master=args.master,
+        warehouse=args.warehouse,
+        jdbc_url=args.source_jdbc_url,
+        jdbc_catalog=args.jdbc_catalog,
+        jdbc_jar=args.jdbc_jar,
+        conf=dict(args.conf),
+    )
+
+
+def _config(args: argparse.Namespace, as_of: datetime) -> RunConfig:
+    return RunConfig(
+        as_of=as_of,
+        lookback=timedelta(days=args.lookback_days),
+        redis_url=args.redis_url,
+        redis_cluster=args.redis_cluster,
+        postgres_dsn=args.postgres_dsn,
+        online_ttl=args.online_ttl,
+        dry_run=args.dry_run,
+    )
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (Kubernetes, the local stack) unwinds like Ctrl-C, so Spark's JVM is stopped too."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    spark = build_session(_session(args), "batch-feature-pipeline")
+    try:
+        watch(spark, lambda: _batch_features(args), lambda now: _config(args, now), every=args.every, progress=_print)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        spark.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = parser(os.environ if env is None else env).parse_args(argv)
+    _stop_on_sigterm()
+    if args.every:
+        return _watch(args)
+    as_of: datetime = args.as_of or datetime.now(UTC)
+    try:
+        features = _batch_features(args)
+    except grpc.RpcError as err:
+        print(f"batch pipeline: cannot read the registry at {args.registry}: {err.details()}", file=sys.stderr)
+        return 2
+    except PlanError as err:
+        print(f"batch pipeline: {err}", file=sys.stderr)
+        return 2
+    if not features:
+        print(f"batch pipeline: no batch features of {', '.join(args.feature_types)} in the registry", file=sys.stderr)
+        return 2
+    print(f"batch pipeline: {len(features)} features as of {as_of.isoformat()}, lookback {args.lookback_days} days")
+    spark = build_session(_session(args), "batch-feature-pipeline")
+    try:
+        report = run(spark, features, _config(args, as_of), progress=_print)
+    except KeyboardInterrupt:
+        print("batch pipeline: stopped", file=sys.stderr)
+        return 130
+    finally:
+        spark.stop()
+    print(report.summary(), flush=True)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

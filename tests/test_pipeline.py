@@ -1,0 +1,333 @@
+"""The batch pipeline end to end: Spark over the demo tables into real PostgreSQL and Valkey.
+
+Every computed value is compared with the same aggregate computed by plain SQL
+in PostgreSQL over the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from google.protobuf import json_format
+from pyspark.sql import SparkSession
+
+from devstack import _demo
+from featurestore import FeatureStoreClient, python_value
+from featurestore.registry.v1 import feature_pb2 as pb
+from featurestore.registry.v1 import registry_service_pb2 as rs
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import value_pb2 as vpb
+from jobs import RunConfig, RunReport, register_warehouse, run
+from jobs.demo_data import DemoSize, write_demo_tables
+from tests._seed import registry_curls
+from tests.conftest import run_sql
+
+pytestmark = pytest.mark.usefixtures("empty_registry", "empty_online", "empty_history")
+AS_OF = datetime(2024, 6, 1, 12, tzinfo=UTC)
+LOOKBACK = timedelta(days=45)
+SIZE = DemoSize(customers=300, purchases=6000, products=40, days=90, seed=7)
+ROOT = Path(__file__).resolve().parent.parent
+# The seed's four RFM features, as plain SQL over the lookback window before $1.
+EXPECTED_SQL = """
+SELECT customer_id,
+  coalesce(sum(purchase_amount) FILTER (WHERE purchase_date >= $1::timestamptz - interval '30 days'), 0)
+    AS customer_total_purchases_30d,
+  count(purchase_id) FILTER (WHERE purchase_date >= $1::timestamptz - interval '30 days')
+    AS customer_purchase_frequency_30d,
+  floor((extract(epoch FROM $1::timestamptz) - extract(epoch FROM max(purchase_date))) / 86400)::int8
+    AS customer_days_since_last_purchase,
+  avg(purchase_amount) AS customer_average_purchase_amount
+FROM customer_purchases WHERE purchase_date >= $1::timestamptz - $2::interval AND purchase_date < $1
+GROUP BY customer_id
+"""
+RFM = [
+    "customer_total_purchases_30d",
+    "customer_purchase_frequency_30d",
+    "customer_days_since_last_purchase",
+    "customer_average_purchase_amount",
+]
+
+
+@pytest.fixture
+def empty_history(postgres_dsn: str) -> None:
+    run_sql(postgres_dsn, "DELETE FROM feature_history; SELECT 1")
+
+
+async def _copy_purchases(dsn: str, rows: list[tuple[Any, ...]]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS customer_purchases; CREATE TABLE customer_purchases (purchase_id int8, "
+            "customer_id text, product_id text, purchase_amount float8, purchase_date timestamptz)"
+        )
+        await conn.copy_records_to_table("customer_purchases", records=rows)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def tables(spark: SparkSession, warehouse: Path, postgres_dsn: str, server: Any) -> None:
+    """The demo tables in the Parquet warehouse and, the same rows, in PostgreSQL."""
+    write_demo_tables(spark, warehouse, SIZE, AS_OF + timedelta(days=10))
+    register_warehouse(spark, warehouse)
+    spark.catalog.refreshTable("customer_purchases")
+    rows = [tuple(r) for r in spark.table("customer_purchases").collect()]
+    asyncio.run(_copy_purchases(postgres_dsn, rows))
+
+
+def seed_feature() -> pb.Feature:
+    """customer_total_purchases_30d exactly as the seed's curl creates it."""
+    return json_format.ParseDict(registry_curls()[0].body(), pb.Feature())
+
+
+def average_feature() -> pb.Feature:
+    """The seed's "Adding a New Feature" example, with the demo's entity column."""
+    return pb.Feature(
+        name="customer_average_purchase_amount",
+        entity_type="customer",
+        value_type=pb.FLOAT,
+        source=pb.BATCH,
+        category=pb.DERIVED,
+        frequency=pb.DAILY,
+        source_config=pb.SourceConfig(table="customer_purchases"),
+        transformations=[pb.Transformation(type="aggregation", function="avg", column="purchase_amount")],
+    )
+
+
+def create(client: FeatureStoreClient, *features: pb.Feature) -> list[pb.Feature]:
+    return [client.registry.CreateFeature(rs.CreateFeatureRequest(feature=f)) for f in features]
+
+
+@pytest.fixture
+def rfm(client: FeatureStoreClient, tables: None) -> list[pb.Feature]:
+    return create(client, seed_feature(), average_feature(), *_demo.FEATURES)
+
+
+def config(redis_url: str, postgres_dsn: str, as_of: datetime = AS_OF, **kw: Any) -> RunConfig:
+    return RunConfig(as_of=as_of, lookback=LOOKBACK, redis_url=redis_url, redis_cluster=False,
+                     postgres_dsn=postgres_dsn, **kw)  # fmt: skip
+
+
+def expected(postgres_dsn: str, as_of: datetime) -> dict[str, dict[str, Any]]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            return list(await conn.fetch(EXPECTED_SQL, as_of, LOOKBACK))
+        finally:
+            await conn.close()
+
+    return {r["customer_id"]: {name: r[name] for name in RFM} for r in asyncio.run(go())}
+
+
+def served(client: FeatureStoreClient, entity_ids: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each entity's stored values as Python values, through BatchGetFeatures.
+
+    Values computed as of 2024 are served as EXPIRED (older than twice a day), with their value.
+    """
+    request = fs.BatchGetFeaturesRequest(entity_type="customer", entity_ids=entity_ids, feature_names=names)
+    out: dict[str, dict[str, Any]] = {}
+    for entity in client.store.BatchGetFeatures(request).entities:
+        values = {f.name: python_value(f.value) for f in entity.features if f.status != fs.NOT_FOUND}
+        if values:
+            out[entity.entity_id] = values
+    return out
+
+
+def assert_values_equal(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> None:
+    assert got.keys() == want.keys()
+    for entity, values in want.items():
+        for name, value in values.items():
+            assert got[entity].get(name) == pytest.approx(value, rel=1e-12), (entity, name)
+
+
+def history_count(postgres_dsn: str, as_of: datetime | None = None) -> int:
+    where = f"WHERE event_time = '{as_of.isoformat()}'" if as_of else ""
+    return int(run_sql(postgres_dsn, f"SELECT count(*) AS n FROM feature_history {where}")[0]["n"])
+
+
+def all_customers() -> list[str]:
+    return [f"customer{i}" for i in range(SIZE.customers)]
+
+
+def test_values_equal_the_same_aggregates_in_sql(
+    spark: SparkSession, client: FeatureStoreClient, rfm: list[pb.Feature], redis_url: str, postgres_dsn: str
+) -> None:
+    report = run(spark, rfm, config(redis_url, postgres_dsn), progress=lambda _: None)
+    assert report.failed == {}
+    assert sorted(report.features) == sorted([*RFM, "product_price", "product_category"])
+    want = expected(postgres_dsn, AS_OF)
+    assert len(want) > 250  # nearly every customer bought something in the window
+    assert_values_equal(served(client, all_customers(), RFM), want)
+    customer_values = sum(len(v) for v in want.values())
+    assert history_count(postgres_dsn, AS_OF) == report.values >= customer_values
+    window = f"'{(AS_OF - LOOKBACK).isoformat()}' AND '{AS_OF.isoformat()}'"
+    purchases = run_sql(
+        postgres_dsn, f"SELECT count(*) AS n FROM customer_purchases WHERE purchase_date BETWEEN {window}"
+    )
+    products = spark.table("products").where(f"updated_at BETWEEN {window}").count()
+    assert report.rows == purchases[0]["n"] + products
+
+
+def test_history_and_online_hold_the_same_values(
+    spark: SparkSession, client: FeatureStoreClient, rfm: list[pb.Feature], redis_url: str, postgres_dsn: str
+) -> None:
+    run(spark, rfm, config(redis_url, postgres_dsn), progress=lambda _: None)
+    for entity in ("customer123", "customer7"):
+        request = fs.GetHistoricalFeaturesRequest(
+            entity_type="customer", entity_id=entity, feature_names=RFM, limit=100
+        )
+        request.start_time.FromDatetime(AS_OF - timedelta(days=1))
+        request.end_time.FromDatetime(AS_OF + timedelta(days=1))
+        past = {v.name: v for v in client.store.GetHistoricalFeatures(request).values}
+        now = client.store.GetFeatures(
+            fs.GetFeaturesRequest(entity_type="customer", entity_id=entity, feature_names=RFM)
+        )
+        assert past
+        assert {f.name: f.value for f in now.features if f.name in past} == {n: v.value for n, v in past.items()}
+
+
+def test_backfill_uses_only_data_before_its_as_of_time_and_never_replaces_newer_values(
+    spark: SparkSession, client: FeatureStoreClient, rfm: list[pb.Feature], redis_url: str, postgres_dsn: str
+) -> None:
+    earlier = AS_OF - timedelta(days=20)
+    run(spark, rfm, config(redis_url, postgres_dsn), progress=lambda _: None)
+    report = run(spark, rfm, config(redis_url, postgres_dsn, as_of=earlier), progress=lambda _: None)
+    assert report.failed == {}
+    assert report.values > 0
+    history: dict[str, dict[str, Any]] = {}
+    rows = run_sql(
+        postgres_dsn,
+        f"SELECT entity_id, feature_name, value FROM feature_history WHERE event_time = '{earlier.isoformat()}'",
+    )
+    for r in rows:
+        value = python_value(vpb.Value.FromString(r["value"]))
+        history.setdefault(r["entity_id"], {})[r["feature_name"]] = value
+    customers = {
+        e: {n: v for n, v in values.items() if n in RFM} for e, values in history.items() if e.startswith("customer")
+    }
+    assert_values_equal(customers, expected(postgres_dsn, earlier))
+    assert_values_equal(served(client, all_customers(), RFM), expected(postgres_dsn, AS_OF))
+
+
+def test_a_rerun_writes_no_duplicates(
+    spark: SparkSession, client: FeatureStoreClient, rfm: list[pb.Feature], redis_url: str, postgres_dsn: str
+) -> None:
+    first = run(spark, rfm, config(redis_url, postgres_dsn), progress=lambda _: None)
+    before = history_count(postgres_dsn)
+    second = run(spark, rfm, config(redis_url, postgres_dsn), progress=lambda _: None)
+    assert (second.values, history_count(postgres_dsn)) == (first.values, before)
+    assert_values_equal(served(client, all_customers(), RFM), expected(postgres_dsn, AS_OF))
+
+
+def bad(
+    name: str,
+    column: str = "purchase_amount",
+    function: str = "sum",
+    filter_: str = "",
+    table: str = "customer_purchases",
+) -> pb.Feature:
+    return pb.Feature(
+        name=name,
+        entity_type="customer",
+        value_type=pb.FLOAT,
+        source=pb.BATCH,
+        source_config=pb.SourceConfig(table=table, filter=filter_),
+        transformations=[pb.Transformation(type="aggregation", function=function, column=column)],
+    )
+
+
+def test_a_bad_definition_fails_alone_with_a_clear_message(
+    spark: SparkSession, client: FeatureStoreClient, tables: None, redis_url: str, postgres_dsn: str
+) -> None:
+    features = create(
+        client,
+        seed_feature(),
+        bad("bad_column", column="purchase_amont"),
+        bad("bad_filter", filter_="purchase_date >= NOW() -"),
+        bad("bad_function", function="median"),
+        bad("bad_table", table="no_such_table"),
+    )  # fmt: skip
+    report: RunReport = run(spark, features, config(redis_url, postgres_dsn), progress=lambda _: None)
+    assert report.features == ["customer_total_purchases_30d"]
+    assert sorted(report.failed) == ["bad_column", "bad_filter", "bad_function", "bad_table"]
+    assert "purchase_amont" in report.failed["bad_column"]
+    assert "PARSE_SYNTAX_ERROR" in report.failed["bad_filter"] or "Syntax error" in report.failed["bad_filter"]
+    assert "unknown aggregation function 'median'" in report.failed["bad_function"]
+    assert "no_such_table" in report.failed["bad_table"]
+    want = {
+        e: {"customer_total_purchases_30d": v["customer_total_purchases_30d"]}
+        for e, v in expected(postgres_dsn, AS_OF).items()
+    }
+    assert_values_equal(served(client, all_customers(), ["customer_total_purchases_30d"]), want)
+
+
+def test_a_postgresql_source_over_jdbc_gives_the_same_values(
+    spark: SparkSession, client: FeatureStoreClient, tables: None, redis_url: str, postgres_dsn: str
+) -> None:
+    features = []
+    for feature in (seed_feature(), average_feature()):
+        feature.source_config.table = "postgres.public.customer_purchases"
+        feature.source_config.entity_column = "customer_id"
+        features.append(feature)
+    report = run(spark, create(client, *features), config(redis_url, postgres_dsn), progress=lambda _: None)
+    assert report.failed == {}
+    names = [f.name for f in features]
+    want = {e: {n: v[n] for n in names} for e, v in expected(postgres_dsn, AS_OF).items()}
+    assert_values_equal(served(client, all_customers(), names), want)
+
+
+@pytest.fixture
+def cli_env(grpc_target: str, redis_url: str, postgres_dsn: str, warehouse: Path) -> dict[str, str]:
+    return os.environ | {
+        "FEATURESTORE_TARGET": grpc_target,
+        "FEATURESTORE_REDIS_URL": redis_url,
+        "FEATURESTORE_POSTGRES_DSN": postgres_dsn,
+        "FEATURESTORE_WAREHOUSE": str(warehouse),
+    }
+
+
+def pipeline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "batch_pipeline.py", *args]
+    return subprocess.run(command, cwd=ROOT / "jobs", env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_the_command_line_as_the_seed_runs_it(
+    client: FeatureStoreClient, rfm: list[pb.Feature], cli_env: dict[str, str], postgres_dsn: str
+) -> None:
+    as_of = f"--as-of={AS_OF.isoformat()}"
+    dry = pipeline(cli_env, "--feature-types=customer,product", "--lookback-days=45", as_of, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "Aggregate" in dry.stdout
+    assert history_count(postgres_dsn) == 0
+    done = pipeline(cli_env, "--feature-types=customer,product", "--lookback-days=45", as_of)
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith("batch pipeline ok: 6 features x ")
+    assert "values written" in summary
+    assert_values_equal(served(client, all_customers(), RFM), expected(postgres_dsn, AS_OF))
+
+
+def test_the_command_line_refuses_bad_options_before_starting_spark(
+    rfm: list[pb.Feature], cli_env: dict[str, str]
+) -> None:
+    unknown = pipeline(cli_env, "--feature-types=customer", "--features=customer_lifetime_value")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        2,
+        "batch pipeline: not batch features of customer: customer_lifetime_value",
+    )
+    bad_date = pipeline(cli_env, "--feature-types=customer", "--as-of=last tuesday")
+    assert bad_date.returncode == 2
+    assert "not an ISO 8601 date or time: 'last tuesday'" in bad_date.stderr
+    nothing = pipeline(cli_env, "--feature-types=vendor")
+    assert (nothing.returncode, nothing.stderr.strip()) == (
+        2,
+        "batch pipeline: no batch features of vendor in the registry",
+    )
