@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from server import _codec
 from server._postgres import create_pool
-from server.offline import HistoryRow, PostgresHistoryStore
+from server.offline import HistoryRecord, PostgresHistoryStore
 from server.online import KeyWrite, RedisOnlineStore, connect, entity_key
 
 RESULT_SCHEMA = "values long, entities long, rows long"
@@ -50,32 +50,31 @@ class Totals:
 
 
 class _Encoded:
-    """One Arrow batch turned into online writes and history rows."""
+    """One Arrow batch turned into online writes and history records, a feature column at a time."""
 
     def __init__(self, config: SinkConfig, batch: pa.RecordBatch, when: datetime) -> None:
-        self.online: list[KeyWrite] = []
-        self.history: list[HistoryRow] = []
+        self.ids: list[str] = batch.column("entity_id").to_pylist()
+        self.fields: list[list[tuple[bytes, bytes]]] = [[] for _ in self.ids]
+        self.history: list[HistoryRecord] = []
         self.values = 0
-        ids = batch.column("entity_id").to_pylist()
-        encoders = [_codec.ValueEncoder(name, kind, config.event_micros) for name, kind in config.features]
-        columns = [batch.column(name).to_pylist() for name, _ in config.features]
-        for entity_id, values in zip(ids, zip(*columns, strict=True), strict=True):
-            self._entity(config.entity_type, entity_id, zip(encoders, values, strict=True), when)
+        self.rows = sum(batch.column("__rows").to_pylist())
+        for name, kind in config.features:
+            encoder = _codec.ValueEncoder(name, kind, config.event_micros)
+            self._column(config.entity_type, encoder, batch.column(name).to_pylist(), when)
 
-    def _entity(
-        self, entity_type: str, entity_id: str, values: Iterable[tuple[_codec.ValueEncoder, object]], when: datetime
-    ) -> None:
-        fields: list[tuple[bytes, bytes]] = []
-        for encoder, x in values:
+    def _column(self, entity_type: str, encoder: _codec.ValueEncoder, xs: list[object], when: datetime) -> None:
+        name, encode, history, fields = encoder.name, encoder.encode, self.history, self.fields
+        field, json_field = name.encode(), name.encode() + _codec.JSON_FIELD_SUFFIX
+        for i, (entity_id, x) in enumerate(zip(self.ids, xs, strict=True)):
             if x is None:
                 continue
-            proto, as_json, value = encoder.encode(x)
-            name = encoder.name
-            fields += ((name.encode(), proto), (name.encode() + _codec.JSON_FIELD_SUFFIX, as_json))
-            self.history.append(HistoryRow(entity_type, entity_id, name, when, value, proto[_codec.TIME_BYTES :]))
-        if fields:
-            self.online.append(KeyWrite(entity_key(entity_type, entity_id), fields))
-            self.values += len(fields) // _codec.FIELDS_PER_VALUE
+            proto, as_json, value = encode(x)
+            fields[i] += ((field, proto), (json_field, as_json))
+            history.append((entity_type, entity_id, name, when, value, proto[_codec.TIME_BYTES :]))
+            self.values += 1
+
+    def online(self, entity_type: str) -> list[KeyWrite]:
+        return [KeyWrite(entity_key(entity_type, i), f) for i, f in zip(self.ids, self.fields, strict=True) if f]
 
 
 async def _write_online(store: RedisOnlineStore, writes: Sequence[KeyWrite]) -> None:
@@ -89,24 +88,37 @@ async def _write_online(store: RedisOnlineStore, writes: Sequence[KeyWrite]) -> 
     await asyncio.gather(*(one(chunk) for chunk in chunks))
 
 
+async def _write(history: PostgresHistoryStore, online: RedisOnlineStore, encoded: _Encoded, entity_type: str) -> int:
+    """History first, then the online store (so a served value is always in history); returns entities written."""
+    for i in range(0, len(encoded.history), _HISTORY_BATCH):
+        await history.append_records(encoded.history[i : i + _HISTORY_BATCH])
+    writes = encoded.online(entity_type)
+    await _write_online(online, writes)
+    return len(writes)
+
+
+def _next_encoded(batches: Iterator[pa.RecordBatch], config: SinkConfig, when: datetime) -> _Encoded | None:
+    batch = next(batches, None)
+    return None if batch is None else _Encoded(config, batch, when)
+
+
 async def write_batches(config: SinkConfig, batches: Iterable[pa.RecordBatch]) -> Totals:
-    """Encode and write every batch: history first, then the online store."""
+    """Encode and write every batch; the next batch is read and encoded (in a thread) while one is written."""
     when = datetime.fromtimestamp(config.event_micros / 1e6, UTC)
     client = connect(config.redis_url, cluster=config.redis_cluster, connections=2, timeout=30.0)
     online = RedisOnlineStore(client, ttl_seconds=config.online_ttl)
     pool = await create_pool(config.postgres_dsn, min_size=1, max_size=2, command_timeout=300.0)
-    totals = Totals()
+    history, totals, source = PostgresHistoryStore(pool), Totals(), iter(batches)
+    pending: asyncio.Task[int] | None = None
     try:
-        history = PostgresHistoryStore(pool)
-        for batch in batches:
-            encoded = _Encoded(config, batch, when)
-            for i in range(0, len(encoded.history), _HISTORY_BATCH):
-                await history.append(encoded.history[i : i + _HISTORY_BATCH])
-            await _write_online(online, encoded.online)
-            totals.values += encoded.values
-            totals.entities += len(encoded.online)
-            totals.rows += sum(batch.column("__rows").to_pylist())
+        while (encoded := await asyncio.to_thread(_next_encoded, source, config, when)) is not None:
+            totals.entities += await pending if pending else 0
+            pending = asyncio.create_task(_write(history, online, encoded, config.entity_type))
+            totals.values, totals.rows = totals.values + encoded.values, totals.rows + encoded.rows
+        totals.entities += await pending if pending else 0
     finally:
+        if pending and not pending.done():
+            pending.cancel()
         await online.close()
         await pool.close()
     return totals

@@ -125,12 +125,6 @@ def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.T
 
 
 _DOUBLE = struct.Struct("<d")
-_SCALAR_PROTO: dict[str, Callable[[Any], bytes]] = {
-    "float_value": lambda x: b"\x09" + _DOUBLE.pack(x),
-    "int64_value": lambda n: b"\x10" + varint(n if n >= 0 else n + (1 << 64)),
-    "string_value": lambda text: frame(b"\x1a", text.encode()),
-    "bool_value": lambda b: b"\x20\x01" if b else b"\x20\x00",
-}
 
 
 class ValueEncoder:
@@ -138,7 +132,8 @@ class ValueEncoder:
 
     `encode(x)` takes the plain Python value (float, int, str, bool; a datetime for
     timestamp_value) and returns (protobuf form, JSON form, serialized Value), byte for
-    byte what `encode_stored` makes of the same value, in ~1 µs for scalars instead of ~5.
+    byte what `encode_stored` makes of the same value. Everything but the value is
+    prepared once, so a float or an int costs ~1 µs instead of ~5.
     """
 
     def __init__(self, name: str, kind: str, event_micros: int) -> None:
@@ -149,19 +144,40 @@ class ValueEncoder:
         self._when = time_key(event_micros)
         self._head = frame(b"\x0a", name.encode())
         self._tail = frame(b"\x1a", timestamp_bytes(event_micros)) + b"\x20" + varint(fs.PRESENT)
-        self._json_head = f'{{"name":"{name}","value":{{"{kind}":'.encode()
+        self._json_head = self._when + f'{{"name":"{name}","value":{{"{kind}":'.encode()
         self._json_tail = f'}},"event_time":"{self.event_time.ToJsonString()}","status":"PRESENT"}}'.encode()
-        self._proto, self._json = _SCALAR_PROTO.get(kind), _SCALAR_JSON.get(kind)
+        # The bytes before a value of each possible length: time, FeatureValue frame, name, Value frame.
+        self._before = {n: self._prefix(n) for n in range(1, 12)}
+        fast: dict[str, Callable[[Any], tuple[bytes, bytes, bytes]]] = {
+            "float_value": self._float,
+            "int64_value": self._int64,
+            "bool_value": self._bool,
+            "string_value": self._str,
+        }
+        self.encode: Callable[[Any], tuple[bytes, bytes, bytes]] = fast.get(kind, self._other)
 
-    def encode(self, x: Any) -> tuple[bytes, bytes, bytes]:
-        if self._proto is None or self._json is None:
-            return self._encode_slowly(x)
-        value = self._proto(x)
-        payload = self._head + frame(b"\x12", value) + self._tail
-        stored = self._when + FEATURES_TAG + varint(len(payload)) + payload
-        return stored, self._when + self._json_head + self._json(x).encode() + self._json_tail, value
+    def _prefix(self, value_len: int) -> bytes:
+        value_frame = b"\x12" + varint(value_len)
+        payload_len = len(self._head) + len(value_frame) + value_len + len(self._tail)
+        return self._when + FEATURES_TAG + varint(payload_len) + self._head + value_frame
 
-    def _encode_slowly(self, x: Any) -> tuple[bytes, bytes, bytes]:
+    def _stored(self, value: bytes, as_json: str) -> tuple[bytes, bytes, bytes]:
+        before = self._before.get(len(value)) or self._prefix(len(value))
+        return before + value + self._tail, self._json_head + as_json.encode() + self._json_tail, value
+
+    def _float(self, x: float) -> tuple[bytes, bytes, bytes]:
+        return self._stored(b"\x09" + _DOUBLE.pack(x), _float_json(x))
+
+    def _int64(self, n: int) -> tuple[bytes, bytes, bytes]:
+        return self._stored(b"\x10" + varint(n if n >= 0 else n + (1 << 64)), f'"{n}"')
+
+    def _bool(self, b: bool) -> tuple[bytes, bytes, bytes]:
+        return self._stored(b"\x20\x01" if b else b"\x20\x00", "true" if b else "false")
+
+    def _str(self, text: str) -> tuple[bytes, bytes, bytes]:
+        return self._stored(frame(b"\x1a", text.encode()), json.dumps(text, ensure_ascii=False))
+
+    def _other(self, x: Any) -> tuple[bytes, bytes, bytes]:
         message = value_pb2.Value()
         if self.kind == "timestamp_value":
             message.timestamp_value.FromDatetime(x)

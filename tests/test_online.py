@@ -299,3 +299,34 @@ def test_rest_json_equals_the_grpc_response_rendered_as_json(client: FeatureStor
         "/api/feature-store/batch-features", json_format.MessageToDict(batch, preserving_proto_field_name=True)
     )
     assert got.json() == expected
+
+
+def test_the_write_script_keeps_the_newer_of_thousands_of_values_per_entity(redis_url: str) -> None:
+    """More values than one command takes: each still compared on its own, both its forms kept or skipped."""
+    import asyncio
+
+    from server import _codec
+    from server.online import KeyWrite, RedisOnlineStore, connect
+
+    def forms(name: bytes, micros: int, n: int) -> list[tuple[bytes, bytes]]:
+        when = _codec.time_key(micros)
+        return [(name, when + f"proto{n}".encode()), (name + b":j", when + f"json{n}".encode())]
+
+    names = [f"f{n}".encode() for n in range(1200)]
+    fields = [field for name in names for field in (name, name + b":j")]
+
+    async def go() -> tuple[int, int, list[bytes | None]]:
+        store = RedisOnlineStore(connect(redis_url, cluster=False, connections=1, timeout=5.0))
+        try:
+            old = [pair for n, name in enumerate(names) for pair in forms(name, 100, n)]
+            first = await store.write([KeyWrite(b"f:test:wide", old)])
+            mixed = [pair for n, name in enumerate(names) for pair in forms(name, 200 if n % 3 == 0 else 50, n + 5000)]
+            second = await store.write([KeyWrite(b"f:test:wide", mixed)])
+            return first, second, await store.read([b"f:test:wide"], fields)
+        finally:
+            await store.close()
+
+    first, second, values = asyncio.run(go())
+    assert (first, second) == (1200, 400)
+    want = [v for n, name in enumerate(names) for _, v in forms(name, *((200, n + 5000) if n % 3 == 0 else (100, n)))]
+    assert values == want

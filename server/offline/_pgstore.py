@@ -26,6 +26,8 @@ _PARTITION_LOCK = 0x6869_7374  # "hist"
 _PREFIX = "feature_history_p"
 
 _COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "frame"]
+# One history row in _COLUMNS order.
+HistoryRecord = tuple[str, str, str, datetime, bytes, bytes]
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS history_staging (entity_type text, entity_id text, "
     "feature_name text, event_time timestamptz, value bytea, frame bytea) ON COMMIT DELETE ROWS"
@@ -107,11 +109,18 @@ class PostgresHistoryStore:
 
     async def append(self, rows: Sequence[HistoryRow]) -> None:
         """Store `rows`; re-appending the same (entity, feature, event time) replaces the value."""
-        if not rows:
-            return
         latest = {(r.entity_type, r.entity_id, r.feature_name, r.event_time): r for r in rows}  # the last one wins
-        records = [(*key, r.value, r.frame) for key, r in latest.items()]
-        months = {_month(r.event_time) for r in rows}
+        await self.append_records([(*key, r.value, r.frame) for key, r in latest.items()])
+
+    async def append_records(self, records: Sequence[HistoryRecord]) -> None:
+        """`append` for rows already known to be distinct per (entity, feature, event time), as tuples.
+
+        A batch run's rows are (one value per entity and feature), and it skips the
+        per-row objects and the de-duplication.
+        """
+        if not records:
+            return
+        months = {_month(r[3]) for r in records}
         try:
             try:
                 await self._copy(records, months)

@@ -112,7 +112,7 @@ class OnlineServicer:
         """
         encoded = encode_rows(self._catalog, entity_type, rows, self._limits)
         await self._history.append(encoded.history)
-        return await self._store.write(encoded.online) // _codec.FIELDS_PER_VALUE, encoded.values
+        return await self._store.write(encoded.online), encoded.values
 
 
 def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
