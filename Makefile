@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := .tools/node_modules/.bin/buf
 
-.PHONY: up test pytest lint gen check-gen buf-lint venv clean bench bench-offline
+.PHONY: up test pytest lint gen check-gen buf-lint venv clean bench bench-offline bench-pipeline
 
 venv: $(STAMP)
 
@@ -50,6 +50,9 @@ bench: venv
 
 bench-offline: venv
 	$(BIN)/python bench/offline_bench.py
+
+bench-pipeline: venv
+	$(BIN)/python bench/pipeline_bench.py
 
 clean:
 	rm -rf .state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from jobs import FeatureSpec, PlanError, plan, spec_of, transform_features, tran
 from jobs._asof import pin_clock
 from jobs._transform import timestamp_column
 
+ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2024, 3, 31, tzinfo=UTC)
 DAY = timedelta(days=1)
 SCHEMA = "customer_id string, amount double, item string, ts timestamp"
@@ -203,3 +205,17 @@ def test_plan_groups_features_by_source_and_reports_the_rest() -> None:
     sources, failed = plan([a, b, c, bad])
     assert [(s.table, [f.name for f in s.features]) for s in sources] == [("purchases", ["a", "b"]), ("other", ["c"])]
     assert list(failed) == ["bad"]
+
+
+def test_the_cronjob_runs_the_pipeline_with_options_it_accepts() -> None:
+    import yaml
+
+    from jobs.batch_pipeline import parser
+
+    path = "kubernetes/feature-engineering/batch-feature-engineering.yaml"
+    docs = list(yaml.safe_load_all((ROOT / path).read_text()))
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "jobs/batch_pipeline.py"]
+    args = parser({}).parse_args(container["args"])
+    assert (args.feature_types, args.lookback_days, args.master) == (["customer", "product"], 30, "local[*]")
