@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
@@ -15,6 +17,8 @@ from jobs import _transform
 from jobs._plan import FeatureSpec, SourcePlan, plan
 from jobs._session import read_table
 from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,13 @@ class RunReport:
             f"batch pipeline {status}: {len(self.features)} features x {self.entities} entities -> "
             f"{self.values} values written, {self.rows} source rows read, {self.seconds:.1f}s"
         )
+
+
+def _worker_error(err: Exception) -> str:
+    """The Python exception a Spark worker raised (the last line of its traceback), else the first line."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    return raised[-1] if raised else _one_message(err)
 
 
 def _one_message(err: Exception) -> str:
@@ -93,7 +104,7 @@ def _materialize(df: DataFrame, entity_type: str, specs: Sequence[FeatureSpec], 
         postgres_dsn=config.postgres_dsn,
         entity_type=entity_type,
         features=tuple((s.name, s.value_kind) for s in specs),
-        event_micros=int(config.as_of.timestamp() * 1_000_000),
+        event_micros=(config.as_of - _EPOCH) // timedelta(microseconds=1),  # exact, unlike a float
         online_ttl=config.online_ttl,
     )
     results = df.mapInArrow(partition_writer(sink), RESULT_SCHEMA).collect()
@@ -127,7 +138,11 @@ def run(
             progress(describe(df))
             report.features += [s.name for s in specs]
             continue
-        values, entities, rows = _materialize(df, source.entity_type, specs, config)
+        try:
+            values, entities, rows = _materialize(df, source.entity_type, specs, config)
+        except (PySparkException, Py4JError) as err:
+            report.failed |= {s.name: f"writing failed: {_worker_error(err)}" for s in specs}
+            continue
         report.features += [s.name for s in specs]
         report.values += values
         report.entities += entities

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
@@ -104,7 +104,7 @@ def _next_encoded(batches: Iterator[pa.RecordBatch], config: SinkConfig, when: d
 
 async def write_batches(config: SinkConfig, batches: Iterable[pa.RecordBatch]) -> Totals:
     """Encode and write every batch; the next batch is read and encoded (in a thread) while one is written."""
-    when = datetime.fromtimestamp(config.event_micros / 1e6, UTC)
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=config.event_micros)
     client = connect(config.redis_url, cluster=config.redis_cluster, connections=2, timeout=30.0)
     online = RedisOnlineStore(client, ttl_seconds=config.online_ttl)
     pool = await create_pool(config.postgres_dsn, min_size=1, max_size=2, command_timeout=300.0)

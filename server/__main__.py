@@ -8,6 +8,7 @@ restarts a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -27,9 +28,23 @@ async def _run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = await start(settings)
+    _settle_garbage_collector()
     await stop.wait()
     _log.info("draining (grace %.1fs)", settings.shutdown_grace)
     await app.stop(settings.shutdown_grace)
+
+
+def _settle_garbage_collector() -> None:
+    """Keep start-up objects out of garbage collections, for shorter pauses in the latency tail.
+
+    Everything alive after start-up (modules, stubs, the registry snapshot) is frozen, so a
+    full collection walks only what requests allocate; gen-0 collections run 10x less often
+    (requests allocate in bursts that die young).
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0 * 10, gen1, gen2)
 
 
 class _Supervisor:

@@ -331,3 +331,31 @@ def test_the_command_line_refuses_bad_options_before_starting_spark(
         2,
         "batch pipeline: no batch features of vendor in the registry",
     )
+
+
+def test_an_unreachable_online_store_fails_the_run_with_the_reason(
+    spark: SparkSession, client: FeatureStoreClient, tables: None, postgres_dsn: str
+) -> None:
+    from devstack._procs import free_port
+
+    features = create(client, seed_feature())
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    report = run(spark, features, config(dead, postgres_dsn), progress=lambda _: None)
+    assert report.features == []
+    assert report.failed["customer_total_purchases_30d"].startswith("writing failed: ")
+    assert "redis is unavailable: ConnectionRefusedError" in report.failed["customer_total_purchases_30d"]
+
+
+def test_the_event_time_is_the_as_of_time_to_the_microsecond(
+    spark: SparkSession, client: FeatureStoreClient, tables: None, redis_url: str, postgres_dsn: str
+) -> None:
+    as_of = datetime(2024, 6, 1, 12, 0, 1, 840026, tzinfo=UTC)  # not exact as a float of seconds
+    features = create(client, seed_feature())
+    assert run(spark, features, config(redis_url, postgres_dsn, as_of=as_of), progress=lambda _: None).failed == {}
+    value = client.store.GetFeatures(
+        fs.GetFeaturesRequest(
+            entity_type="customer", entity_id="customer123", feature_names=["customer_total_purchases_30d"]
+        )
+    ).features[0]
+    assert value.event_time.ToDatetime(tzinfo=UTC) == as_of
+    assert history_count(postgres_dsn, as_of) > 250
