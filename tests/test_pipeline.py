@@ -359,3 +359,32 @@ def test_the_event_time_is_the_as_of_time_to_the_microsecond(
     ).features[0]
     assert value.event_time.ToDatetime(tzinfo=UTC) == as_of
     assert history_count(postgres_dsn, as_of) > 250
+
+
+def test_kept_running_it_computes_a_new_feature_within_seconds_and_stops_on_sigterm(
+    spark: SparkSession, client: FeatureStoreClient, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """What `make up` relies on: `--every` reruns a feature as soon as it is created."""
+    import signal
+    import time
+
+    recent = DemoSize(customers=300, purchases=3000, products=10, days=30, seed=3)
+    write_demo_tables(spark, tmp_path, recent, datetime.now(UTC))  # `--every` computes as of now
+    cli_env = cli_env | {"FEATURESTORE_WAREHOUSE": str(tmp_path)}
+    create(client, average_feature())
+    command = [sys.executable, "batch_pipeline.py", "--feature-types=customer", "--lookback-days=45", "--every=3600"]
+    proc = subprocess.Popen(command, cwd=ROOT / "jobs", env=cli_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = iter(proc.stdout.readline, "")
+        first = next(line for line in lines if line.startswith("batch pipeline "))
+        assert first.startswith("batch pipeline ok: 1 features x ")
+        created = time.monotonic()
+        create(client, seed_feature())
+        second = next(line for line in lines if line.startswith("batch pipeline "))
+        assert second.startswith("batch pipeline ok: 1 features x ")  # only the new one
+        assert time.monotonic() - created < 15
+        assert served(client, ["customer123"], ["customer_total_purchases_30d"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
