@@ -20,10 +20,15 @@ _TOKENS = re.compile(
 )
 
 
+def timestamp_literal(moment: datetime) -> str:
+    """A Spark SQL TIMESTAMP literal of a UTC instant (the session time zone is UTC)."""
+    return f"TIMESTAMP'{moment.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+
+
 def _literal(clock: str, as_of: datetime) -> str:
     if clock.lower().startswith(("current_date", "curdate")):
         return f"DATE'{as_of.astimezone(UTC).date().isoformat()}'"
-    return f"TIMESTAMP'{as_of.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+    return timestamp_literal(as_of)
 
 
 def pin_clock(expression: str, as_of: datetime) -> str:

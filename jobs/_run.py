@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -80,7 +81,14 @@ def _checked(
     return good
 
 
-def _compute(spark: SparkSession, source: SourcePlan, config: RunConfig, report: RunReport) -> DataFrame | None:
+@dataclass(frozen=True, slots=True)
+class _Computation:
+    df: DataFrame
+    specs: list[FeatureSpec]
+    sql: str  # the same computation as Spark SQL, for --dry-run
+
+
+def _compute(spark: SparkSession, source: SourcePlan, config: RunConfig, report: RunReport) -> _Computation | None:
     try:
         table = read_table(spark, source.table)
         ts_column = _transform.timestamp_column(table, source.timestamp_column)
@@ -94,7 +102,9 @@ def _compute(spark: SparkSession, source: SourcePlan, config: RunConfig, report:
     specs = _checked(windowed, source, ts_column, config, report)
     if not specs:
         return None
-    return _transform.transform_features(windowed, source.entity_column, ts_column, specs, config.as_of)
+    df = _transform.transform_features(windowed, source.entity_column, ts_column, specs, config.as_of)
+    args = (source.table, source.entity_column, ts_column, specs, config.as_of, config.lookback)
+    return _Computation(df, specs, _transform.describe_query(*args))
 
 
 def _materialize(df: DataFrame, entity_type: str, specs: Sequence[FeatureSpec], config: RunConfig) -> tuple[int, ...]:
@@ -117,6 +127,33 @@ def describe(df: DataFrame) -> str:
     return plan_text
 
 
+def _run_source(
+    spark: SparkSession, source: SourcePlan, config: RunConfig, report: RunReport, say: Callable[[str], None]
+) -> None:
+    computed = _compute(spark, source, config, report)
+    if computed is None:
+        return
+    names = [s.name for s in computed.specs]
+    if config.dry_run:
+        say(f"{computed.sql}\n-- Spark's optimized plan:\n{describe(computed.df)}")
+        report.features += names
+        return
+    try:
+        values, entities, rows = _materialize(computed.df, source.entity_type, computed.specs, config)
+    except (PySparkException, Py4JError) as err:
+        report.failed |= {name: f"writing failed: {_worker_error(err)}" for name in names}
+        return
+    report.features += names
+    report.values += values
+    report.entities += entities
+    report.rows += rows
+    say(f"{values} values for {entities} entities from {rows} rows")
+
+
+def _prefixed(progress: Callable[[str], None], prefix: str, line: str) -> None:
+    progress(f"{prefix} {line}")
+
+
 def run(
     spark: SparkSession,
     features: Sequence[pb.Feature],
@@ -128,26 +165,9 @@ def run(
     sources, failed = plan(features)
     report = RunReport(failed=dict(failed))
     for n, source in enumerate(sources, 1):
-        names = ", ".join(s.name for s in source.features)
-        progress(f"[{n}/{len(sources)}] {source.table}: {names}")
-        df = _compute(spark, source, config, report)
-        specs = [s for s in source.features if s.name not in report.failed]
-        if df is None or not specs:
-            continue
-        if config.dry_run:
-            progress(describe(df))
-            report.features += [s.name for s in specs]
-            continue
-        try:
-            values, entities, rows = _materialize(df, source.entity_type, specs, config)
-        except (PySparkException, Py4JError) as err:
-            report.failed |= {s.name: f"writing failed: {_worker_error(err)}" for s in specs}
-            continue
-        report.features += [s.name for s in specs]
-        report.values += values
-        report.entities += entities
-        report.rows += rows
-        progress(f"[{n}/{len(sources)}] {source.table}: {values} values for {entities} entities from {rows} rows")
+        say = functools.partial(_prefixed, progress, f"[{n}/{len(sources)}] {source.table}:")
+        say(", ".join(s.name for s in source.features))
+        _run_source(spark, source, config, report, say)
     for name, why in report.failed.items():
         progress(f"FAILED {name}: {why}")
     report.seconds = time.monotonic() - started

@@ -15,12 +15,12 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs._asof import pin_clock
+from jobs._asof import pin_clock, timestamp_literal
 from jobs._plan import VALUE_TYPES, FeatureSpec
 
 ENTITY_ID = "entity_id"
 ROWS = "__rows"  # the number of source rows behind each entity's values
-_SECONDS_PER_DAY = 86_400
+_MICROS_PER_DAY = 86_400_000_000
 
 
 def timestamp_column(df: DataFrame, configured: str) -> str:
@@ -48,8 +48,7 @@ def _condition(spec: FeatureSpec, as_of: datetime) -> Column | None:
 
 
 def _days_before(as_of: datetime, ts: Column) -> Column:
-    as_of_seconds = F.lit(as_of.timestamp())
-    return F.floor((as_of_seconds - F.unix_micros(ts.cast("timestamp")) / 1e6) / _SECONDS_PER_DAY)
+    return F.floor((F.unix_micros(F.lit(as_of)) - F.unix_micros(ts.cast("timestamp"))) / _MICROS_PER_DAY)
 
 
 def _aggregate(function: str, x: Column, ts: Column, as_of: datetime) -> Column:
@@ -107,3 +106,52 @@ def transform_features(
     for spec in specs:
         out = _finish(out, spec)
     return out
+
+
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+_SQL_AGGREGATES = {
+    "sum": "coalesce(sum({x}), 0)",
+    "avg": "avg({x})",
+    "mean": "avg({x})",
+    "count": "count({x})",
+    "count_distinct": "count(DISTINCT {x})",
+    "min": "min({x})",
+    "max": "max({x})",
+    "stddev": "stddev_samp({x})",
+    "first": "min_by({x}, {ts})",
+    "last": "max_by({x}, {ts})",
+    "days_since_last": "floor(({as_of} - unix_micros(CAST(max({ts}) AS TIMESTAMP))) / {day})",
+    "days_since_first": "floor(({as_of} - unix_micros(CAST(min({ts}) AS TIMESTAMP))) / {day})",
+}
+
+
+def _sql_aggregate(spec: FeatureSpec, ts_column: str, as_of: datetime) -> str:
+    x, ts = f"({spec.column})" if spec.column else "1", _quoted(ts_column)
+    if spec.filters:
+        condition = "coalesce(" + " AND ".join(f"({pin_clock(f, as_of)})" for f in spec.filters) + ", false)"
+        x, ts = f"CASE WHEN {condition} THEN {x} END", f"CASE WHEN {condition} THEN {ts} END"
+    as_of_micros = f"unix_micros({timestamp_literal(as_of)})"
+    return _SQL_AGGREGATES[spec.function].format(x=x, ts=ts, as_of=as_of_micros, day=_MICROS_PER_DAY)
+
+
+def describe_query(
+    table: str, entity_column: str, ts_column: str, specs: Sequence[FeatureSpec], as_of: datetime, lookback: timedelta
+) -> str:
+    """The computation as Spark SQL, for people (--dry-run). It computes what transform_features
+    does (a test runs both); expression steps after the aggregation are shown as comments."""
+    entity, ts = _quoted(entity_column), _quoted(ts_column)
+    lines = [f"CAST({entity} AS STRING) AS {ENTITY_ID}"]
+    for spec in specs:
+        then = "".join(f" -- then value := {expression}" for expression in spec.post)
+        value = f"CAST({_sql_aggregate(spec, ts_column, as_of)} AS {VALUE_TYPES[spec.value_type]})"
+        lines[-1] += ","
+        lines.append(f"{value} AS {_quoted(spec.name)}{then}")
+    window = f"{timestamp_literal(as_of - lookback)} <= {ts} AND {ts} < {timestamp_literal(as_of)}"
+    return (
+        "SELECT "
+        + "\n       ".join(lines)
+        + f"\nFROM {table}\nWHERE {window} AND {entity} IS NOT NULL\nGROUP BY {entity}"
+    )

@@ -305,6 +305,9 @@ def test_the_command_line_as_the_seed_runs_it(
     as_of = f"--as-of={AS_OF.isoformat()}"
     dry = pipeline(cli_env, "--feature-types=customer,product", "--lookback-days=45", as_of, "--dry-run")
     assert dry.returncode == 0, dry.stderr
+    assert "SELECT CAST(`customer_id` AS STRING) AS entity_id," in dry.stdout
+    assert "THEN (purchase_amount) END), 0) AS double) AS `customer_total_purchases_30d`" in dry.stdout
+    assert "GROUP BY `customer_id`" in dry.stdout
     assert "Aggregate" in dry.stdout
     assert history_count(postgres_dsn) == 0
     done = pipeline(cli_env, "--feature-types=customer,product", "--lookback-days=45", as_of)

@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 from featurestore.registry.v1 import feature_pb2 as pb
 from jobs import FeatureSpec, PlanError, plan, spec_of, transform_features, transform_window
 from jobs._asof import pin_clock
-from jobs._transform import timestamp_column
+from jobs._transform import describe_query, timestamp_column
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2024, 3, 31, tzinfo=UTC)
@@ -219,3 +219,41 @@ def test_the_cronjob_runs_the_pipeline_with_options_it_accepts() -> None:
     assert container["command"] == ["python", "jobs/batch_pipeline.py"]
     args = parser({}).parse_args(container["args"])
     assert (args.feature_types, args.lookback_days, args.master) == (["customer", "product"], 30, "local[*]")
+
+
+def test_the_dry_run_query_shows_the_pinned_clock_and_the_window(spark: SparkSession) -> None:
+    recent = spec("sum", filters=("ts >= NOW() - INTERVAL '30 days'",), name="total_30d")
+    text = describe_query("purchases", "customer_id", "ts", [recent, spec("avg", post=("value * 2",))], AS_OF, 30 * DAY)
+    assert text == (
+        "SELECT CAST(`customer_id` AS STRING) AS entity_id,\n"
+        "       CAST(coalesce(sum(CASE WHEN coalesce("
+        "(ts >= TIMESTAMP'2024-03-31 00:00:00.000000' - INTERVAL '30 days'), "
+        "false) THEN (amount) END), 0) AS double) AS `total_30d`,\n"
+        "       CAST(avg((amount)) AS double) AS `f` -- then value := value * 2\n"
+        "FROM purchases\n"
+        "WHERE TIMESTAMP'2024-03-01 00:00:00.000000' <= `ts` AND `ts` < TIMESTAMP'2024-03-31 00:00:00.000000'"
+        " AND `customer_id` IS NOT NULL\n"
+        "GROUP BY `customer_id`"
+    )
+
+
+def test_the_dry_run_query_is_spark_sql_computing_the_same(spark: SparkSession) -> None:
+    recent = ("ts >= NOW() - INTERVAL '30 days'",)
+    specs = [
+        spec("sum", filters=recent, name="total_30d"),
+        spec("count", "", "INT64", filters=recent, name="n_30d"),
+        spec("avg", "amount * 2", name="avg2"),
+        spec("count_distinct", "item", "INT64", name="items"),
+        spec("stddev", name="sd"),
+        spec("first", "item", "STRING", name="first_item"),
+        spec("last", "item", "STRING", filters=recent, name="last_item_30d"),
+        spec("days_since_last", "ts", "INT64", name="recency"),
+        spec("days_since_first", "ts", "INT64", name="tenure"),
+        spec("max", "amount > 15", "BOOL", name="big"),
+    ]
+    purchases(spark).createOrReplaceTempView("purchases")
+    text = describe_query("purchases", "customer_id", "ts", specs, AS_OF, 45 * DAY)
+    computed = transform_features(
+        transform_window(purchases(spark), "ts", AS_OF, 45 * DAY), "customer_id", "ts", specs, AS_OF
+    )
+    assertDataFrameEqual(spark.sql(text), computed.drop("__rows"))
