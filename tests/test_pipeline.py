@@ -391,3 +391,35 @@ def test_kept_running_it_computes_a_new_feature_within_seconds_and_stops_on_sigt
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_into_a_redis_cluster_the_same_bytes_as_into_one_server(
+    spark: SparkSession,
+    client: FeatureStoreClient,
+    rfm: list[pb.Feature],
+    redis_url: str,
+    postgres_dsn: str,
+    tmp_path: Path,
+) -> None:
+    import redis
+    from redis.cluster import RedisCluster
+
+    from devstack._procs import start_valkey_cluster
+
+    nodes = start_valkey_cluster(tmp_path / "cluster")
+    try:
+        seed_node = f"redis://127.0.0.1:{nodes[0].port}/0"
+        base = config(redis_url, postgres_dsn)
+        assert run(spark, rfm, base, progress=lambda _: None).failed == {}
+        clustered = RunConfig(AS_OF, LOOKBACK, seed_node, True, postgres_dsn)
+        assert run(spark, rfm, clustered, progress=lambda _: None).failed == {}
+        keys = [f"f:customer:{c}".encode() for c in all_customers()]
+        with redis.Redis.from_url(redis_url) as one, RedisCluster.from_url(seed_node) as many:
+            assert [one.hgetall(k) for k in keys] == [many.hgetall(k) for k in keys]
+            assert sum(len(one.hgetall(k)) for k in keys) > 1000
+            assert all(
+                int(node.dbsize()) > 50 for node in many.get_primaries() for node in [many.get_redis_connection(node)]
+            )
+    finally:
+        for node in nodes:
+            node.stop()
