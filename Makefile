@@ -5,7 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := .tools/node_modules/.bin/buf
 
-.PHONY: up test pytest lint gen check-gen buf-lint venv clean bench bench-offline bench-pipeline
+# The seed's pipeline command against `make up`'s stack; more flags with ARGS="--as-of=... --dry-run".
+PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30 --registry 127.0.0.1:50051 \
+	--redis-url redis://127.0.0.1:16379/0 --postgres-dsn postgresql://postgres@127.0.0.1:15432/postgres \
+	--warehouse .state/warehouse
+
+.PHONY: pipeline up test pytest lint gen check-gen buf-lint venv clean bench bench-offline bench-pipeline
 
 venv: $(STAMP)
 
@@ -24,6 +29,9 @@ $(BUF):
 
 up: venv
 	$(BIN)/python -m devstack up
+
+pipeline: venv
+	$(BIN)/python jobs/batch_pipeline.py $(PIPELINE_ARGS) $(ARGS)
 
 test: lint pytest
 

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+# Before gRPC initializes (the demo loader's channels), as it starts the pipeline's JVM: see jobs/__init__.py.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from devstack import _demo
 from devstack._procs import (
     ROOT,

@@ -5,6 +5,13 @@ and writes a set of features in an existing Spark session (used by the local
 stack and the tests); the `transform_*` functions are its pure computations.
 """
 
+import os
+
+# grpcio's fork handlers can break a subprocess started while channels are open (the child
+# dies before exec: grpc/grpc#43055), and Spark starts its JVM that way. Nothing here forks
+# without exec, so they are off; this must happen before gRPC initializes.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from jobs._plan import FUNCTIONS, FeatureSpec, PlanError, SourcePlan, plan, spec_of
 from jobs._run import RunConfig, RunReport, run
 from jobs._session import SessionConfig, build_session, register_warehouse

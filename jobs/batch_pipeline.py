@@ -28,6 +28,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, _ROOT)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
 
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
+
 import grpc
 
 from featurestore import FeatureStoreClient
@@ -38,10 +40,11 @@ from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session
 from jobs._watch import watch
 
+# The server's own defaults (server/_settings.py), so both find the same stores.
 _ENV = {
-    "registry": ("FEATURESTORE_TARGET", "localhost:50051"),
-    "redis_url": ("FEATURESTORE_REDIS_URL", "redis://localhost:6379/0"),
-    "postgres_dsn": ("FEATURESTORE_POSTGRES_DSN", "postgresql://localhost:5432/featurestore"),
+    "registry": ("FEATURESTORE_TARGET", "127.0.0.1:50051"),
+    "redis_url": ("FEATURESTORE_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "postgres_dsn": ("FEATURESTORE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     "warehouse": ("FEATURESTORE_WAREHOUSE", "warehouse"),
     "jdbc_url": ("FEATURESTORE_SOURCE_JDBC_URL", ""),
 }

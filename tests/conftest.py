@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
