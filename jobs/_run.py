@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -33,6 +35,7 @@ class RunConfig:
     postgres_dsn: str
     online_ttl: int = 0
     dry_run: bool = False
+    progress_every: float = 10.0  # seconds between progress lines while a source is written
 
 
 @dataclass(slots=True)
@@ -127,6 +130,28 @@ def describe(df: DataFrame) -> str:
     return plan_text
 
 
+@contextlib.contextmanager
+def _heartbeat(spark: SparkSession, say: Callable[[str], None], every: float) -> Iterator[None]:
+    """Report the running stages' task counts every `every` seconds while the body runs."""
+    done = threading.Event()
+
+    def beat() -> None:
+        tracker = spark.sparkContext.statusTracker()
+        while not done.wait(every):
+            stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+            parts = [f"stage {s.stageId}: {s.numCompletedTasks}/{s.numTasks} tasks" for s in stages if s]
+            if parts:
+                say("running, " + ", ".join(parts))
+
+    thread = threading.Thread(target=beat, name="pipeline-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _run_source(
     spark: SparkSession, source: SourcePlan, config: RunConfig, report: RunReport, say: Callable[[str], None]
 ) -> None:
@@ -139,7 +164,8 @@ def _run_source(
         report.features += names
         return
     try:
-        values, entities, rows = _materialize(computed.df, source.entity_type, computed.specs, config)
+        with _heartbeat(spark, say, config.progress_every):
+            values, entities, rows = _materialize(computed.df, source.entity_type, computed.specs, config)
     except (PySparkException, Py4JError) as err:
         report.failed |= {name: f"writing failed: {_worker_error(err)}" for name in names}
         return

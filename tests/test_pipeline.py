@@ -423,3 +423,15 @@ def test_into_a_redis_cluster_the_same_bytes_as_into_one_server(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_progress_names_each_source_and_the_running_stages(
+    spark: SparkSession, client: FeatureStoreClient, rfm: list[pb.Feature], redis_url: str, postgres_dsn: str
+) -> None:
+    import re
+
+    lines: list[str] = []
+    run(spark, rfm, config(redis_url, postgres_dsn, progress_every=0.02), progress=lines.append)
+    assert lines[0].startswith("[1/2] customer_purchases: customer_total_purchases_30d, ")
+    assert any(re.fullmatch(r"\[\d/2\] \w+: running, stage \d+: \d+/\d+ tasks(, stage .*)?", line) for line in lines)
+    assert re.fullmatch(r"\[2/2\] products: \d+ values for \d+ entities from \d+ rows", lines[-1])
