@@ -88,40 +88,62 @@ async def _write_online(store: RedisOnlineStore, writes: Sequence[KeyWrite]) -> 
     await asyncio.gather(*(one(chunk) for chunk in chunks))
 
 
-async def _write(history: PostgresHistoryStore, online: RedisOnlineStore, encoded: _Encoded, entity_type: str) -> int:
-    """History first, then the online store (so a served value is always in history); returns entities written."""
-    for i in range(0, len(encoded.history), _HISTORY_BATCH):
-        await history.append_records(encoded.history[i : i + _HISTORY_BATCH])
-    writes = encoded.online(entity_type)
-    await _write_online(online, writes)
-    return len(writes)
-
-
 def _next_encoded(batches: Iterator[pa.RecordBatch], config: SinkConfig, when: datetime) -> _Encoded | None:
     batch = next(batches, None)
     return None if batch is None else _Encoded(config, batch, when)
 
 
+class _Stages:
+    """Three stages over bounded queues, so reading+encoding, PostgreSQL and Redis all work at once.
+
+    A batch reaches the online store only after its history is written (so a served value is
+    always in history); batch k's online write overlaps batch k+1's COPY and batch k+2's encoding.
+    """
+
+    def __init__(self, config: SinkConfig, history: PostgresHistoryStore, online: RedisOnlineStore) -> None:
+        self.config, self.history, self.online, self.totals = config, history, online, Totals()
+        self.to_history: asyncio.Queue[_Encoded | None] = asyncio.Queue(maxsize=1)
+        self.to_online: asyncio.Queue[_Encoded | None] = asyncio.Queue(maxsize=1)
+
+    async def read(self, batches: Iterator[pa.RecordBatch]) -> None:
+        when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.config.event_micros)
+        while (encoded := await asyncio.to_thread(_next_encoded, batches, self.config, when)) is not None:
+            await self.to_history.put(encoded)
+        await self.to_history.put(None)
+
+    async def write_history(self) -> None:
+        while (encoded := await self.to_history.get()) is not None:
+            for i in range(0, len(encoded.history), _HISTORY_BATCH):
+                await self.history.append_records(encoded.history[i : i + _HISTORY_BATCH])
+            await self.to_online.put(encoded)
+        await self.to_online.put(None)
+
+    async def write_online(self) -> None:
+        while (encoded := await self.to_online.get()) is not None:
+            writes = encoded.online(self.config.entity_type)
+            await _write_online(self.online, writes)
+            self.totals.values += encoded.values
+            self.totals.entities += len(writes)
+            self.totals.rows += encoded.rows
+
+
 async def write_batches(config: SinkConfig, batches: Iterable[pa.RecordBatch]) -> Totals:
-    """Encode and write every batch; the next batch is read and encoded (in a thread) while one is written."""
-    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=config.event_micros)
+    """Encode and write every batch, history first (see _Stages)."""
     client = connect(config.redis_url, cluster=config.redis_cluster, connections=2, timeout=30.0)
     online = RedisOnlineStore(client, ttl_seconds=config.online_ttl)
     pool = await create_pool(config.postgres_dsn, min_size=1, max_size=2, command_timeout=300.0)
-    history, totals, source = PostgresHistoryStore(pool), Totals(), iter(batches)
-    pending: asyncio.Task[int] | None = None
+    stages = _Stages(config, PostgresHistoryStore(pool), online)
     try:
-        while (encoded := await asyncio.to_thread(_next_encoded, source, config, when)) is not None:
-            totals.entities += await pending if pending else 0
-            pending = asyncio.create_task(_write(history, online, encoded, config.entity_type))
-            totals.values, totals.rows = totals.values + encoded.values, totals.rows + encoded.rows
-        totals.entities += await pending if pending else 0
+        async with asyncio.TaskGroup() as group:  # the first failure cancels the other stages
+            group.create_task(stages.read(iter(batches)))
+            group.create_task(stages.write_history())
+            group.create_task(stages.write_online())
+    except* Exception as failure:  # noqa: BLE001 - re-raised, unwrapped
+        raise failure.exceptions[0] from None  # the worker reports the first cause, not a group
     finally:
-        if pending and not pending.done():
-            pending.cancel()
         await online.close()
         await pool.close()
-    return totals
+    return stages.totals
 
 
 def partition_writer(config: SinkConfig) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
