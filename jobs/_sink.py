@@ -3,8 +3,8 @@
 A partition's rows arrive as Arrow batches (one row per entity, one column per
 feature). Every value is encoded by `server._codec.ValueEncoder` (byte for byte
 what the online write path stores) and goes first to the offline history
-(`PostgresHistoryStore.append`: binary COPY, idempotent on rerun), then to
-Redis through `RedisOnlineStore.write` (the only-newer script), several
+(`PostgresHistoryStore.append_records`: binary COPY, idempotent on rerun), then
+to Redis through `RedisOnlineStore.write` (the only-newer script), several
 script calls in flight on pipelined connections. The same stores and the same
 order as WriteFeatures, so a served value is the same whoever wrote it.
 """
