@@ -32,21 +32,25 @@ def watch(
     poll: float = 2.0,
     progress: Callable[[str], None] = print,
 ) -> None:
-    """Run forever: all features every `every` seconds, new or changed ones within `poll` seconds."""
+    """Run forever: all features every `every` seconds, new or changed ones within `poll` seconds.
+
+    A failing round (registry unreachable, a Spark error) is reported and retried at the
+    next poll: a long-running pipeline outlives its dependencies' outages.
+    """
     computed: dict[str, int] = {}  # feature -> the revision last computed (or found broken)
     last_full = float("-inf")
     while True:
         try:
             features = list_features()
+            everything = time.monotonic() - last_full >= every
+            due = _due(features, computed, everything)
+            if due:
+                report = run(spark, due, config_at(datetime.now(UTC)), progress)
+                progress(report.summary())
+                computed.update({f.name: f.revision for f in due})
+                last_full = time.monotonic() if everything else last_full
         except grpc.RpcError as err:
             progress(f"registry unavailable ({err.code().name}); retrying")
-            time.sleep(poll)
-            continue
-        everything = time.monotonic() - last_full >= every
-        due = _due(features, computed, everything)
-        if due:
-            report = run(spark, due, config_at(datetime.now(UTC)), progress)
-            progress(report.summary())
-            computed.update({f.name: f.revision for f in due})
-            last_full = time.monotonic() if everything else last_full
+        except Exception as err:  # noqa: BLE001 - reported, and the next round retries
+            progress(f"round failed ({type(err).__name__}: {err}); retrying")
         time.sleep(poll)

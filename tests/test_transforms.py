@@ -11,7 +11,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from featurestore.registry.v1 import feature_pb2 as pb
-from jobs import FeatureSpec, PlanError, plan, spec_of, transform_features, transform_window
+from jobs import FeatureSpec, PlanError, RunConfig, plan, spec_of, transform_features, transform_window
 from jobs._asof import pin_clock
 from jobs._transform import describe_query, timestamp_column
 
@@ -257,3 +257,25 @@ def test_the_dry_run_query_is_spark_sql_computing_the_same(spark: SparkSession) 
         transform_window(purchases(spark), "ts", AS_OF, 45 * DAY), "customer_id", "ts", specs, AS_OF
     )
     assertDataFrameEqual(spark.sql(text), computed.drop("__rows"))
+
+
+def test_the_kept_running_pipeline_reports_a_failed_round_and_goes_on() -> None:
+    from jobs._watch import watch
+
+    calls: list[str] = []
+
+    def features() -> list[pb.Feature]:
+        calls.append("list")
+        if len(calls) == 1:
+            raise RuntimeError("registry exploded")
+        raise KeyboardInterrupt  # ends the test's watch
+
+    lines: list[str] = []
+
+    def config(now: datetime) -> RunConfig:
+        return RunConfig(now, DAY, "redis://unused", False, "postgresql://unused")
+
+    with pytest.raises(KeyboardInterrupt):
+        watch(None, features, config, every=3600, poll=0.01, progress=lines.append)  # type: ignore[arg-type]
+    assert lines == ["round failed (RuntimeError: registry exploded); retrying"]
+    assert calls == ["list", "list"]
