@@ -26,12 +26,12 @@ from devstack import _demo
 from devstack._procs import (
     ROOT,
     Proc,
+    ensure_demo_tables,
     start_envoy,
     start_pipeline,
     start_postgres,
     start_server,
     start_valkey,
-    write_demo_tables,
 )
 
 
@@ -79,7 +79,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     created = _demo.load(f"127.0.0.1:{server.port}")
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
     _demo.load_history(f"127.0.0.1:{server.port}")
-    write_demo_tables(state / "warehouse", state / "pipeline.log")
+    ensure_demo_tables(state / "warehouse", state / "pipeline.log")
     pipeline = start_pipeline(
         state, f"127.0.0.1:{server.port}", str(postgres.extra["dsn"]), str(valkey.extra["url"]), "customer,product"
     )

@@ -299,7 +299,7 @@ def _cluster_ok(client: Any, nodes: int) -> bool:
 # -- the batch pipeline -------------------------------------------------------
 
 
-def write_demo_tables(warehouse: Path, log: Path) -> None:
+def ensure_demo_tables(warehouse: Path, log: Path) -> None:
     """The demo source tables (jobs.demo_data) in `warehouse`, unless they are there already."""
     if (warehouse / "customer_purchases").is_dir():
         return
@@ -318,7 +318,6 @@ def start_pipeline(
     cmd += [f"--every={every}", "--master=local[2]", "--registry", registry, "--redis-url", redis_url]
     cmd += ["--postgres-dsn", postgres_dsn, "--warehouse", str(state_dir / "warehouse")]
     proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    proc.stop_signal = signal.SIGTERM
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if not proc.running():

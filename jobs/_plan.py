@@ -12,32 +12,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from featurestore.registry.v1 import feature_pb2 as pb
+from server.online import VALUE_KINDS  # the Value member each value type is stored in
 
-# Aggregation functions: name -> what it computes (for the docs and --dry-run).
-FUNCTIONS = {
-    "sum": "sum of the column (0 when no row passes the filters)",
-    "avg": "mean of the column",
-    "mean": "mean of the column (same as avg)",
-    "count": "number of rows with a non-null column (all rows when no column is given)",
-    "count_distinct": "number of distinct non-null values of the column",
-    "min": "smallest value",
-    "max": "largest value",
-    "stddev": "sample standard deviation",
-    "first": "the column at the earliest event time",
-    "last": "the column at the latest event time",
-    "days_since_last": "whole days from the latest event time to the as-of time",
-    "days_since_first": "whole days from the earliest event time to the as-of time",
-}
+# Aggregation functions (their meanings: the README's "Transformations").
+FUNCTIONS = (
+    "sum",
+    "avg",
+    "mean",
+    "count",
+    "count_distinct",
+    "min",
+    "max",
+    "stddev",
+    "first",
+    "last",
+    "days_since_last",
+    "days_since_first",
+)
 # The Spark SQL type each servable value type is cast to.
 VALUE_TYPES = {"FLOAT": "double", "INT64": "bigint", "STRING": "string", "BOOL": "boolean", "TIMESTAMP": "timestamp"}
-# The Value member a value type is stored in (see server._codec).
-VALUE_KINDS = {
-    "FLOAT": "float_value",
-    "INT64": "int64_value",
-    "STRING": "string_value",
-    "BOOL": "bool_value",
-    "TIMESTAMP": "timestamp_value",
-}
 
 
 class PlanError(ValueError):

@@ -39,12 +39,14 @@ from jobs._plan import PlanError, select
 from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session
 from jobs._watch import watch
+from server._settings import Settings
 
-# The server's own defaults (server/_settings.py), so both find the same stores.
+# The server's own defaults, so both find the same stores.
+_SERVER = Settings()
 _ENV = {
-    "registry": ("FEATURESTORE_TARGET", "127.0.0.1:50051"),
-    "redis_url": ("FEATURESTORE_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    "postgres_dsn": ("FEATURESTORE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    "registry": ("FEATURESTORE_TARGET", f"127.0.0.1:{_SERVER.port}"),
+    "redis_url": ("FEATURESTORE_REDIS_URL", _SERVER.redis_url),
+    "postgres_dsn": ("FEATURESTORE_POSTGRES_DSN", _SERVER.postgres_dsn),
     "warehouse": ("FEATURESTORE_WAREHOUSE", "warehouse"),
     "jdbc_url": ("FEATURESTORE_SOURCE_JDBC_URL", ""),
 }

@@ -48,6 +48,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
+from server._codec import FIELDS_PER_VALUE
 from server._errors import unavailable
 from server.online._resp import ReplyError, RespClient, pack
 
@@ -188,7 +189,7 @@ def _write_args(writes: Sequence[KeyWrite], ttl: int) -> tuple[list[bytes], list
     keys = [w.key for w in writes]
     args: list[bytes | int] = [ttl]
     for w in writes:
-        args.append(len(w.values) // 2)
+        args.append(len(w.values) // FIELDS_PER_VALUE)
         for field, value in w.values:
             args += (field, value)
     return keys, args
