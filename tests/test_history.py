@@ -7,9 +7,11 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from featurestore import FeatureStoreClient
+from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
@@ -170,6 +172,19 @@ def test_bad_history_requests_name_the_field(
         v["field"] for d in response.json()["details"] if "field_violations" in d for v in d["field_violations"]
     }
     assert field in violations
+
+
+def test_timestamps_outside_the_valid_range_name_the_field(client: FeatureStoreClient) -> None:
+    register(client, "x", pb.INT64)
+    wait_servable(client, "customer", "x")
+    request = fs.GetHistoricalFeaturesRequest(
+        entity_type="customer", entity_id="e1", feature_names=["x"], limit=5, start_time=Timestamp(seconds=-(10**12))
+    )
+    request.end_time.nanos = -1
+    with pytest.raises(grpc.RpcError) as info:
+        client.store.GetHistoricalFeatures(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(error_details(info.value).field_violations) == {"start_time", "end_time"}
 
 
 def test_malformed_timestamp_is_400(rest: Rest) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 import redis
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
@@ -210,6 +211,7 @@ def test_bad_writes_name_the_value_and_write_nothing(client: FeatureStoreClient,
         "rows[1].values[nope]": row("c", now(), nope=i64(1)),  # unknown feature
         "rows[1].values[p]": row("c", now(), p=i64(1)),  # other entity type
         "rows[1].entity_id": row("", now(), x=i64(1)),
+        "rows[1].event_time": fs.EntityRow(entity_id="c", event_time=Timestamp(seconds=10**12), values={"x": i64(1)}),
     }
     for field, bad in cases.items():
         violations = _invalid(

@@ -23,7 +23,7 @@ from server._rpc import rpc, rpc_stream
 from server.offline._model import HistoryPage, HistoryQuery
 from server.offline._pgstore import PostgresHistoryStore
 from server.online._catalog import Catalog
-from server.online._requests import entity_id_problem
+from server.online._requests import entity_id_problem, timestamp_problem
 from server.online._servicer import SERVICE
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -47,6 +47,10 @@ def _query(catalog: Catalog, request: fs.GetHistoricalFeaturesRequest, *, paged:
         violations.append(FieldViolation("feature_names", "name at least one feature"))
     for i, name in enumerate(request.feature_names):
         catalog.resolve(f"feature_names[{i}]", name, request.entity_type, violations)
+    for name in ("start_time", "end_time"):
+        violations += timestamp_problem(name, getattr(request, name))
+    if violations:
+        raise invalid_argument(violations)
     start, end = _when(request.start_time, _BEGINNING), _when(request.end_time, _END)
     if start >= end:
         violations.append(FieldViolation("start_time", "must be before end_time"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
@@ -14,6 +16,10 @@ from server.online._catalog import Catalog, entity_type_problem
 from server.online._redis import KeyWrite, entity_key
 
 ENTITY_ID_MAX_BYTES = 256
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,13 @@ def entity_id_problem(path: str, entity_id: str) -> list[FieldViolation]:
         return [FieldViolation(path, "is required")]
     if len(entity_id.encode()) > ENTITY_ID_MAX_BYTES:
         return [FieldViolation(path, f"must be at most {ENTITY_ID_MAX_BYTES} bytes")]
+    return []
+
+
+def timestamp_problem(path: str, ts: Timestamp) -> list[FieldViolation]:
+    """A violation unless `ts` is a valid Timestamp (0001-01-01 to 9999-12-31, nanos in range)."""
+    if not TIMESTAMP_MIN_SECONDS <= ts.seconds <= TIMESTAMP_MAX_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        return [FieldViolation(path, "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z")]
     return []
 
 
@@ -85,7 +98,9 @@ def _encode_row(
     violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
     if not row.HasField("event_time"):
         violations.append(FieldViolation(f"rows[{i}].event_time", "is required"))
-    event_time = row.event_time.ToDatetime(tzinfo=UTC)
+    time_problem = timestamp_problem(f"rows[{i}].event_time", row.event_time)
+    violations += time_problem
+    event_time = _EPOCH if time_problem else row.event_time.ToDatetime(tzinfo=UTC)
     values: list[tuple[bytes, bytes]] = []
     for name, value in row.values.items():
         path = f"rows[{i}].values[{name}]"
@@ -96,6 +111,8 @@ def _encode_row(
         if kind != feature.value_kind:
             problem = f"feature {name!r} is {feature.value_type}: set {feature.value_kind}, not {kind or 'nothing'}"
             violations.append(FieldViolation(path, problem))
+            continue
+        if time_problem:  # nothing will be written: the value was checked, skip encoding it
             continue
         proto, json = _codec.encode_stored(name, value, row.event_time)
         values += ((feature.field, proto), (feature.json_field, json))
