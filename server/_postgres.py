@@ -42,6 +42,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Ready a released connection for its next user, without a round trip when it is idle.
+
+    asyncpg's default reset sends RESET ALL, CLOSE ALL, UNLISTEN * and an advisory
+    unlock to the server on every release (~0.09 ms per query). This code never
+    changes session state: no SET, no cursors outside transactions, advisory locks
+    only per transaction, and its one LISTEN is removed by its user before release.
+    """
+    if conn.is_in_transaction():  # left by a cancelled caller
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout: float) -> asyncpg.Pool:
     """A pool whose connections decode jsonb to Python objects."""
     pool = await asyncpg.create_pool(
@@ -50,6 +62,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout
         max_size=max_size,
         command_timeout=command_timeout,
         init=_init_connection,
+        reset=_reset_connection,
     )
     assert pool is not None
     return pool
