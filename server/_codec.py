@@ -66,9 +66,13 @@ def timestamp_bytes(micros: int) -> bytes:
     return out + (b"\x10" + varint(rest * 1000) if rest else b"")
 
 
+_SHORT_VARINTS = tuple(varint(n) for n in range(1 << 14))  # every length up to 16 KiB: two bytes at most
+
+
 def frame(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return tag + varint(len(payload)) + payload
+    n = len(payload)
+    return tag + (_SHORT_VARINTS[n] if n < 1 << 14 else varint(n)) + payload
 
 
 def time_key(micros: int) -> bytes:

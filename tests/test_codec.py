@@ -62,3 +62,18 @@ def test_the_pipeline_encoder_stores_what_the_write_path_stores(
     plain = python_value(value)
     encoder = _codec.ValueEncoder("some_feature", kind, _codec.micros_of(when))
     assert encoder.encode(plain) == (*_codec.encode_stored("some_feature", value, when), value.SerializeToString())
+
+
+@given(value=st.one_of(scalars, timestamp_values), when=times)
+def test_a_stored_frame_ends_with_its_status(value: vpb.Value, when: timestamp_pb2.Timestamp) -> None:
+    # The point-in-time join (server/offline/_pgstore.py) marks a value EXPIRED in SQL by
+    # setting a stored frame's last byte, and serves it as TrainingExample.features by
+    # changing its first (the field tag).
+    proto, _ = _codec.encode_stored("some_feature", value, when)
+    frame = proto[_codec.TIME_BYTES :]
+    assert frame.endswith(b"\x20" + bytes([fs.PRESENT]))
+    expired = frame[:-1] + bytes([fs.EXPIRED])
+    assert expired == _codec.expired_frame(proto)
+    [served] = fs.TrainingExample.FromString(b"\x22" + expired[1:]).features
+    want = fs.FeatureValue(name="some_feature", value=value, event_time=when, status=fs.EXPIRED)
+    assert served.SerializeToString() == want.SerializeToString()  # bytes: a NaN value equals itself

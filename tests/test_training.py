@@ -9,18 +9,21 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featurestore import FeatureStoreClient, error_details, write_training_parquet
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import value_pb2 as vpb
 from tests._http import Rest
 from tests._online import i64, register, row, ts, wait_servable, write
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 MAX_AGE = timedelta(minutes=30)
 FEATURES = ("pit_a", "pit_b")
+NOISE = "pit_noise"  # written beside them, never asked for: it shares the rows' scans
 _run = itertools.count()
 
 
@@ -29,9 +32,9 @@ def pit_features(client: FeatureStoreClient, postgres_dsn: str) -> None:
     from tests.conftest import CLEAR_REGISTRY, run_sql
 
     run_sql(postgres_dsn, CLEAR_REGISTRY)
-    for name in FEATURES:
+    for name in (*FEATURES, NOISE):
         register(client, name, pb.INT64, max_age=MAX_AGE)
-    wait_servable(client, "customer", *FEATURES)
+    wait_servable(client, "customer", *FEATURES, NOISE)
 
 
 def dataset(client: FeatureStoreClient, rows: list[fs.TrainingRow], **kwargs: object) -> list[fs.TrainingExample]:
@@ -40,52 +43,65 @@ def dataset(client: FeatureStoreClient, rows: list[fs.TrainingRow], **kwargs: ob
 
 
 def reference(
-    history: dict[tuple[str, str], dict[datetime, int]], entity: str, at: datetime, name: str
+    history: dict[tuple[str, str], dict[datetime, int]],
+    entity: str,
+    at: datetime,
+    name: str,
+    bound: timedelta | None = None,
 ) -> tuple[int, int, datetime] | None:
-    """(status, value, event time) by brute force: the latest event at or before `at`."""
+    """(status, value, event time) by brute force: the latest event at or before `at` (and within `bound`)."""
     times = [t for t in history.get((entity, name), {}) if t <= at]
-    if not times:
+    if not times or (bound is not None and at - max(times) > bound):
         return None
     latest = max(times)
     status = fs.EXPIRED if at - latest > MAX_AGE else fs.PRESENT
     return status, history[(entity, name)][latest], latest
 
 
-minutes = st.integers(min_value=0, max_value=240)
+# Often on a 15-minute grid, so that features share event times (written in one row) and rows
+# ask exactly at an event time; otherwise any minute.
+minutes = st.integers(0, 16).map(lambda m: m * 15) | st.integers(min_value=0, max_value=240)
 events = st.lists(
-    st.tuples(st.integers(0, 2), st.sampled_from(FEATURES), minutes, st.integers(-1000, 1000)), max_size=40
+    st.tuples(st.integers(0, 1), st.sampled_from((*FEATURES, NOISE)), minutes, st.integers(-1000, 1000)),
+    min_size=20,
+    max_size=60,
 )
-queries = st.lists(st.tuples(st.integers(0, 3), minutes), min_size=1, max_size=30)
+queries = st.lists(st.tuples(st.integers(0, 2), minutes), min_size=1, max_size=30)  # entity 2: no history
+bounds = st.sampled_from([None, timedelta(minutes=20), timedelta(minutes=60)])
 
 
 @pytest.mark.usefixtures("pit_features")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=events, queries=queries)
+@given(events=events, queries=queries, bound=bounds)
 def test_as_of_join_matches_brute_force(
-    client: FeatureStoreClient, events: list[tuple[int, str, int, int]], queries: list[tuple[int, int]]
+    client: FeatureStoreClient,
+    events: list[tuple[int, str, int, int]],
+    queries: list[tuple[int, int]],
+    bound: timedelta | None,
 ) -> None:
     run = next(_run)  # entities of their own per example: no cleanup between examples
     history: dict[tuple[str, str], dict[datetime, int]] = {}
     for e, name, minute, value in events:
         history.setdefault((f"r{run}e{e}", name), {})[T0 + timedelta(minutes=minute)] = value  # the last write wins
-    rows = [
-        row(entity, when, **{name: i64(v)})
-        for (entity, name), by_time in history.items()
-        for when, v in by_time.items()
-    ]
-    if rows:
-        write(client, rows)
+    together: dict[tuple[str, datetime], dict[str, vpb.Value]] = {}  # values of one time: one row
+    for (entity, name), by_time in history.items():
+        for when, v in by_time.items():
+            together.setdefault((entity, when), {})[name] = i64(v)
+    if together:
+        write(client, [row(entity, when, **values) for (entity, when), values in together.items()])
     asked = [(f"r{run}e{e}", T0 + timedelta(minutes=m)) for e, m in queries]
+    bounded = {} if bound is None else {"max_age": duration_pb2.Duration(seconds=int(bound.total_seconds()))}
     examples = dataset(
         client,
         [fs.TrainingRow(entity_id=e, timestamp=ts(at), extra={"label": i64(i)}) for i, (e, at) in enumerate(asked)],
+        **bounded,
     )
     assert len(examples) == len(asked)
     for i, ((entity, at), example) in enumerate(zip(asked, examples, strict=True)):
         assert (example.entity_id, example.timestamp, example.extra["label"].int64_value) == (entity, ts(at), i)
         assert [f.name for f in example.features] == list(FEATURES)
         for feature in example.features:
-            expected = reference(history, entity, at, feature.name)
+            expected = reference(history, entity, at, feature.name, bound)
             if expected is None:
                 assert feature.status == fs.NOT_FOUND
                 assert not feature.HasField("value")
@@ -134,6 +150,15 @@ def test_training_rest_route_and_bad_rows(client: FeatureStoreClient, rest: Rest
     with pytest.raises(grpc.RpcError) as info:
         dataset(client, [fs.TrainingRow(entity_id="", timestamp=ts(T0)), fs.TrainingRow(entity_id="x")])
     assert set(error_details(info.value).field_violations) == {"rows[0].entity_id", "rows[1].timestamp"}
+    far = [fs.TrainingRow(entity_id="x", timestamp=Timestamp(seconds=s)) for s in (0, 10**12, -(10**12))]
+    far.append(fs.TrainingRow(entity_id="x", timestamp=Timestamp(seconds=0, nanos=-1)))
+    with pytest.raises(grpc.RpcError) as info:
+        dataset(client, far)
+    assert set(error_details(info.value).field_violations) == {
+        "rows[1].timestamp",
+        "rows[2].timestamp",
+        "rows[3].timestamp",
+    }
 
 
 @pytest.mark.usefixtures("pit_features")
@@ -154,3 +179,16 @@ def test_training_dataset_exports_to_parquet(client: FeatureStoreClient, tmp_pat
     assert {r["pit_b__status"] for r in table} == {"NOT_FOUND"}
     assert table[59]["pit_a__status"] == "EXPIRED"  # 59 minutes after its value, past the 30-minute max age
     assert table[59]["pit_a"] == 59
+
+
+@pytest.mark.usefixtures("pit_features")
+def test_a_feature_far_behind_the_others_is_still_found(client: FeatureStoreClient) -> None:
+    # pit_b's one value lies behind many newer pit_a and pit_noise values: past the row's
+    # scan of the entity's latest values, so it is looked up on its own.
+    values = [row("behind", T0, pit_b=i64(7))]
+    values += [row("behind", T0 + timedelta(minutes=m), pit_a=i64(m), pit_noise=i64(m)) for m in range(1, 60)]
+    write(client, values)
+    [example] = dataset(client, [fs.TrainingRow(entity_id="behind", timestamp=ts(T0 + timedelta(hours=1)))])
+    a, b = example.features
+    assert (a.status, a.value.int64_value) == (fs.PRESENT, 59)
+    assert (b.status, b.value.int64_value, b.event_time) == (fs.EXPIRED, 7, ts(T0))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +43,29 @@ class HistoryPage:
     count: int
     more: bool
     last: tuple[datetime, str] | None  # the last value's (event time, feature name)
+
+
+@dataclass(frozen=True, slots=True)
+class AsOfQuery:
+    """For each row (entity, time): each feature's latest value at or before that time.
+
+    Times are µs since the Unix epoch (UTC).
+
+    `feature_max_ages` are the features' own max ages (an older value is EXPIRED);
+    `max_age` bounds how old a value may be at all (older ones are not found).
+    `window` is how many of an entity's latest values one row's scan reads
+    before the features it did not meet are looked up one by one.
+    """
+
+    entity_type: str
+    entity_ids: Sequence[str]
+    micros: Sequence[int]
+    feature_names: Sequence[str]
+    feature_max_ages: Sequence[timedelta | None]
+    max_age: timedelta | None
+    window: int
+
+
+# One row's answer: its cells (TrainingExample.features fields) in feature order when
+# every feature was found, else one cell or None (not found yet) per feature.
+RowCells = bytes | list[bytes | None]

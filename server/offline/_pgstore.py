@@ -17,13 +17,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server._errors import unavailable
 from server._postgres import CONNECTION_ERRORS, quote_ident
-from server.offline._model import HistoryPage, HistoryQuery, HistoryRow
+from server.offline._model import AsOfQuery, HistoryPage, HistoryQuery, HistoryRow, RowCells
 
 _log = logging.getLogger(__name__)
 _PARTITION_LOCK = 0x6869_7374  # "hist"
 _PREFIX = "feature_history_p"
+EXAMPLE_FEATURE_TAG = 0x22  # TrainingExample.features, where a FeatureValue frame has 0x1a
 
 _COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "frame"]
 # One history row in _COLUMNS order.
@@ -39,39 +41,80 @@ _MERGE = (
     "DO UPDATE SET value = EXCLUDED.value, frame = EXCLUDED.frame, ingestion_time = now()"
 )
 # One page as one row: PostgreSQL concatenates the frames (asyncpg then decodes one value,
-# not a record per history row) and reports the cursor of the page's last value. Every
-# aggregate orders by the window's own order, so the planner feeds them presorted rows
-# (no second sort; 0.72 -> 0.52 ms for a 1,000-value page).
-_RANGE = (
-    "SELECT coalesce(string_agg(frame, ''::bytea ORDER BY event_time, feature_name) FILTER (WHERE rn <= $8), "
-    "    ''::bytea) AS frames, "
-    "  count(*) FILTER (WHERE rn <= $8) AS n, count(*) > $8 AS more, "
-    "  max(event_time) FILTER (WHERE rn <= $8) AS last_time, "
-    "  (array_agg(feature_name ORDER BY event_time, feature_name) FILTER (WHERE rn <= $8))[least(count(*), $8)] "
-    "    AS last_name "
-    "FROM (SELECT event_time, feature_name, frame, row_number() OVER (ORDER BY event_time, feature_name) AS rn "
-    "  FROM (SELECT event_time, feature_name, frame FROM feature_history "
-    "    WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
-    "    AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
-    "    ORDER BY event_time, feature_name LIMIT $8 + 1) s) page"
+# not a record per history row) and reports the cursor of the page's last value. The page
+# is read one value past the limit to learn whether more follow; that value is cut off the
+# end. Every aggregate orders by the scan's own order, so none sorts again.
+_PAGE_ORDER = "ORDER BY event_time, feature_name"
+_RANGE = (  # built from this module's constants only
+    f"SELECT CASE WHEN count(*) > $8 THEN substr(string_agg(frame, ''::bytea {_PAGE_ORDER}), 1, "  # noqa: S608
+    f"    (sum(length(frame)) - (array_agg(length(frame) {_PAGE_ORDER}))[count(*)])::int4) "
+    f"  ELSE coalesce(string_agg(frame, ''::bytea {_PAGE_ORDER}), ''::bytea) END AS frames, "
+    "  least(count(*), $8) AS n, count(*) > $8 AS more, "
+    f"  (array_agg(event_time {_PAGE_ORDER}))[least(count(*), $8)] AS last_time, "
+    f"  (array_agg(feature_name {_PAGE_ORDER}))[least(count(*), $8)] AS last_name "
+    "FROM (SELECT event_time, feature_name, frame FROM feature_history "
+    "  WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
+    "  AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
+    f"  {_PAGE_ORDER} LIMIT $8 + 1) page"
 )
-# For each (row, feature): the latest value at or before the row's timestamp (optionally not older
-# than $5): one backward index probe on the primary key per pair.
-_AS_OF = (
-    "SELECT r.ord::int4 AS row_ord, f.ord::int4 AS feature_ord, "
-    "(extract(epoch FROM h.event_time) * 1000000)::int8 AS micros, h.frame "
-    "FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS r(entity_id, ts, ord) "
-    "CROSS JOIN unnest($4::text[]) WITH ORDINALITY AS f(name, ord) "
-    "CROSS JOIN LATERAL (SELECT event_time, frame FROM feature_history h "
-    "  WHERE h.entity_type = $1 AND h.entity_id = r.entity_id AND h.feature_name = f.name "
-    "  AND h.event_time <= r.ts AND ($5::interval IS NULL OR h.event_time >= r.ts - $5::interval) "
-    "  ORDER BY h.event_time DESC LIMIT 1) h"
+# Point-in-time joins (AsOfQuery). A cell is a stored FeatureValue frame re-tagged as
+# TrainingExample.features, with its status byte (the frame's last) set to EXPIRED when the
+# value is older than its feature's max age ($6) at the row's time. Values older than the
+# request's bound ($5) do not count; both bounds are index conditions.
+_CELL = (
+    "CASE WHEN r.ts - w.event_time > ($6::interval[])[w.pos] "
+    f"THEN set_byte(set_byte(w.frame, 0, {EXAMPLE_FEATURE_TAG}), length(w.frame) - 1, {fs.EXPIRED}) "
+    f"ELSE set_byte(w.frame, 0, {EXAMPLE_FEATURE_TAG}) END"
+)
+_NOT_BEFORE = "coalesce(r.ts - $5::interval, '-infinity'::timestamptz)"
+# Rows arrive as µs since the epoch; exact (whole seconds, then µs: no float rounding).
+_ROWS = (
+    "(SELECT u.entity_id, 'epoch'::timestamptz + (u.us / 1000000) * interval '1 second' "
+    "  + (u.us % 1000000) * interval '1 microsecond' AS ts, u.ord {extra} "
+    "FROM unnest($2::text[], $3::int8[] {arrays}) WITH ORDINALITY AS u(entity_id, us {names}, ord) OFFSET 0) r"
+)
+# One backward scan per row over the entity's latest $8 values (feature_history_entity_time),
+# keeping each feature's first. A row that met all $7 features comes back as its cells
+# concatenated in feature order; any other as (positions, cells) of what it met.
+_AS_OF_ROWS = (  # built from this module's constants only
+    "SELECT x.frames, x.positions, x.cells "  # noqa: S608
+    f"FROM {_ROWS.format(extra='', arrays='', names='')} "
+    "CROSS JOIN LATERAL ("
+    "  SELECT CASE WHEN count(*) = $7 THEN string_agg(d.cell, ''::bytea ORDER BY d.pos) END AS frames, "
+    "    CASE WHEN count(*) < $7 THEN array_agg(d.pos) END AS positions, "
+    "    CASE WHEN count(*) < $7 THEN array_agg(d.cell) END AS cells "
+    f"  FROM (SELECT DISTINCT ON (w.pos) w.pos, {_CELL} AS cell "
+    "    FROM (SELECT array_position($4::text[], h.feature_name)::int4 AS pos, h.event_time, h.frame "
+    "      FROM feature_history h WHERE h.entity_type = $1 AND h.entity_id = r.entity_id "
+    f"      AND h.event_time <= r.ts AND h.event_time >= {_NOT_BEFORE} "
+    "      ORDER BY h.event_time DESC LIMIT $8) w "
+    "    WHERE w.pos IS NOT NULL ORDER BY w.pos, w.event_time DESC) d"
+    ") x ORDER BY r.ord"
+)
+# The (row, feature) pairs a row's scan did not meet: one backward probe of the primary key each.
+_AS_OF_PAIRS = (  # built from this module's constants only
+    f"SELECT r.row_i, r.pos, {_CELL} AS cell "  # noqa: S608
+    f"FROM {_ROWS.format(extra=', u.row_i, u.pos', arrays=', $7::int4[], $8::int4[]', names=', row_i, pos')} "
+    "CROSS JOIN LATERAL (SELECT r.pos, h.event_time, h.frame FROM feature_history h "
+    "  WHERE h.entity_type = $1 AND h.entity_id = r.entity_id AND h.feature_name = ($4::text[])[r.pos] "
+    f"  AND h.event_time <= r.ts AND h.event_time >= {_NOT_BEFORE} "
+    "  ORDER BY h.event_time DESC LIMIT 1) w"
 )
 _PARTITIONS = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
     "WHERE i.inhparent = 'feature_history'::regclass"
 )
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _row_cells(record: asyncpg.Record, width: int) -> RowCells:
+    frames: bytes | None = record[0]
+    if frames is not None:
+        return frames
+    cells: list[bytes | None] = [None] * width
+    for pos, cell in zip(record[1] or (), record[2] or (), strict=True):
+        cells[pos - 1] = cell
+    return cells
 
 
 def _month(d: datetime | date) -> date:
@@ -176,25 +219,38 @@ class PostgresHistoryStore:
         last = (row["last_time"], row["last_name"]) if row["n"] else None
         return HistoryPage(row["frames"], row["n"], row["more"], last)
 
-    async def as_of(
-        self,
-        entity_type: str,
-        entity_ids: Sequence[str],
-        times: Sequence[datetime],
-        feature_names: Sequence[str],
-        max_age: timedelta | None,
-    ) -> list[tuple[int, int, int, bytes]]:
-        """(row index, feature index, event time µs, frame) of each (row, feature) that has a value then.
-
-        Indexes are 0-based positions in `entity_ids`/`times` and `feature_names`.
-        """
+    async def as_of(self, q: AsOfQuery) -> list[RowCells]:
+        """Each row's cells (see RowCells), in row order: the point-in-time join."""
+        common = (q.entity_type, list(q.entity_ids), list(q.micros), list(q.feature_names), q.max_age)
+        ages = list(q.feature_max_ages)
         try:
-            rows = await self._pool.fetch(
-                _AS_OF, entity_type, list(entity_ids), list(times), list(feature_names), max_age
-            )
+            rows = await self._pool.fetch(_AS_OF_ROWS, *common, ages, len(q.feature_names), q.window)
+            answers = [_row_cells(r, len(q.feature_names)) for r in rows]
+            missing = [
+                (i, p) for i, a in enumerate(answers) if isinstance(a, list) for p, c in enumerate(a) if c is None
+            ]
+            if missing:
+                await self._probe(q, ages, missing, answers)
         except CONNECTION_ERRORS as exc:
             raise unavailable("postgresql", type(exc).__name__) from exc
-        return [(r["row_ord"] - 1, r["feature_ord"] - 1, r["micros"], r["frame"]) for r in rows]
+        return answers
+
+    async def _probe(
+        self,
+        q: AsOfQuery,
+        ages: list[timedelta | None],
+        missing: list[tuple[int, int]],
+        answers: list[RowCells],
+    ) -> None:
+        """Fill in the (row, feature) pairs that the rows' scans did not meet."""
+        ids = [q.entity_ids[i] for i, _ in missing]
+        micros = [q.micros[i] for i, _ in missing]
+        rows, positions = [i for i, _ in missing], [p + 1 for _, p in missing]
+        args = (q.entity_type, ids, micros, list(q.feature_names), q.max_age, ages, rows, positions)
+        for row_i, pos, cell in await self._pool.fetch(_AS_OF_PAIRS, *args):
+            cells = answers[row_i]
+            assert isinstance(cells, list)
+            cells[pos - 1] = cell
 
     async def drop_expired(self, retention: timedelta, now: datetime | None = None) -> list[str]:
         """Drop the partitions wholly older than `retention`; returns their names."""

@@ -3,8 +3,10 @@
 A row asks "what would serving have answered for this entity at time t": for
 each feature, the latest value with event time <= t, marked EXPIRED when it
 was older than the feature's max age at t, exactly as the online read
-computes it. Rows go to PostgreSQL in chunks; each chunk is one query (an
-index probe per row and feature) and one response message.
+computes it. Rows go to PostgreSQL in chunks; each chunk is one query (one
+backward scan per row over the entity's latest values, then an index probe
+for each feature a scan did not meet) and one response message. PostgreSQL
+builds each row's feature fields; Python adds the row's own.
 
 The response is assembled as bytes: TrainingExample shares field numbers 1-3
 with TrainingRow, so an example is the row's own serialization followed by
@@ -14,8 +16,9 @@ its feature frames (field 4).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -24,16 +27,22 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
 from server._errors import FieldViolation, invalid_argument
 from server._rpc import rpc_stream
+from server.offline._model import AsOfQuery, RowCells
 from server.offline._pgstore import PostgresHistoryStore
 from server.online._catalog import Catalog, Plan
-from server.online._requests import entity_id_problem
+from server.online._requests import (
+    ENTITY_ID_MAX_BYTES,
+    TIMESTAMP_MAX_SECONDS,
+    TIMESTAMP_MIN_SECONDS,
+    entity_id_problem,
+    timestamp_problem,
+)
 from server.online._servicer import SERVICE
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHUNK_ROWS = 2_000
 PARALLEL_CHUNKS = 2  # PostgreSQL works on two chunks at once (one backend each)
 MAX_ROWS = 1_000_000
-_FEATURE_TAG = b"\x22"  # TrainingExample.features
 _EXAMPLES_TAG = b"\x0a"  # GetTrainingDatasetResponse.examples
 
 
@@ -44,12 +53,8 @@ def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest) -> Plan:
         violations.append(FieldViolation("feature_names", "name at least one feature or feature group"))
     if len(request.rows) > MAX_ROWS:
         violations.append(FieldViolation("rows", f"holds {len(request.rows)} rows; the limit is {MAX_ROWS}"))
-    for i, row in enumerate(request.rows):
-        violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
-        if not row.HasField("timestamp"):
-            violations.append(FieldViolation(f"rows[{i}].timestamp", "is required"))
-        if len(violations) > 50:
-            break
+    elif not _rows_look_valid(request.rows):
+        violations += _row_problems(request.rows)
     if request.HasField("max_age") and request.max_age.ToTimedelta().total_seconds() <= 0:
         violations.append(FieldViolation("max_age", "must be positive"))
     if violations:
@@ -57,11 +62,44 @@ def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest) -> Plan:
     return plan
 
 
-def _as_example_feature(frame: bytes, expired: bool) -> bytes:
-    """A stored FeatureValue frame (field 3) as TrainingExample.features (field 4)."""
-    if expired:  # rare: re-encode with the status changed
-        frame = _codec.expired_frame(bytes(_codec.TIME_BYTES) + frame)
-    return _FEATURE_TAG + frame[1:]
+def _rows_look_valid(rows: Any) -> bool:
+    """A quick pass over all rows; _row_problems names what is wrong when this fails."""
+    ids = [row.entity_id for row in rows]
+    if not all(ids) or max(map(len, ids), default=0) * 4 > ENTITY_ID_MAX_BYTES:  # 4 bytes per char at most
+        return False
+    seconds = [row.timestamp.seconds for row in rows]
+    in_range = min(seconds, default=0) >= TIMESTAMP_MIN_SECONDS and max(seconds, default=0) <= TIMESTAMP_MAX_SECONDS
+    nanos = [row.timestamp.nanos for row in rows]
+    in_range = in_range and min(nanos, default=0) >= 0 and max(nanos, default=0) < 1_000_000_000
+    return in_range and all(row.HasField("timestamp") for row in rows)
+
+
+def _row_problems(rows: Any) -> list[FieldViolation]:
+    violations: list[FieldViolation] = []
+    for i, row in enumerate(rows):
+        violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
+        if not row.HasField("timestamp"):
+            violations.append(FieldViolation(f"rows[{i}].timestamp", "is required"))
+        violations += timestamp_problem(f"rows[{i}].timestamp", row.timestamp)
+        if len(violations) > 50:
+            break
+    return violations
+
+
+def scan_window(requested: int, registered: int) -> int:
+    """How many of an entity's latest values a row's scan reads.
+
+    As many as the entity type has features, so that values written together
+    are all met in one scan; but at most 4x the features asked for (or 32) and
+    at least those. A feature the scan misses costs an index probe of its own.
+    """
+    return max(requested, min(registered, max(4 * requested, 32)))
+
+
+def _cells(answer: RowCells, not_found: list[bytes]) -> bytes:
+    if isinstance(answer, bytes):
+        return answer
+    return b"".join(missing if cell is None else cell for cell, missing in zip(answer, not_found, strict=True))
 
 
 class TrainingServicer:
@@ -74,30 +112,38 @@ class TrainingServicer:
     @rpc_stream
     async def GetTrainingDataset(self, request: fs.GetTrainingDatasetRequest, context: Context) -> AsyncIterator[bytes]:
         plan = _validate(self._catalog, request)
-        starts = range(0, len(request.rows), CHUNK_ROWS)
-        for pair in (starts[i : i + PARALLEL_CHUNKS] for i in range(0, len(starts), PARALLEL_CHUNKS)):
-            chunks = [self._chunk(request, plan, request.rows[s : s + CHUNK_ROWS]) for s in pair]
-            for chunk in await asyncio.gather(*chunks):  # queries in parallel, answers in order
-                yield chunk
+        pending: deque[asyncio.Task[bytes]] = deque()
+        try:  # PARALLEL_CHUNKS queries in flight while answers go out in order
+            for start in range(0, len(request.rows), CHUNK_ROWS):
+                rows = request.rows[start : start + CHUNK_ROWS]
+                pending.append(asyncio.ensure_future(self._chunk(request, plan, rows)))
+                if len(pending) >= PARALLEL_CHUNKS:
+                    yield await pending.popleft()
+            while pending:
+                yield await pending.popleft()
+        finally:
+            for task in pending:
+                task.cancel()
 
     async def _chunk(self, request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any) -> bytes:
-        max_age = request.max_age.ToTimedelta() if request.HasField("max_age") else None
-        times = [row.timestamp.ToDatetime(tzinfo=UTC) for row in rows]
         names = [f.name for f in plan.features]
-        found = await self._store.as_of(request.entity_type, [r.entity_id for r in rows], times, names, max_age)
-        width = len(names)
-        cells: list[bytes] = [missing for _ in rows for missing in plan.not_found_examples]
-        ages = [f.max_age_micros for f in plan.features]
-        row_micros = [_codec.micros_of(row.timestamp) for row in rows]
-        for row_i, feature_i, micros, frame in found:
-            age = ages[feature_i]
-            expired = age is not None and row_micros[row_i] - micros > age
-            cells[row_i * width + feature_i] = _as_example_feature(frame, expired)
-        examples = [
-            _codec.frame(_EXAMPLES_TAG, row.SerializeToString() + b"".join(cells[i * width : (i + 1) * width]))
-            for i, row in enumerate(rows)
-        ]
-        return b"".join(examples)
+        query = AsOfQuery(
+            entity_type=request.entity_type,
+            entity_ids=[row.entity_id for row in rows],
+            micros=[row.timestamp.seconds * 1_000_000 + row.timestamp.nanos // 1000 for row in rows],
+            feature_names=names,
+            feature_max_ages=[
+                None if f.max_age_micros is None else timedelta(microseconds=f.max_age_micros) for f in plan.features
+            ],
+            max_age=request.max_age.ToTimedelta() if request.HasField("max_age") else None,
+            window=scan_window(len(names), self._catalog.feature_count(request.entity_type)),
+        )
+        answers = await self._store.as_of(query)
+        not_found = plan.not_found_examples
+        return b"".join(
+            _codec.frame(_EXAMPLES_TAG, row.SerializeToString() + _cells(answer, not_found))
+            for row, answer in zip(rows, answers, strict=True)
+        )
 
 
 def handler(servicer: TrainingServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -127,14 +128,20 @@ class Catalog:
         self.version = -1
         self.features: dict[str, ServedFeature] = {}
         self.groups: dict[str, tuple[str, ...]] = {}
+        self._per_entity_type: Counter[str] = Counter()
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Plan] = {}
 
     def replace(self, version: int, features: list[Feature], groups: list[FeatureGroup]) -> None:
         """Swap in a new snapshot (one assignment each: readers never see a mix)."""
         self.features = {f.name: _served(f) for f in features}
         self.groups = {g.name: g.feature_names for g in groups}
+        self._per_entity_type = Counter(f.entity_type for f in features)
         self._plans = {}
         self.version = version
+
+    def feature_count(self, entity_type: str) -> int:
+        """How many features of `entity_type` are registered."""
+        return self._per_entity_type[entity_type]
 
     def plan(self, entity_type: str, names: tuple[str, ...], groups: tuple[str, ...]) -> Plan:
         """The features a read asks for; INVALID_ARGUMENT names each unknown or mismatched one."""
