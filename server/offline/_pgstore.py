@@ -67,15 +67,20 @@ _CELL = (
     f"ELSE set_byte(w.frame, 0, {EXAMPLE_FEATURE_TAG}) END"
 )
 _NOT_BEFORE = "coalesce(r.ts - $5::interval, '-infinity'::timestamptz)"
+# The key of feature_history_entity_time (migration 0003): entity type and id hashed to 64 bits.
+_ENTITY_KEY = "hashtextextended({type} || ':' || {id}, 0)"
 # Rows arrive as µs since the epoch; exact (whole seconds, then µs: no float rounding).
 _ROWS = (
     "(SELECT u.entity_id, 'epoch'::timestamptz + (u.us / 1000000) * interval '1 second' "
-    "  + (u.us % 1000000) * interval '1 microsecond' AS ts, u.ord {extra} "
+    "  + (u.us % 1000000) * interval '1 microsecond' AS ts, u.ord, "
+    + _ENTITY_KEY.format(type="$1", id="u.entity_id")
+    + " AS entity_key {extra} "
     "FROM unnest($2::text[], $3::int8[] {arrays}) WITH ORDINALITY AS u(entity_id, us {names}, ord) OFFSET 0) r"
 )
-# One backward scan per row over the entity's latest $8 values (feature_history_entity_time),
-# keeping each feature's first. A row that met all $7 features comes back as its cells
-# concatenated in feature order; any other as (positions, cells) of what it met.
+# One backward scan per row over the entity's latest $8 values (feature_history_entity_time;
+# the hash is rechecked against the row), keeping each feature's first. A row that met all $7
+# features comes back as its cells concatenated in feature order; any other as (positions,
+# cells) of what it met.
 _AS_OF_ROWS = (  # built from this module's constants only
     "SELECT x.frames, x.positions, x.cells "  # noqa: S608
     f"FROM {_ROWS.format(extra='', arrays='', names='')} "
@@ -85,18 +90,23 @@ _AS_OF_ROWS = (  # built from this module's constants only
     "    CASE WHEN count(*) < $7 THEN array_agg(d.cell) END AS cells "
     f"  FROM (SELECT DISTINCT ON (w.pos) w.pos, {_CELL} AS cell "
     "    FROM (SELECT array_position($4::text[], h.feature_name)::int4 AS pos, h.event_time, h.frame "
-    "      FROM feature_history h WHERE h.entity_type = $1 AND h.entity_id = r.entity_id "
+    f"      FROM feature_history h WHERE {_ENTITY_KEY.format(type='h.entity_type', id='h.entity_id')} = r.entity_key "
+    "      AND h.entity_type = $1 AND h.entity_id = r.entity_id "
     f"      AND h.event_time <= r.ts AND h.event_time >= {_NOT_BEFORE} "
     "      ORDER BY h.event_time DESC LIMIT $8) w "
     "    WHERE w.pos IS NOT NULL ORDER BY w.pos, w.event_time DESC) d"
     ") x ORDER BY r.ord"
 )
-# The (row, feature) pairs a row's scan did not meet: one backward probe of the primary key each.
+# The (row, feature) pairs a row's scan did not meet: one backward probe of the primary key each
+# (the entity-time index cannot serve it: the probe does not name the hashed key).
+_PAIR_ROWS = _ROWS.format(
+    extra=", u.row_i, u.pos, ($4::text[])[u.pos] AS name", arrays=", $7::int4[], $8::int4[]", names=", row_i, pos"
+)
 _AS_OF_PAIRS = (  # built from this module's constants only
     f"SELECT r.row_i, r.pos, {_CELL} AS cell "  # noqa: S608
-    f"FROM {_ROWS.format(extra=', u.row_i, u.pos', arrays=', $7::int4[], $8::int4[]', names=', row_i, pos')} "
+    f"FROM {_PAIR_ROWS} "
     "CROSS JOIN LATERAL (SELECT r.pos, h.event_time, h.frame FROM feature_history h "
-    "  WHERE h.entity_type = $1 AND h.entity_id = r.entity_id AND h.feature_name = ($4::text[])[r.pos] "
+    "  WHERE h.entity_type = $1 AND h.entity_id = r.entity_id AND h.feature_name = r.name "
     f"  AND h.event_time <= r.ts AND h.event_time >= {_NOT_BEFORE} "
     "  ORDER BY h.event_time DESC LIMIT 1) w"
 )
