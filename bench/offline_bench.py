@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/offline_bench.py          # or: make bench-offline
 
-Starts PostgreSQL, Valkey and one server process on loopback. Ceilings in the
+Starts PostgreSQL (shared_buffers sized as on a server: the 10M rows' tables
+and indexes fit), Valkey and one server process on loopback. Ceilings in the
 same run: raw `copy_records_to_table` into an identical table (same
-partitions and primary key, no idempotence) and the bare asyncpg range query.
+partitions, keys and indexes, no idempotence) and the bare asyncpg range query.
+The as-of join runs AS_OF_RUNS times on different rows; the check takes the median.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
-from devstack._procs import free_port, start_postgres, start_server, start_valkey  # noqa: E402
+from devstack._procs import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
@@ -36,6 +38,7 @@ from server.offline import HistoryRow, PostgresHistoryStore  # noqa: E402
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 FEATURES = [f"hist_f{i}" for i in range(10)]
+AS_OF_RUNS = 3
 BARE_RANGE = (
     "SELECT feature_name, event_time, value FROM feature_history WHERE entity_type = $1 AND entity_id = $2 "
     "AND feature_name = ANY($3::text[]) AND event_time >= $4 AND event_time < $5 ORDER BY event_time, feature_name"
@@ -74,9 +77,9 @@ async def ingest(dsn: str, entities: int, times: int) -> dict[str, float]:
     pool = await create_pool(dsn, min_size=2, max_size=4, command_timeout=600)
     store = PostgresHistoryStore(pool)
     sample = range(0, 1000)  # the same rows, loaded both ways, for the ratio
-    await pool.execute(
-        "CREATE TABLE raw_history (LIKE feature_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
-        "PRIMARY KEY (entity_type, entity_id, feature_name, event_time)) PARTITION BY RANGE (event_time)"
+    await pool.execute(  # the same columns, keys and indexes
+        "CREATE TABLE raw_history (LIKE feature_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+        "INCLUDING INDEXES) PARTITION BY RANGE (event_time)"
     )
     for month in range(1, 13):
         lo, hi = datetime(2025, month, 1, tzinfo=UTC), datetime(2025 + month // 12, month % 12 + 1, 1, tzinfo=UTC)
@@ -141,8 +144,8 @@ def grpc_query(client: FeatureStoreClient, entity_ids: list[str], times: int) ->
     return latencies
 
 
-def as_of(client: FeatureStoreClient, entities: int, rows: int, times: int) -> float:
-    rng = random.Random(1)
+def as_of(client: FeatureStoreClient, entities: int, rows: int, times: int, seed: int) -> float:
+    rng = random.Random(seed)
     request = fs.GetTrainingDatasetRequest(entity_type="user", feature_names=FEATURES)
     for _ in range(rows):
         row = request.rows.add(entity_id=f"u{rng.randrange(entities)}")
@@ -162,7 +165,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "offline.json")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="fs-offline-bench-"))
-    pg = start_postgres(state / "postgres", free_port(), durable=False)
+    pg = start_postgres(state / "postgres", free_port(), durable=False, settings=SERVER_SETTINGS)
     valkey = start_valkey(state / "valkey", free_port(), durable=False)
     dsn = str(pg.extra["dsn"])
     server = start_server(state, free_port(), dsn, str(valkey.extra["url"]), ["--log-level", "WARNING"])
@@ -178,7 +181,7 @@ def main() -> int:
             sample = [f"u{rng.randrange(args.entities)}" for _ in range(args.queries)]
             bare = asyncio.run(bare_query(dsn, sample, args.times))
             ours = grpc_query(client, sample, args.times)
-            join_rate = as_of(client, args.entities, args.as_of_rows, args.times)
+            join_rates = [as_of(client, args.entities, args.as_of_rows, args.times, seed) for seed in range(AS_OF_RUNS)]
     finally:
         for proc in (server, valkey, pg):
             proc.stop()
@@ -192,17 +195,18 @@ def main() -> int:
             "bare_asyncpg_p50": pct(bare, 0.5),
             "bare_asyncpg_p99": pct(bare, 0.99),
         },
-        "as_of_rows_per_s": join_rate,
+        "as_of_rows_per_s": join_rates,
     }
+    join_rate = sorted(join_rates)[len(join_rates) // 2]
     checks = [
         ("ingestion: append / raw COPY", ingestion["append_rows_per_s"] / ingestion["raw_copy_rows_per_s"], ">= 0.80"),
         ("historical query p50: gRPC / bare asyncpg", pct(ours, 0.5) / pct(bare, 0.5), "<= 1.5"),
         ("historical query p99: gRPC / bare asyncpg", pct(ours, 0.99) / pct(bare, 0.99), "<= 1.5"),
-        ("as-of join, entity rows/s (x10 features)", join_rate, ">= 100,000"),
+        ("as-of join, entity rows/s (x10 features), median", join_rate, ">= 100,000"),
     ]
     print(json.dumps(report, indent=2))
     for label, value, target in checks:
-        print(f"{label:48} {value:>12,.3f}   target {target}")
+        print(f"{label:52} {value:>12,.3f}   target {target}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"report": report, "checks": checks}, indent=2))
     return 0

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/pipeline_bench.py          # or: make bench-pipeline
 
-Starts PostgreSQL and Valkey on loopback and a local[2] Spark. Generates the
+Starts PostgreSQL (shared_buffers sized as on a server, as in offline_bench.py)
+and Valkey on loopback and a local[2] Spark. Generates the
 purchases (Parquet, kept in --data between runs), then measures in the same run:
 - the bare Spark ceiling: the same groupBy over the same rows, results discarded;
 - the raw write ceilings: pipelined HSETs of the same number of values from as
@@ -34,7 +35,7 @@ import redis  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from devstack._procs import free_port, start_postgres, start_valkey  # noqa: E402
+from devstack._procs import SERVER_SETTINGS, free_port, start_postgres, start_valkey  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from jobs import RunConfig, SessionConfig, build_session, register_warehouse, run  # noqa: E402
 from jobs.demo_data import DemoSize, write_demo_tables  # noqa: E402
@@ -166,7 +167,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="fs-bench-pipeline-"))
-    pg = start_postgres(state / "postgres", free_port(), durable=False)
+    pg = start_postgres(state / "postgres", free_port(), durable=False, settings=SERVER_SETTINGS)
     valkey = start_valkey(state / "valkey", free_port(), durable=False)
     dsn, url = str(pg.extra["dsn"]), str(valkey.extra["url"])
     size = DemoSize(customers=args.customers, purchases=args.purchases, products=1000, days=30, partitions=8)

@@ -143,6 +143,11 @@ def _make_traversable(path: Path) -> None:
 _INITDB_LOCALE = ["-E", "UTF8", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"]
 
 
+# For benchmarks: shared buffers as a server would have them (PostgreSQL's default, 128 MB, is
+# sized for a laptop and holds a tenth of a 10M-row history's tables and indexes).
+SERVER_SETTINGS = {"shared_buffers": "4GB"}
+
+
 def start_postgres(data_dir: Path, port: int, *, durable: bool = True, settings: dict[str, str] | None = None) -> Proc:
     """PostgreSQL on 127.0.0.1:`port` with its data in `data_dir` (created if new), plus `settings`."""
     user = _pg_user()
