@@ -66,7 +66,7 @@ def test_the_pipeline_encoder_stores_what_the_write_path_stores(
 
 @given(value=st.one_of(scalars, timestamp_values), when=times)
 def test_a_stored_frame_ends_with_its_status(value: vpb.Value, when: timestamp_pb2.Timestamp) -> None:
-    # The point-in-time join (server/offline/_pgstore.py) marks a value EXPIRED in SQL by
+    # The point-in-time join (server/offline/_asof_sql.py) marks a value EXPIRED in SQL by
     # setting a stored frame's last byte, and serves it as TrainingExample.features by
     # changing its first (the field tag).
     proto, _ = _codec.encode_stored("some_feature", value, when)

@@ -17,15 +17,14 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server._errors import unavailable
 from server._postgres import CONNECTION_ERRORS, quote_ident
+from server.offline._asof_sql import AS_OF_PAIRS, AS_OF_ROWS, row_cells
 from server.offline._model import AsOfQuery, HistoryPage, HistoryQuery, HistoryRow, RowCells
 
 _log = logging.getLogger(__name__)
 _PARTITION_LOCK = 0x6869_7374  # "hist"
 _PREFIX = "feature_history_p"
-EXAMPLE_FEATURE_TAG = 0x22  # TrainingExample.features, where a FeatureValue frame has 0x1a
 
 _COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "frame"]
 # One history row in _COLUMNS order.
@@ -57,74 +56,11 @@ _RANGE = (  # built from this module's constants only
     "  AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
     f"  {_PAGE_ORDER} LIMIT $8 + 1) page"
 )
-# Point-in-time joins (AsOfQuery). A cell is a stored FeatureValue frame re-tagged as
-# TrainingExample.features, with its status byte (the frame's last) set to EXPIRED when the
-# value is older than its feature's max age ($6) at the row's time. Values older than the
-# request's bound ($5) do not count; both bounds are index conditions.
-_CELL = (
-    "CASE WHEN r.ts - w.event_time > ($6::interval[])[w.pos] "
-    f"THEN set_byte(set_byte(w.frame, 0, {EXAMPLE_FEATURE_TAG}), length(w.frame) - 1, {fs.EXPIRED}) "
-    f"ELSE set_byte(w.frame, 0, {EXAMPLE_FEATURE_TAG}) END"
-)
-_NOT_BEFORE = "coalesce(r.ts - $5::interval, '-infinity'::timestamptz)"
-# The key of feature_history_entity_time (migration 0003): entity type and id hashed to 64 bits.
-_ENTITY_KEY = "hashtextextended({type} || ':' || {id}, 0)"
-# Rows arrive as µs since the epoch; exact (whole seconds, then µs: no float rounding).
-_ROWS = (
-    "(SELECT u.entity_id, 'epoch'::timestamptz + (u.us / 1000000) * interval '1 second' "
-    "  + (u.us % 1000000) * interval '1 microsecond' AS ts, u.ord, "
-    + _ENTITY_KEY.format(type="$1", id="u.entity_id")
-    + " AS entity_key {extra} "
-    "FROM unnest($2::text[], $3::int8[] {arrays}) WITH ORDINALITY AS u(entity_id, us {names}, ord) OFFSET 0) r"
-)
-# One backward scan per row over the entity's latest $8 values (feature_history_entity_time;
-# the hash is rechecked against the row), keeping each feature's first. A row that met all $7
-# features comes back as its cells concatenated in feature order; any other as (positions,
-# cells) of what it met.
-_AS_OF_ROWS = (  # built from this module's constants only
-    "SELECT x.frames, x.positions, x.cells "  # noqa: S608
-    f"FROM {_ROWS.format(extra='', arrays='', names='')} "
-    "CROSS JOIN LATERAL ("
-    "  SELECT CASE WHEN count(*) = $7 THEN string_agg(d.cell, ''::bytea ORDER BY d.pos) END AS frames, "
-    "    CASE WHEN count(*) < $7 THEN array_agg(d.pos) END AS positions, "
-    "    CASE WHEN count(*) < $7 THEN array_agg(d.cell) END AS cells "
-    f"  FROM (SELECT DISTINCT ON (w.pos) w.pos, {_CELL} AS cell "
-    "    FROM (SELECT array_position($4::text[], h.feature_name)::int4 AS pos, h.event_time, h.frame "
-    f"      FROM feature_history h WHERE {_ENTITY_KEY.format(type='h.entity_type', id='h.entity_id')} = r.entity_key "
-    "      AND h.entity_type = $1 AND h.entity_id = r.entity_id "
-    f"      AND h.event_time <= r.ts AND h.event_time >= {_NOT_BEFORE} "
-    "      ORDER BY h.event_time DESC LIMIT $8) w "
-    "    WHERE w.pos IS NOT NULL ORDER BY w.pos, w.event_time DESC) d"
-    ") x ORDER BY r.ord"
-)
-# The (row, feature) pairs a row's scan did not meet: one backward probe of the primary key each
-# (the entity-time index cannot serve it: the probe does not name the hashed key).
-_PAIR_ROWS = _ROWS.format(
-    extra=", u.row_i, u.pos, ($4::text[])[u.pos] AS name", arrays=", $7::int4[], $8::int4[]", names=", row_i, pos"
-)
-_AS_OF_PAIRS = (  # built from this module's constants only
-    f"SELECT r.row_i, r.pos, {_CELL} AS cell "  # noqa: S608
-    f"FROM {_PAIR_ROWS} "
-    "CROSS JOIN LATERAL (SELECT r.pos, h.event_time, h.frame FROM feature_history h "
-    "  WHERE h.entity_type = $1 AND h.entity_id = r.entity_id AND h.feature_name = r.name "
-    f"  AND h.event_time <= r.ts AND h.event_time >= {_NOT_BEFORE} "
-    "  ORDER BY h.event_time DESC LIMIT 1) w"
-)
 _PARTITIONS = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
     "WHERE i.inhparent = 'feature_history'::regclass"
 )
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
-
-
-def _row_cells(record: asyncpg.Record, width: int) -> RowCells:
-    frames: bytes | None = record[0]
-    if frames is not None:
-        return frames
-    cells: list[bytes | None] = [None] * width
-    for pos, cell in zip(record[1] or (), record[2] or (), strict=True):
-        cells[pos - 1] = cell
-    return cells
 
 
 def _month(d: datetime | date) -> date:
@@ -234,8 +170,8 @@ class PostgresHistoryStore:
         common = (q.entity_type, list(q.entity_ids), list(q.micros), list(q.feature_names), q.max_age)
         ages = list(q.feature_max_ages)
         try:
-            rows = await self._pool.fetch(_AS_OF_ROWS, *common, ages, len(q.feature_names), q.window)
-            answers = [_row_cells(r, len(q.feature_names)) for r in rows]
+            rows = await self._pool.fetch(AS_OF_ROWS, *common, ages, len(q.feature_names), q.window)
+            answers = [row_cells(r, len(q.feature_names)) for r in rows]
             missing = [
                 (i, p) for i, a in enumerate(answers) if isinstance(a, list) for p, c in enumerate(a) if c is None
             ]
@@ -257,7 +193,7 @@ class PostgresHistoryStore:
         micros = [q.micros[i] for i, _ in missing]
         rows, positions = [i for i, _ in missing], [p + 1 for _, p in missing]
         args = (q.entity_type, ids, micros, list(q.feature_names), q.max_age, ages, rows, positions)
-        for row_i, pos, cell in await self._pool.fetch(_AS_OF_PAIRS, *args):
+        for row_i, pos, cell in await self._pool.fetch(AS_OF_PAIRS, *args):
             cells = answers[row_i]
             assert isinstance(cells, list)
             cells[pos - 1] = cell
