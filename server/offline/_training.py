@@ -126,24 +126,27 @@ class TrainingServicer:
                 task.cancel()
 
     async def _chunk(self, request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any) -> bytes:
-        names = [f.name for f in plan.features]
-        query = AsOfQuery(
-            entity_type=request.entity_type,
-            entity_ids=[row.entity_id for row in rows],
-            micros=[row.timestamp.seconds * 1_000_000 + row.timestamp.nanos // 1000 for row in rows],
-            feature_names=names,
-            feature_max_ages=[
-                None if f.max_age_micros is None else timedelta(microseconds=f.max_age_micros) for f in plan.features
-            ],
-            max_age=request.max_age.ToTimedelta() if request.HasField("max_age") else None,
-            window=scan_window(len(names), self._catalog.feature_count(request.entity_type)),
-        )
-        answers = await self._store.as_of(query)
+        window = scan_window(len(plan.features), self._catalog.feature_count(request.entity_type))
+        answers = await self._store.as_of(_as_of_query(request, plan, rows, window))
         not_found = plan.not_found_examples
         return b"".join(
             _codec.frame(_EXAMPLES_TAG, row.SerializeToString() + _cells(answer, not_found))
             for row, answer in zip(rows, answers, strict=True)
         )
+
+
+def _as_of_query(request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any, window: int) -> AsOfQuery:
+    """The store's query for one chunk of validated rows."""
+    ages = [f.max_age_micros for f in plan.features]
+    return AsOfQuery(
+        entity_type=request.entity_type,
+        entity_ids=[row.entity_id for row in rows],
+        micros=[row.timestamp.seconds * 1_000_000 + row.timestamp.nanos // 1000 for row in rows],
+        feature_names=[f.name for f in plan.features],
+        feature_max_ages=[None if age is None else timedelta(microseconds=age) for age in ages],
+        max_age=request.max_age.ToTimedelta() if request.HasField("max_age") else None,
+        window=window,
+    )
 
 
 def handler(servicer: TrainingServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
