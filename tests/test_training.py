@@ -192,3 +192,25 @@ def test_a_feature_far_behind_the_others_is_still_found(client: FeatureStoreClie
     a, b = example.features
     assert (a.status, a.value.int64_value) == (fs.PRESENT, 59)
     assert (b.status, b.value.int64_value, b.event_time) == (fs.EXPIRED, 7, ts(T0))
+
+
+@pytest.mark.usefixtures("pit_features")
+def test_a_feature_asked_for_twice_is_answered_twice(client: FeatureStoreClient) -> None:
+    write(client, [row("twice", T0, pit_a=i64(3), pit_b=i64(4))])
+    request = fs.GetTrainingDatasetRequest(
+        entity_type="customer",
+        feature_names=["pit_a", "pit_b", "pit_a"],
+        rows=[fs.TrainingRow(entity_id="twice", timestamp=ts(T0 + timedelta(minutes=1)))],
+    )
+    [example] = [e for chunk in client.store.GetTrainingDataset(request) for e in chunk.examples]
+    assert [(f.name, f.value.int64_value) for f in example.features] == [("pit_a", 3), ("pit_b", 4), ("pit_a", 3)]
+
+
+def test_scan_window_covers_the_entity_type_within_bounds() -> None:
+    from server.offline._training import scan_window
+
+    assert scan_window(requested=10, registered=10) == 10  # every feature of the type
+    assert scan_window(requested=2, registered=3) == 3
+    assert scan_window(requested=1, registered=10) == 10  # up to 32 for small requests
+    assert scan_window(requested=10, registered=1000) == 40  # at most 4x the request
+    assert scan_window(requested=50, registered=10) == 50  # never fewer than asked
