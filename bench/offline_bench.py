@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+from _report import print_checks, write_json  # noqa: E402
 
 from devstack._procs import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
@@ -205,10 +206,8 @@ def main() -> int:
         ("as-of join, entity rows/s (x10 features), median", join_rate, ">= 100,000"),
     ]
     print(json.dumps(report, indent=2))
-    for label, value, target in checks:
-        print(f"{label:52} {value:>12,.3f}   target {target}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"report": report, "checks": checks}, indent=2))
+    print_checks(checks)
+    write_json(args.out, {"report": report, "checks": checks})
     return 0
 
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
+from _report import print_checks, write_json  # noqa: E402
 
 from devstack._procs import free_port, start_envoy, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
@@ -356,13 +357,9 @@ def report(results: list[Result], out: Path) -> None:
             ratio = _find(results, shape, "rest", c).requests_per_s / _find(results, shape, "grpc", c).requests_per_s
             checks.append((f"{shape} REST/gRPC throughput, c={c}", ratio, ">= 0.60"))
     print()
-    for label, value, target in checks:
-        print(f"{label:52} {value:>14,.3f}   target {target}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    print_checks(checks)
     machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "when": datetime.now(UTC).isoformat()}
-    out.write_text(
-        json.dumps({"machine": machine, "results": [asdict(r) for r in results], "checks": checks}, indent=2)
-    )
+    write_json(out, {"machine": machine, "results": [asdict(r) for r in results], "checks": checks})
     print(f"\nwritten to {out}")
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 import redis  # noqa: E402
+from _report import print_checks, write_json  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
@@ -222,10 +223,8 @@ def main() -> int:
         ("  / raw COPY", materialize / copy_ceiling, "-"),
     ]
     print(json.dumps(report, indent=2))
-    for label, value, target in checks:
-        print(f"{label:52} {value:>14,.3f}   target {target}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"report": report, "checks": checks}, indent=2))
+    print_checks(checks)
+    write_json(args.out, {"report": report, "checks": checks})
     return 0
 
 
