@@ -43,18 +43,17 @@ _MERGE = (
 # not a record per history row) and reports the cursor of the page's last value. The page
 # is read one value past the limit to learn whether more follow; that value is cut off the
 # end. Every aggregate orders by the scan's own order, so none sorts again.
-_PAGE_ORDER = "ORDER BY event_time, feature_name"
-_RANGE = (  # built from this module's constants only
-    f"SELECT CASE WHEN count(*) > $8 THEN substr(string_agg(frame, ''::bytea {_PAGE_ORDER}), 1, "  # noqa: S608
-    f"    (sum(length(frame)) - (array_agg(length(frame) {_PAGE_ORDER}))[count(*)])::int4) "
-    f"  ELSE coalesce(string_agg(frame, ''::bytea {_PAGE_ORDER}), ''::bytea) END AS frames, "
+_RANGE = (
+    "SELECT CASE WHEN count(*) > $8 THEN substr(string_agg(frame, ''::bytea ORDER BY event_time, feature_name), 1, "
+    "    (sum(length(frame)) - (array_agg(length(frame) ORDER BY event_time, feature_name))[count(*)])::int4) "
+    "  ELSE coalesce(string_agg(frame, ''::bytea ORDER BY event_time, feature_name), ''::bytea) END AS frames, "
     "  least(count(*), $8) AS n, count(*) > $8 AS more, "
-    f"  (array_agg(event_time {_PAGE_ORDER}))[least(count(*), $8)] AS last_time, "
-    f"  (array_agg(feature_name {_PAGE_ORDER}))[least(count(*), $8)] AS last_name "
+    "  (array_agg(event_time ORDER BY event_time, feature_name))[least(count(*), $8)] AS last_time, "
+    "  (array_agg(feature_name ORDER BY event_time, feature_name))[least(count(*), $8)] AS last_name "
     "FROM (SELECT event_time, feature_name, frame FROM feature_history "
     "  WHERE entity_type = $1 AND entity_id = $2 AND feature_name = ANY($3::text[]) "
     "  AND event_time >= $4 AND event_time < $5 AND (event_time, feature_name) > ($6, $7) "
-    f"  {_PAGE_ORDER} LIMIT $8 + 1) page"
+    "  ORDER BY event_time, feature_name LIMIT $8 + 1) page"
 )
 _PARTITIONS = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
