@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := .tools/node_modules/.bin/buf
+# checkov (tests/test_manifests.py) in a virtualenv of its own: its pins conflict with the project's.
+CHECKOV_VENV := .tools/checkov-venv
+CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 
 # The seed's pipeline command against `make up`'s stack; more flags with ARGS="--as-of=... --dry-run".
 PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30 --registry 127.0.0.1:50051 \
@@ -27,6 +30,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@1.75.0
 
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q 'checkov==3.3.30'
+
 up: venv
 	$(BIN)/python -m devstack up
 
@@ -35,7 +42,7 @@ pipeline: venv
 
 test: lint pytest
 
-pytest: venv
+pytest: venv $(CHECKOV)
 	$(BIN)/python -m pytest
 
 lint: venv check-gen buf-lint
