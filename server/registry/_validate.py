@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 
 from featurestore.registry.v1 import feature_pb2
+from server import core
 from server._errors import FieldViolation
 from server.registry._model import Feature, FeatureGroup
 
@@ -18,8 +19,10 @@ NAME_MAX = 128
 _IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 _TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_TEXT_MAX = {"description": 4096, "owner": 256, "filter": 4096, "column": 256, "tag": 64}
+_TEXT_MAX = {"description": 4096, "owner": 256, "column": 256, "tag": 64}
 TAGS_MAX = 64
+# Every replica's every worker holds every definition and reloads on each change: keep them small.
+DEFINITION_MAX_BYTES = 64 * 1024
 GROUP_FEATURES_MAX = 1000
 
 VALUE_TYPES = frozenset(feature_pb2.ValueType.keys()) - {"VALUE_TYPE_UNSPECIFIED"}
@@ -87,28 +90,34 @@ def feature_violations(f: Feature, prefix: str = "feature") -> list[FieldViolati
     _check(out, f"{prefix}.owner", _text_problem(f.owner, _TEXT_MAX["owner"]))
     _tags(out, f"{prefix}.tags", f.tags)
     _source_config(out, f"{prefix}.source_config", f)
-    _transformations(out, f"{prefix}.transformations", f)
+    out += [
+        FieldViolation(f"{prefix}.{path}", problem)
+        for path, problem in core.computation_problems(f.source_config.filter, f.transformations)
+    ]
     if f.max_age is not None and f.max_age.total_seconds() <= 0:
         out.append(FieldViolation(f"{prefix}.max_age", "must be positive"))
+    size = _text_bytes(f)
+    if size > DEFINITION_MAX_BYTES:
+        out.append(FieldViolation(prefix, f"must be at most {DEFINITION_MAX_BYTES} bytes of text, got {size}"))
     return out
+
+
+def _text_bytes(f: Feature) -> int:
+    sc = f.source_config
+    texts = [f.name, f.entity_type, f.description, f.owner, *f.tags, sc.table, sc.filter]
+    texts += [sc.entity_column, sc.timestamp_column]
+    for t in f.transformations:
+        texts += [t.type, t.function, t.column, t.expression]
+    return sum(len(text.encode()) for text in texts)
 
 
 def _source_config(out: list[FieldViolation], path: str, f: Feature) -> None:
     sc = f.source_config
     if sc.table and not _TABLE.fullmatch(sc.table):
         out.append(FieldViolation(f"{path}.table", f"must be a table name like schema.table, got {_preview(sc.table)}"))
-    _check(out, f"{path}.filter", _text_problem(sc.filter, _TEXT_MAX["filter"]))
     for column in ("entity_column", "timestamp_column"):
         value = getattr(sc, column)
         _check(out, f"{path}.{column}", value and _text_problem(value, _TEXT_MAX["column"]))
-
-
-def _transformations(out: list[FieldViolation], path: str, f: Feature) -> None:
-    for i, t in enumerate(f.transformations):
-        _check(out, f"{path}[{i}].type", identifier_problem(t.type, max_len=64))
-        _check(out, f"{path}[{i}].function", identifier_problem(t.function, required=False, max_len=64))
-        _check(out, f"{path}[{i}].column", _text_problem(t.column, _TEXT_MAX["column"]))
-        _check(out, f"{path}[{i}].expression", _text_problem(t.expression, _TEXT_MAX["filter"]))
 
 
 def group_violations(g: FeatureGroup, prefix: str = "feature_group") -> list[FieldViolation]:
