@@ -7,8 +7,11 @@ input a google.rpc.BadRequest naming each offending field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import logging
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -16,6 +19,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "featurestore.dev"
+_log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,7 @@ _CODE_VALUES = {code: getattr(code_pb2, code.name) for code in grpc.StatusCode}
 # Errors travel in gRPC trailers, which peers cap (8 KiB by default): keep them small.
 _MESSAGE_VIOLATIONS = 3
 _DETAIL_VIOLATIONS = 20
+MAX_VIOLATIONS = _DETAIL_VIOLATIONS  # validators stop collecting here: no more would be reported
 
 
 def invalid_argument(violations: Sequence[FieldViolation]) -> ServiceError:
@@ -97,6 +104,48 @@ def etag_mismatch(kind: str, name: str) -> ServiceError:
 
 
 def unavailable(what: str, detail: str) -> ServiceError:
-    """UNAVAILABLE: a backing store cannot be reached; the call may be retried."""
+    """UNAVAILABLE: a backing store cannot be reached or is not ready; the call may be retried.
+
+    `detail` goes to the client: a short phrase of our own ("timed out"), never a driver's
+    message (those name hosts, addresses and exception classes).
+    """
     reason = f"{what.upper()}_UNAVAILABLE"
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, f"{what} is unavailable: {detail}")
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, f"{what} is unavailable ({detail}); retry later")
+
+
+def resource_exhausted(field_path: str, problem: str) -> ServiceError:
+    """RESOURCE_EXHAUSTED: the request is over a configured limit (named in `problem`)."""
+    violation = FieldViolation(field_path, problem)
+    message = f"request too large: {field_path}: {problem}"
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED", message, (violation,))
+
+
+# A store's translation of its driver's exceptions; None for an exception it does not know.
+Translation = Callable[[Exception], ServiceError | None]
+StoreMethod = Callable[P, Coroutine[Any, Any, R]]
+
+
+def translated(translate: Translation) -> Callable[[StoreMethod[P, R]], StoreMethod[P, R]]:
+    """Decorate a store method so that driver errors leave it as ServiceErrors (the store's edge).
+
+    Every store uses this one decorator with its driver's `translate`; the details of a
+    translated error are logged here, the client gets only the ServiceError's message.
+    """
+
+    def decorate(method: StoreMethod[P, R]) -> StoreMethod[P, R]:
+        @functools.wraps(method)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await method(*args, **kwargs)
+            except ServiceError:
+                raise
+            except Exception as exc:
+                error = translate(exc)
+                if error is None:
+                    raise
+                _log.warning("%s: %s: %r", method.__qualname__, error.message, exc)
+                raise error from exc
+
+        return wrapper
+
+    return decorate

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from server._errors import FieldViolation, ServiceError, invalid_argument, translated, unavailable
+
 _log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6665_6174  # "feat": the advisory lock key for migrations
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -31,6 +33,38 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
 )
+
+
+# SQLSTATE classes of errors that mean "not now" rather than "never": connection exceptions,
+# transaction rollbacks (serialization, deadlock), insufficient resources, operator
+# intervention (shutdown, cancelled statements), system errors.
+_RETRYABLE_CLASSES = ("08", "40", "53", "57", "58")
+_DATA_EXCEPTION_CLASS = "22"  # a value the database cannot hold (a NUL in text, say)
+
+
+def postgres_error(exc: Exception) -> ServiceError | None:
+    """The ServiceError a PostgreSQL driver error means for the client; None if it is not one.
+
+    Everything the database or the pool says is UNAVAILABLE (retryable), except a data
+    exception, which is the request's fault: INVALID_ARGUMENT. Validation rejects such
+    values before they get here; this is the backstop. No driver text reaches the client.
+    """
+    if isinstance(exc, TimeoutError):  # a statement or a pool acquire past its time
+        return unavailable("postgresql", "timed out")
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state.startswith(_DATA_EXCEPTION_CLASS):
+            problem = "holds a value the database cannot store (for example a NUL character)"
+            return invalid_argument([FieldViolation("request", problem)])
+        busy = state.startswith(_RETRYABLE_CLASSES)
+        return unavailable("postgresql", "busy or restarting" if busy else "statement failed")
+    if isinstance(exc, CONNECTION_ERRORS):
+        return unavailable("postgresql", "cannot connect")
+    return None
+
+
+# Decorates every PostgreSQL store method: driver errors leave the store as ServiceErrors.
+translated_postgres = translated(postgres_error)
 
 
 def quote_ident(name: str) -> str:
@@ -54,17 +88,38 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout: float) -> asyncpg.Pool:
-    """A pool whose connections decode jsonb to Python objects."""
-    pool = await asyncpg.create_pool(
+class _Pool(asyncpg.Pool):
+    """asyncpg's pool, with a default timeout on acquiring a connection (asyncpg waits forever)."""
+
+    acquire_timeout: float | None = None
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, command_timeout: float, acquire_timeout: float | None = None
+) -> asyncpg.Pool:
+    """A pool whose connections decode jsonb to Python objects.
+
+    A caller waits at most `acquire_timeout` seconds for a connection (then TimeoutError,
+    which the stores report as UNAVAILABLE), and a statement runs at most `command_timeout`.
+    """
+    pool = _Pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=command_timeout,
         init=_init_connection,
         reset=_reset_connection,
     )
-    assert pool is not None
+    pool.acquire_timeout = acquire_timeout
+    await pool
     return pool
 
 

@@ -9,8 +9,7 @@ and a feature cannot vanish under a group being created.
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -24,9 +23,8 @@ from server._errors import (
     etag_mismatch,
     invalid_argument,
     not_found,
-    unavailable,
 )
-from server._postgres import CONNECTION_ERRORS
+from server._postgres import translated_postgres
 from server.registry._model import (
     Feature,
     FeatureFilter,
@@ -66,17 +64,7 @@ def _statements(table: str) -> dict[str, str]:
 _SQL = {_FEATURES: _statements(_FEATURES), _GROUPS: _statements(_GROUPS)}
 
 
-def _translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Turn driver errors into ServiceErrors at the store's edge."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except CONNECTION_ERRORS as exc:
-            raise unavailable("postgresql", type(exc).__name__) from exc
-
-    return wrapper
+_translated = translated_postgres  # driver errors become ServiceErrors at the store's edge
 
 
 def _feature_definition(f: Feature) -> dict[str, Any]:
