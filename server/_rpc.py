@@ -1,4 +1,11 @@
-"""Glue between servicer methods and gRPC: timing, and domain errors as rich statuses."""
+"""Glue between servicer methods and gRPC: parsing, timing, and domain errors as rich statuses.
+
+Requests are parsed by `parser`, which turns bytes that are not a valid message (bad
+wire format, a string field that is not UTF-8) into an `Undecodable` request instead of
+raising: a deserializer that raises makes gRPC answer UNKNOWN ("Unexpected <class
+DecodeError>", HTTP 500 through the gateway). `rpc` and `rpc_stream` answer an
+Undecodable request INVALID_ARGUMENT with a google.rpc.Status naming the problem.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor, message_factory
+from google.protobuf.message import DecodeError, Message
 
-from server._errors import ServiceError
+from server._errors import FieldViolation, ServiceError, invalid_argument
 from server._metrics import RPC_ERRORS, RPC_SECONDS
 
 _log = logging.getLogger(__name__)
@@ -18,6 +27,73 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 S = TypeVar("S")
 Handler = Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+class Undecodable:
+    """A request whose bytes are not a valid message of its type."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> ServiceError:
+        problem = f"is not a valid {self.type_name} (malformed protobuf, or a string field that is not UTF-8)"
+        return invalid_argument([FieldViolation("request", problem)])
+
+
+def parser(message_class: type[Message]) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: bad bytes become an Undecodable request."""
+    from_string = message_class.FromString
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return from_string(data)
+        except (DecodeError, UnicodeDecodeError, RuntimeWarning, ValueError):
+            return Undecodable(type_name)
+
+    return parse
+
+
+def parsed(request: Req) -> Req:
+    """`request`, or INVALID_ARGUMENT if it could not be parsed (for streamed requests)."""
+    if isinstance(request, Undecodable):
+        raise request.error()
+    return request
+
+
+def unary_unary(behavior: Any, request: type[Message], response: type[Message] | None = None) -> Any:
+    """A method handler whose requests go through `parser`; `response` None: the method returns bytes."""
+    serialize = None if response is None else response.SerializeToString
+    return grpc.unary_unary_rpc_method_handler(
+        behavior, request_deserializer=parser(request), response_serializer=serialize
+    )
+
+
+def unary_stream(behavior: Any, request: type[Message]) -> Any:
+    """A server-streaming handler whose responses are bytes."""
+    return grpc.unary_stream_rpc_method_handler(behavior, request_deserializer=parser(request))
+
+
+def stream_unary(behavior: Any, request: type[Message], response: type[Message]) -> Any:
+    """A client-streaming handler; its method checks each request with `parsed`."""
+    return grpc.stream_unary_rpc_method_handler(
+        behavior, request_deserializer=parser(request), response_serializer=response.SerializeToString
+    )
+
+
+def service_handler(service: descriptor.ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """Handlers for every (unary) method of `service` on `servicer`, its requests parsed by `parser`.
+
+    Used instead of the generated add_*_to_server, whose deserializers raise on bad bytes.
+    """
+    methods = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        methods[method.name] = unary_unary(getattr(servicer, method.name), request, response)
+    return grpc.method_handlers_generic_handler(service.full_name, methods)
 
 
 def _report(name: str, err: ServiceError) -> grpc.Status:
@@ -36,6 +112,8 @@ def rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         started = time.perf_counter()
         try:
+            if type(request) is Undecodable:
+                raise request.error()  # type: ignore[attr-defined]
             return await method(self, request, context)
         except ServiceError as err:
             await context.abort_with_status(_report(name, err))  # type: ignore[attr-defined]
@@ -59,6 +137,8 @@ def rpc_stream(method: StreamHandler[S, Req, Resp]) -> StreamHandler[S, Req, Res
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
         started = time.perf_counter()
         try:
+            if type(request) is Undecodable:
+                raise request.error()  # type: ignore[attr-defined]
             async for response in method(self, request, context):
                 yield response
         except ServiceError as err:
