@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -14,10 +14,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from featurestore.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from featurestore.registry.v1 import registry_service_pb2
 from server import _metrics, offline, online
 from server._health import HealthMonitor
-from server._postgres import connect_and_migrate
+from server._postgres import connect_and_migrate, create_pool
+from server._rpc import service_handler
 from server._settings import Settings
 from server.registry import PostgresRegistryStore, RegistryServicer
 
@@ -32,7 +33,7 @@ class App:
 
     server: grpc.aio.Server
     health: health_aio.HealthServicer
-    pool: asyncpg.Pool
+    pools: list[asyncpg.Pool]
     online_store: online.RedisOnlineStore
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -46,7 +47,13 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.online_store.close()
-        await self.pool.close()
+        for pool in self.pools:
+            await pool.close()
+
+
+def _server(settings: Settings) -> grpc.aio.Server:
+    most = settings.max_concurrent_rpcs or None  # beyond it gRPC answers RESOURCE_EXHAUSTED
+    return grpc.aio.server(options=_server_options(settings), maximum_concurrent_rpcs=most)
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -66,8 +73,35 @@ async def _registry(settings: Settings) -> tuple[asyncpg.Pool, PostgresRegistryS
         min_size=settings.postgres_pool_min,
         max_size=settings.postgres_pool_max,
         command_timeout=settings.postgres_timeout,
+        acquire_timeout=settings.postgres_acquire_timeout,
     )
     return pool, PostgresRegistryStore(pool)
+
+
+async def _read_pool(settings: Settings) -> asyncpg.Pool:
+    """The history and training reads' own pool: long reads cannot hold the writes' connections."""
+    return await create_pool(
+        settings.postgres_dsn,
+        min_size=min(settings.postgres_pool_min, settings.postgres_read_pool_max),
+        max_size=settings.postgres_read_pool_max,
+        command_timeout=settings.postgres_timeout,
+        acquire_timeout=settings.postgres_acquire_timeout,
+    )
+
+
+def _limits(settings: Settings) -> online.Limits:
+    try:
+        floor = datetime.fromisoformat(settings.min_event_time.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"min_event_time {settings.min_event_time!r} is not an ISO 8601 time") from None
+    return online.Limits(
+        max_values=settings.max_request_values,
+        max_stream_values=settings.max_stream_values,
+        max_stream_seconds=settings.max_stream_seconds,
+        max_clock_skew=settings.max_clock_skew,
+        min_event_seconds=int((floor if floor.tzinfo else floor.replace(tzinfo=UTC)).timestamp()),
+        max_message_bytes=settings.max_message_bytes,
+    )
 
 
 async def migrate_only(settings: Settings) -> None:
@@ -88,22 +122,26 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
 
 async def start(settings: Settings) -> App:
     """Connect the stores, register the services and start listening."""
+    limits = _limits(settings)
     pool, registry_store = await _registry(settings)
+    read_pool = await _read_pool(settings)
     online_store = _online(settings)
     catalog = online.Catalog()
     refresher = online.CatalogRefresher(catalog, registry_store, settings.registry_refresh_interval)
     await refresher.refresh()
 
-    server = grpc.aio.server(options=_server_options(settings))
+    server = _server(settings)
     registry = RegistryServicer(registry_store, after_write=refresher.refresh_quietly)
-    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
-    limits = online.Limits(max_values=settings.max_request_values)
-    history = offline.PostgresHistoryStore(pool)
+    history = offline.PostgresHistoryStore(pool, read_pool, max_new_partitions=settings.max_new_partitions)
+    await history.create_upcoming_partitions()
     online_servicer = online.OnlineServicer(catalog, online_store, history, limits)
-    history_servicer = offline.HistoryServicer(catalog, history)
-    training_servicer = offline.TrainingServicer(catalog, history)
+    history_servicer = offline.HistoryServicer(catalog, history, limits)
+    training_servicer = offline.TrainingServicer(
+        catalog, history, limits, settings.max_concurrent_training, settings.postgres_acquire_timeout
+    )
     server.add_generic_rpc_handlers(
         (
+            service_handler(registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"], registry),
             online.handler(online_servicer),
             offline.handler(history_servicer),
             offline.training_handler(training_servicer),
@@ -122,12 +160,16 @@ async def start(settings: Settings) -> App:
     )
     await monitor.check_once()
     if settings.metrics_port:
-        _metrics.serve(settings.host, settings.metrics_port)
+        _metrics.serve(settings.metrics_host, settings.metrics_port)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     _log.info("serving gRPC on %s:%d", settings.host, port)
-    tasks = [asyncio.create_task(monitor.run()), asyncio.create_task(refresher.run())]
+    tasks = [
+        asyncio.create_task(monitor.run()),
+        asyncio.create_task(refresher.run()),
+        asyncio.create_task(history.maintain_partitions()),
+    ]
     if settings.history_retention_days > 0:
         retention = timedelta(days=settings.history_retention_days)
         tasks.append(asyncio.create_task(history.enforce_retention(retention)))
-    return App(server, health, pool, online_store, port, tasks)
+    return App(server, health, [pool, read_pool], online_store, port, tasks)

@@ -29,6 +29,13 @@ class Settings:
     )
     postgres_pool_min: int = field(default=1, metadata={"help": "PostgreSQL pool: connections kept open"})
     postgres_pool_max: int = field(default=10, metadata={"help": "PostgreSQL pool: most connections"})
+    postgres_read_pool_max: int = field(
+        default=12,
+        metadata={"help": "PostgreSQL pool for history and training reads: most connections (writes have their own)"},
+    )
+    postgres_acquire_timeout: float = field(
+        default=2.0, metadata={"help": "seconds a call waits for a PostgreSQL connection, then UNAVAILABLE"}
+    )
     postgres_timeout: float = field(default=5.0, metadata={"help": "seconds a PostgreSQL statement may take"})
     startup_timeout: float = field(default=30.0, metadata={"help": "seconds to wait for PostgreSQL at start-up"})
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={"help": "Redis/Valkey URL (online store)"})
@@ -41,6 +48,29 @@ class Settings:
     max_request_values: int = field(
         default=100_000, metadata={"help": "most entities x features one read or write may hold"}
     )
+    max_stream_values: int = field(
+        default=1_000_000,
+        metadata={"help": "most values one PushFeatures or StreamHistoricalFeatures call may carry in total"},
+    )
+    max_stream_seconds: float = field(
+        default=600.0,
+        metadata={"help": "longest a PushFeatures, StreamHistoricalFeatures or GetTrainingDataset call may run"},
+    )
+    max_concurrent_training: int = field(
+        default=2, metadata={"help": "GetTrainingDataset calls run at once per process (each holds 4 connections)"}
+    )
+    max_concurrent_rpcs: int = field(
+        default=1000, metadata={"help": "calls in progress per process; more get RESOURCE_EXHAUSTED; 0 = no limit"}
+    )
+    max_clock_skew: float = field(
+        default=300.0, metadata={"help": "seconds an event time may lie ahead of the server's clock in a write"}
+    )
+    min_event_time: str = field(
+        default="1970-01-01T00:00:00Z", metadata={"help": "earliest event time a write accepts (ISO 8601, UTC)"}
+    )
+    max_new_partitions: int = field(
+        default=12, metadata={"help": "history partitions (months) one write may create; the rest exist ahead"}
+    )
     history_retention_days: int = field(
         default=0, metadata={"help": "drop history partitions older than this many days; 0 keeps all"}
     )
@@ -48,6 +78,9 @@ class Settings:
         default=0.5, metadata={"help": "seconds between checks for registry changes (serving snapshot)"}
     )
     event_loop: str = field(default="uvloop", metadata={"help": "uvloop (faster) or asyncio"})
+    metrics_host: str = field(
+        default="127.0.0.1", metadata={"help": "address /metrics binds (loopback: scrape from the pod or host)"}
+    )
     metrics_port: int = field(
         default=9464, metadata={"help": "Prometheus /metrics port (worker i of N uses port + i); 0 = off"}
     )

@@ -309,13 +309,14 @@ def test_the_write_script_keeps_the_newer_of_thousands_of_values_per_entity(redi
 
     from server import _codec
     from server.online import KeyWrite, RedisOnlineStore, connect
+    from server.online._redis import value_field
 
     def forms(name: bytes, micros: int, n: int) -> list[tuple[bytes, bytes]]:
-        when = _codec.time_key(micros)
-        return [(name, when + f"proto{n}".encode()), (name + b":j", when + f"json{n}".encode())]
+        proto, as_json, _ = _codec.ValueEncoder(name.decode(), "int64_value", micros).encode(n)
+        return [(name, proto), (name + b":j", as_json)]
 
     names = [f"f{n}".encode() for n in range(1200)]
-    fields = [field for name in names for field in (name, name + b":j")]
+    fields = [value_field(field, 2) for name in names for field in (name, name + b":j")]  # 2: int64_value
 
     async def go() -> tuple[int, int, list[bytes | None]]:
         store = RedisOnlineStore(connect(redis_url, cluster=False, connections=1, timeout=5.0))

@@ -17,8 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from server._errors import unavailable
-from server._postgres import CONNECTION_ERRORS, quote_ident
+from server._errors import resource_exhausted
+from server._postgres import quote_ident, translated_postgres
 from server.offline._asof_sql import AS_OF_PAIRS, AS_OF_ROWS, row_cells
 from server.offline._model import AsOfQuery, HistoryPage, HistoryQuery, HistoryRow, RowCells
 
@@ -91,93 +91,120 @@ def _create_partition_sql(month: date) -> str:
 
 
 class PostgresHistoryStore:
-    """Feature history in PostgreSQL through an asyncpg pool."""
+    """Feature history in PostgreSQL through asyncpg pools.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    `pool` takes the writes (and partition maintenance), `read_pool` the history and
+    training reads, so that long reads cannot hold every connection a write needs.
+    `max_new_partitions` bounds how many monthly partitions one append may create
+    (None: unbounded, for batch backfills); the partitions of the current and next
+    months are created ahead of time by `maintain_partitions`.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool, read_pool: asyncpg.Pool | None = None, *, max_new_partitions: int | None = None
+    ) -> None:
         self._pool = pool
+        self._read_pool = read_pool or pool
+        self._max_new_partitions = max_new_partitions
         self._partitions: set[date] = set()
+        self._partitions_known = False
 
-    async def append(self, rows: Sequence[HistoryRow]) -> None:
+    async def append(self, rows: Sequence[HistoryRow], timeout: float | None = None) -> None:
         """Store `rows`; re-appending the same (entity, feature, event time) replaces the value."""
         latest = {(r.entity_type, r.entity_id, r.feature_name, r.event_time): r for r in rows}  # the last one wins
-        await self.append_records([(*key, r.value, r.frame) for key, r in latest.items()])
+        await self.append_records([(*key, r.value, r.frame) for key, r in latest.items()], timeout)
 
-    async def append_records(self, records: Sequence[HistoryRecord]) -> None:
+    @translated_postgres
+    async def append_records(self, records: Sequence[HistoryRecord], timeout: float | None = None) -> None:
         """`append` for rows already known to be distinct per (entity, feature, event time), as tuples.
 
         A batch run's rows are (one value per entity and feature), and it skips the
-        per-row objects and the de-duplication.
+        per-row objects and the de-duplication. `timeout`: seconds the statements may take.
         """
         if not records:
             return
         months = {_month(r[3]) for r in records}
         try:
-            try:
-                await self._copy(records, months)
-            except asyncpg.CheckViolationError:  # "no partition for row": another process dropped it
-                self._partitions.clear()
-                await self._copy(records, months)
-        except CONNECTION_ERRORS as exc:
-            raise unavailable("postgresql", type(exc).__name__) from exc
+            await self._copy(records, months, timeout)
+        except asyncpg.CheckViolationError:  # "no partition for row": another process dropped it
+            self._partitions.clear()
+            self._partitions_known = False
+            await self._copy(records, months, timeout)
 
-    async def _copy(self, records: Sequence[tuple[object, ...]], months: set[date]) -> None:
+    async def _copy(self, records: Sequence[tuple[object, ...]], months: set[date], timeout: float | None) -> None:
         await self._ensure_partitions(months)
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 async with conn.transaction():  # a savepoint: new rows take the fast path
-                    await conn.copy_records_to_table("feature_history", records=records, columns=_COLUMNS)
+                    await conn.copy_records_to_table(
+                        "feature_history", records=records, columns=_COLUMNS, timeout=timeout
+                    )
                 return
             except asyncpg.UniqueViolationError:
                 pass
-            await conn.execute(_STAGING)
-            await conn.copy_records_to_table("history_staging", records=records, columns=_COLUMNS)
-            await conn.execute(_MERGE)
+            await conn.execute(_STAGING, timeout=timeout)
+            await conn.copy_records_to_table("history_staging", records=records, columns=_COLUMNS, timeout=timeout)
+            await conn.execute(_MERGE, timeout=timeout)
 
     async def _ensure_partitions(self, months: set[date]) -> None:
         missing = months - self._partitions
+        if missing and self._max_new_partitions is not None and not self._partitions_known:
+            await self._load_partitions()  # after a start or a drop: learn what exists before counting
+            missing = months - self._partitions
         if not missing:
             return
+        if self._max_new_partitions is not None and len(missing) > self._max_new_partitions:
+            problem = (
+                f"event times fall in {len(missing)} months that have no history partition yet; one request "
+                f"may add at most {self._max_new_partitions}: split the rows by month"
+            )
+            raise resource_exhausted("rows", problem)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
             for month in sorted(missing):
                 await conn.execute(_create_partition_sql(month))
         self._partitions |= missing
 
-    async def query(self, q: HistoryQuery) -> HistoryPage:
+    async def _load_partitions(self) -> None:
+        names = [record["relname"] for record in await self._pool.fetch(_PARTITIONS)]
+        self._partitions |= {m for m in map(_month_of, names) if m is not None}
+        self._partitions_known = True
+
+    @translated_postgres
+    async def create_upcoming_partitions(self, now: datetime | None = None) -> None:
+        """The partitions of the current and the next month, created before any row needs them."""
+        this_month = _month(now or datetime.now(UTC))
+        await self._ensure_partitions({this_month, _next_month(this_month)})
+
+    async def maintain_partitions(self, every: float = 3600.0) -> None:
+        """create_upcoming_partitions now and then every `every` seconds, forever."""
+        while True:
+            try:
+                await self.create_upcoming_partitions()
+            except Exception as exc:  # noqa: BLE001 - retried at the next round; writes create what they need
+                _log.warning("creating upcoming history partitions failed: %s", exc)
+            await asyncio.sleep(every)
+
+    @translated_postgres
+    async def query(self, q: HistoryQuery, timeout: float | None = None) -> HistoryPage:
         """Up to q.limit values in (event time, feature) order, after q.after."""
         after_time, after_name = q.after or (_EPOCH, "")
-        try:
-            row = await self._pool.fetchrow(
-                _RANGE,
-                q.entity_type,
-                q.entity_id,
-                list(q.feature_names),
-                q.start,
-                q.end,
-                after_time,
-                after_name,
-                q.limit,
-            )
-        except CONNECTION_ERRORS as exc:
-            raise unavailable("postgresql", type(exc).__name__) from exc
+        args = (q.entity_type, q.entity_id, list(q.feature_names), q.start, q.end, after_time, after_name, q.limit)
+        row = await self._read_pool.fetchrow(_RANGE, *args, timeout=timeout)
         assert row is not None
         last = (row["last_time"], row["last_name"]) if row["n"] else None
         return HistoryPage(row["frames"], row["n"], row["more"], last)
 
-    async def as_of(self, q: AsOfQuery) -> list[RowCells]:
+    @translated_postgres
+    async def as_of(self, q: AsOfQuery, timeout: float | None = None) -> list[RowCells]:
         """Each row's cells (see RowCells), in row order: the point-in-time join."""
         common = (q.entity_type, list(q.entity_ids), list(q.micros), list(q.feature_names), q.max_age)
         ages = list(q.feature_max_ages)
-        try:
-            rows = await self._pool.fetch(AS_OF_ROWS, *common, ages, len(q.feature_names), q.window)
-            answers = [row_cells(r, len(q.feature_names)) for r in rows]
-            missing = [
-                (i, p) for i, a in enumerate(answers) if isinstance(a, list) for p, c in enumerate(a) if c is None
-            ]
-            if missing:
-                await self._probe(q, ages, missing, answers)
-        except CONNECTION_ERRORS as exc:
-            raise unavailable("postgresql", type(exc).__name__) from exc
+        rows = await self._read_pool.fetch(AS_OF_ROWS, *common, ages, len(q.feature_names), q.window, timeout=timeout)
+        answers = [row_cells(r, len(q.feature_names)) for r in rows]
+        missing = [(i, p) for i, a in enumerate(answers) if isinstance(a, list) for p, c in enumerate(a) if c is None]
+        if missing:
+            await self._probe(q, ages, missing, answers, timeout)
         return answers
 
     async def _probe(
@@ -186,13 +213,14 @@ class PostgresHistoryStore:
         ages: list[timedelta | None],
         missing: list[tuple[int, int]],
         answers: list[RowCells],
+        timeout: float | None,
     ) -> None:
         """Fill in the (row, feature) pairs that the rows' scans did not meet."""
         ids = [q.entity_ids[i] for i, _ in missing]
         micros = [q.micros[i] for i, _ in missing]
         rows, positions = [i for i, _ in missing], [p + 1 for _, p in missing]
         args = (q.entity_type, ids, micros, list(q.feature_names), q.max_age, ages, rows, positions)
-        for row_i, pos, cell in await self._pool.fetch(AS_OF_PAIRS, *args):
+        for row_i, pos, cell in await self._read_pool.fetch(AS_OF_PAIRS, *args, timeout=timeout):
             cells = answers[row_i]
             assert isinstance(cells, list)
             cells[pos - 1] = cell
@@ -222,5 +250,6 @@ class PostgresHistoryStore:
                 _log.warning("history retention failed: %s", exc)
             await asyncio.sleep(every)
 
+    @translated_postgres
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import struct
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,16 +19,17 @@ import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
-from server._errors import FieldViolation, invalid_argument
-from server._rpc import rpc, rpc_stream
+from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
+from server._rpc import rpc, rpc_stream, unary_stream, unary_unary
 from server.offline._model import HistoryPage, HistoryQuery
 from server.offline._pgstore import PostgresHistoryStore
-from server.online._catalog import Catalog
-from server.online._requests import entity_id_problem, timestamp_problem
+from server.online._catalog import Catalog, entity_type_problem
+from server.online._requests import Limits, entity_id_problem, timestamp_problem
 from server.online._servicer import SERVICE
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LIMIT = 10_000
+MAX_FEATURES = 10_000  # feature names one history query may hold
 STREAM_PAGE = 1_000
 _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
 _END = datetime(9999, 12, 31, tzinfo=UTC)
@@ -42,11 +44,16 @@ def _when(ts: Any, default: datetime) -> datetime:
 
 def _query(catalog: Catalog, request: fs.GetHistoricalFeaturesRequest, *, paged: bool) -> HistoryQuery:
     """The validated query; INVALID_ARGUMENT names every bad field."""
-    violations = entity_id_problem("entity_id", request.entity_id)
+    if len(request.feature_names) > MAX_FEATURES:
+        problem = f"holds {len(request.feature_names)} names; the limit is {MAX_FEATURES}"
+        raise invalid_argument([FieldViolation("feature_names", problem)])
+    violations = entity_type_problem(request.entity_type) + entity_id_problem("entity_id", request.entity_id)
     if not request.feature_names:
         violations.append(FieldViolation("feature_names", "name at least one feature"))
     for i, name in enumerate(request.feature_names):
         catalog.resolve(f"feature_names[{i}]", name, request.entity_type, violations)
+        if len(violations) >= MAX_VIOLATIONS:
+            break
     for name in ("start_time", "end_time"):
         violations += timestamp_problem(name, getattr(request, name))
     if violations:
@@ -76,6 +83,8 @@ def _decode_token(token: str, violations: list[FieldViolation]) -> tuple[datetim
         raw = base64.urlsafe_b64decode(token)
         micros, name = _TOKEN.unpack(raw[:8])[0], raw[8:].decode()
     except (ValueError, struct.error):
+        name = "\x00"
+    if "\x00" in name:
         violations.append(FieldViolation("page_token", "is not a token returned by this method"))
         return None
     return _EPOCH + timedelta(microseconds=micros), name
@@ -93,14 +102,15 @@ def _response(q: HistoryQuery, page: HistoryPage, next_token: str) -> bytes:
 class HistoryServicer:
     """Reads of the offline store."""
 
-    def __init__(self, catalog: Catalog, store: PostgresHistoryStore) -> None:
+    def __init__(self, catalog: Catalog, store: PostgresHistoryStore, limits: Limits) -> None:
         self._catalog = catalog
         self._store = store
+        self._limits = limits
 
     @rpc
     async def GetHistoricalFeatures(self, request: fs.GetHistoricalFeaturesRequest, context: Context) -> bytes:
         q = _query(self._catalog, request, paged=True)
-        page = await self._store.query(q)
+        page = await self._store.query(q, context.time_remaining())
         token = _encode_token(*page.last) if page.more and page.last else ""
         return _response(q, page, token)
 
@@ -109,23 +119,34 @@ class HistoryServicer:
         self, request: fs.GetHistoricalFeaturesRequest, context: Context
     ) -> AsyncIterator[bytes]:
         q = _query(self._catalog, request, paged=False)
+        sent, ends = 0, time.monotonic() + self._limits.max_stream_seconds
         while True:
-            page = await self._store.query(q)
+            q = dataclasses.replace(q, limit=min(STREAM_PAGE, self._limits.max_stream_values - sent))
+            page = await self._store.query(q, context.time_remaining())
             if page.count:
                 yield _response(q, page, "")
             if not page.more:
                 return
+            sent += page.count
+            self._check_stream(sent, ends, page)
             q = dataclasses.replace(q, after=page.last)
+
+    def _check_stream(self, sent: int, ends: float, page: HistoryPage) -> None:
+        """RESOURCE_EXHAUSTED once a stream has sent its most values or run its longest, with where to go on."""
+        limits = self._limits
+        last = _encode_token(*page.last) if page.last else ""
+        rest = f"continue with GetHistoricalFeatures and page_token {last!r}"
+        if sent >= limits.max_stream_values:
+            raise resource_exhausted("end_time", f"the stream sent {sent} values, the limit per call; {rest}")
+        if time.monotonic() > ends:
+            problem = f"the stream ran longer than {limits.max_stream_seconds:g} s, the limit per call; {rest}"
+            raise resource_exhausted("end_time", problem)
 
 
 def handler(servicer: HistoryServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """The history methods of FeatureStoreService; responses are pre-encoded bytes."""
     methods = {
-        "GetHistoricalFeatures": grpc.unary_unary_rpc_method_handler(
-            servicer.GetHistoricalFeatures, request_deserializer=fs.GetHistoricalFeaturesRequest.FromString
-        ),
-        "StreamHistoricalFeatures": grpc.unary_stream_rpc_method_handler(
-            servicer.StreamHistoricalFeatures, request_deserializer=fs.GetHistoricalFeaturesRequest.FromString
-        ),
+        "GetHistoricalFeatures": unary_unary(servicer.GetHistoricalFeatures, fs.GetHistoricalFeaturesRequest),
+        "StreamHistoricalFeatures": unary_stream(servicer.StreamHistoricalFeatures, fs.GetHistoricalFeaturesRequest),
     }
     return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -16,8 +16,10 @@ its feature frames (field 4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -25,8 +27,8 @@ import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
-from server._errors import FieldViolation, invalid_argument
-from server._rpc import rpc_stream
+from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
+from server._rpc import rpc_stream, unary_stream
 from server.offline._model import AsOfQuery, RowCells
 from server.offline._pgstore import PostgresHistoryStore
 from server.online._catalog import Catalog, Plan
@@ -34,6 +36,7 @@ from server.online._requests import (
     ENTITY_ID_MAX_BYTES,
     TIMESTAMP_MAX_SECONDS,
     TIMESTAMP_MIN_SECONDS,
+    Limits,
     entity_id_problem,
     timestamp_problem,
 )
@@ -41,19 +44,23 @@ from server.online._servicer import SERVICE
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHUNK_ROWS = 2_000
+CHUNK_CELLS = 50_000  # rows x features per query: wide feature lists get fewer rows per chunk
+MESSAGE_BYTES = 4 * 1024 * 1024  # a response message's most (gRPC clients receive 4 MiB by default)
 PARALLEL_CHUNKS = 4  # queries in flight (a backend each): PostgreSQL stays busy while answers go out
 MAX_ROWS = 1_000_000
 _EXAMPLES_TAG = b"\x0a"  # GetTrainingDatasetResponse.examples
 
 
-def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest) -> Plan:
-    plan = catalog.plan(request.entity_type, tuple(request.feature_names), tuple(request.feature_groups))
+def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest, limits: Limits) -> Plan:
+    """The request's plan; sizes are checked before any row or feature is looked at."""
+    if len(request.rows) > MAX_ROWS:
+        raise invalid_argument([FieldViolation("rows", f"holds {len(request.rows)} rows; the limit is {MAX_ROWS}")])
+    names, groups = tuple(request.feature_names), tuple(request.feature_groups)
+    plan = catalog.plan(request.entity_type, names, groups, limits.max_values)
     violations: list[FieldViolation] = []
     if not plan.features:
         violations.append(FieldViolation("feature_names", "name at least one feature or feature group"))
-    if len(request.rows) > MAX_ROWS:
-        violations.append(FieldViolation("rows", f"holds {len(request.rows)} rows; the limit is {MAX_ROWS}"))
-    elif not _rows_look_valid(request.rows):
+    if not _rows_look_valid(request.rows):
         violations += _row_problems(request.rows)
     if request.HasField("max_age") and request.max_age.ToTimedelta().total_seconds() <= 0:
         violations.append(FieldViolation("max_age", "must be positive"))
@@ -66,6 +73,8 @@ def _rows_look_valid(rows: Any) -> bool:
     """A quick pass over all rows; _row_problems names what is wrong when this fails."""
     ids = [row.entity_id for row in rows]
     if not all(ids) or max(map(len, ids), default=0) * 4 > ENTITY_ID_MAX_BYTES:  # 4 bytes per char at most
+        return False
+    if any("\x00" in entity_id for entity_id in ids):
         return False
     seconds = [row.timestamp.seconds for row in rows]
     in_range = min(seconds, default=0) >= TIMESTAMP_MIN_SECONDS and max(seconds, default=0) <= TIMESTAMP_MAX_SECONDS
@@ -81,7 +90,7 @@ def _row_problems(rows: Any) -> list[FieldViolation]:
         if not row.HasField("timestamp"):
             violations.append(FieldViolation(f"rows[{i}].timestamp", "is required"))
         violations += timestamp_problem(f"rows[{i}].timestamp", row.timestamp)
-        if len(violations) > 50:
+        if len(violations) >= MAX_VIOLATIONS:
             break
     return violations
 
@@ -102,37 +111,108 @@ def _cells(answer: RowCells, not_found: list[bytes]) -> bytes:
     return b"".join(missing if cell is None else cell for cell, missing in zip(answer, not_found, strict=True))
 
 
-class TrainingServicer:
-    """Builds training datasets from the offline store."""
+def chunk_rows(features: int) -> int:
+    """Rows per query: CHUNK_ROWS, fewer for wide feature lists (CHUNK_CELLS cells at most)."""
+    return max(1, min(CHUNK_ROWS, CHUNK_CELLS // max(features, 1)))
 
-    def __init__(self, catalog: Catalog, store: PostgresHistoryStore) -> None:
+
+def messages(examples: list[bytes], budget: int, most: int) -> Iterator[bytes]:
+    """Framed examples packed into response messages of at most `budget` bytes each.
+
+    An example larger than `budget` goes alone; one larger than `most` (the send
+    limit) cannot be sent at all: RESOURCE_EXHAUSTED.
+    """
+    batch: list[bytes] = []
+    size = 0
+    for example in examples:
+        if len(example) > most:
+            problem = (
+                f"one example is {len(example)} bytes, more than the {most}-byte message limit: ask for fewer features"
+            )
+            raise resource_exhausted("feature_names", problem)
+        if batch and size + len(example) > budget:
+            yield b"".join(batch)
+            batch, size = [], 0
+        batch.append(example)
+        size += len(example)
+    if batch:
+        yield b"".join(batch)
+
+
+class TrainingServicer:
+    """Builds training datasets from the offline store.
+
+    At most `concurrency` datasets are built at once per process (each holds PARALLEL_CHUNKS
+    connections of the read pool); a call that finds no place within `wait` seconds gets
+    RESOURCE_EXHAUSTED. A call runs at most `limits.max_stream_seconds`.
+    """
+
+    def __init__(
+        self, catalog: Catalog, store: PostgresHistoryStore, limits: Limits, concurrency: int = 2, wait: float = 2.0
+    ) -> None:
         self._catalog = catalog
         self._store = store
+        self._limits = limits
+        self._places = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._wait = wait
 
     @rpc_stream
     async def GetTrainingDataset(self, request: fs.GetTrainingDatasetRequest, context: Context) -> AsyncIterator[bytes]:
-        plan = _validate(self._catalog, request)
-        pending: deque[asyncio.Task[bytes]] = deque()
+        plan = _validate(self._catalog, request, self._limits)
+        async with self._place():
+            async for message in self._build(request, plan, context):
+                yield message
+
+    @contextlib.asynccontextmanager
+    async def _place(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._places.acquire(), self._wait)
+        except TimeoutError:
+            problem = f"{self._concurrency} training datasets are being built (the most at a time); retry later"
+            raise resource_exhausted("rows", problem) from None
+        try:
+            yield
+        finally:
+            self._places.release()
+
+    async def _build(self, request: fs.GetTrainingDatasetRequest, plan: Plan, context: Context) -> AsyncIterator[bytes]:
+        ends = time.monotonic() + self._limits.max_stream_seconds
+        step = chunk_rows(len(plan.features))
+        budget = min(MESSAGE_BYTES, self._limits.max_message_bytes)
+        pending: deque[asyncio.Task[list[bytes]]] = deque()
         try:  # PARALLEL_CHUNKS queries in flight while answers go out in order
-            for start in range(0, len(request.rows), CHUNK_ROWS):
-                rows = request.rows[start : start + CHUNK_ROWS]
-                pending.append(asyncio.ensure_future(self._chunk(request, plan, rows)))
+            for start in range(0, len(request.rows), step):
+                rows = request.rows[start : start + step]
+                pending.append(asyncio.ensure_future(self._chunk(request, plan, rows, context.time_remaining())))
                 if len(pending) >= PARALLEL_CHUNKS:
-                    yield await pending.popleft()
+                    for message in messages(await pending.popleft(), budget, self._limits.max_message_bytes):
+                        yield message
+                    self._check_time(ends, start)
             while pending:
-                yield await pending.popleft()
+                for message in messages(await pending.popleft(), budget, self._limits.max_message_bytes):
+                    yield message
         finally:
             for task in pending:
                 task.cancel()
 
-    async def _chunk(self, request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any) -> bytes:
+    def _check_time(self, ends: float, rows_done: int) -> None:
+        if time.monotonic() > ends:
+            problem = f"building the dataset took longer than {self._limits.max_stream_seconds:g} s, the limit per "
+            problem += f"call, after about {rows_done} rows: ask for fewer rows per call"
+            raise resource_exhausted("rows", problem)
+
+    async def _chunk(
+        self, request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any, timeout: float | None
+    ) -> list[bytes]:
+        """The chunk's examples, each framed as GetTrainingDatasetResponse.examples."""
         window = scan_window(len(plan.features), self._catalog.feature_count(request.entity_type))
-        answers = await self._store.as_of(_as_of_query(request, plan, rows, window))
+        answers = await self._store.as_of(_as_of_query(request, plan, rows, window), timeout)
         not_found = plan.not_found_examples
-        return b"".join(
+        return [
             _codec.frame(_EXAMPLES_TAG, row.SerializeToString() + _cells(answer, not_found))
             for row, answer in zip(rows, answers, strict=True)
-        )
+        ]
 
 
 def _as_of_query(request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any, window: int) -> AsOfQuery:
@@ -150,9 +230,5 @@ def _as_of_query(request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any, w
 
 
 def handler(servicer: TrainingServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-    methods = {
-        "GetTrainingDataset": grpc.unary_stream_rpc_method_handler(
-            servicer.GetTrainingDataset, request_deserializer=fs.GetTrainingDatasetRequest.FromString
-        ),
-    }
+    methods = {"GetTrainingDataset": unary_stream(servicer.GetTrainingDataset, fs.GetTrainingDatasetRequest)}
     return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from featurestore.serving.v1 import value_pb2
 from server import _codec
-from server._errors import FieldViolation, invalid_argument
+from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server._metrics import REGISTRY_FEATURES, REGISTRY_VERSION
+from server.online._redis import value_field
 from server.registry import Feature, FeatureGroup
 from server.registry._validate import identifier_problem
 
@@ -38,6 +40,11 @@ VALUE_KINDS = {
     "EMBEDDING": "embedding_value",
 }
 _PLAN_CACHE_MAX = 4096
+# The plan cache holds at most this many features over all its plans (~150 bytes each),
+# and no plan of more than a sixteenth of it: a few huge request shapes cannot fill memory.
+_PLAN_CACHE_FEATURES = 200_000
+_PLAN_CACHE_LARGEST = _PLAN_CACHE_FEATURES // 16
+_KIND_NUMBERS = {kind: value_pb2.Value.DESCRIPTOR.fields_by_name[kind].number for kind in VALUE_KINDS.values()}
 
 
 def entity_type_problem(entity_type: str) -> list[FieldViolation]:
@@ -60,9 +67,15 @@ class RegistrySource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ServedFeature:
-    """What serving and writing need to know of one feature."""
+    """What serving and writing need to know of one feature.
+
+    `field` and `json_field` are the hash fields reads ask for (the value kind in their
+    names, see _redis); writers hand the store `name_field` and `name_json_field`.
+    """
 
     name: str
+    name_field: bytes
+    name_json_field: bytes
     field: bytes
     entity_type: str
     value_type: str
@@ -94,15 +107,18 @@ class Plan:
 
 def _served(f: Feature) -> ServedFeature:
     max_age = f.effective_max_age()
+    kind_number = _KIND_NUMBERS[VALUE_KINDS[f.value_type]]
     return ServedFeature(
         name=f.name,
-        field=f.name.encode(),
+        name_field=f.name.encode(),
+        name_json_field=f.name.encode() + _codec.JSON_FIELD_SUFFIX,
+        field=value_field(f.name.encode(), kind_number),
         entity_type=f.entity_type,
         value_type=f.value_type,
         value_kind=VALUE_KINDS[f.value_type],
         max_age_micros=None if max_age is None else int(max_age.total_seconds() * 1_000_000),
         not_found=_codec.not_found_frame(f.name),
-        json_field=f.name.encode() + _codec.JSON_FIELD_SUFFIX,
+        json_field=value_field(f.name.encode() + _codec.JSON_FIELD_SUFFIX, kind_number),
         not_found_json=_codec.not_found_json(f.name),
     )
 
@@ -130,6 +146,7 @@ class Catalog:
         self.groups: dict[str, tuple[str, ...]] = {}
         self._per_entity_type: Counter[str] = Counter()
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Plan] = {}
+        self._cached_features = 0
 
     def replace(self, version: int, features: list[Feature], groups: list[FeatureGroup]) -> None:
         """Swap in a new snapshot (one assignment each: readers never see a mix)."""
@@ -137,22 +154,48 @@ class Catalog:
         self.groups = {g.name: g.feature_names for g in groups}
         self._per_entity_type = Counter(f.entity_type for f in features)
         self._plans = {}
+        self._cached_features = 0
         self.version = version
 
     def feature_count(self, entity_type: str) -> int:
         """How many features of `entity_type` are registered."""
         return self._per_entity_type[entity_type]
 
-    def plan(self, entity_type: str, names: tuple[str, ...], groups: tuple[str, ...]) -> Plan:
-        """The features a read asks for; INVALID_ARGUMENT names each unknown or mismatched one."""
+    def plan(self, entity_type: str, names: tuple[str, ...], groups: tuple[str, ...], most: int) -> Plan:
+        """The features a read asks for; INVALID_ARGUMENT names each unknown or mismatched one.
+
+        A request shape not seen before is counted (names plus the groups' members, with
+        duplicates) against `most` before anything is expanded or cached.
+        """
         key = (entity_type, names, groups)
         found = self._plans.get(key)
         if found is None:
+            self.check_size(names, groups, most)
             found = self._resolve(entity_type, names, groups)
-            if len(self._plans) >= _PLAN_CACHE_MAX:
-                self._plans = {}
-            self._plans[key] = found
+            self._remember(key, found)
         return found
+
+    def check_size(self, names: tuple[str, ...], groups: tuple[str, ...], most: int) -> None:
+        """INVALID_ARGUMENT if the request names more than `most` features, groups expanded."""
+        count = len(names) + len(groups)
+        if count <= most:
+            count = len(names)
+            for group in groups:
+                count += len(self.groups.get(group, ()))
+                if count > most:
+                    break
+        if count > most:
+            problem = f"names more than {most} features (groups count as their members); the limit here is {most}"
+            raise invalid_argument([FieldViolation("feature_names", problem)])
+
+    def _remember(self, key: tuple[str, tuple[str, ...], tuple[str, ...]], plan: Plan) -> None:
+        size = len(plan.features)
+        if size > _PLAN_CACHE_LARGEST:
+            return
+        if len(self._plans) >= _PLAN_CACHE_MAX or self._cached_features + size > _PLAN_CACHE_FEATURES:
+            self._plans, self._cached_features = {}, 0
+        self._plans[key] = plan
+        self._cached_features += size
 
     def _resolve(self, entity_type: str, names: tuple[str, ...], groups: tuple[str, ...]) -> Plan:
         violations = entity_type_problem(entity_type)
@@ -163,7 +206,11 @@ class Catalog:
                 violations.append(FieldViolation(f"feature_groups[{i}]", f"feature group {group!r} does not exist"))
             else:
                 wanted += [(f"feature_groups[{i}]", n) for n in members]
-        features = [self.resolve(path, name, entity_type, violations) for path, name in wanted]
+        features = []
+        for path, name in wanted:
+            features.append(self.resolve(path, name, entity_type, violations))
+            if len(violations) >= MAX_VIOLATIONS:
+                break
         if violations:
             raise invalid_argument(violations)
         return _make_plan([f for f in features if f is not None])

@@ -4,9 +4,23 @@ Key layout
 ----------
 One hash per entity: key ``f:<entity_type>:<entity_id>`` (entity_type is a
 lowercase identifier without ':', so the key is unambiguous; the entity id is
-its UTF-8 bytes, as is). Each hash field is a feature name; its value is the
-stored form described in ``server._codec`` (8-byte event time, then the
-pre-framed FeatureValue).
+its UTF-8 bytes, as is). Each hash field is a feature name followed by ``#``
+and the number of the Value member the value holds (``clicks#2`` for an
+INT64, ``clicks:j#2`` for its JSON form); its value is the stored form
+described in ``server._codec`` (8-byte event time, then the pre-framed
+FeatureValue).
+
+Why the kind is in the field name: a feature deleted and registered again
+with another value type must never be served the old type's bytes. Reads ask
+for ``<name>#<kind of the feature now>``, so values of another kind are simply
+not found; reads stay one round trip with no per-value Python. Writers pass
+feature names (``<name>`` and ``<name>:j``) and the store files each value
+under the kind the value itself holds (read off its bytes: ~0.2 µs a value),
+so no writer (the server or the batch pipeline) can file a value under the
+wrong kind. The cost: values of a feature's former kind stay in the hash until
+the entity's TTL or an overwrite of the entity (they are never read). A
+store written before this layout reads as NOT_FOUND until rewritten (run the
+pipeline, or rebuild the online store from history).
 
 Round trips
 -----------
@@ -36,9 +50,8 @@ Redis TTL, so entities nobody writes any more are eventually removed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -48,8 +61,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from server._codec import FIELDS_PER_VALUE
-from server._errors import unavailable
+from server._codec import FIELDS_PER_VALUE, TIME_BYTES
+from server._errors import ServiceError, translated, unavailable
 from server.online._resp import ReplyError, RespClient, pack
 
 P = ParamSpec("P")
@@ -111,16 +124,74 @@ end
 return written
 """
 
-_UNAVAILABLE = (
-    ConnectionError,
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    redis_errors.ClusterDownError,
-    redis_errors.TryAgainError,
-    OSError,
-    TimeoutError,
-)
+# What a Redis reply error starts with -> what the client is told (the rest is UNAVAILABLE too).
+_REPLY_ERRORS = {
+    "LOADING": "loading its data",
+    "BUSY": "busy",
+    "MASTERDOWN": "no primary",
+    "READONLY": "failing over",
+    "TRYAGAIN": "resharding",
+    "CLUSTERDOWN": "cluster down",
+    "NOSCRIPT": "restarting",
+}
+
+
+def redis_error(exc: Exception) -> ServiceError | None:
+    """The ServiceError a Redis failure means for the client; None if `exc` is not one.
+
+    Every failure of the store is UNAVAILABLE (retryable): a lost or refused connection,
+    a timeout, and any error reply, among them those of a server loading its data after
+    a restart (LOADING), busy with a script (BUSY) or failing over. No driver text
+    (hosts, addresses, class names) reaches the client.
+    """
+    if isinstance(exc, (ReplyError, redis_errors.ResponseError)):
+        word = str(exc).split(" ", 1)[0]
+        return unavailable("redis", _REPLY_ERRORS.get(word, "error reply"))
+    if isinstance(exc, (TimeoutError, redis_errors.TimeoutError)):
+        return unavailable("redis", "timed out")
+    if isinstance(exc, (ConnectionError, OSError, redis_errors.RedisError)):
+        return unavailable("redis", "cannot connect")
+    return None
+
+
+_translated = translated(redis_error)
+
+
+KIND_SEPARATOR = b"#"
+_KIND_SUFFIXES = tuple(KIND_SEPARATOR + str(n).encode() for n in range(32))
+
+
+def value_field(field: bytes, kind_number: int) -> bytes:
+    """The hash field holding `field`'s values (a feature name, or `<name>:j`) of Value member `kind_number`."""
+    return field + _KIND_SUFFIXES[kind_number]
+
+
+def _skip_varint(data: bytes, pos: int) -> int:
+    while data[pos] & 0x80:
+        pos += 1
+    return pos + 1
+
+
+def stored_kind(stored: bytes) -> int:
+    """The number of the Value member in a stored protobuf form (see server._codec).
+
+    8-byte time, 0x1a and a varint length (the frame), then the FeatureValue: 0x0a, the
+    name's length and the name (field 1), 0x12 and a varint length (field 2, the Value),
+    whose first byte is the tag of the member it holds.
+    """
+    pos = _skip_varint(stored, TIME_BYTES + 1) + 1
+    name_len, shift = 0, 0
+    while True:
+        byte = stored[pos]
+        name_len |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            break
+        shift += 7
+    pos += name_len
+    if stored[pos] != 0x12:
+        raise ValueError("not a stored feature value")
+    return stored[_skip_varint(stored, pos + 1)] >> 3
 
 
 def entity_key(entity_type: str, entity_id: str) -> bytes:
@@ -132,23 +203,14 @@ def entity_key(entity_type: str, entity_id: str) -> bytes:
 class KeyWrite:
     """The values to write into one entity's hash: (field, stored value) pairs.
 
-    Each value is two consecutive pairs, its protobuf form then its JSON form
-    (see _codec); the write script keeps or skips both on the first one's time.
+    Each value is two consecutive pairs, its protobuf form under the feature's name
+    then its JSON form under `<name>:j` (see _codec); the store files both under the
+    value's kind (see the module docstring) and the write script keeps or skips both
+    on the first one's time.
     """
 
     key: bytes
     values: Sequence[tuple[bytes, bytes]]
-
-
-def _translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except _UNAVAILABLE as exc:
-            raise unavailable("redis", f"{type(exc).__name__}: {exc}") from exc
-
-    return wrapper
 
 
 def connect(url: str, *, cluster: bool, connections: int, timeout: float) -> RespClient | RedisCluster:
@@ -190,8 +252,11 @@ def _write_args(writes: Sequence[KeyWrite], ttl: int) -> tuple[list[bytes], list
     args: list[bytes | int] = [ttl]
     for w in writes:
         args.append(len(w.values) // FIELDS_PER_VALUE)
-        for field, value in w.values:
-            args += (field, value)
+        values = w.values
+        for i in range(0, len(values), FIELDS_PER_VALUE):
+            (field, proto), (json_field, as_json) = values[i], values[i + 1]
+            suffix = _KIND_SUFFIXES[stored_kind(proto)]
+            args += (field + suffix, proto, json_field + suffix, as_json)
     return keys, args
 
 

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
-from server._errors import FieldViolation, invalid_argument
+from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.offline._model import HistoryRow
 from server.online._catalog import Catalog, entity_type_problem
 from server.online._redis import KeyWrite, entity_key
@@ -24,9 +24,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-request bounds."""
+    """Per-request and per-call bounds (see Settings for each)."""
 
     max_values: int
+    max_stream_values: int = 1_000_000
+    max_stream_seconds: float = 600.0
+    max_clock_skew: float = 300.0
+    min_event_seconds: int = 0  # the earliest event time a write accepts, in seconds since the epoch
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+def _too_many(path: str, what: str, count: int, limit: int) -> FieldViolation:
+    return FieldViolation(path, f"holds {count} {what}; the limit is {limit}")
 
 
 def _raise_if(violations: list[FieldViolation]) -> None:
@@ -35,10 +44,13 @@ def _raise_if(violations: list[FieldViolation]) -> None:
 
 
 def entity_id_problem(path: str, entity_id: str) -> list[FieldViolation]:
+    """A violation unless `entity_id` is 1 to 256 bytes of UTF-8 without NUL (PostgreSQL text holds none)."""
     if not entity_id:
         return [FieldViolation(path, "is required")]
     if len(entity_id.encode()) > ENTITY_ID_MAX_BYTES:
         return [FieldViolation(path, f"must be at most {ENTITY_ID_MAX_BYTES} bytes")]
+    if "\x00" in entity_id:
+        return [FieldViolation(path, "must not contain NUL characters")]
     return []
 
 
@@ -50,16 +62,27 @@ def timestamp_problem(path: str, ts: Timestamp) -> list[FieldViolation]:
 
 
 def check_read(entity_type: str, entity_ids: Sequence[str], n_features: int, limits: Limits, *, batch: bool) -> None:
-    """INVALID_ARGUMENT for a bad entity id or a request over the size limit (the plan checked the type)."""
+    """INVALID_ARGUMENT for a request over the size limit or a bad entity id (the plan checked the type).
+
+    Sizes first: the entity ids are looked at one by one only in a request within the limit.
+    """
     violations: list[FieldViolation] = []
-    for i, entity_id in enumerate(entity_ids):
-        violations += entity_id_problem(f"entity_ids[{i}]" if batch else "entity_id", entity_id)
     if n_features == 0:
         violations.append(FieldViolation("feature_names", "name at least one feature or feature group"))
     if len(entity_ids) * n_features > limits.max_values:
         problem = f"asks for {len(entity_ids)} entities x {n_features} features; the limit is {limits.max_values}"
         violations.append(FieldViolation("entity_ids", problem))
     _raise_if(violations)
+    for i, entity_id in enumerate(entity_ids):
+        violations += entity_id_problem(f"entity_ids[{i}]" if batch else "entity_id", entity_id)
+        if len(violations) >= MAX_VIOLATIONS:
+            break
+    _raise_if(violations)
+
+
+def features_allowed(limits: Limits, entities: int) -> int:
+    """How many features a read of `entities` entities may name."""
+    return limits.max_values // max(entities, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +94,49 @@ class EncodedWrite:
     values: int
 
 
-def encode_rows(catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits) -> EncodedWrite:
-    """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names every bad value.
+def encode_rows(
+    catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits, now_seconds: float
+) -> EncodedWrite:
+    """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names the bad values.
 
+    Counts are checked before any row is looked at; at most MAX_VIOLATIONS are collected.
     Each value is two hash fields (protobuf and JSON form, see _codec), written or skipped together.
     """
     violations = entity_type_problem(entity_type)
-    total = sum(len(row.values) for row in rows)
-    if total > limits.max_values:
-        violations.append(FieldViolation("rows", f"holds {total} values; the limit is {limits.max_values}"))
+    total = 0
+    if len(rows) > limits.max_values:
+        violations.append(_too_many("rows", "rows", len(rows), limits.max_values))
+    else:
+        total = sum(len(row.values) for row in rows)
+        if total > limits.max_values:
+            violations.append(_too_many("rows", "values", total, limits.max_values))
     _raise_if(violations)
+    window = _TimeWindow(limits.min_event_seconds, int(now_seconds + limits.max_clock_skew))
     history: list[HistoryRow] = []
-    writes = [_encode_row(catalog, entity_type, i, row, violations, history) for i, row in enumerate(rows)]
+    writes = []
+    for i, row in enumerate(rows):
+        writes.append(_encode_row(catalog, entity_type, i, row, window, violations, history))
+        if len(violations) >= MAX_VIOLATIONS:
+            break
     _raise_if(violations)
     return EncodedWrite(writes, history, total)
+
+
+@dataclass(frozen=True, slots=True)
+class _TimeWindow:
+    """The event times a write accepts: from the configured floor to now plus the clock skew."""
+
+    earliest: int
+    latest: int
+
+    def problem(self, path: str, ts: Timestamp) -> list[FieldViolation]:
+        if ts.seconds > self.latest:
+            when = datetime.fromtimestamp(self.latest, UTC).isoformat()
+            return [FieldViolation(path, f"is in the future: event times may be at most {when} (now + clock skew)")]
+        if ts.seconds < self.earliest:
+            when = datetime.fromtimestamp(self.earliest, UTC).isoformat()
+            return [FieldViolation(path, f"is before {when}, the earliest event time this store accepts")]
+        return []
 
 
 def _encode_row(
@@ -92,13 +144,12 @@ def _encode_row(
     entity_type: str,
     i: int,
     row: fs.EntityRow,
+    window: _TimeWindow,
     violations: list[FieldViolation],
     history: list[HistoryRow],
 ) -> KeyWrite:
     violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
-    if not row.HasField("event_time"):
-        violations.append(FieldViolation(f"rows[{i}].event_time", "is required"))
-    time_problem = timestamp_problem(f"rows[{i}].event_time", row.event_time)
+    time_problem = _event_time_problem(f"rows[{i}].event_time", row, window)
     violations += time_problem
     event_time = _EPOCH if time_problem else row.event_time.ToDatetime(tzinfo=UTC)
     values: list[tuple[bytes, bytes]] = []
@@ -112,10 +163,16 @@ def _encode_row(
             problem = f"feature {name!r} is {feature.value_type}: set {feature.value_kind}, not {kind or 'nothing'}"
             violations.append(FieldViolation(path, problem))
             continue
-        if time_problem:  # nothing will be written: the value was checked, skip encoding it
+        if time_problem or violations:  # nothing will be written: the value was checked, skip encoding it
             continue
         proto, json = _codec.encode_stored(name, value, row.event_time)
-        values += ((feature.field, proto), (feature.json_field, json))
+        values += ((feature.name_field, proto), (feature.name_json_field, json))
         frame = proto[_codec.TIME_BYTES :]
         history.append(HistoryRow(entity_type, row.entity_id, name, event_time, value.SerializeToString(), frame))
     return KeyWrite(entity_key(entity_type, row.entity_id), values)
+
+
+def _event_time_problem(path: str, row: fs.EntityRow, window: _TimeWindow) -> list[FieldViolation]:
+    if not row.HasField("event_time"):
+        return [FieldViolation(path, "is required")]
+    return timestamp_problem(path, row.event_time) or window.problem(path, row.event_time)

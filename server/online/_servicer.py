@@ -6,6 +6,7 @@ no response serializer, so the bytes go to the wire as they are.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -13,10 +14,11 @@ import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _codec
-from server._rpc import rpc
+from server._errors import resource_exhausted
+from server._rpc import parsed, rpc, stream_unary, unary_unary
 from server.online._catalog import Catalog, Plan
 from server.online._redis import entity_key
-from server.online._requests import Limits, check_read, encode_rows
+from server.online._requests import EncodedWrite, Limits, check_read, encode_rows, features_allowed
 from server.online._store import HistorySink, OnlineStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -33,7 +35,8 @@ class OnlineServicer:
         self._limits = limits
 
     def _plan(self, entity_type: str, request: Any, entity_ids: Sequence[str], *, batch: bool) -> Plan:
-        plan = self._catalog.plan(entity_type, tuple(request.feature_names), tuple(request.feature_groups))
+        most = features_allowed(self._limits, len(entity_ids))
+        plan = self._catalog.plan(entity_type, tuple(request.feature_names), tuple(request.feature_groups), most)
         check_read(entity_type, entity_ids, len(plan.fields), self._limits, batch=batch)
         return plan
 
@@ -88,57 +91,63 @@ class OnlineServicer:
 
     @rpc
     async def WriteFeatures(self, request: fs.WriteFeaturesRequest, context: Context) -> fs.WriteFeaturesResponse:
-        written, total = await self._write(request.entity_type, request.rows)
+        written, total = await self._write(request.entity_type, request.rows, context)
         return fs.WriteFeaturesResponse(written_values=written, skipped_values=total - written)
 
     @rpc
     async def PushFeatures(
         self, requests: AsyncIterator[fs.PushFeaturesRequest], context: Context
     ) -> fs.PushFeaturesResponse:
+        """Each message is a write of its own; the call as a whole is bounded in values and time."""
         response = fs.PushFeaturesResponse()
+        pushed, ends = 0, time.monotonic() + self._limits.max_stream_seconds
         async for request in requests:
-            written, total = await self._write(request.entity_type, request.rows)
+            encoded = self._encode(parsed(request).entity_type, request.rows)
+            pushed += encoded.values
+            self._check_push(pushed, ends, response.batches)
+            written = await self._store_both(encoded, context)
             response.written_values += written
-            response.skipped_values += total - written
+            response.skipped_values += encoded.values - written
             response.batches += 1
         return response
 
-    async def _write(self, entity_type: str, rows: Any) -> tuple[int, int]:
-        """(values written online, values in the request).
+    def _check_push(self, pushed: int, ends: float, done: int) -> None:
+        """RESOURCE_EXHAUSTED once a push call carries too many values or runs too long."""
+        limits, rest = self._limits, f"the first {done} batches were written: push the rest in another call"
+        if pushed > limits.max_stream_values:
+            problem = f"carry more than {limits.max_stream_values} values, the limit per call; {rest}"
+            raise resource_exhausted("requests", problem)
+        if time.monotonic() > ends:
+            problem = f"ran longer than {limits.max_stream_seconds:g} s, the limit per call; {rest}"
+            raise resource_exhausted("requests", problem)
 
-        History first: if the online write then fails, the caller's retry re-appends the same
-        history rows, which changes nothing. Online, each value is two fields, written or
-        skipped together.
+    async def _write(self, entity_type: str, rows: Any, context: Context) -> tuple[int, int]:
+        """(values written online, values in the request)."""
+        encoded = self._encode(entity_type, rows)
+        return await self._store_both(encoded, context), encoded.values
+
+    def _encode(self, entity_type: str, rows: Any) -> EncodedWrite:
+        return encode_rows(self._catalog, entity_type, rows, self._limits, time.time())
+
+    async def _store_both(self, encoded: EncodedWrite, context: Context) -> int:
+        """History first, then online; returns the values written online.
+
+        If the online write then fails, the caller's retry re-appends the same history rows,
+        which changes nothing. Online, each value is two fields, written or skipped together.
+        The history append gets what is left of the caller's deadline.
         """
-        encoded = encode_rows(self._catalog, entity_type, rows, self._limits)
-        await self._history.append(encoded.history)
-        return await self._store.write(encoded.online), encoded.values
+        await self._history.append(encoded.history, context.time_remaining())
+        return await self._store.write(encoded.online)
 
 
 def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """The service's method handlers; reads return bytes that need no serializer."""
     methods = {
-        "GetFeatures": grpc.unary_unary_rpc_method_handler(
-            servicer.GetFeatures, request_deserializer=fs.GetFeaturesRequest.FromString
-        ),
-        "BatchGetFeatures": grpc.unary_unary_rpc_method_handler(
-            servicer.BatchGetFeatures, request_deserializer=fs.BatchGetFeaturesRequest.FromString
-        ),
-        "GetFeaturesJson": grpc.unary_unary_rpc_method_handler(
-            servicer.GetFeaturesJson, request_deserializer=fs.GetFeaturesRequest.FromString
-        ),
-        "BatchGetFeaturesJson": grpc.unary_unary_rpc_method_handler(
-            servicer.BatchGetFeaturesJson, request_deserializer=fs.BatchGetFeaturesRequest.FromString
-        ),
-        "WriteFeatures": grpc.unary_unary_rpc_method_handler(
-            servicer.WriteFeatures,
-            request_deserializer=fs.WriteFeaturesRequest.FromString,
-            response_serializer=fs.WriteFeaturesResponse.SerializeToString,
-        ),
-        "PushFeatures": grpc.stream_unary_rpc_method_handler(
-            servicer.PushFeatures,
-            request_deserializer=fs.PushFeaturesRequest.FromString,
-            response_serializer=fs.PushFeaturesResponse.SerializeToString,
-        ),
+        "GetFeatures": unary_unary(servicer.GetFeatures, fs.GetFeaturesRequest),
+        "BatchGetFeatures": unary_unary(servicer.BatchGetFeatures, fs.BatchGetFeaturesRequest),
+        "GetFeaturesJson": unary_unary(servicer.GetFeaturesJson, fs.GetFeaturesRequest),
+        "BatchGetFeaturesJson": unary_unary(servicer.BatchGetFeaturesJson, fs.BatchGetFeaturesRequest),
+        "WriteFeatures": unary_unary(servicer.WriteFeatures, fs.WriteFeaturesRequest, fs.WriteFeaturesResponse),
+        "PushFeatures": stream_unary(servicer.PushFeatures, fs.PushFeaturesRequest, fs.PushFeaturesResponse),
     }
     return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -22,4 +22,6 @@ class OnlineStore(Protocol):
 class HistorySink(Protocol):
     """Where written values are also appended, for history (the offline store)."""
 
-    async def append(self, rows: Sequence[HistoryRow]) -> None: ...
+    async def append(self, rows: Sequence[HistoryRow], timeout: float | None = None) -> None:
+        """Append `rows`; `timeout`: seconds the caller has left (None: the store's own limit)."""
+        ...
