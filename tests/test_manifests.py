@@ -261,20 +261,40 @@ def test_envoy_probes_reach_a_listener_envoy_binds_on_the_pod_ip() -> None:
     assert listeners.get(http[0]) in ANY_ADDRESS
 
 
+def _connection_managers(config: Doc) -> Iterator[Doc]:
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"].endswith("http_connection_manager"):
+                    hcm: Doc = network_filter["typed_config"]
+                    yield hcm
+
+
 def test_envoy_upstream_is_the_server_port_and_its_config_is_mounted_where_it_is_read() -> None:
     pod = _pod_spec(_find("Deployment", "feature-store"))
     envoy = _container(pod, "envoy")
     settings, config = _server_settings(), _envoy_config()
-    upstreams = {
-        (
-            ep["endpoint"]["address"]["socket_address"]["address"],
-            ep["endpoint"]["address"]["socket_address"]["port_value"],
-        )
-        for cluster in config["static_resources"]["clusters"]
-        for group in cluster["load_assignment"]["endpoints"]
-        for ep in group["lb_endpoints"]
+    hcms = list(_connection_managers(config))
+    routed = {
+        route["route"]["cluster"]
+        for hcm in hcms
+        for host in hcm["route_config"]["virtual_hosts"]
+        for route in host["routes"]
+        if "cluster" in route.get("route", {})
     }
-    assert upstreams == {("127.0.0.1", settings.port)}, "Envoy's upstream is the server in the same pod"
+    assert routed, "no route to the server in gateway/envoy.yaml"
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] in routed:
+            addresses = {
+                (
+                    ep["endpoint"]["address"]["socket_address"]["address"],
+                    ep["endpoint"]["address"]["socket_address"]["port_value"],
+                )
+                for group in cluster["load_assignment"]["endpoints"]
+                for ep in group["lb_endpoints"]
+            }
+            # The server in the same pod, through loopback (which a 0.0.0.0 bind includes).
+            assert addresses == {("127.0.0.1", settings.port)}, cluster["name"]
     assert settings.host in ANY_ADDRESS | {"127.0.0.1"}
 
     # `-c` names a file of the ConfigMap volume; the transcoder's descriptor (relative to the
@@ -285,9 +305,11 @@ def test_envoy_upstream_is_the_server_port_and_its_config_is_mounted_where_it_is
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     items = {Path(mount["mountPath"]) / item["path"] for item in volume["configMap"]["items"]}
     assert config_path in items
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    transcoder = next(f for f in hcm["http_filters"] if f["name"].endswith("grpc_json_transcoder"))
-    assert Path(envoy["workingDir"]) / transcoder["typed_config"]["proto_descriptor"] in items
+    transcoders = [f for hcm in hcms for f in hcm["http_filters"] if f["name"].endswith("grpc_json_transcoder")]
+    assert transcoders
+    for transcoder in transcoders:
+        descriptor = Path(envoy["workingDir"]) / transcoder["typed_config"]["proto_descriptor"]
+        assert descriptor in items, f"Envoy reads {descriptor}; the ConfigMap volume holds {sorted(map(str, items))}"
 
 
 def test_service_and_network_policies_expose_only_envoy() -> None:
