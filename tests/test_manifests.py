@@ -317,7 +317,6 @@ def test_service_and_network_policies_expose_only_envoy() -> None:
     envoy = _container(_pod_spec(_find("Deployment", "feature-store")), "envoy")
     service = _find("Service", "feature-store")
     assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {80: "http", 8080: "http"}
-    assert _probe_port(envoy, {"tcpSocket": {"port": "http"}}) in listeners
 
     labels = _pod_labels(_find("Deployment", "feature-store"))
     policies = [doc for _, doc in DOCUMENTS if doc["kind"] == "NetworkPolicy"]
@@ -333,7 +332,10 @@ def test_service_and_network_policies_expose_only_envoy() -> None:
             for rule in policy["spec"].get("ingress", []):
                 assert rule.get("ports"), f"{policy['metadata']['name']} admits every port"
                 ingress_ports |= {int(p["port"]) for p in rule["ports"]}
-    assert ingress_ports == {port for port, address in listeners.items() if address in ANY_ADDRESS}
+    # Only the port the Service sends to: Envoy's listener (any other listener stays pod-internal).
+    service_port = _probe_port(envoy, {"tcpSocket": {"port": "http"}})
+    assert listeners.get(service_port) in ANY_ADDRESS
+    assert ingress_ports == {service_port}
 
     # Every pod of ours is covered by a deny-all for both directions; only the server pods and the
     # jobs may open connections to PostgreSQL (5432) and Redis (6379).
