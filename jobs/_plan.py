@@ -12,23 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from featurestore.registry.v1 import feature_pb2 as pb
+from server import core
 from server.online import VALUE_KINDS  # the Value member each value type is stored in
 
-# Aggregation functions (their meanings: the README's "Transformations").
-FUNCTIONS = (
-    "sum",
-    "avg",
-    "mean",
-    "count",
-    "count_distinct",
-    "min",
-    "max",
-    "stddev",
-    "first",
-    "last",
-    "days_since_last",
-    "days_since_first",
-)
 # The Spark SQL type each servable value type is cast to.
 VALUE_TYPES = {"FLOAT": "double", "INT64": "bigint", "STRING": "string", "BOOL": "boolean", "TIMESTAMP": "timestamp"}
 
@@ -72,28 +58,18 @@ class SourcePlan:
     features: tuple[FeatureSpec, ...]
 
 
-def _aggregation(feature: pb.Feature) -> tuple[tuple[str, ...], pb.Transformation, tuple[str, ...]]:
-    filters: list[str] = []
-    post: list[str] = []
-    aggregation: pb.Transformation | None = None
-    for i, step in enumerate(feature.transformations):
-        if step.type == "filter":
-            if aggregation is not None or not step.expression:
-                raise PlanError(f"transformations[{i}]: a filter needs an expression and comes before the aggregation")
-            filters.append(step.expression)
-        elif step.type == "aggregation":
-            if aggregation is not None:
-                raise PlanError(f"transformations[{i}]: only one aggregation per feature")
-            aggregation = step
-        elif step.type == "expression":
-            if aggregation is None or not step.expression:
-                raise PlanError(f"transformations[{i}]: an expression needs an expression and follows the aggregation")
-            post.append(step.expression)
-        else:
-            raise PlanError(f"transformations[{i}]: unknown type {step.type!r} (filter, aggregation, expression)")
-    if aggregation is None:
+def _steps(feature: pb.Feature) -> tuple[tuple[str, ...], pb.Transformation, tuple[str, ...]]:
+    """(filters, the aggregation, expressions) of a definition that passes the registry's checks."""
+    problems = core.computation_problems(feature.source_config.filter, feature.transformations)
+    if problems:  # stored before the checks existed, or written around the registry
+        raise PlanError("; ".join(f"{path}: {problem}" for path, problem in problems[:3]))
+    steps = list(feature.transformations)
+    kinds = [step.type for step in steps]
+    if core.AGGREGATION not in kinds:
         raise PlanError("no aggregation step: the batch pipeline computes one aggregate per entity")
-    return tuple(filters), aggregation, tuple(post)
+    at = kinds.index(core.AGGREGATION)
+    filters = tuple(step.expression for step in steps[:at])
+    return filters, steps[at], tuple(step.expression for step in steps[at + 1 :])
 
 
 def spec_of(feature: pb.Feature) -> FeatureSpec:
@@ -104,11 +80,7 @@ def spec_of(feature: pb.Feature) -> FeatureSpec:
     source = feature.source_config
     if not source.table:
         raise PlanError("source_config.table is not set")
-    filters, aggregation, post = _aggregation(feature)
-    if aggregation.function not in FUNCTIONS:
-        raise PlanError(f"unknown aggregation function {aggregation.function!r} ({', '.join(FUNCTIONS)})")
-    if not aggregation.column and aggregation.function != "count":
-        raise PlanError(f"aggregation {aggregation.function!r} needs a column")
+    filters, aggregation, post = _steps(feature)
     return FeatureSpec(
         name=feature.name,
         entity_type=feature.entity_type,

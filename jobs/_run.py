@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 import threading
 import time
@@ -17,11 +18,13 @@ from pyspark.sql import DataFrame, SparkSession
 
 from featurestore.registry.v1 import feature_pb2 as pb
 from jobs import _transform
+from jobs._guard import disallowed_expressions
 from jobs._plan import FeatureSpec, SourcePlan, plan
-from jobs._session import read_table
+from jobs._session import DEFAULT_NAMESPACE, read_table, source_problem
 from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class RunConfig:
     online_ttl: int = 0
     dry_run: bool = False
     progress_every: float = 10.0  # seconds between progress lines while a source is written
+    source_namespaces: tuple[str, ...] = (DEFAULT_NAMESPACE,)  # catalog or catalog.schema source tables may be in
 
 
 @dataclass(slots=True)
@@ -76,9 +80,16 @@ def _checked(
     good = []
     for spec in source.features:
         try:  # analysis is eager: unknown columns, functions and bad syntax fail here
-            _transform.transform_features(windowed, source.entity_column, ts_column, [spec], config.as_of)
+            df = _transform.transform_features(windowed, source.entity_column, ts_column, [spec], config.as_of)
         except (PySparkException, ValueError) as err:
             report.failed[spec.name] = _one_message(err)
+            _log.debug("%s: %s", spec.name, err)
+            continue
+        refused = disallowed_expressions(df)
+        if refused:
+            report.failed[spec.name] = (
+                f"refused: its computation uses {', '.join(refused)}, which the pipeline does not run"
+            )
             continue
         good.append(spec)
     return good
@@ -93,6 +104,9 @@ class _Computation:
 
 def _compute(spark: SparkSession, source: SourcePlan, config: RunConfig, report: RunReport) -> _Computation | None:
     try:
+        problem = source_problem(spark, source.table, config.source_namespaces, config.postgres_dsn)
+        if problem:
+            raise ValueError(problem)
         table = read_table(spark, source.table)
         ts_column = _transform.timestamp_column(table, source.timestamp_column)
         windowed = _transform.transform_window(table, ts_column, config.as_of, config.lookback)
@@ -101,6 +115,7 @@ def _compute(spark: SparkSession, source: SourcePlan, config: RunConfig, report:
     except (PySparkException, ValueError) as err:
         for spec in source.features:
             report.failed[spec.name] = f"source {source.table}: {_one_message(err)}"
+        _log.debug("source %s: %s", source.table, err)
         return None
     specs = _checked(windowed, source, ts_column, config, report)
     if not specs:

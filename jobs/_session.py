@@ -11,13 +11,17 @@ through Spark's JDBC table catalog when a JDBC URL is configured. Anything else
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from pyspark.logger import PySparkLogger
 from pyspark.sql import DataFrame, SparkSession
 
 DEFAULT_JDBC_JAR = "/usr/share/java/postgresql.jar"  # Debian's libpostgresql-jdbc-java
@@ -89,6 +93,9 @@ def build_session(config: SessionConfig, app_name: str) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        # PySpark logs every analysis error with its JVM stack; the run reports each failed feature in one line.
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
     register_warehouse(spark, Path(config.warehouse))
     return spark
 
@@ -108,3 +115,46 @@ def register_warehouse(spark: SparkSession, warehouse: Path) -> list[str]:
 def read_table(spark: SparkSession, name: str) -> DataFrame:
     """A source table, resolved through the Spark catalog (`name` is an identifier, never SQL text)."""
     return spark.table(name)
+
+
+DEFAULT_NAMESPACE = "spark_catalog.default"  # the local warehouse's tables
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
+
+
+def default_source_namespaces(jdbc_url: str, jdbc_catalog: str) -> tuple[str, ...]:
+    """The warehouse, and the JDBC source's catalog when one is configured."""
+    return (DEFAULT_NAMESPACE, jdbc_catalog) if jdbc_url else (DEFAULT_NAMESPACE,)
+
+
+def _namespace(spark: SparkSession, parts: list[str]) -> str:
+    """`catalog.schema` a table name resolves in, as Spark resolves it."""
+    if len(parts) == 3:
+        return f"{parts[0]}.{parts[1]}"
+    if len(parts) == 2:
+        catalog = parts[0] == "spark_catalog" or spark.conf.get(f"spark.sql.catalog.{parts[0]}", None) is not None
+        return parts[0] if catalog else f"spark_catalog.{parts[0]}"
+    return f"{spark.catalog.currentCatalog()}.{spark.catalog.currentDatabase()}"
+
+
+def _database(url: str) -> tuple[str, int, str] | None:
+    """(host, port, database) of a PostgreSQL JDBC URL or DSN."""
+    parsed = urlsplit(url.removeprefix("jdbc:"))
+    if parsed.scheme not in ("postgresql", "postgres") or not parsed.path.strip("/"):
+        return None
+    host = {"localhost": "127.0.0.1", "": "127.0.0.1"}.get(parsed.hostname or "", parsed.hostname or "")
+    return host, parsed.port or 5432, parsed.path.strip("/")
+
+
+def source_problem(spark: SparkSession, table: str, namespaces: Sequence[str], store_dsn: str) -> str | None:
+    """Why the pipeline must not read `table`, or None: it must resolve in an allowed namespace, never
+    in the feature store's own database."""
+    if not _TABLE_NAME.fullmatch(table):
+        return f"source table {table!r} is not a table name like schema.table"
+    namespace = _namespace(spark, [part.lower() for part in table.split(".")])
+    if not any(namespace == ns.lower() or namespace.startswith(ns.lower() + ".") for ns in namespaces):
+        return f"source table {table} is in {namespace}, which is not a source namespace ({', '.join(namespaces)})"
+    catalog = namespace.split(".")[0]
+    url = spark.conf.get(f"spark.sql.catalog.{catalog}.url", None)
+    if url and _database(url) is not None and _database(url) == _database(store_dsn):
+        return f"source table {table} is in the feature store's own database: not a source"
+    return None

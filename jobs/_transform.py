@@ -71,21 +71,21 @@ def _aggregate(function: str, x: Column, ts: Column, as_of: datetime) -> Column:
 def aggregate_column(spec: FeatureSpec, ts_column: str, as_of: datetime) -> Column:
     """The aggregate of one feature over an entity's rows (raises when an expression does not parse)."""
     condition = _condition(spec, as_of)
-    x = F.expr(spec.column) if spec.column else F.lit(1)
+    x = F.expr(pin_clock(spec.column, as_of)) if spec.column else F.lit(1)
     ts = F.col(ts_column)
     if condition is not None:
         x, ts = F.when(condition, x), F.when(condition, ts)
     return _aggregate(spec.function, x, ts, as_of)
 
 
-def _finish(df: DataFrame, spec: FeatureSpec) -> DataFrame:
+def _finish(df: DataFrame, spec: FeatureSpec, as_of: datetime) -> DataFrame:
     """The post-aggregation expressions (over `value`) and the cast to the feature's type, in place."""
     if spec.post:
         if "value" in df.columns:
             raise ValueError(f"{spec.name}: expression steps need no other feature named 'value' on the same source")
         df = df.withColumnRenamed(spec.name, "value")
         for expression in spec.post:
-            df = df.withColumn("value", F.expr(expression))
+            df = df.withColumn("value", F.expr(pin_clock(expression, as_of)))
         df = df.withColumnRenamed("value", spec.name)
     return df.withColumn(spec.name, F.col(spec.name).cast(VALUE_TYPES[spec.value_type]))
 
@@ -104,7 +104,7 @@ def transform_features(
         *aggregates, F.count(F.lit(1)).alias(ROWS)
     )
     for spec in specs:
-        out = _finish(out, spec)
+        out = _finish(out, spec, as_of)
     return out
 
 
@@ -129,7 +129,7 @@ _SQL_AGGREGATES = {
 
 
 def _sql_aggregate(spec: FeatureSpec, ts_column: str, as_of: datetime) -> str:
-    x, ts = f"({spec.column})" if spec.column else "1", _quoted(ts_column)
+    x, ts = f"({pin_clock(spec.column, as_of)})" if spec.column else "1", _quoted(ts_column)
     if spec.filters:
         condition = "coalesce(" + " AND ".join(f"({pin_clock(f, as_of)})" for f in spec.filters) + ", false)"
         x, ts = f"CASE WHEN {condition} THEN {x} END", f"CASE WHEN {condition} THEN {ts} END"
@@ -145,7 +145,7 @@ def describe_query(
     entity, ts = _quoted(entity_column), _quoted(ts_column)
     lines = [f"CAST({entity} AS STRING) AS {ENTITY_ID}"]
     for spec in specs:
-        then = "".join(f" -- then value := {expression}" for expression in spec.post)
+        then = "".join(f" -- then value := {pin_clock(expression, as_of)}" for expression in spec.post)
         value = f"CAST({_sql_aggregate(spec, ts_column, as_of)} AS {VALUE_TYPES[spec.value_type]})"
         lines[-1] += ","
         lines.append(f"{value} AS {_quoted(spec.name)}{then}")

@@ -37,7 +37,7 @@ from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from jobs._plan import PlanError, select
 from jobs._run import RunConfig, run
-from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session
+from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session, default_source_namespaces
 from jobs._watch import watch
 from server._settings import Settings
 
@@ -102,6 +102,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--source-jdbc-url", default=defaults["jdbc_url"], help="JDBC URL of a PostgreSQL source")
     p.add_argument("--jdbc-catalog", default="postgres", help="catalog name of the JDBC source's tables")
     p.add_argument("--jdbc-jar", default=DEFAULT_JDBC_JAR)
+    p.add_argument(
+        "--source-namespaces",
+        type=_csv,
+        default=_csv(env.get("FEATURESTORE_SOURCE_NAMESPACES", "")),
+        help="catalogs or catalog.schema names source tables may come from, comma-separated "
+        "(default: the warehouse, spark_catalog.default, and the JDBC catalog when --source-jdbc-url is set)",
+    )
     return p
 
 
@@ -145,6 +152,8 @@ def _config(args: argparse.Namespace, as_of: datetime) -> RunConfig:
         postgres_dsn=args.postgres_dsn,
         online_ttl=args.online_ttl,
         dry_run=args.dry_run,
+        source_namespaces=tuple(args.source_namespaces)
+        or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog),
     )
 
 

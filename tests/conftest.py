@@ -126,13 +126,15 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def spark(warehouse: Path, postgres: Proc) -> Iterator[Any]:
-    """One local Spark for the session, with the test PostgreSQL as the JDBC catalog `postgres`."""
+    """One local Spark for the session, with the test PostgreSQL's database `sources` as the JDBC catalog
+    `postgres` (the feature store's own database is never a source)."""
     from jobs import SessionConfig, build_session
 
+    run_sql(str(postgres.extra["dsn"]), "CREATE DATABASE sources")
     config = SessionConfig(
         master="local[2]",
         warehouse=str(warehouse),
-        jdbc_url=f"jdbc:postgresql://127.0.0.1:{postgres.port}/postgres?user=postgres",
+        jdbc_url=f"jdbc:postgresql://127.0.0.1:{postgres.port}/sources?user=postgres",
         shuffle_partitions=2,
         conf={"spark.ui.enabled": "false", "spark.driver.port": str(free_port())},
     )

@@ -75,12 +75,14 @@ async def _copy_purchases(dsn: str, rows: list[tuple[Any, ...]]) -> None:
 
 @pytest.fixture(scope="module")
 def tables(spark: SparkSession, warehouse: Path, postgres_dsn: str, server: Any) -> None:
-    """The demo tables in the Parquet warehouse and, the same rows, in PostgreSQL."""
+    """The demo tables in the Parquet warehouse and, the same rows, in PostgreSQL: in the feature store's
+    database for the tests' reference SQL, and in the `sources` database for the JDBC source."""
     write_demo_tables(spark, warehouse, SIZE, AS_OF + timedelta(days=10))
     register_warehouse(spark, warehouse)
     spark.catalog.refreshTable("customer_purchases")
     rows = [tuple(r) for r in spark.table("customer_purchases").collect()]
     asyncio.run(_copy_purchases(postgres_dsn, rows))
+    asyncio.run(_copy_purchases(postgres_dsn.rsplit("/", 1)[0] + "/sources", rows))
 
 
 def seed_feature() -> pb.Feature:
@@ -247,26 +249,67 @@ def bad(
 def test_a_bad_definition_fails_alone_with_a_clear_message(
     spark: SparkSession, client: FeatureStoreClient, tables: None, redis_url: str, postgres_dsn: str
 ) -> None:
-    features = create(
+    registered = create(
         client,
         seed_feature(),
         bad("bad_column", column="purchase_amont"),
-        bad("bad_filter", filter_="purchase_date >= NOW() -"),
-        bad("bad_function", function="median"),
         bad("bad_table", table="no_such_table"),
     )  # fmt: skip
-    report: RunReport = run(spark, features, config(redis_url, postgres_dsn), progress=lambda _: None)
+    # Stored before the registry checked definitions, or written to its database directly:
+    # the pipeline checks them again.
+    unchecked = [bad("bad_filter", filter_="purchase_date >= NOW() -"), bad("bad_function", function="median")]
+    lines: list[str] = []
+    report: RunReport = run(spark, registered + unchecked, config(redis_url, postgres_dsn), progress=lines.append)
     assert report.features == ["customer_total_purchases_30d"]
     assert sorted(report.failed) == ["bad_column", "bad_filter", "bad_function", "bad_table"]
     assert "purchase_amont" in report.failed["bad_column"]
-    assert "PARSE_SYNTAX_ERROR" in report.failed["bad_filter"] or "Syntax error" in report.failed["bad_filter"]
+    assert report.failed["bad_filter"].startswith("source_config.filter: is not a Spark SQL expression")
     assert "unknown aggregation function 'median'" in report.failed["bad_function"]
     assert "no_such_table" in report.failed["bad_table"]
+    failures = [line for line in lines if line.startswith("FAILED")]
+    assert len(failures) == 4
+    assert all("\n" not in line and len(line) < 600 for line in failures), failures
     want = {
         e: {"customer_total_purchases_30d": v["customer_total_purchases_30d"]}
         for e, v in expected(postgres_dsn, AS_OF).items()
     }
     assert_values_equal(served(client, all_customers(), ["customer_total_purchases_30d"]), want)
+
+
+def test_definitions_that_would_run_code_are_refused_and_the_others_computed(
+    spark: SparkSession, client: FeatureStoreClient, tables: None, redis_url: str, postgres_dsn: str
+) -> None:
+    reflect = "reflect('java.lang.System', 'getProperty', 'user.dir')"
+    hostile = [
+        bad("in_column", column=f"length({reflect})", function="max"),
+        bad("in_filter", filter_=f"{reflect} IS NOT NULL"),
+        bad("other_catalog", table="postgres.public.feature_history"),
+        bad("warehouse_other_schema", table="other.customer_purchases"),
+    ]
+    post = bad("in_expression")
+    post.transformations.append(pb.Transformation(type="expression", expression=f"value + length({reflect})"))
+    features = [*create(client, seed_feature()), *hostile, post]
+    report = run(spark, features, config(redis_url, postgres_dsn), progress=lambda _: None)
+    assert report.features == ["customer_total_purchases_30d"]
+    for name in ("in_column", "in_filter", "in_expression"):
+        assert "uses function reflect" in report.failed[name], report.failed[name]
+    assert "not a source namespace" in report.failed["other_catalog"]
+    assert "not a source namespace" in report.failed["warehouse_other_schema"]
+    written = "SELECT count(*) AS n FROM feature_history WHERE feature_name <> 'customer_total_purchases_30d'"
+    assert run_sql(postgres_dsn, written)[0]["n"] == 0
+
+
+def test_the_feature_stores_own_database_is_never_a_source(
+    spark: SparkSession, client: FeatureStoreClient, tables: None, redis_url: str, postgres: Any, postgres_dsn: str
+) -> None:
+    prefix = "spark.sql.catalog.store"
+    spark.conf.set(prefix, "org.apache.spark.sql.execution.datasources.v2.jdbc.JDBCTableCatalog")
+    spark.conf.set(f"{prefix}.url", f"jdbc:postgresql://localhost:{postgres.port}/postgres?user=postgres")
+    spark.conf.set(f"{prefix}.driver", "org.postgresql.Driver")
+    own = bad("own", table="store.public.customer_purchases", function="count", column="purchase_id")
+    namespaces = ("spark_catalog.default", "store")
+    report = run(spark, [own], config(redis_url, postgres_dsn, source_namespaces=namespaces), progress=lambda _: None)
+    assert "the feature store's own database" in report.failed["own"]
 
 
 def test_a_postgresql_source_over_jdbc_gives_the_same_values(
@@ -277,7 +320,13 @@ def test_a_postgresql_source_over_jdbc_gives_the_same_values(
         feature.source_config.table = "postgres.public.customer_purchases"
         feature.source_config.entity_column = "customer_id"
         features.append(feature)
-    report = run(spark, create(client, *features), config(redis_url, postgres_dsn), progress=lambda _: None)
+    sources = ("spark_catalog.default", "postgres")
+    report = run(
+        spark,
+        create(client, *features),
+        config(redis_url, postgres_dsn, source_namespaces=sources),
+        progress=lambda _: None,
+    )
     assert report.failed == {}
     names = [f.name for f in features]
     want = {e: {n: v[n] for n in names} for e, v in expected(postgres_dsn, AS_OF).items()}
