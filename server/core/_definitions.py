@@ -79,6 +79,8 @@ def _aggregation_problems(path: str, step: Step) -> list[Problem]:
 
 def _step_problems(path: str, step: Step) -> list[Problem]:
     """One step: a known type with the fields that type uses, and nothing else."""
+    if not step.type:
+        return [(f"{path}.type", f"is required: one of {_TYPES}")]
     if step.type not in TRANSFORMATION_TYPES:
         return [(f"{path}.type", f"unknown type {_preview(step.type)}; expected one of {_TYPES}")]
     if step.type == AGGREGATION:
