@@ -118,3 +118,12 @@ def test_a_definition_is_bounded() -> None:
     found = violations(feature(*big, description="d" * 4096, tags=tags))  # type: ignore[arg-type]
     assert list(found) == ["feature"]
     assert f"at most {DEFINITION_MAX_BYTES} bytes" in found["feature"]
+
+
+def test_the_docs_list_exactly_the_allowed_functions() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "definitions.md").read_text()
+    listed = text.split("## Allowed functions", 1)[1].split("\n## ", 1)[0]
+    names = {name for line in listed.splitlines() if line.startswith("- **") for name in line.split("`")[1::2]}
+    assert names == set(core.FUNCTIONS)

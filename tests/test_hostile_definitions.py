@@ -46,7 +46,7 @@ def test_the_reported_exploit_is_refused_over_rest_naming_field_and_function(res
     assert [{k: v[k] for k in ("field", "description")} for v in bad["field_violations"]] == [
         {
             "field": "feature.transformations[1].expression",
-            "description": "uses function reflect, which is not allowed in a definition (see the allowed functions)",
+            "description": "uses function reflect, which is not allowed in a definition (see docs/definitions.md)",
         }
     ]
     assert stored(postgres_dsn) == 0

@@ -17,7 +17,7 @@ FILTER, AGGREGATION, EXPRESSION = "filter", "aggregation", "expression"
 TRANSFORMATION_TYPES = (FILTER, AGGREGATION, EXPRESSION)
 TRANSFORMATIONS_MAX = 16
 
-# Aggregation functions (their meanings: docs/pipelines.md, "Transformations").
+# Aggregation functions (their meanings: the README's "Batch Feature Pipeline", docs/definitions.md).
 AGGREGATIONS = (
     "sum",
     "avg",

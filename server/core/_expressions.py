@@ -217,7 +217,7 @@ def _problems(tree: exp.Expr, use: ExpressionUse) -> Iterator[str]:
         if isinstance(node, exp.Anonymous) and node.name.lower() in unknown_calls:
             continue
         if isinstance(node, exp.Anonymous) or type(node) not in types:
-            yield f"uses {_describe(node)}, which is not allowed in a definition (see the allowed functions)"
+            yield f"uses {_describe(node)}, which is not allowed in a definition (see docs/definitions.md)"
         elif isinstance(node, exp.Column) and use.columns is not None and (node.table or node.name not in use.columns):
             yield f"may refer only to {', '.join(sorted(use.columns))}, not {node.sql(dialect='spark')}"
 
@@ -235,7 +235,7 @@ def expression_problem(text: str, use: ExpressionUse) -> str | None:
         return f"is not a Spark SQL expression{_where(err)}"
     unknown = next((name for name in _calls(tokens) if name not in FUNCTIONS), None)
     if unknown:
-        return f"uses function {unknown}, which is not allowed in a definition (see the allowed functions)"
+        return f"uses function {unknown}, which is not allowed in a definition (see docs/definitions.md)"
     if len(trees) != 1 or trees[0] is None:
         return "must be one expression (no ';')"
     tree = trees[0]
