@@ -132,7 +132,9 @@ async def start(settings: Settings) -> App:
 
     server = _server(settings)
     registry = RegistryServicer(registry_store, after_write=refresher.refresh_quietly)
-    history = offline.PostgresHistoryStore(pool, read_pool, max_new_partitions=settings.max_new_partitions)
+    history = offline.PostgresHistoryStore(
+        pool, read_pool, max_new_partitions=settings.max_new_partitions, statement_timeout=settings.postgres_timeout
+    )
     await history.create_upcoming_partitions()
     online_servicer = online.OnlineServicer(catalog, online_store, history, limits)
     history_servicer = offline.HistoryServicer(catalog, history, limits)

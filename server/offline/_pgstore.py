@@ -97,15 +97,22 @@ class PostgresHistoryStore:
     training reads, so that long reads cannot hold every connection a write needs.
     `max_new_partitions` bounds how many monthly partitions one append may create
     (None: unbounded, for batch backfills); the partitions of the current and next
-    months are created ahead of time by `maintain_partitions`.
+    months are created ahead of time by `maintain_partitions`. A method's `timeout` (what
+    is left of the caller's deadline) shortens, never lengthens, `statement_timeout`.
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, read_pool: asyncpg.Pool | None = None, *, max_new_partitions: int | None = None
+        self,
+        pool: asyncpg.Pool,
+        read_pool: asyncpg.Pool | None = None,
+        *,
+        max_new_partitions: int | None = None,
+        statement_timeout: float | None = None,
     ) -> None:
         self._pool = pool
         self._read_pool = read_pool or pool
         self._max_new_partitions = max_new_partitions
+        self._statement_timeout = statement_timeout
         self._partitions: set[date] = set()
         self._partitions_known = False
 
@@ -123,6 +130,7 @@ class PostgresHistoryStore:
         """
         if not records:
             return
+        timeout = self._within(timeout)
         months = {_month(r[3]) for r in records}
         try:
             await self._copy(records, months, timeout)
@@ -165,6 +173,11 @@ class PostgresHistoryStore:
                 await conn.execute(_create_partition_sql(month))
         self._partitions |= missing
 
+    def _within(self, timeout: float | None) -> float | None:
+        if timeout is None or self._statement_timeout is None:
+            return timeout if timeout is not None else self._statement_timeout
+        return min(timeout, self._statement_timeout)
+
     async def _load_partitions(self) -> None:
         names = [record["relname"] for record in await self._pool.fetch(_PARTITIONS)]
         self._partitions |= {m for m in map(_month_of, names) if m is not None}
@@ -190,7 +203,7 @@ class PostgresHistoryStore:
         """Up to q.limit values in (event time, feature) order, after q.after."""
         after_time, after_name = q.after or (_EPOCH, "")
         args = (q.entity_type, q.entity_id, list(q.feature_names), q.start, q.end, after_time, after_name, q.limit)
-        row = await self._read_pool.fetchrow(_RANGE, *args, timeout=timeout)
+        row = await self._read_pool.fetchrow(_RANGE, *args, timeout=self._within(timeout))
         assert row is not None
         last = (row["last_time"], row["last_name"]) if row["n"] else None
         return HistoryPage(row["frames"], row["n"], row["more"], last)
@@ -200,6 +213,7 @@ class PostgresHistoryStore:
         """Each row's cells (see RowCells), in row order: the point-in-time join."""
         common = (q.entity_type, list(q.entity_ids), list(q.micros), list(q.feature_names), q.max_age)
         ages = list(q.feature_max_ages)
+        timeout = self._within(timeout)
         rows = await self._read_pool.fetch(AS_OF_ROWS, *common, ages, len(q.feature_names), q.window, timeout=timeout)
         answers = [row_cells(r, len(q.feature_names)) for r in rows]
         missing = [(i, p) for i, a in enumerate(answers) if isinstance(a, list) for p, c in enumerate(a) if c is None]
