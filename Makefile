@@ -52,9 +52,11 @@ lint: venv check-gen buf-lint
 
 gen: venv
 	$(BIN)/python tools/protogen.py
+	$(BIN)/python tools/settings_table.py --write
 
 check-gen: venv
 	$(BIN)/python tools/protogen.py --check
+	$(BIN)/python tools/settings_table.py --check
 
 buf-lint: $(BUF)
 	$(BUF) lint
