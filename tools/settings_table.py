@@ -1,8 +1,8 @@
 """The README's server configuration table, generated from Settings' metadata so it cannot drift.
 
-    python tools/settings_table.py           # print the table
-    python tools/settings_table.py --write   # replace it in README.md (between the markers)
-    python tools/settings_table.py --check   # exit 1 when README.md's table is stale
+python tools/settings_table.py           # print the table
+python tools/settings_table.py --write   # replace it in README.md (between the markers)
+python tools/settings_table.py --check   # exit 1 when README.md's table is stale
 """
 
 from __future__ import annotations
