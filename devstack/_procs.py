@@ -228,7 +228,7 @@ def envoy_config(listen_port: int, admin_port: int, upstream_port: int) -> dict[
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    transcoder = hcm["http_filters"][0]["typed_config"]
+    transcoder = next(f for f in hcm["http_filters"] if f["name"].endswith("grpc_json_transcoder"))["typed_config"]
     transcoder["proto_descriptor"] = str(ROOT / transcoder["proto_descriptor"])
     cluster = config["static_resources"]["clusters"][0]
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
