@@ -52,7 +52,7 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def batches(entities: range, times: int, size: int) -> list[list[HistoryRow]]:
-    from server._codec import encode_stored
+    from server.core.codec import encode_stored
 
     value_msg = vpb.Value(float_value=1.25)
     value = value_msg.SerializeToString()

@@ -1,7 +1,7 @@
 """Materialization, run on the executors: each partition writes its own entities.
 
 A partition's rows arrive as Arrow batches (one row per entity, one column per
-feature). Every value is encoded by `server._codec.ValueEncoder` (byte for byte
+feature). Every value is encoded by `server.codec.ValueEncoder` (byte for byte
 what the online write path stores) and goes first to the offline history
 (`PostgresHistoryStore.append_records`: binary COPY, idempotent on rerun), then
 to Redis through `RedisOnlineStore.write` (the only-newer script), several
@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from server import _codec
 from server._postgres import create_pool
+from server.core import codec
 from server.offline import HistoryRecord, PostgresHistoryStore
 from server.online import KeyWrite, RedisOnlineStore, connect, entity_key
 
@@ -59,21 +59,21 @@ class _Encoded:
         self.values = 0
         self.rows = sum(batch.column("__rows").to_pylist())
         for name, kind in config.features:
-            encoder = _codec.ValueEncoder(name, kind, config.event_micros)
+            encoder = codec.ValueEncoder(name, kind, config.event_micros)
             self._column(config.entity_type, encoder, batch.column(name).to_pylist(), when)
         # An entity's values side by side: their index entries are neighbours (the same leaf
         # pages, touched once), where a feature at a time sent every insert to a random page.
         self.history: list[HistoryRecord] = [r for records in self._records for r in records]
 
-    def _column(self, entity_type: str, encoder: _codec.ValueEncoder, xs: list[object], when: datetime) -> None:
+    def _column(self, entity_type: str, encoder: codec.ValueEncoder, xs: list[object], when: datetime) -> None:
         name, encode, records, fields = encoder.name, encoder.encode, self._records, self.fields
-        field, json_field = name.encode(), name.encode() + _codec.JSON_FIELD_SUFFIX
+        field, json_field = name.encode(), name.encode() + codec.JSON_FIELD_SUFFIX
         for i, (entity_id, x) in enumerate(zip(self.ids, xs, strict=True)):
             if x is None:
                 continue
             proto, as_json, value = encode(x)
             fields[i] += ((field, proto), (json_field, as_json))
-            records[i].append((entity_type, entity_id, name, when, value, proto[_codec.TIME_BYTES :]))
+            records[i].append((entity_type, entity_id, name, when, value, proto[codec.TIME_BYTES :]))
             self.values += 1
 
     def online(self, entity_type: str) -> list[KeyWrite]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from featurestore import python_value
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
-from server import _codec
+from server.core import codec
 
 scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(lambda x: vpb.Value(float_value=x)),
@@ -26,20 +26,20 @@ times = st.integers(-(10**16), 10**17).map(
 
 @given(value=scalars, when=times)
 def test_fast_json_is_byte_identical_to_json_format(value: vpb.Value, when: timestamp_pb2.Timestamp) -> None:
-    _, stored = _codec.encode_stored("some_feature", value, when)
+    _, stored = codec.encode_stored("some_feature", value, when)
     fv = fs.FeatureValue(name="some_feature", value=value, event_time=when, status=fs.PRESENT)
-    assert stored[_codec.TIME_BYTES :] == _codec.to_json(fv)
+    assert stored[codec.TIME_BYTES :] == codec.to_json(fv)
 
 
 @given(a=times, b=times)
 def test_time_keys_order_like_the_times(a: timestamp_pb2.Timestamp, b: timestamp_pb2.Timestamp) -> None:
-    ka, kb = _codec.time_key(_codec.micros_of(a)), _codec.time_key(_codec.micros_of(b))
-    assert (ka < kb) == (_codec.micros_of(a) < _codec.micros_of(b))
+    ka, kb = codec.time_key(codec.micros_of(a)), codec.time_key(codec.micros_of(b))
+    assert (ka < kb) == (codec.micros_of(a) < codec.micros_of(b))
 
 
 @given(when=times)
 def test_timestamp_bytes_parse_back(when: timestamp_pb2.Timestamp) -> None:
-    assert timestamp_pb2.Timestamp.FromString(_codec.timestamp_bytes(_codec.micros_of(when))) == when
+    assert timestamp_pb2.Timestamp.FromString(codec.timestamp_bytes(codec.micros_of(when))) == when
 
 
 timestamp_values = st.datetimes(
@@ -60,8 +60,8 @@ def test_the_pipeline_encoder_stores_what_the_write_path_stores(
     kind = value.WhichOneof("kind")
     assert kind is not None
     plain = python_value(value)
-    encoder = _codec.ValueEncoder("some_feature", kind, _codec.micros_of(when))
-    assert encoder.encode(plain) == (*_codec.encode_stored("some_feature", value, when), value.SerializeToString())
+    encoder = codec.ValueEncoder("some_feature", kind, codec.micros_of(when))
+    assert encoder.encode(plain) == (*codec.encode_stored("some_feature", value, when), value.SerializeToString())
 
 
 @given(value=st.one_of(scalars, timestamp_values), when=times)
@@ -69,11 +69,11 @@ def test_a_stored_frame_ends_with_its_status(value: vpb.Value, when: timestamp_p
     # The point-in-time join (server/offline/_asof_sql.py) marks a value EXPIRED in SQL by
     # setting a stored frame's last byte, and serves it as TrainingExample.features by
     # changing its first (the field tag).
-    proto, _ = _codec.encode_stored("some_feature", value, when)
-    frame = proto[_codec.TIME_BYTES :]
+    proto, _ = codec.encode_stored("some_feature", value, when)
+    frame = proto[codec.TIME_BYTES :]
     assert frame.endswith(b"\x20" + bytes([fs.PRESENT]))
     expired = frame[:-1] + bytes([fs.EXPIRED])
-    assert expired == _codec.expired_frame(proto)
+    assert expired == codec.expired_frame(proto)
     [served] = fs.TrainingExample.FromString(b"\x22" + expired[1:]).features
     want = fs.FeatureValue(name="some_feature", value=value, event_time=when, status=fs.EXPIRED)
     assert served.SerializeToString() == want.SerializeToString()  # bytes: a NaN value equals itself

@@ -307,12 +307,12 @@ def test_the_write_script_keeps_the_newer_of_thousands_of_values_per_entity(redi
     """More values than one command takes: each still compared on its own, both its forms kept or skipped."""
     import asyncio
 
-    from server import _codec
+    from server.core import codec
     from server.online import KeyWrite, RedisOnlineStore, connect
     from server.online._redis import value_field
 
     def forms(name: bytes, micros: int, n: int) -> list[tuple[bytes, bytes]]:
-        proto, as_json, _ = _codec.ValueEncoder(name.decode(), "int64_value", micros).encode(n)
+        proto, as_json, _ = codec.ValueEncoder(name.decode(), "int64_value", micros).encode(n)
         return [(name, proto), (name + b":j", as_json)]
 
     names = [f"f{n}".encode() for n in range(1200)]

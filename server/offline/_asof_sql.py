@@ -13,9 +13,13 @@ from __future__ import annotations
 import asyncpg
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server.core import codec
 from server.offline._model import RowCells
 
-EXAMPLE_FEATURE_TAG = 0x22  # TrainingExample.features, where a FeatureValue frame has 0x1a
+# TrainingExample.features' tag, one byte like a stored FeatureValue frame's own tag.
+EXAMPLE_FEATURE_TAG = codec.EXAMPLE_FEATURES_TAG[0]
+if len(codec.EXAMPLE_FEATURES_TAG) != 1 or len(codec.FEATURES_TAG) != 1:
+    raise RuntimeError("the as-of join re-tags frames in place: both tags must be one byte")
 
 # Both time bounds of a row ($5 and the row's time) are index conditions.
 _CELL = (

@@ -1,6 +1,6 @@
 """GetHistoricalFeatures and StreamHistoricalFeatures: feature history from PostgreSQL.
 
-Responses are assembled as bytes (see server._codec): each history row
+Responses are assembled as bytes (see server.core.codec): each history row
 keeps its FeatureValue already framed as field 3 of the response, so a page
 is the concatenation of its rows' frames; no message objects are built.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server import _codec
 from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
 from server._rpc import rpc, rpc_stream, unary_stream, unary_unary
+from server.core import codec
 from server.offline._model import HistoryPage, HistoryQuery
 from server.offline._pgstore import PostgresHistoryStore
 from server.online._catalog import Catalog, entity_type_problem
@@ -35,7 +35,6 @@ _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
 _END = datetime(9999, 12, 31, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TOKEN = struct.Struct(">q")
-_NEXT_PAGE_TOKEN_TAG = b"\x22"
 
 
 def _when(ts: Any, default: datetime) -> datetime:
@@ -93,9 +92,9 @@ def _decode_token(token: str, violations: list[FieldViolation]) -> tuple[datetim
 def _response(q: HistoryQuery, page: HistoryPage, next_token: str) -> bytes:
     """The response: stored frames are already field 3 (values) of GetHistoricalFeaturesResponse."""
     # Fields 1 and 2 are entity_id and entity_type, as in GetFeaturesResponse; 4 is next_page_token.
-    head = _codec.frame(_codec.ENTITY_ID_TAG, q.entity_id.encode())
-    head += _codec.frame(_codec.ENTITY_TYPE_TAG, q.entity_type.encode())
-    tail = _codec.frame(_NEXT_PAGE_TOKEN_TAG, next_token.encode()) if next_token else b""
+    head = codec.frame(codec.ENTITY_ID_TAG, q.entity_id.encode())
+    head += codec.frame(codec.ENTITY_TYPE_TAG, q.entity_type.encode())
+    tail = codec.frame(codec.NEXT_PAGE_TOKEN_TAG, next_token.encode()) if next_token else b""
     return head + page.frames + tail
 
 

@@ -26,9 +26,9 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server import _codec
 from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
 from server._rpc import rpc_stream, unary_stream
+from server.core import codec
 from server.offline._model import AsOfQuery, RowCells
 from server.offline._pgstore import PostgresHistoryStore
 from server.online._catalog import Catalog, Plan
@@ -48,7 +48,6 @@ CHUNK_CELLS = 50_000  # rows x features per query: wide feature lists get fewer 
 MESSAGE_BYTES = 4 * 1024 * 1024  # a response message's most (gRPC clients receive 4 MiB by default)
 PARALLEL_CHUNKS = 4  # queries in flight (a backend each): PostgreSQL stays busy while answers go out
 MAX_ROWS = 1_000_000
-_EXAMPLES_TAG = b"\x0a"  # GetTrainingDatasetResponse.examples
 
 
 def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest, limits: Limits) -> Plan:
@@ -210,7 +209,7 @@ class TrainingServicer:
         answers = await self._store.as_of(_as_of_query(request, plan, rows, window), timeout)
         not_found = plan.not_found_examples
         return [
-            _codec.frame(_EXAMPLES_TAG, row.SerializeToString() + _cells(answer, not_found))
+            codec.frame(codec.EXAMPLES_TAG, row.SerializeToString() + _cells(answer, not_found))
             for row, answer in zip(rows, answers, strict=True)
         ]
 

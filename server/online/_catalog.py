@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from featurestore.serving.v1 import value_pb2
-from server import _codec
 from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server._metrics import REGISTRY_FEATURES, REGISTRY_VERSION
+from server.core import codec
 from server.online._redis import value_field
 from server.registry import Feature, FeatureGroup
 from server.registry._validate import identifier_problem
@@ -101,7 +101,7 @@ class Plan:
 
     def cutoffs(self, now_micros: int) -> list[bytes]:
         """The expiry cutoff of each feature at `now_micros`."""
-        per_age = [_codec.cutoff(now_micros, age) for age in self._ages]
+        per_age = [codec.cutoff(now_micros, age) for age in self._ages]
         return [per_age[i] for i in self._age_index]
 
 
@@ -111,15 +111,15 @@ def _served(f: Feature) -> ServedFeature:
     return ServedFeature(
         name=f.name,
         name_field=f.name.encode(),
-        name_json_field=f.name.encode() + _codec.JSON_FIELD_SUFFIX,
+        name_json_field=f.name.encode() + codec.JSON_FIELD_SUFFIX,
         field=value_field(f.name.encode(), kind_number),
         entity_type=f.entity_type,
         value_type=f.value_type,
         value_kind=VALUE_KINDS[f.value_type],
         max_age_micros=None if max_age is None else int(max_age.total_seconds() * 1_000_000),
-        not_found=_codec.not_found_frame(f.name),
-        json_field=value_field(f.name.encode() + _codec.JSON_FIELD_SUFFIX, kind_number),
-        not_found_json=_codec.not_found_json(f.name),
+        not_found=codec.not_found_frame(f.name),
+        json_field=value_field(f.name.encode() + codec.JSON_FIELD_SUFFIX, kind_number),
+        not_found_json=codec.not_found_json(f.name),
     )
 
 
@@ -131,7 +131,7 @@ def _make_plan(features: list[ServedFeature]) -> Plan:
         not_found=[f.not_found for f in features],
         json_fields=tuple(f.json_field for f in features),
         not_found_json=[f.not_found_json for f in features],
-        not_found_examples=[b"\x22" + f.not_found[1:] for f in features],
+        not_found_examples=[codec.EXAMPLE_FEATURES_TAG + f.not_found[1:] for f in features],
         _ages=ages,
         _age_index=tuple(ages.index(f.max_age_micros) for f in features),
     )

@@ -7,7 +7,7 @@ lowercase identifier without ':', so the key is unambiguous; the entity id is
 its UTF-8 bytes, as is). Each hash field is a feature name followed by ``#``
 and the number of the Value member the value holds (``clicks#2`` for an
 INT64, ``clicks:j#2`` for its JSON form); its value is the stored form
-described in ``server._codec`` (8-byte event time, then the pre-framed
+described in ``server.core.codec`` (8-byte event time, then the pre-framed
 FeatureValue).
 
 Why the kind is in the field name: a feature deleted and registered again
@@ -61,8 +61,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from server._codec import FIELDS_PER_VALUE, TIME_BYTES
 from server._errors import ServiceError, translated, unavailable
+from server.core.codec import FIELDS_PER_VALUE, TIME_BYTES
 from server.online._resp import ReplyError, RespClient, pack
 
 P = ParamSpec("P")
@@ -173,7 +173,7 @@ def _skip_varint(data: bytes, pos: int) -> int:
 
 
 def stored_kind(stored: bytes) -> int:
-    """The number of the Value member in a stored protobuf form (see server._codec).
+    """The number of the Value member in a stored protobuf form (see server.core.codec).
 
     8-byte time, 0x1a and a varint length (the frame), then the FeatureValue: 0x0a, the
     name's length and the name (field 1), 0x12 and a varint length (field 2, the Value),
@@ -204,7 +204,7 @@ class KeyWrite:
     """The values to write into one entity's hash: (field, stored value) pairs.
 
     Each value is two consecutive pairs, its protobuf form under the feature's name
-    then its JSON form under `<name>:j` (see _codec); the store files both under the
+    then its JSON form under `<name>:j` (see server.core.codec); the store files both under the
     value's kind (see the module docstring) and the write script keeps or skips both
     on the first one's time.
     """

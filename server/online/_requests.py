@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server import _codec
 from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
+from server.core import codec
 from server.offline._model import HistoryRow
 from server.online._catalog import Catalog, entity_type_problem
 from server.online._redis import KeyWrite, entity_key
@@ -100,7 +100,7 @@ def encode_rows(
     """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names the bad values.
 
     Counts are checked before any row is looked at; at most MAX_VIOLATIONS are collected.
-    Each value is two hash fields (protobuf and JSON form, see _codec), written or skipped together.
+    Each value is two hash fields (protobuf and JSON form, see server.core.codec), written or skipped together.
     """
     violations = entity_type_problem(entity_type)
     total = 0
@@ -165,9 +165,9 @@ def _encode_row(
             continue
         if time_problem or violations:  # nothing will be written: the value was checked, skip encoding it
             continue
-        proto, json = _codec.encode_stored(name, value, row.event_time)
+        proto, json = codec.encode_stored(name, value, row.event_time)
         values += ((feature.name_field, proto), (feature.name_json_field, json))
-        frame = proto[_codec.TIME_BYTES :]
+        frame = proto[codec.TIME_BYTES :]
         history.append(HistoryRow(entity_type, row.entity_id, name, event_time, value.SerializeToString(), frame))
     return KeyWrite(entity_key(entity_type, row.entity_id), values)
 

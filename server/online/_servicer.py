@@ -1,6 +1,6 @@
 """The FeatureStoreService's online methods: reads from and writes to the online store.
 
-Reads answer pre-encoded bytes (see _codec): the handlers are registered with
+Reads answer pre-encoded bytes (see server.core.codec): the handlers are registered with
 no response serializer, so the bytes go to the wire as they are.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server import _codec
 from server._errors import resource_exhausted
 from server._rpc import parsed, rpc, stream_unary, unary_unary
+from server.core import codec
 from server.online._catalog import Catalog, Plan
 from server.online._redis import entity_key
 from server.online._requests import EncodedWrite, Limits, check_read, encode_rows, features_allowed
@@ -48,31 +48,31 @@ class OnlineServicer:
         entity_type, entity_id = request.entity_type, request.entity_id
         plan = self._plan(entity_type, request, (entity_id,), batch=False)
         stored = await self._read(entity_type, (entity_id,), plan.fields)
-        features = _codec.assemble(stored, plan.not_found, plan.cutoffs(_codec.now_micros()))
-        head = _codec.frame(_codec.ENTITY_ID_TAG, entity_id.encode())
-        return head + _codec.frame(_codec.ENTITY_TYPE_TAG, entity_type.encode()) + features
+        features = codec.assemble(stored, plan.not_found, plan.cutoffs(codec.now_micros()))
+        head = codec.frame(codec.ENTITY_ID_TAG, entity_id.encode())
+        return head + codec.frame(codec.ENTITY_TYPE_TAG, entity_type.encode()) + features
 
     @rpc
     async def GetFeaturesJson(self, request: fs.GetFeaturesRequest, context: Context) -> bytes:
         entity_type, entity_id = request.entity_type, request.entity_id
         plan = self._plan(entity_type, request, (entity_id,), batch=False)
         stored = await self._read(entity_type, (entity_id,), plan.json_fields)
-        features = _codec.assemble_json(stored, plan.not_found_json, plan.cutoffs(_codec.now_micros()))
-        head = b'{"entity_id":' + _codec.json_string(entity_id) + b',"entity_type":' + _codec.json_string(entity_type)
-        return _codec.http_body(head + b',"features":[' + features + b"]}")
+        features = codec.assemble_json(stored, plan.not_found_json, plan.cutoffs(codec.now_micros()))
+        head = b'{"entity_id":' + codec.json_string(entity_id) + b',"entity_type":' + codec.json_string(entity_type)
+        return codec.http_body(head + b',"features":[' + features + b"]}")
 
     @rpc
     async def BatchGetFeatures(self, request: fs.BatchGetFeaturesRequest, context: Context) -> bytes:
         entity_type, entity_ids = request.entity_type, list(request.entity_ids)
         plan = self._plan(entity_type, request, entity_ids, batch=True)
-        parts = [_codec.frame(_codec.BATCH_ENTITY_TYPE_TAG, entity_type.encode())]
+        parts = [codec.frame(codec.BATCH_ENTITY_TYPE_TAG, entity_type.encode())]
         if entity_ids:
             stored = await self._read(entity_type, entity_ids, plan.fields)
-            cutoffs, width = plan.cutoffs(_codec.now_micros()), len(plan.fields)
+            cutoffs, width = plan.cutoffs(codec.now_micros()), len(plan.fields)
             for i, entity_id in enumerate(entity_ids):
-                values = _codec.assemble(stored[i * width : (i + 1) * width], plan.not_found, cutoffs)
-                entity = _codec.frame(_codec.ENTITY_ID_TAG, entity_id.encode()) + values
-                parts.append(_codec.frame(_codec.BATCH_ENTITIES_TAG, entity))
+                values = codec.assemble(stored[i * width : (i + 1) * width], plan.not_found, cutoffs)
+                entity = codec.frame(codec.ENTITY_ID_TAG, entity_id.encode()) + values
+                parts.append(codec.frame(codec.BATCH_ENTITIES_TAG, entity))
         return b"".join(parts)
 
     @rpc
@@ -82,12 +82,12 @@ class OnlineServicer:
         entities = []
         if entity_ids:
             stored = await self._read(entity_type, entity_ids, plan.json_fields)
-            cutoffs, width = plan.cutoffs(_codec.now_micros()), len(plan.fields)
+            cutoffs, width = plan.cutoffs(codec.now_micros()), len(plan.fields)
             for i, entity_id in enumerate(entity_ids):
-                values = _codec.assemble_json(stored[i * width : (i + 1) * width], plan.not_found_json, cutoffs)
-                entities.append(b'{"entity_id":' + _codec.json_string(entity_id) + b',"features":[' + values + b"]}")
-        head = b'{"entity_type":' + _codec.json_string(entity_type) + b',"entities":['
-        return _codec.http_body(head + b",".join(entities) + b"]}")
+                values = codec.assemble_json(stored[i * width : (i + 1) * width], plan.not_found_json, cutoffs)
+                entities.append(b'{"entity_id":' + codec.json_string(entity_id) + b',"features":[' + values + b"]}")
+        head = b'{"entity_type":' + codec.json_string(entity_type) + b',"entities":['
+        return codec.http_body(head + b",".join(entities) + b"]}")
 
     @rpc
     async def WriteFeatures(self, request: fs.WriteFeaturesRequest, context: Context) -> fs.WriteFeaturesResponse:

@@ -27,7 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from google.api import httpbody_pb2
 from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
@@ -35,18 +37,8 @@ from featurestore.serving.v1 import value_pb2
 
 _BIAS = 1 << 63
 _TIME = struct.Struct(">Q")
-FEATURES_TAG = b"\x1a"  # field 3, length-delimited
-ENTITY_ID_TAG = b"\x0a"  # field 1, length-delimited
-ENTITY_TYPE_TAG = b"\x12"  # field 2 of GetFeaturesResponse
-BATCH_ENTITY_TYPE_TAG = b"\x0a"  # field 1 of BatchGetFeaturesResponse
-BATCH_ENTITIES_TAG = b"\x12"  # field 2 of BatchGetFeaturesResponse
-TIME_BYTES = _TIME.size
-NEVER_EXPIRES = b""  # every stored value compares >= this cutoff
-JSON_FIELD_SUFFIX = b":j"
-FIELDS_PER_VALUE = 2  # the protobuf form and the JSON form
-_PRESENT_TAIL = b'"PRESENT"}'
-_EXPIRED_TAIL = b'"EXPIRED"}'
-_HTTP_BODY_HEAD = b"\x0a\x10application/json"  # HttpBody.content_type
+_WIRE_TYPES = {FieldDescriptor.TYPE_DOUBLE: 1, FieldDescriptor.TYPE_FLOAT: 5, FieldDescriptor.TYPE_FIXED64: 1}
+_LENGTH_DELIMITED = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_MESSAGE)
 
 
 def varint(n: int) -> bytes:
@@ -59,11 +51,63 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
+def field_tag(message: type[Message], name: str) -> bytes:
+    """The tag bytes of field `name` of `message`, from its descriptor (number and wire type)."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    wire = 2 if field.type in _LENGTH_DELIMITED else _WIRE_TYPES.get(field.type, 0)
+    return varint(field.number << 3 | wire)
+
+
+def _shared_tag(*fields: tuple[type[Message], str]) -> bytes:
+    """One tag for fields of several messages that carry the same frames."""
+    tags = {field_tag(message, name) for message, name in fields}
+    if len(tags) != 1:
+        raise RuntimeError(f"these fields must share one tag: {fields}")
+    return tags.pop()
+
+
+# A stored value is a framed FeatureValue: the same bytes are a `features` entry of both
+# responses and a `values` entry of a history page.
+FEATURES_TAG = _shared_tag(
+    (fs.GetFeaturesResponse, "features"), (fs.EntityFeatures, "features"), (fs.GetHistoricalFeaturesResponse, "values")
+)
+ENTITY_ID_TAG = _shared_tag(
+    (fs.GetFeaturesResponse, "entity_id"),
+    (fs.EntityFeatures, "entity_id"),
+    (fs.GetHistoricalFeaturesResponse, "entity_id"),
+)
+ENTITY_TYPE_TAG = _shared_tag(
+    (fs.GetFeaturesResponse, "entity_type"), (fs.GetHistoricalFeaturesResponse, "entity_type")
+)
+BATCH_ENTITY_TYPE_TAG = field_tag(fs.BatchGetFeaturesResponse, "entity_type")
+BATCH_ENTITIES_TAG = field_tag(fs.BatchGetFeaturesResponse, "entities")
+NEXT_PAGE_TOKEN_TAG = field_tag(fs.GetHistoricalFeaturesResponse, "next_page_token")
+EXAMPLES_TAG = field_tag(fs.GetTrainingDatasetResponse, "examples")
+EXAMPLE_FEATURES_TAG = field_tag(fs.TrainingExample, "features")
+_NAME_TAG = field_tag(fs.FeatureValue, "name")
+_VALUE_TAG = field_tag(fs.FeatureValue, "value")
+_EVENT_TIME_TAG = field_tag(fs.FeatureValue, "event_time")
+_STATUS_TAG = field_tag(fs.FeatureValue, "status")
+_SECONDS_TAG = field_tag(timestamp_pb2.Timestamp, "seconds")
+_NANOS_TAG = field_tag(timestamp_pb2.Timestamp, "nanos")
+_KIND_TAGS = {
+    kind: field_tag(value_pb2.Value, kind) for kind in ("float_value", "int64_value", "string_value", "bool_value")
+}
+_HTTP_BODY_HEAD = field_tag(httpbody_pb2.HttpBody, "content_type") + varint(16) + b"application/json"
+_HTTP_BODY_DATA_TAG = field_tag(httpbody_pb2.HttpBody, "data")
+TIME_BYTES = _TIME.size
+NEVER_EXPIRES = b""  # every stored value compares >= this cutoff
+JSON_FIELD_SUFFIX = b":j"
+FIELDS_PER_VALUE = 2  # the protobuf form and the JSON form
+_PRESENT_TAIL = b'"PRESENT"}'
+_EXPIRED_TAIL = b'"EXPIRED"}'
+
+
 def timestamp_bytes(micros: int) -> bytes:
     """A serialized google.protobuf.Timestamp."""
     seconds, rest = divmod(micros, 1_000_000)
-    out = b"\x08" + varint(seconds if seconds >= 0 else seconds + (1 << 64)) if seconds else b""
-    return out + (b"\x10" + varint(rest * 1000) if rest else b"")
+    out = _SECONDS_TAG + varint(seconds if seconds >= 0 else seconds + (1 << 64)) if seconds else b""
+    return out + (_NANOS_TAG + varint(rest * 1000) if rest else b"")
 
 
 _SHORT_VARINTS = tuple(varint(n) for n in range(1 << 14))  # every length up to 16 KiB: two bytes at most
@@ -146,8 +190,8 @@ class ValueEncoder:
             seconds=event_micros // 1_000_000, nanos=event_micros % 1_000_000 * 1000
         )
         self._when = time_key(event_micros)
-        self._head = frame(b"\x0a", name.encode())
-        self._tail = frame(b"\x1a", timestamp_bytes(event_micros)) + b"\x20" + varint(fs.PRESENT)
+        self._head = frame(_NAME_TAG, name.encode())
+        self._tail = frame(_EVENT_TIME_TAG, timestamp_bytes(event_micros)) + _STATUS_TAG + varint(fs.PRESENT)
         self._json_head = self._when + f'{{"name":"{name}","value":{{"{kind}":'.encode()
         self._json_tail = f'}},"event_time":"{self.event_time.ToJsonString()}","status":"PRESENT"}}'.encode()
         # The bytes before a value of each possible length: time, FeatureValue frame, name, Value frame.
@@ -161,7 +205,7 @@ class ValueEncoder:
         self.encode: Callable[[Any], tuple[bytes, bytes, bytes]] = fast.get(kind, self._other)
 
     def _prefix(self, value_len: int) -> bytes:
-        value_frame = b"\x12" + varint(value_len)
+        value_frame = _VALUE_TAG + varint(value_len)
         payload_len = len(self._head) + len(value_frame) + value_len + len(self._tail)
         return self._when + FEATURES_TAG + varint(payload_len) + self._head + value_frame
 
@@ -170,16 +214,16 @@ class ValueEncoder:
         return before + value + self._tail, self._json_head + as_json.encode() + self._json_tail, value
 
     def _float(self, x: float) -> tuple[bytes, bytes, bytes]:
-        return self._stored(b"\x09" + _DOUBLE.pack(x), _float_json(x))
+        return self._stored(_KIND_TAGS["float_value"] + _DOUBLE.pack(x), _float_json(x))
 
     def _int64(self, n: int) -> tuple[bytes, bytes, bytes]:
-        return self._stored(b"\x10" + varint(n if n >= 0 else n + (1 << 64)), f'"{n}"')
+        return self._stored(_KIND_TAGS["int64_value"] + varint(n if n >= 0 else n + (1 << 64)), f'"{n}"')
 
     def _bool(self, b: bool) -> tuple[bytes, bytes, bytes]:
-        return self._stored(b"\x20\x01" if b else b"\x20\x00", "true" if b else "false")
+        return self._stored(_KIND_TAGS["bool_value"] + (b"\x01" if b else b"\x00"), "true" if b else "false")
 
     def _str(self, text: str) -> tuple[bytes, bytes, bytes]:
-        return self._stored(frame(b"\x1a", text.encode()), json.dumps(text, ensure_ascii=False))
+        return self._stored(frame(_KIND_TAGS["string_value"], text.encode()), json.dumps(text, ensure_ascii=False))
 
     def _other(self, x: Any) -> tuple[bytes, bytes, bytes]:
         message = value_pb2.Value()
@@ -266,4 +310,4 @@ def json_string(text: str) -> bytes:
 
 def http_body(data: bytes) -> bytes:
     """A serialized google.api.HttpBody holding JSON."""
-    return _HTTP_BODY_HEAD + frame(b"\x12", data)
+    return _HTTP_BODY_HEAD + frame(_HTTP_BODY_DATA_TAG, data)
