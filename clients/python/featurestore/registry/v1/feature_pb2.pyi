@@ -91,7 +91,10 @@ class _FeatureSource:
 class _FeatureSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeatureSource.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FEATURE_SOURCE_UNSPECIFIED: _FeatureSource.ValueType  # 0
-    """Not set; rejected on create."""
+    """Not set. Accepted (the field is optional): the feature has no declared
+    source, and the batch pipeline, which computes only BATCH features,
+    leaves it alone.
+    """
     BATCH: _FeatureSource.ValueType  # 1
     """Computed by the batch pipeline from a table."""
     STREAMING: _FeatureSource.ValueType  # 2
@@ -103,7 +106,10 @@ class FeatureSource(_FeatureSource, metaclass=_FeatureSourceEnumTypeWrapper):
     """Where a feature's values come from."""
 
 FEATURE_SOURCE_UNSPECIFIED: FeatureSource.ValueType  # 0
-"""Not set; rejected on create."""
+"""Not set. Accepted (the field is optional): the feature has no declared
+source, and the batch pipeline, which computes only BATCH features,
+leaves it alone.
+"""
 BATCH: FeatureSource.ValueType  # 1
 """Computed by the batch pipeline from a table."""
 STREAMING: FeatureSource.ValueType  # 2
@@ -119,7 +125,9 @@ class _FeatureCategory:
 class _FeatureCategoryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeatureCategory.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FEATURE_CATEGORY_UNSPECIFIED: _FeatureCategory.ValueType  # 0
-    """Not set; rejected on create."""
+    """Not set. Accepted (the field is optional); ListFeatures cannot filter on
+    it, since an unset `category` there means "any category".
+    """
     RAW: _FeatureCategory.ValueType  # 1
     """A value taken as is from its source."""
     DERIVED: _FeatureCategory.ValueType  # 2
@@ -131,7 +139,9 @@ class FeatureCategory(_FeatureCategory, metaclass=_FeatureCategoryEnumTypeWrappe
     """What kind of feature this is."""
 
 FEATURE_CATEGORY_UNSPECIFIED: FeatureCategory.ValueType  # 0
-"""Not set; rejected on create."""
+"""Not set. Accepted (the field is optional); ListFeatures cannot filter on
+it, since an unset `category` there means "any category".
+"""
 RAW: FeatureCategory.ValueType  # 1
 """A value taken as is from its source."""
 DERIVED: FeatureCategory.ValueType  # 2
@@ -147,7 +157,9 @@ class _FeatureFrequency:
 class _FeatureFrequencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeatureFrequency.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FEATURE_FREQUENCY_UNSPECIFIED: _FeatureFrequency.ValueType  # 0
-    """Not set; rejected on create."""
+    """Not set. Accepted (the field is optional): without an explicit
+    `max_age` a served value then never expires.
+    """
     REALTIME: _FeatureFrequency.ValueType  # 1
     """Continuously, as events arrive."""
     HOURLY: _FeatureFrequency.ValueType  # 2
@@ -161,11 +173,14 @@ class _FeatureFrequencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feat
 
 class FeatureFrequency(_FeatureFrequency, metaclass=_FeatureFrequencyEnumTypeWrapper):
     """How often a feature's values are recomputed. It sets the default maximum
-    age of a served value (twice the period).
+    age of a served value: twice the period (a MONTHLY period counts as 31
+    days); no limit for REALTIME or an unset frequency.
     """
 
 FEATURE_FREQUENCY_UNSPECIFIED: FeatureFrequency.ValueType  # 0
-"""Not set; rejected on create."""
+"""Not set. Accepted (the field is optional): without an explicit
+`max_age` a served value then never expires.
+"""
 REALTIME: FeatureFrequency.ValueType  # 1
 """Continuously, as events arrive."""
 HOURLY: FeatureFrequency.ValueType  # 2
@@ -195,8 +210,8 @@ class SourceConfig(_message.Message):
     entity_column: _builtins.str
     """The column holding the entity id. Defaults to "<entity_type>_id"."""
     timestamp_column: _builtins.str
-    """The column holding each row's event time. Defaults to the first
-    timestamp column the pipeline finds.
+    """The column holding each row's event time. Defaults to the source's first
+    timestamp or date column.
     """
     def __init__(
         self,
@@ -216,8 +231,10 @@ Global___SourceConfig: _TypeAlias = SourceConfig  # noqa: Y015
 
 @_typing.final
 class Transformation(_message.Message):
-    """One step of a feature's computation. The batch pipeline's vocabulary is
-    documented in the README ("Batch Feature Pipeline").
+    """One step of a feature's computation: filter steps, then at most one
+    aggregation, then expression steps. The registry checks the vocabulary,
+    the order and every expression on create and update (INVALID_ARGUMENT);
+    docs/definitions.md lists what a step may contain.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -227,16 +244,20 @@ class Transformation(_message.Message):
     COLUMN_FIELD_NUMBER: _builtins.int
     EXPRESSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """The kind of step: "filter", "aggregation" or "expression"."""
+    """The kind of step: "filter", "aggregation" or "expression". Required."""
     function: _builtins.str
-    """The function of an aggregation, such as "sum", "avg" or "count"."""
+    """The function of an aggregation step ("sum", "avg", "mean", "count",
+    "count_distinct", "min", "max", "stddev", "first", "last",
+    "days_since_last", "days_since_first"); empty for other steps.
+    """
     column: _builtins.str
-    """The column (or Spark SQL expression over the source's columns) the
-    function applies to.
+    """The column (or Spark SQL expression over the source's columns) an
+    aggregation applies to; optional for "count", empty for other steps.
     """
     expression: _builtins.str
-    """A Spark SQL expression: the predicate of a "filter" step, or the new
-    value of an "expression" step, computed from the aggregate `value`.
+    """A Spark SQL expression: the predicate of a "filter" step (over the
+    source's columns), or the new value of an "expression" step, computed
+    from the aggregate `value`. Empty for an aggregation step.
     """
     def __init__(
         self,
@@ -287,11 +308,15 @@ class Feature(_message.Message):
     value_type: Global___ValueType.ValueType
     """The type of the feature's values."""
     source: Global___FeatureSource.ValueType
-    """Where the values come from."""
+    """Where the values come from. Optional; only BATCH features are computed by
+    the batch pipeline.
+    """
     category: Global___FeatureCategory.ValueType
-    """What kind of feature this is."""
+    """What kind of feature this is. Optional."""
     frequency: Global___FeatureFrequency.ValueType
-    """How often the values are recomputed."""
+    """How often the values are recomputed. Optional; it sets the default
+    `max_age`.
+    """
     owner: _builtins.str
     """The team or person that owns the feature."""
     revision: _builtins.int
@@ -314,8 +339,9 @@ class Feature(_message.Message):
 
     @_builtins.property
     def max_age(self) -> _duration_pb2.Duration:
-        """How old a served value may be before it is reported EXPIRED. Unset means
-        twice the period of `frequency` (no limit for REALTIME).
+        """How old a served value may be before it is reported EXPIRED; positive
+        when set. Unset means twice the period of `frequency` (no limit for
+        REALTIME or an unset frequency).
         """
 
     @_builtins.property

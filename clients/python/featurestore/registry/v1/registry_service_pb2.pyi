@@ -152,7 +152,10 @@ class UpdateFeatureRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change; empty means all updatable fields."""
+        """The fields to change. Empty means the fields set in the body: a field
+        can only be cleared (to empty, zero or UNSPECIFIED) by naming it here.
+        "*" replaces every updatable field.
+        """
 
     def __init__(
         self,
@@ -382,7 +385,10 @@ class UpdateFeatureGroupRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """The fields to change; empty means all updatable fields."""
+        """The fields to change. Empty means the fields set in the body: a field
+        can only be cleared (to empty, zero or UNSPECIFIED) by naming it here.
+        "*" replaces every updatable field.
+        """
 
     def __init__(
         self,

@@ -129,7 +129,9 @@ class RegistryServiceServicer:
 
     def UpdateFeature(self, request, context):
         """Changes a feature's definition. Only the fields in `update_mask` change;
-        without a mask every updatable field is replaced.
+        without a mask, the fields set in the body (non-empty, non-zero) change
+        and the others keep their values. `entity_type` and `value_type` cannot
+        change. An update that changes nothing writes no new revision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,7 +173,8 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateFeatureGroup(self, request, context):
-        """Changes a feature group's definition.
+        """Changes a feature group's definition, with the same update mask rules as
+        UpdateFeature. `entity_type` cannot change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,9 @@ class RegistryServiceStub:
     """Lists features in name order, optionally filtered."""
     UpdateFeature: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.UpdateFeatureRequest, _feature_pb2.Feature]
     """Changes a feature's definition. Only the fields in `update_mask` change;
-    without a mask every updatable field is replaced.
+    without a mask, the fields set in the body (non-empty, non-zero) change
+    and the others keep their values. `entity_type` and `value_type` cannot
+    change. An update that changes nothing writes no new revision.
     """
     DeleteFeature: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteFeatureRequest, _empty_pb2.Empty]
     """Deletes a feature. Fails with FAILED_PRECONDITION while a group uses it."""
@@ -61,7 +63,9 @@ class RegistryServiceStub:
     ListFeatureGroups: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListFeatureGroupsRequest, _registry_service_pb2.ListFeatureGroupsResponse]
     """Lists feature groups in name order, optionally filtered."""
     UpdateFeatureGroup: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.UpdateFeatureGroupRequest, _feature_pb2.FeatureGroup]
-    """Changes a feature group's definition."""
+    """Changes a feature group's definition, with the same update mask rules as
+    UpdateFeature. `entity_type` cannot change.
+    """
     DeleteFeatureGroup: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteFeatureGroupRequest, _empty_pb2.Empty]
     """Deletes a feature group. Its features stay."""
 
@@ -83,7 +87,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Lists features in name order, optionally filtered."""
     UpdateFeature: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.UpdateFeatureRequest, _feature_pb2.Feature]  # type: ignore[assignment]
     """Changes a feature's definition. Only the fields in `update_mask` change;
-    without a mask every updatable field is replaced.
+    without a mask, the fields set in the body (non-empty, non-zero) change
+    and the others keep their values. `entity_type` and `value_type` cannot
+    change. An update that changes nothing writes no new revision.
     """
     DeleteFeature: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteFeatureRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a feature. Fails with FAILED_PRECONDITION while a group uses it."""
@@ -96,7 +102,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListFeatureGroups: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListFeatureGroupsRequest, _registry_service_pb2.ListFeatureGroupsResponse]  # type: ignore[assignment]
     """Lists feature groups in name order, optionally filtered."""
     UpdateFeatureGroup: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.UpdateFeatureGroupRequest, _feature_pb2.FeatureGroup]  # type: ignore[assignment]
-    """Changes a feature group's definition."""
+    """Changes a feature group's definition, with the same update mask rules as
+    UpdateFeature. `entity_type` cannot change.
+    """
     DeleteFeatureGroup: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteFeatureGroupRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes a feature group. Its features stay."""
 
@@ -139,7 +147,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feature_pb2.Feature, _abc.Awaitable[_feature_pb2.Feature]]:
         """Changes a feature's definition. Only the fields in `update_mask` change;
-        without a mask every updatable field is replaced.
+        without a mask, the fields set in the body (non-empty, non-zero) change
+        and the others keep their values. `entity_type` and `value_type` cannot
+        change. An update that changes nothing writes no new revision.
         """
 
     @_abc_1.abstractmethod
@@ -188,7 +198,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_service_pb2.UpdateFeatureGroupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_feature_pb2.FeatureGroup, _abc.Awaitable[_feature_pb2.FeatureGroup]]:
-        """Changes a feature group's definition."""
+        """Changes a feature group's definition, with the same update mask rules as
+        UpdateFeature. `entity_type` cannot change.
+        """
 
     @_abc_1.abstractmethod
     def DeleteFeatureGroup(

@@ -33,7 +33,10 @@ class _FeatureStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feature
     PRESENT: _FeatureStatus.ValueType  # 1
     """The value is present and within the feature's maximum age."""
     NOT_FOUND: _FeatureStatus.ValueType  # 2
-    """The entity or the feature was never written."""
+    """No value: the entity's feature was never written (for a training
+    example: no value at or before the row's timestamp, or none within the
+    request's `max_age`).
+    """
     EXPIRED: _FeatureStatus.ValueType  # 3
     """The latest value is older than the feature's maximum age."""
 
@@ -45,7 +48,10 @@ FEATURE_STATUS_UNSPECIFIED: FeatureStatus.ValueType  # 0
 PRESENT: FeatureStatus.ValueType  # 1
 """The value is present and within the feature's maximum age."""
 NOT_FOUND: FeatureStatus.ValueType  # 2
-"""The entity or the feature was never written."""
+"""No value: the entity's feature was never written (for a training
+example: no value at or before the row's timestamp, or none within the
+request's `max_age`).
+"""
 EXPIRED: FeatureStatus.ValueType  # 3
 """The latest value is older than the feature's maximum age."""
 Global___FeatureStatus: _TypeAlias = FeatureStatus  # noqa: Y015
@@ -274,7 +280,9 @@ class GetHistoricalFeaturesRequest(_message.Message):
     entity_type: _builtins.str
     """The entity's type."""
     limit: _builtins.int
-    """At most this many values."""
+    """At most this many values per call: required by GetHistoricalFeatures,
+    from 1 to 10,000; ignored by StreamHistoricalFeatures.
+    """
     page_token: _builtins.str
     """The `next_page_token` of the previous response."""
     @_builtins.property
@@ -283,11 +291,11 @@ class GetHistoricalFeaturesRequest(_message.Message):
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """The range's start, inclusive."""
+        """The range's start, inclusive; unset means from the earliest value."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """The range's end, exclusive."""
+        """The range's end, exclusive; unset means up to the latest value."""
 
     def __init__(
         self,

@@ -131,6 +131,9 @@ class FeatureStoreServiceServicer:
     def StreamHistoricalFeatures(self, request, context):
         """GetHistoricalFeatures for long ranges: streams every value in the range
         (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+        Past the server's per-call bound on values or duration the stream ends
+        with RESOURCE_EXHAUSTED, whose message names the `page_token` to
+        continue from with GetHistoricalFeatures.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,7 +161,9 @@ class FeatureStoreServiceServicer:
         """Writes a stream of batches (for streaming producers) and answers once
         with the totals when the client closes the stream. Each batch is applied
         as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
-        nothing of that batch written.
+        nothing of that batch written. Past the server's per-call bound on values
+        or duration the stream ends with RESOURCE_EXHAUSTED; the batches before
+        it stay written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,6 +55,9 @@ class FeatureStoreServiceStub:
     StreamHistoricalFeatures: _grpc.UnaryStreamMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]
     """GetHistoricalFeatures for long ranges: streams every value in the range
     (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+    Past the server's per-call bound on values or duration the stream ends
+    with RESOURCE_EXHAUSTED, whose message names the `page_token` to
+    continue from with GetHistoricalFeatures.
     """
     GetTrainingDataset: _grpc.UnaryStreamMultiCallable[_feature_store_service_pb2.GetTrainingDatasetRequest, _feature_store_service_pb2.GetTrainingDatasetResponse]
     """Point-in-time correct training data: for each entity row, every feature's
@@ -70,7 +73,9 @@ class FeatureStoreServiceStub:
     """Writes a stream of batches (for streaming producers) and answers once
     with the totals when the client closes the stream. Each batch is applied
     as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
-    nothing of that batch written.
+    nothing of that batch written. Past the server's per-call bound on values
+    or duration the stream ends with RESOURCE_EXHAUSTED; the batches before
+    it stay written.
     """
 
 @_typing.type_check_only
@@ -99,6 +104,9 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     StreamHistoricalFeatures: _aio.UnaryStreamMultiCallable[_feature_store_service_pb2.GetHistoricalFeaturesRequest, _feature_store_service_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
     """GetHistoricalFeatures for long ranges: streams every value in the range
     (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+    Past the server's per-call bound on values or duration the stream ends
+    with RESOURCE_EXHAUSTED, whose message names the `page_token` to
+    continue from with GetHistoricalFeatures.
     """
     GetTrainingDataset: _aio.UnaryStreamMultiCallable[_feature_store_service_pb2.GetTrainingDatasetRequest, _feature_store_service_pb2.GetTrainingDatasetResponse]  # type: ignore[assignment]
     """Point-in-time correct training data: for each entity row, every feature's
@@ -114,7 +122,9 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     """Writes a stream of batches (for streaming producers) and answers once
     with the totals when the client closes the stream. Each batch is applied
     as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
-    nothing of that batch written.
+    nothing of that batch written. Past the server's per-call bound on values
+    or duration the stream ends with RESOURCE_EXHAUSTED; the batches before
+    it stay written.
     """
 
 class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -176,6 +186,9 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_feature_store_service_pb2.GetHistoricalFeaturesResponse], _abc.AsyncIterator[_feature_store_service_pb2.GetHistoricalFeaturesResponse]]:
         """GetHistoricalFeatures for long ranges: streams every value in the range
         (`limit` and `page_token` are ignored), in pages of up to 1,000 values.
+        Past the server's per-call bound on values or duration the stream ends
+        with RESOURCE_EXHAUSTED, whose message names the `page_token` to
+        continue from with GetHistoricalFeatures.
         """
 
     @_abc_1.abstractmethod
@@ -209,7 +222,9 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         """Writes a stream of batches (for streaming producers) and answers once
         with the totals when the client closes the stream. Each batch is applied
         as it arrives; a bad batch ends the stream with INVALID_ARGUMENT and
-        nothing of that batch written.
+        nothing of that batch written. Past the server's per-call bound on values
+        or duration the stream ends with RESOURCE_EXHAUSTED; the batches before
+        it stay written.
         """
 
 def add_FeatureStoreServiceServicer_to_server(servicer: FeatureStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
