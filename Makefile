@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF    := .tools/node_modules/.bin/buf
+# The released API that `buf breaking` compares protos/ against (docs/api-stability.md).
+API_BASELINE := protos/baseline/featurestore-v1.binpb
 # checkov (tests/test_manifests.py) in a virtualenv of its own: its pins conflict with the project's.
 CHECKOV_VENV := .tools/checkov-venv
 CHECKOV      := $(CHECKOV_VENV)/bin/checkov
@@ -13,7 +15,7 @@ PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30 --registry 
 	--redis-url redis://127.0.0.1:16379/0 --postgres-dsn postgresql://postgres@127.0.0.1:15432/postgres \
 	--warehouse .state/warehouse
 
-.PHONY: pipeline up test pytest lint gen check-gen buf-lint venv clean bench bench-offline bench-pipeline
+.PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline
 
 venv: $(STAMP)
 
@@ -45,7 +47,7 @@ test: lint pytest
 pytest: venv $(CHECKOV)
 	$(BIN)/python -m pytest
 
-lint: venv check-gen buf-lint
+lint: venv check-gen buf-lint buf-breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -60,6 +62,14 @@ check-gen: venv
 
 buf-lint: $(BUF)
 	$(BUF) lint
+
+# Fails on any change to protos/ that breaks generated code, the wire or the JSON names.
+buf-breaking: $(BUF)
+	$(BUF) breaking --against $(API_BASELINE)
+
+# Only at a release, on purpose: the current protos become the API later changes are held to.
+api-baseline: $(BUF)
+	$(BUF) build --exclude-source-info -o $(API_BASELINE)
 
 bench: venv
 	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
