@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ def python_value(value: value_pb2.Value) -> Any:
         return None
     raw = getattr(value, kind)
     if kind == "timestamp_value":
-        return raw.ToDatetime(tzinfo=UTC)
+        return raw.ToDatetime(tzinfo=timezone.utc)
     if kind.endswith("_list_value") or kind == "embedding_value":
         return list(raw.values)
     return raw
@@ -56,7 +56,7 @@ def write_training_parquet(chunks: Iterable[fs.GetTrainingDatasetResponse], path
 def _record(example: fs.TrainingExample) -> dict[str, Any]:
     record: dict[str, Any] = {
         "entity_id": example.entity_id,
-        "timestamp": example.timestamp.ToDatetime(tzinfo=UTC),
+        "timestamp": example.timestamp.ToDatetime(tzinfo=timezone.utc),
     }
     for key in sorted(example.extra):
         record[key] = python_value(example.extra[key])
