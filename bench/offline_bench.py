@@ -28,14 +28,15 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
 
-from devstack._procs import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
+from devstack import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
 from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
 from featurestore.serving.v1 import value_pb2 as vpb  # noqa: E402
-from server._postgres import create_pool, quote_ident  # noqa: E402
-from server.offline import HistoryRow, PostgresHistoryStore  # noqa: E402
+from server.core import HistoryRow  # noqa: E402
+from server.core.postgres import create_pool, quote_ident  # noqa: E402
+from server.offline import PostgresHistoryStore  # noqa: E402
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 FEATURES = [f"hist_f{i}" for i in range(10)]

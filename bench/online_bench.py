@@ -37,7 +37,7 @@ import grpc  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
 
-from devstack._procs import free_port, start_envoy, start_postgres, start_server, start_valkey  # noqa: E402
+from devstack import free_port, start_envoy, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402

@@ -36,11 +36,11 @@ from _report import print_checks, write_json  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from devstack._procs import SERVER_SETTINGS, free_port, start_postgres, start_valkey  # noqa: E402
+from devstack import SERVER_SETTINGS, free_port, start_postgres, start_valkey  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from jobs import RunConfig, SessionConfig, build_session, register_warehouse, run  # noqa: E402
 from jobs.demo_data import DemoSize, write_demo_tables  # noqa: E402
-from server._postgres import create_pool, migrate  # noqa: E402
+from server.core.postgres import create_pool, migrate  # noqa: E402
 
 AS_OF = datetime(2025, 1, 1, tzinfo=UTC)
 CORES = 2

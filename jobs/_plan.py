@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from featurestore.registry.v1 import feature_pb2 as pb
 from server import core
-from server.online import VALUE_KINDS  # the Value member each value type is stored in
+from server.core import VALUE_KINDS  # the Value member each value type is stored in
 
 # The Spark SQL type each servable value type is cast to.
 VALUE_TYPES = {"FLOAT": "double", "INT64": "bigint", "STRING": "string", "BOOL": "boolean", "TIMESTAMP": "timestamp"}

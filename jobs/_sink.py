@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from server._postgres import create_pool
-from server.core import codec
-from server.offline import HistoryRecord, PostgresHistoryStore
-from server.online import KeyWrite, RedisOnlineStore, connect, entity_key
+from server.core import HistoryRecord, KeyWrite, codec, entity_key
+from server.core.postgres import create_pool
+from server.offline import PostgresHistoryStore
+from server.online import RedisOnlineStore, connect
 
 RESULT_SCHEMA = "values long, entities long, rows long"
 _KEYS_PER_CALL = 256  # entities per write script call

@@ -39,7 +39,7 @@ from jobs._plan import PlanError, select
 from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session, default_source_namespaces
 from jobs._watch import watch
-from server._settings import Settings
+from server import Settings
 
 # The server's own defaults, so both find the same stores.
 _SERVER = Settings()

@@ -1,6 +1,12 @@
-"""The feature store server: Feature Registry and Feature Store gRPC services."""
+"""The feature store server: Feature Registry and Feature Store gRPC services.
 
-from server._app import App, start
-from server._settings import Settings
+`python -m server` runs it; `server._app` is the composition root. Packages:
+`server.core` (what everything shares: definitions, codec, errors, records),
+`server.registry`, `server.online`, `server.offline`. Importing `server` loads
+nothing but the settings, so the pipelines' Spark executors can use
+`server.core` without the server.
+"""
 
-__all__ = ["App", "Settings", "start"]
+from server._settings import ENV_PREFIX, Settings
+
+__all__ = ["ENV_PREFIX", "Settings"]

@@ -14,16 +14,16 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from featurestore.registry.v1 import registry_service_pb2
-from server import _metrics, offline, online
+from server import _metrics, core, offline, online
 from server._health import HealthMonitor
-from server._postgres import connect_and_migrate, create_pool
-from server._rpc import service_handler
+from server._rpc import service_handler, unary_methods
 from server._settings import Settings
+from server.core.postgres import connect_and_migrate, create_pool
 from server.registry import PostgresRegistryStore, RegistryServicer
 
 _log = logging.getLogger(__name__)
-REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+REGISTRY_SERVICE = core.REGISTRY_SERVICE.full_name
+FEATURE_STORE_SERVICE = core.FEATURE_STORE_SERVICE.full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -89,12 +89,12 @@ async def _read_pool(settings: Settings) -> asyncpg.Pool:
     )
 
 
-def _limits(settings: Settings) -> online.Limits:
+def _limits(settings: Settings) -> core.Limits:
     try:
         floor = datetime.fromisoformat(settings.min_event_time.replace("Z", "+00:00"))
     except ValueError:
         raise SystemExit(f"min_event_time {settings.min_event_time!r} is not an ISO 8601 time") from None
-    return online.Limits(
+    return core.Limits(
         max_values=settings.max_request_values,
         max_stream_values=settings.max_stream_values,
         max_stream_seconds=settings.max_stream_seconds,
@@ -141,23 +141,26 @@ async def start(settings: Settings) -> App:
     training_servicer = offline.TrainingServicer(
         catalog, history, limits, settings.max_concurrent_training, settings.postgres_acquire_timeout
     )
+    feature_store = {
+        **online.methods(online_servicer),
+        **offline.history_methods(history_servicer),
+        **offline.training_methods(training_servicer),
+    }
     server.add_generic_rpc_handlers(
         (
-            service_handler(registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"], registry),
-            online.handler(online_servicer),
-            offline.handler(history_servicer),
-            offline.training_handler(training_servicer),
+            service_handler(core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
+            service_handler(core.FEATURE_STORE_SERVICE, feature_store),
         )
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    services = [REGISTRY_SERVICE, online.SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+    services = [REGISTRY_SERVICE, FEATURE_STORE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(services, server)
 
     monitor = HealthMonitor(
         health,
         {"postgresql": registry_store.ping, "redis": online_store.ping},
-        {REGISTRY_SERVICE: ["postgresql"], online.SERVICE: ["redis"]},
+        {REGISTRY_SERVICE: ["postgresql"], FEATURE_STORE_SERVICE: ["redis"]},
         settings.health_interval,
     )
     await monitor.check_once()

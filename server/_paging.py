@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from server._errors import FieldViolation, invalid_argument
+from server.core.errors import FieldViolation, invalid_argument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

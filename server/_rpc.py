@@ -19,8 +19,8 @@ import grpc
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from server._errors import FieldViolation, ServiceError, invalid_argument
 from server._metrics import RPC_ERRORS, RPC_SECONDS
+from server.core.errors import FieldViolation, ServiceError, invalid_argument
 
 _log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -83,8 +83,20 @@ def stream_unary(behavior: Any, request: type[Message], response: type[Message])
     )
 
 
-def service_handler(service: descriptor.ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-    """Handlers for every (unary) method of `service` on `servicer`, its requests parsed by `parser`.
+def service_handler(
+    service: descriptor.ServiceDescriptor,
+    methods: dict[str, grpc.RpcMethodHandler],  # type: ignore[type-arg]
+) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """The one handler of `service`: every method it declares must be among `methods`, and nothing else."""
+    declared = {method.name for method in service.methods}
+    if declared != set(methods):
+        missing, unknown = sorted(declared - set(methods)), sorted(set(methods) - declared)
+        raise RuntimeError(f"{service.full_name}: methods missing {missing}, not in the service {unknown}")
+    return grpc.method_handlers_generic_handler(service.full_name, methods)
+
+
+def unary_methods(service: descriptor.ServiceDescriptor, servicer: object) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
+    """Handlers of every (unary) method of `service`, calling the same-named methods of `servicer`.
 
     Used instead of the generated add_*_to_server, whose deserializers raise on bad bytes.
     """
@@ -93,7 +105,7 @@ def service_handler(service: descriptor.ServiceDescriptor, servicer: object) -> 
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
         methods[method.name] = unary_unary(getattr(servicer, method.name), request, response)
-    return grpc.method_handlers_generic_handler(service.full_name, methods)
+    return methods
 
 
 def _report(name: str, err: ServiceError) -> grpc.Status:

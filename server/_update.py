@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
-from server._errors import FieldViolation, invalid_argument
+from server.core.errors import FieldViolation, invalid_argument
 
 M = TypeVar("M", bound=Message)
 

@@ -38,11 +38,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
-from server._errors import ServiceError
-from server._postgres import create_pool, translated_postgres
 from server._settings import Settings
+from server.core import KeyWrite, entity_key
 from server.core.codec import TIME_BYTES, encode_stored
-from server.online import Catalog, KeyWrite, RedisOnlineStore, connect, entity_key
+from server.core.errors import ServiceError
+from server.core.postgres import create_pool, translated_postgres
+from server.online import Catalog, RedisOnlineStore, connect
 from server.registry import PostgresRegistryStore
 
 # The latest row of each (entity, feature) pair, pairs in descending key order: one

@@ -14,7 +14,7 @@ import asyncpg
 import grpc
 import pytest
 
-from devstack._procs import Proc, free_port, start_envoy, start_postgres, start_server, start_valkey
+from devstack import Proc, free_port, start_envoy, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient
 from tests._http import Rest
 

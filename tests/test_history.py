@@ -15,7 +15,7 @@ from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
-from server._postgres import create_pool
+from server.core.postgres import create_pool
 from server.offline import PostgresHistoryStore
 from tests._http import Rest
 from tests._online import f64, get, i64, register, row, ts, wait_servable, write

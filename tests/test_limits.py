@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from devstack._procs import Proc, free_port, start_server, start_valkey
+from devstack import Proc, free_port, start_server, start_valkey
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs

@@ -25,9 +25,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack._procs import Proc
+from devstack import Proc
 from jobs.batch_pipeline import parser as pipeline_parser
-from server import online
+from server import core
 from server._app import REGISTRY_SERVICE
 from server._settings import Settings
 
@@ -239,7 +239,7 @@ def test_server_probes_reach_the_address_and_port_it_binds() -> None:
     # and must not decide liveness, or a store outage restarts every pod.
     for key in ("startupProbe", "livenessProbe"):
         assert "tcpSocket" in server[key], f"server {key} must not follow the stores"
-    assert server["readinessProbe"]["grpc"]["service"] == online.SERVICE
+    assert server["readinessProbe"]["grpc"]["service"] == core.FEATURE_STORE_SERVICE.full_name
 
 
 def test_envoy_probes_reach_a_listener_envoy_binds_on_the_pod_ip() -> None:

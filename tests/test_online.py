@@ -307,8 +307,8 @@ def test_the_write_script_keeps_the_newer_of_thousands_of_values_per_entity(redi
     """More values than one command takes: each still compared on its own, both its forms kept or skipped."""
     import asyncio
 
-    from server.core import codec
-    from server.online import KeyWrite, RedisOnlineStore, connect
+    from server.core import KeyWrite, codec
+    from server.online import RedisOnlineStore, connect
     from server.online._redis import value_field
 
     def forms(name: bytes, micros: int, n: int) -> list[tuple[bytes, bytes]]:

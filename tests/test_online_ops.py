@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from devstack._procs import Proc, free_port, start_postgres, start_server, start_valkey, start_valkey_cluster
+from devstack import Proc, free_port, start_postgres, start_server, start_valkey, start_valkey_cluster
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.serving.v1 import feature_store_service_pb2 as fs

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack._procs import Proc, free_port, start_postgres, start_server, start_valkey
+from devstack import Proc, free_port, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from tests.conftest import FAST_SERVER_ARGS

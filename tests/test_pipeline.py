@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import json_format
 from pyspark.sql import SparkSession
 
-from devstack import _demo
+from devstack import DEMO_FEATURES
 from featurestore import FeatureStoreClient, python_value
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
@@ -110,7 +110,7 @@ def create(client: FeatureStoreClient, *features: pb.Feature) -> list[pb.Feature
 
 @pytest.fixture
 def rfm(client: FeatureStoreClient, tables: None) -> list[pb.Feature]:
-    return create(client, seed_feature(), average_feature(), *_demo.FEATURES)
+    return create(client, seed_feature(), average_feature(), *DEMO_FEATURES)
 
 
 def config(redis_url: str, postgres_dsn: str, as_of: datetime = AS_OF, **kw: Any) -> RunConfig:
@@ -388,7 +388,7 @@ def test_the_command_line_refuses_bad_options_before_starting_spark(
 def test_an_unreachable_online_store_fails_the_run_with_the_reason(
     spark: SparkSession, client: FeatureStoreClient, tables: None, postgres_dsn: str
 ) -> None:
-    from devstack._procs import free_port
+    from devstack import free_port
 
     features = create(client, seed_feature())
     dead = f"redis://127.0.0.1:{free_port()}/0"
@@ -453,7 +453,7 @@ def test_into_a_redis_cluster_the_same_bytes_as_into_one_server(
     import redis
     from redis.cluster import RedisCluster
 
-    from devstack._procs import start_valkey_cluster
+    from devstack import start_valkey_cluster
 
     nodes = start_valkey_cluster(tmp_path / "cluster")
     try:

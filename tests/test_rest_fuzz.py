@@ -29,7 +29,7 @@ from google.protobuf import descriptor_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devstack._procs import Proc, envoy_config
+from devstack import Proc, envoy_config
 from tests._http import Response, Rest
 from tests.conftest import CLEAR_REGISTRY, run_sql
 

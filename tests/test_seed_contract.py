@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devstack import _demo
+from devstack import DEMO_FEATURES, load_demo, load_demo_history
 from featurestore import FeatureStoreClient
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from jobs import RunConfig, register_warehouse, run
@@ -46,7 +46,7 @@ def test_seed_has_the_documented_curls() -> None:
 
 @pytest.mark.usefixtures("empty_registry")
 def test_registry_curls_work_verbatim_after_demo_load(rest: Rest, grpc_target: str) -> None:
-    _demo.load(grpc_target)
+    load_demo(grpc_target)
     create, get, list_all, create_group = registry_curls()
 
     status, created = create.run(rest.base_url)
@@ -62,7 +62,7 @@ def test_registry_curls_work_verbatim_after_demo_load(rest: Rest, grpc_target: s
     status, listed = list_all.run(rest.base_url)
     assert status == 200
     names = [f["name"] for f in listed["features"]]
-    assert names == sorted([f.name for f in _demo.FEATURES] + ["customer_total_purchases_30d"])
+    assert names == sorted([f.name for f in DEMO_FEATURES] + ["customer_total_purchases_30d"])
     assert created in listed["features"]
     assert listed["next_page_token"] == ""
 
@@ -95,7 +95,7 @@ def test_python_requests_example(rest: Rest) -> None:
 
 @pytest.mark.usefixtures("empty_registry")
 def test_create_twice_is_409_with_reason(rest: Rest, grpc_target: str) -> None:
-    _demo.load(grpc_target)
+    load_demo(grpc_target)
     create = registry_curls()[0]
     assert create.run(rest.base_url)[0] == 200
     status, body = create.run(rest.base_url)
@@ -110,10 +110,10 @@ def test_feature_store_curls_work_verbatim(
     rest: Rest, grpc_target: str, spark: Any, warehouse: Path, redis_url: str, postgres_dsn: str
 ) -> None:
     """As after `make up`: demo definitions, the seed's feature, the 2023 history, then a pipeline run now."""
-    _demo.load(grpc_target)
+    load_demo(grpc_target)
     assert registry_curls()[0].run(rest.base_url)[0] == 200  # customer_total_purchases_30d
     get_one, get_batch, get_history = store_curls()
-    _demo.load_history(grpc_target)
+    load_demo_history(grpc_target)
     now = datetime.now(UTC).replace(microsecond=0)
     write_demo_tables(spark, warehouse, DemoSize(), now)
     register_warehouse(spark, warehouse)

@@ -14,8 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server import Settings  # noqa: E402
-from server._settings import ENV_PREFIX  # noqa: E402
+from server import ENV_PREFIX, Settings  # noqa: E402
 
 BEGIN, END = "<!-- settings:begin (tools/settings_table.py) -->", "<!-- settings:end -->"
 

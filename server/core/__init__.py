@@ -1,4 +1,8 @@
-"""What the server's packages and the pipelines share; imports nothing else of the server."""
+"""What the server's packages and the pipelines share; imports nothing else of the server.
+
+Besides the names below: `server.core.codec` (the stored value form and response framing)
+and `server.core.errors` (domain errors and their gRPC statuses).
+"""
 
 from server.core._definitions import (
     AGGREGATION,
@@ -10,20 +14,52 @@ from server.core._definitions import (
     Step,
     computation_problems,
 )
-from server.core._expressions import EXAMPLE_COLUMNS, EXAMPLES, FUNCTIONS, ExpressionUse, expression_problem
+from server.core._functions import EXAMPLE_COLUMNS, EXAMPLES, FUNCTIONS, ExpressionUse, expression_problem
+from server.core._limits import Limits
+from server.core._records import HistoryRecord, HistoryRow, KeyWrite, entity_key
+from server.core._services import FEATURE_STORE_SERVICE, REGISTRY_SERVICE
+from server.core._validation import (
+    ENTITY_ID_MAX_BYTES,
+    NAME_MAX,
+    TIMESTAMP_MAX_SECONDS,
+    TIMESTAMP_MIN_SECONDS,
+    VALUE_KINDS,
+    entity_id_problem,
+    entity_type_problem,
+    identifier_problem,
+    preview,
+    timestamp_problem,
+)
 
 __all__ = [
     "AGGREGATION",
     "AGGREGATIONS",
+    "ENTITY_ID_MAX_BYTES",
     "EXAMPLES",
     "EXAMPLE_COLUMNS",
     "EXPRESSION",
+    "FEATURE_STORE_SERVICE",
     "FILTER",
     "FUNCTIONS",
+    "NAME_MAX",
+    "REGISTRY_SERVICE",
+    "TIMESTAMP_MAX_SECONDS",
+    "TIMESTAMP_MIN_SECONDS",
     "TRANSFORMATIONS_MAX",
     "TRANSFORMATION_TYPES",
+    "VALUE_KINDS",
     "ExpressionUse",
+    "HistoryRecord",
+    "HistoryRow",
+    "KeyWrite",
+    "Limits",
     "Step",
     "computation_problems",
+    "entity_id_problem",
+    "entity_key",
+    "entity_type_problem",
     "expression_problem",
+    "identifier_problem",
+    "preview",
+    "timestamp_problem",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.core._expressions import ExpressionUse, expression_problem
+from server.core._functions import ExpressionUse, expression_problem
 
 FILTER, AGGREGATION, EXPRESSION = "filter", "aggregation", "expression"
 TRANSFORMATION_TYPES = (FILTER, AGGREGATION, EXPRESSION)

@@ -1,18 +1,17 @@
 """The offline store: every written feature value, in PostgreSQL, for history and training."""
 
-from server.offline._model import HistoryQuery, HistoryRow
-from server.offline._pgstore import HistoryRecord, PostgresHistoryStore
-from server.offline._servicer import HistoryServicer, handler
+from server.offline._model import HistoryQuery
+from server.offline._pgstore import PostgresHistoryStore
+from server.offline._servicer import HistoryServicer
+from server.offline._servicer import methods as history_methods
 from server.offline._training import TrainingServicer
-from server.offline._training import handler as training_handler
+from server.offline._training import methods as training_methods
 
 __all__ = [
     "HistoryQuery",
-    "HistoryRecord",
-    "HistoryRow",
     "HistoryServicer",
     "PostgresHistoryStore",
     "TrainingServicer",
-    "handler",
-    "training_handler",
+    "history_methods",
+    "training_methods",
 ]

@@ -8,21 +8,6 @@ from datetime import datetime, timedelta
 
 
 @dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """One feature value as it was true at `event_time`.
-
-    `value` is a serialized Value message; `frame` the framed FeatureValue served for it.
-    """
-
-    entity_type: str
-    entity_id: str
-    feature_name: str
-    event_time: datetime
-    value: bytes
-    frame: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class HistoryQuery:
     """Values of some features of one entity with start <= event_time < end, after a cursor."""
 

@@ -17,18 +17,17 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from server._errors import resource_exhausted
-from server._postgres import quote_ident, translated_postgres
+from server.core import HistoryRecord, HistoryRow
+from server.core.errors import resource_exhausted
+from server.core.postgres import quote_ident, translated_postgres
 from server.offline._asof_sql import AS_OF_PAIRS, AS_OF_ROWS, row_cells
-from server.offline._model import AsOfQuery, HistoryPage, HistoryQuery, HistoryRow, RowCells
+from server.offline._model import AsOfQuery, HistoryPage, HistoryQuery, RowCells
 
 _log = logging.getLogger(__name__)
 _PARTITION_LOCK = 0x6869_7374  # "hist"
 _PREFIX = "feature_history_p"
 
 _COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "frame"]
-# One history row in _COLUMNS order.
-HistoryRecord = tuple[str, str, str, datetime, bytes, bytes]
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS history_staging (entity_type text, entity_id text, "
     "feature_name text, event_time timestamptz, value bytea, frame bytea) ON COMMIT DELETE ROWS"

@@ -18,14 +18,12 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
 from server._rpc import rpc, rpc_stream, unary_stream, unary_unary
-from server.core import codec
+from server.core import Limits, codec, entity_id_problem, entity_type_problem, timestamp_problem
+from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
 from server.offline._model import HistoryPage, HistoryQuery
 from server.offline._pgstore import PostgresHistoryStore
-from server.online._catalog import Catalog, entity_type_problem
-from server.online._requests import Limits, entity_id_problem, timestamp_problem
-from server.online._servicer import SERVICE
+from server.online import Catalog
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LIMIT = 10_000
@@ -142,10 +140,9 @@ class HistoryServicer:
             raise resource_exhausted("end_time", problem)
 
 
-def handler(servicer: HistoryServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+def methods(servicer: HistoryServicer) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
     """The history methods of FeatureStoreService; responses are pre-encoded bytes."""
-    methods = {
+    return {
         "GetHistoricalFeatures": unary_unary(servicer.GetHistoricalFeatures, fs.GetHistoricalFeaturesRequest),
         "StreamHistoricalFeatures": unary_stream(servicer.StreamHistoricalFeatures, fs.GetHistoricalFeaturesRequest),
     }
-    return grpc.method_handlers_generic_handler(SERVICE, methods)

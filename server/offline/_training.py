@@ -26,21 +26,20 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
 from server._rpc import rpc_stream, unary_stream
-from server.core import codec
-from server.offline._model import AsOfQuery, RowCells
-from server.offline._pgstore import PostgresHistoryStore
-from server.online._catalog import Catalog, Plan
-from server.online._requests import (
+from server.core import (
     ENTITY_ID_MAX_BYTES,
     TIMESTAMP_MAX_SECONDS,
     TIMESTAMP_MIN_SECONDS,
     Limits,
+    codec,
     entity_id_problem,
     timestamp_problem,
 )
-from server.online._servicer import SERVICE
+from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
+from server.offline._model import AsOfQuery, RowCells
+from server.offline._pgstore import PostgresHistoryStore
+from server.online import Catalog, Plan
 
 Context = grpc.aio.ServicerContext[Any, Any]
 CHUNK_ROWS = 2_000
@@ -228,6 +227,6 @@ def _as_of_query(request: fs.GetTrainingDatasetRequest, plan: Plan, rows: Any, w
     )
 
 
-def handler(servicer: TrainingServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-    methods = {"GetTrainingDataset": unary_stream(servicer.GetTrainingDataset, fs.GetTrainingDatasetRequest)}
-    return grpc.method_handlers_generic_handler(SERVICE, methods)
+def methods(servicer: TrainingServicer) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
+    """The training method of FeatureStoreService; responses are pre-encoded bytes."""
+    return {"GetTrainingDataset": unary_stream(servicer.GetTrainingDataset, fs.GetTrainingDatasetRequest)}

@@ -17,40 +17,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from featurestore.serving.v1 import value_pb2
-from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server._metrics import REGISTRY_FEATURES, REGISTRY_VERSION
-from server.core import codec
+from server.core import VALUE_KINDS, codec, entity_type_problem
+from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.online._redis import value_field
 from server.registry import Feature, FeatureGroup
-from server.registry._validate import identifier_problem
 
 _log = logging.getLogger(__name__)
 
-VALUE_KINDS = {
-    "FLOAT": "float_value",
-    "INT64": "int64_value",
-    "STRING": "string_value",
-    "BOOL": "bool_value",
-    "BYTES": "bytes_value",
-    "TIMESTAMP": "timestamp_value",
-    "FLOAT_LIST": "float_list_value",
-    "INT64_LIST": "int64_list_value",
-    "STRING_LIST": "string_list_value",
-    "BOOL_LIST": "bool_list_value",
-    "EMBEDDING": "embedding_value",
-}
 _PLAN_CACHE_MAX = 4096
 # The plan cache holds at most this many features over all its plans (~150 bytes each),
 # and no plan of more than a sixteenth of it: a few huge request shapes cannot fill memory.
 _PLAN_CACHE_FEATURES = 200_000
 _PLAN_CACHE_LARGEST = _PLAN_CACHE_FEATURES // 16
 _KIND_NUMBERS = {kind: value_pb2.Value.DESCRIPTOR.fields_by_name[kind].number for kind in VALUE_KINDS.values()}
-
-
-def entity_type_problem(entity_type: str) -> list[FieldViolation]:
-    """The violation of a request's `entity_type`, if it is not a valid one."""
-    problem = identifier_problem(entity_type, max_len=64)
-    return [FieldViolation("entity_type", problem)] if problem else []
 
 
 class RegistrySource(Protocol):

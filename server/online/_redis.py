@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from redis import exceptions as redis_errors
@@ -61,8 +60,9 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from server._errors import ServiceError, translated, unavailable
+from server.core import KeyWrite
 from server.core.codec import FIELDS_PER_VALUE, TIME_BYTES
+from server.core.errors import ServiceError, translated, unavailable
 from server.online._resp import ReplyError, RespClient, pack
 
 P = ParamSpec("P")
@@ -192,25 +192,6 @@ def stored_kind(stored: bytes) -> int:
     if stored[pos] != 0x12:
         raise ValueError("not a stored feature value")
     return stored[_skip_varint(stored, pos + 1)] >> 3
-
-
-def entity_key(entity_type: str, entity_id: str) -> bytes:
-    """The Redis key of an entity's hash."""
-    return b"f:" + entity_type.encode() + b":" + entity_id.encode()
-
-
-@dataclass(frozen=True, slots=True)
-class KeyWrite:
-    """The values to write into one entity's hash: (field, stored value) pairs.
-
-    Each value is two consecutive pairs, its protobuf form under the feature's name
-    then its JSON form under `<name>:j` (see server.core.codec); the store files both under the
-    value's kind (see the module docstring) and the write script keeps or skips both
-    on the first one's time.
-    """
-
-    key: bytes
-    values: Sequence[tuple[bytes, bytes]]
 
 
 def connect(url: str, *, cluster: bool, connections: int, timeout: float) -> RespClient | RedisCluster:

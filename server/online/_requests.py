@@ -9,29 +9,20 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server._errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
-from server.core import codec
-from server.offline._model import HistoryRow
-from server.online._catalog import Catalog, entity_type_problem
-from server.online._redis import KeyWrite, entity_key
+from server.core import (
+    HistoryRow,
+    KeyWrite,
+    Limits,
+    codec,
+    entity_id_problem,
+    entity_key,
+    entity_type_problem,
+    timestamp_problem,
+)
+from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
+from server.online._catalog import Catalog
 
-ENTITY_ID_MAX_BYTES = 256
-# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
-TIMESTAMP_MIN_SECONDS = -62_135_596_800
-TIMESTAMP_MAX_SECONDS = 253_402_300_799
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-request and per-call bounds (see Settings for each)."""
-
-    max_values: int
-    max_stream_values: int = 1_000_000
-    max_stream_seconds: float = 600.0
-    max_clock_skew: float = 300.0
-    min_event_seconds: int = 0  # the earliest event time a write accepts, in seconds since the epoch
-    max_message_bytes: int = 16 * 1024 * 1024
 
 
 def _too_many(path: str, what: str, count: int, limit: int) -> FieldViolation:
@@ -41,24 +32,6 @@ def _too_many(path: str, what: str, count: int, limit: int) -> FieldViolation:
 def _raise_if(violations: list[FieldViolation]) -> None:
     if violations:
         raise invalid_argument(violations)
-
-
-def entity_id_problem(path: str, entity_id: str) -> list[FieldViolation]:
-    """A violation unless `entity_id` is 1 to 256 bytes of UTF-8 without NUL (PostgreSQL text holds none)."""
-    if not entity_id:
-        return [FieldViolation(path, "is required")]
-    if len(entity_id.encode()) > ENTITY_ID_MAX_BYTES:
-        return [FieldViolation(path, f"must be at most {ENTITY_ID_MAX_BYTES} bytes")]
-    if "\x00" in entity_id:
-        return [FieldViolation(path, "must not contain NUL characters")]
-    return []
-
-
-def timestamp_problem(path: str, ts: Timestamp) -> list[FieldViolation]:
-    """A violation unless `ts` is a valid Timestamp (0001-01-01 to 9999-12-31, nanos in range)."""
-    if not TIMESTAMP_MIN_SECONDS <= ts.seconds <= TIMESTAMP_MAX_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
-        return [FieldViolation(path, "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z")]
-    return []
 
 
 def check_read(entity_type: str, entity_ids: Sequence[str], n_features: int, limits: Limits, *, batch: bool) -> None:

@@ -13,16 +13,14 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from server._errors import resource_exhausted
 from server._rpc import parsed, rpc, stream_unary, unary_unary
-from server.core import codec
+from server.core import Limits, codec, entity_key
+from server.core.errors import resource_exhausted
 from server.online._catalog import Catalog, Plan
-from server.online._redis import entity_key
-from server.online._requests import EncodedWrite, Limits, check_read, encode_rows, features_allowed
+from server.online._requests import EncodedWrite, check_read, encode_rows, features_allowed
 from server.online._store import HistorySink, OnlineStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
-SERVICE = fs.DESCRIPTOR.services_by_name["FeatureStoreService"].full_name
 
 
 class OnlineServicer:
@@ -140,9 +138,9 @@ class OnlineServicer:
         return await self._store.write(encoded.online)
 
 
-def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-    """The service's method handlers; reads return bytes that need no serializer."""
-    methods = {
+def methods(servicer: OnlineServicer) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
+    """The online methods of FeatureStoreService; reads return bytes that need no serializer."""
+    return {
         "GetFeatures": unary_unary(servicer.GetFeatures, fs.GetFeaturesRequest),
         "BatchGetFeatures": unary_unary(servicer.BatchGetFeatures, fs.BatchGetFeaturesRequest),
         "GetFeaturesJson": unary_unary(servicer.GetFeaturesJson, fs.GetFeaturesRequest),
@@ -150,4 +148,3 @@ def handler(servicer: OnlineServicer) -> grpc.GenericRpcHandler:  # type: ignore
         "WriteFeatures": unary_unary(servicer.WriteFeatures, fs.WriteFeaturesRequest, fs.WriteFeaturesResponse),
         "PushFeatures": stream_unary(servicer.PushFeatures, fs.PushFeaturesRequest, fs.PushFeaturesResponse),
     }
-    return grpc.method_handlers_generic_handler(SERVICE, methods)

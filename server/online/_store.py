@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.offline._model import HistoryRow
-from server.online._redis import KeyWrite
+from server.core import HistoryRow, KeyWrite
 
 
 class OnlineStore(Protocol):

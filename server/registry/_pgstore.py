@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 import grpc
 
-from server._errors import (
+from server.core.errors import (
     FieldViolation,
     ServiceError,
     already_exists,
@@ -24,7 +24,7 @@ from server._errors import (
     invalid_argument,
     not_found,
 )
-from server._postgres import translated_postgres
+from server.core.postgres import translated_postgres
 from server.registry._model import (
     Feature,
     FeatureFilter,

@@ -13,9 +13,10 @@ from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.registry.v1 import registry_service_pb2_grpc as rs_grpc
 from server import _paging
-from server._errors import FieldViolation, etag_mismatch, invalid_argument
 from server._rpc import rpc
 from server._update import apply_mask
+from server.core import identifier_problem
+from server.core.errors import FieldViolation, etag_mismatch, invalid_argument
 from server.registry._convert import (
     feature_from_proto,
     feature_to_proto,
@@ -24,7 +25,7 @@ from server.registry._convert import (
 )
 from server.registry._model import Feature, FeatureFilter, FeatureGroup, GroupFilter, Meta
 from server.registry._store import RegistryStore
-from server.registry._validate import feature_violations, group_violations, identifier_problem
+from server.registry._validate import feature_violations, group_violations
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -10,7 +10,7 @@ from server.registry._model import Feature, FeatureFilter, FeatureGroup, GroupFi
 class RegistryStore(Protocol):
     """Durable storage of feature and group definitions.
 
-    Methods raise `server._errors.ServiceError` (NOT_FOUND, ALREADY_EXISTS,
+    Methods raise `server.core.errors.ServiceError` (NOT_FOUND, ALREADY_EXISTS,
     ABORTED on a lost race, FAILED_PRECONDITION, UNAVAILABLE); driver errors
     never escape. `expected_revision` makes a write conditional: it applies
     only while the stored revision still equals it.

@@ -12,11 +12,10 @@ from collections.abc import Iterable
 
 from featurestore.registry.v1 import feature_pb2
 from server import core
-from server._errors import FieldViolation
+from server.core import identifier_problem, preview
+from server.core.errors import FieldViolation
 from server.registry._model import Feature, FeatureGroup
 
-NAME_MAX = 128
-_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 _TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TEXT_MAX = {"description": 4096, "owner": 256, "column": 256, "tag": 64}
@@ -29,21 +28,6 @@ VALUE_TYPES = frozenset(feature_pb2.ValueType.keys()) - {"VALUE_TYPE_UNSPECIFIED
 SOURCES = frozenset(feature_pb2.FeatureSource.keys())
 CATEGORIES = frozenset(feature_pb2.FeatureCategory.keys())
 FREQUENCIES = frozenset(feature_pb2.FeatureFrequency.keys())
-
-
-def identifier_problem(value: str, *, required: bool = True, max_len: int = NAME_MAX) -> str | None:
-    """Why `value` is not a valid lowercase identifier, or None if it is."""
-    if not value:
-        return "is required" if required else None
-    if len(value) > max_len:
-        return f"must be at most {max_len} characters, got {len(value)}"
-    if not _IDENTIFIER.fullmatch(value):
-        return f"must be a lowercase identifier ([a-z][a-z0-9_]*), got {_preview(value)}"
-    return None
-
-
-def _preview(value: str) -> str:
-    return repr(value if len(value) <= 40 else value[:40] + "...")
 
 
 def _text_problem(value: str, max_len: int) -> str | None:
@@ -114,7 +98,7 @@ def _text_bytes(f: Feature) -> int:
 def _source_config(out: list[FieldViolation], path: str, f: Feature) -> None:
     sc = f.source_config
     if sc.table and not _TABLE.fullmatch(sc.table):
-        out.append(FieldViolation(f"{path}.table", f"must be a table name like schema.table, got {_preview(sc.table)}"))
+        out.append(FieldViolation(f"{path}.table", f"must be a table name like schema.table, got {preview(sc.table)}"))
     for column in ("entity_column", "timestamp_column"):
         value = getattr(sc, column)
         _check(out, f"{path}.{column}", value and _text_problem(value, _TEXT_MAX["column"]))

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from server._errors import FieldViolation, ServiceError, invalid_argument, translated, unavailable
+from server.core.errors import FieldViolation, ServiceError, invalid_argument, translated, unavailable
 
 _log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6665_6174  # "feat": the advisory lock key for migrations
