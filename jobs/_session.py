@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,8 @@ from urllib.parse import urlsplit
 
 from pyspark.logger import PySparkLogger
 from pyspark.sql import DataFrame, SparkSession
+
+from server import core
 
 DEFAULT_JDBC_JAR = "/usr/share/java/postgresql.jar"  # Debian's libpostgresql-jdbc-java
 
@@ -118,7 +119,6 @@ def read_table(spark: SparkSession, name: str) -> DataFrame:
 
 
 DEFAULT_NAMESPACE = "spark_catalog.default"  # the local warehouse's tables
-_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
 
 
 def default_source_namespaces(jdbc_url: str, jdbc_catalog: str) -> tuple[str, ...]:
@@ -148,8 +148,9 @@ def _database(url: str) -> tuple[str, int, str] | None:
 def source_problem(spark: SparkSession, table: str, namespaces: Sequence[str], store_dsn: str) -> str | None:
     """Why the pipeline must not read `table`, or None: it must resolve in an allowed namespace, never
     in the feature store's own database."""
-    if not _TABLE_NAME.fullmatch(table):
-        return f"source table {table!r} is not a table name like schema.table"
+    problem = core.table_problem(table)
+    if problem:
+        return f"source_config.table {problem}"
     namespace = _namespace(spark, [part.lower() for part in table.split(".")])
     if not any(namespace == ns.lower() or namespace.startswith(ns.lower() + ".") for ns in namespaces):
         return f"source table {table} is in {namespace}, which is not a source namespace ({', '.join(namespaces)})"

@@ -28,6 +28,7 @@ from server.core._validation import (
     entity_type_problem,
     identifier_problem,
     preview,
+    table_problem,
     timestamp_problem,
 )
 
@@ -61,5 +62,6 @@ __all__ = [
     "expression_problem",
     "identifier_problem",
     "preview",
+    "table_problem",
     "timestamp_problem",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from server.core._functions import ExpressionUse, expression_problem
+from server.core._validation import preview
 
 FILTER, AGGREGATION, EXPRESSION = "filter", "aggregation", "expression"
 TRANSFORMATION_TYPES = (FILTER, AGGREGATION, EXPRESSION)
@@ -54,17 +55,13 @@ class Step(Protocol):
     def expression(self) -> str: ...
 
 
-def _preview(value: str) -> str:
-    return repr(value if len(value) <= 40 else value[:40] + "...")
-
-
 def _aggregation_problems(path: str, step: Step) -> list[Problem]:
     out = []
     if step.function not in AGGREGATIONS:
         out.append(
             (
                 f"{path}.function",
-                f"unknown aggregation function {_preview(step.function)}; expected one of {_AGGREGATIONS}",
+                f"unknown aggregation function {preview(step.function)}; expected one of {_AGGREGATIONS}",
             )
         )
     if step.column:
@@ -82,7 +79,7 @@ def _step_problems(path: str, step: Step) -> list[Problem]:
     if not step.type:
         return [(f"{path}.type", f"is required: one of {_TYPES}")]
     if step.type not in TRANSFORMATION_TYPES:
-        return [(f"{path}.type", f"unknown type {_preview(step.type)}; expected one of {_TYPES}")]
+        return [(f"{path}.type", f"unknown type {preview(step.type)}; expected one of {_TYPES}")]
     if step.type == AGGREGATION:
         return _aggregation_problems(path, step)
     use = _OVER_SOURCE if step.type == FILTER else _OVER_VALUE

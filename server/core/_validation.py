@@ -15,6 +15,7 @@ ENTITY_ID_MAX_BYTES = 256
 TIMESTAMP_MIN_SECONDS = -62_135_596_800
 TIMESTAMP_MAX_SECONDS = 253_402_300_799
 _IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
 
 # The Value member each value type is stored in.
 VALUE_KINDS = {
@@ -49,6 +50,13 @@ def identifier_problem(value: str, *, required: bool = True, max_len: int = NAME
     if not _IDENTIFIER.fullmatch(value):
         return f"must be a lowercase identifier ([a-z][a-z0-9_]*), got {preview(value)}"
     return None
+
+
+def table_problem(table: str) -> str | None:
+    """Why `table` is not a table name (`table`, `schema.table` or `catalog.schema.table`), or None."""
+    if _TABLE.fullmatch(table):
+        return None
+    return f"must be a table name like schema.table, got {preview(table)}"
 
 
 def entity_type_problem(entity_type: str) -> list[FieldViolation]:

@@ -12,11 +12,10 @@ from collections.abc import Iterable
 
 from featurestore.registry.v1 import feature_pb2
 from server import core
-from server.core import identifier_problem, preview
+from server.core import identifier_problem
 from server.core.errors import FieldViolation
 from server.registry._model import Feature, FeatureGroup
 
-_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TEXT_MAX = {"description": 4096, "owner": 256, "column": 256, "tag": 64}
 TAGS_MAX = 64
@@ -97,8 +96,7 @@ def _text_bytes(f: Feature) -> int:
 
 def _source_config(out: list[FieldViolation], path: str, f: Feature) -> None:
     sc = f.source_config
-    if sc.table and not _TABLE.fullmatch(sc.table):
-        out.append(FieldViolation(f"{path}.table", f"must be a table name like schema.table, got {preview(sc.table)}"))
+    _check(out, f"{path}.table", sc.table and core.table_problem(sc.table))
     for column in ("entity_column", "timestamp_column"):
         value = getattr(sc, column)
         _check(out, f"{path}.{column}", value and _text_problem(value, _TEXT_MAX["column"]))
