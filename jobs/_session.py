@@ -68,11 +68,13 @@ def _settings(config: SessionConfig) -> dict[str, str]:
     }
     if config.master.startswith("local"):
         partitions = config.shuffle_partitions or 2 * _local_cores(config.master)
-        settings |= {
+        settings |= {  # the driver and its UI listen on loopback only
             "spark.sql.shuffle.partitions": str(partitions),
             "spark.driver.bindAddress": "127.0.0.1",
             "spark.driver.host": "127.0.0.1",
         }
+    else:  # the driver listens where executors reach it; its UI only when asked for (--conf spark.ui.enabled=true)
+        settings["spark.ui.enabled"] = "false"
     if Path(config.jdbc_jar).is_file():
         settings["spark.jars"] = config.jdbc_jar
     if config.jdbc_url:

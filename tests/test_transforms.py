@@ -265,3 +265,16 @@ def test_the_kept_running_pipeline_reports_a_failed_round_and_goes_on() -> None:
         watch(None, features, config, every=3600, poll=0.01, progress=lines.append)  # type: ignore[arg-type]
     assert lines == ["round failed (RuntimeError: registry exploded); retrying"]
     assert calls == ["list", "list"]
+
+
+def test_the_driver_and_its_ui_listen_on_loopback_locally_and_the_ui_is_off_elsewhere() -> None:
+    from jobs._session import SessionConfig, _settings
+
+    local = _settings(SessionConfig(master="local[2]"))
+    assert (local["spark.driver.bindAddress"], local["spark.driver.host"]) == ("127.0.0.1", "127.0.0.1")
+    remote = _settings(SessionConfig(master="k8s://https://kubernetes.default.svc"))
+    assert remote["spark.ui.enabled"] == "false"
+    assert (
+        _settings(SessionConfig(master="spark://m:7077", conf={"spark.ui.enabled": "true"}))["spark.ui.enabled"]
+        == "true"
+    )
