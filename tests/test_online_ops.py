@@ -117,7 +117,7 @@ def test_workers_share_the_port(tmp_path: Path, own_postgres: str, redis_url: st
     port = free_port()
     server = start_server(tmp_path, port, own_postgres, redis_url, [*FAST_SERVER_ARGS, "--workers", "2"])
     try:
-        eventually(lambda: _listeners(port) == 2)
+        eventually(lambda: _listeners(port) == 2, timeout=60)  # the second worker starts as the first did
         for i in range(20):  # new connections land on either worker; all must serve
             with FeatureStoreClient(f"127.0.0.1:{port}") as client:
                 register(client, f"w{i}", pb.INT64)

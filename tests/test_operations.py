@@ -37,7 +37,7 @@ def health_status(target: str, service: str = "") -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
 
 
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
