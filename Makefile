@@ -10,10 +10,9 @@ API_BASELINE := protos/baseline/featurestore-v1.binpb
 CHECKOV_VENV := .tools/checkov-venv
 CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 
-# The seed's pipeline command against `make up`'s stack; more flags with ARGS="--as-of=... --dry-run".
-PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30 --registry 127.0.0.1:50051 \
-	--redis-url redis://127.0.0.1:16379/0 --postgres-dsn postgresql://postgres@127.0.0.1:15432/postgres \
-	--warehouse .state/warehouse
+# The seed's pipeline command, verbatim, against `make up`'s stack (found through .state/local.env);
+# more flags with ARGS="--as-of=... --dry-run".
+PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30
 
 .PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline
 
@@ -40,7 +39,7 @@ up: venv
 	$(BIN)/python -m devstack up
 
 pipeline: venv
-	$(BIN)/python jobs/batch_pipeline.py $(PIPELINE_ARGS) $(ARGS)
+	cd jobs && ../$(BIN)/python batch_pipeline.py $(PIPELINE_ARGS) $(ARGS)
 
 test: lint pytest
 

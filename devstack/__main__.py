@@ -26,6 +26,7 @@ from devstack import _demo
 from devstack._procs import (
     ROOT,
     Proc,
+    can_listen,
     ensure_demo_tables,
     start_envoy,
     start_pipeline,
@@ -33,6 +34,7 @@ from devstack._procs import (
     start_server,
     start_valkey,
 )
+from server import LOCAL_ENV_FILE
 
 
 def _env_int(name: str, default: int) -> int:
@@ -73,8 +75,13 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     )
     procs.append(server)
     print(f"  gRPC        127.0.0.1:{server.port}")
-    procs.append(start_envoy(state, args.http_port, server.port))
+    also = (80,) if args.http_port != 80 and can_listen(80) else ()
+    procs.append(start_envoy(state, args.http_port, server.port, also))
     print(f"  REST+gRPC   http://localhost:{args.http_port}  (Envoy)")
+    if also:
+        print("              and http://localhost (port 80), as the seed's examples call it")
+    elif args.http_port != 80:
+        print("              port 80 is taken or not allowed here: use :8080 in the seed's http://localhost/ examples")
     print(f"  metrics     http://localhost:{args.metrics_port}/metrics")
     created = _demo.load(f"127.0.0.1:{server.port}")
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
@@ -85,6 +92,18 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     )
     procs.append(pipeline)
     print(f"  pipeline    {pipeline.extra['summary']}")
+    local = {
+        "FEATURESTORE_REGISTRY": f"127.0.0.1:{server.port}",
+        "FEATURESTORE_POSTGRES_DSN": str(postgres.extra["dsn"]),
+        "FEATURESTORE_REDIS_URL": str(valkey.extra["url"]),
+        "FEATURESTORE_WAREHOUSE": str(state / "warehouse"),
+    }
+    LOCAL_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+    LOCAL_ENV_FILE.write_text(
+        "# Written by `make up` for the tools' defaults; removed when it stops.\n"
+        + "".join(f"{k}={v}\n" for k, v in local.items())
+    )
+    print(f"  settings    {LOCAL_ENV_FILE} (the pipeline, reconcile and server default to this stack)")
     print("              (recomputes hourly, and new or changed batch features within seconds)")
     print(f"  logs        {state}/*.log")
 
@@ -114,6 +133,7 @@ def main(argv: list[str]) -> int:
         return 0
     finally:
         print("stopping...")
+        LOCAL_ENV_FILE.unlink(missing_ok=True)
         for proc in reversed(procs):
             proc.stop()
         print("stopped")

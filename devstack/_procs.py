@@ -7,6 +7,7 @@ ports, throw-away state). Every server comes from a PyPI wheel: PostgreSQL
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,8 +223,10 @@ def start_server(
 # -- Envoy ------------------------------------------------------------------
 
 
-def envoy_config(listen_port: int, admin_port: int, upstream_port: int) -> dict[str, object]:
-    """gateway/envoy.yaml with the given ports and an absolute descriptor path."""
+def envoy_config(
+    listen_port: int, admin_port: int, upstream_port: int, also_ports: Sequence[int] = ()
+) -> dict[str, object]:
+    """gateway/envoy.yaml with the given ports (the listener also on `also_ports`) and an absolute descriptor path."""
     config = yaml.safe_load((ROOT / "gateway" / "envoy.yaml").read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = config["static_resources"]["listeners"][0]
@@ -233,14 +237,29 @@ def envoy_config(listen_port: int, admin_port: int, upstream_port: int) -> dict[
     cluster = config["static_resources"]["clusters"][0]
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"]["port_value"] = upstream_port
+    for port in also_ports:
+        extra = copy.deepcopy(listener)
+        extra["name"] = f"{listener['name']}_{port}"
+        extra["address"]["socket_address"]["port_value"] = port
+        config["static_resources"]["listeners"].append(extra)
     return dict(config)
 
 
-def start_envoy(state_dir: Path, listen_port: int, upstream_port: int) -> Proc:
-    """Envoy on `listen_port` in front of the gRPC server on `upstream_port`; ready once it says so."""
+def can_listen(port: int) -> bool:
+    """Whether this process may listen on 127.0.0.1:`port` now (free, and privileged ports allowed)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_envoy(state_dir: Path, listen_port: int, upstream_port: int, also_ports: Sequence[int] = ()) -> Proc:
+    """Envoy on `listen_port` (and `also_ports`) before the gRPC server on `upstream_port`; ready once it says so."""
     admin_port = free_port()
     config_path = state_dir / f"envoy-{listen_port}.json"
-    config_path.write_text(json.dumps(envoy_config(listen_port, admin_port, upstream_port)))
+    config_path.write_text(json.dumps(envoy_config(listen_port, admin_port, upstream_port, also_ports)))
     envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
     cmd = [envoy, "-c", str(config_path), "--base-id", str(listen_port), "--log-level", "warn"]
     proc = _spawn("envoy", cmd, state_dir / f"envoy-{listen_port}.log", listen_port)

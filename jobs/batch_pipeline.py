@@ -8,8 +8,9 @@ before the as-of time, and writes the values (event time = the as-of time) to
 the offline history in PostgreSQL and the online store in Redis. Reruns with
 the same --as-of rewrite the same values (no duplicates). Exit status: 0 when
 every feature was computed, 1 when some failed (the others are written), 2 when
-the run could not start. Connection flags default to the FEATURESTORE_*
-environment variables the server reads.
+the run could not start. Every flag can also be set by its environment variable
+(`--redis-url` by FEATURESTORE_REDIS_URL: the server's names for the settings both
+have), and with none of those the flags default to the stack `make up` runs.
 """
 
 from __future__ import annotations
@@ -20,13 +21,8 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import FrameType
-
-if __package__ in (None, ""):  # run as a script: make the repository importable, here and in Spark's workers
-    _ROOT = str(Path(__file__).resolve().parent.parent)
-    sys.path.insert(0, _ROOT)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
 
@@ -39,17 +35,10 @@ from jobs._plan import PlanError, select
 from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session, default_source_namespaces
 from jobs._watch import watch
-from server import Settings
+from server import ENV_PREFIX, Settings, add_arguments, local_environment
 
-# The server's own defaults, so both find the same stores.
-_SERVER = Settings()
-_ENV = {
-    "registry": ("FEATURESTORE_TARGET", f"127.0.0.1:{_SERVER.port}"),
-    "redis_url": ("FEATURESTORE_REDIS_URL", _SERVER.redis_url),
-    "postgres_dsn": ("FEATURESTORE_POSTGRES_DSN", _SERVER.postgres_dsn),
-    "warehouse": ("FEATURESTORE_WAREHOUSE", "warehouse"),
-    "jdbc_url": ("FEATURESTORE_SOURCE_JDBC_URL", ""),
-}
+# Where the server listens by default (the registry's address).
+_REGISTRY = f"127.0.0.1:{Settings().port}"
 
 
 def _as_of(text: str) -> datetime:
@@ -77,9 +66,15 @@ def _conf(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _own(p: argparse.ArgumentParser, env: Mapping[str, str], flag: str, default: str, **kw: Any) -> None:
+    """A pipeline flag, read from FEATURESTORE_<FLAG> when not given (the server's naming scheme)."""
+    var = ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+    value = env.get(var, default)
+    p.add_argument(flag, default=kw["type"](value) if "type" in kw else value, **kw)
+
+
 def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The command line; connection defaults come from `env`."""
-    defaults = {name: env.get(var, fallback) for name, (var, fallback) in _ENV.items()}
+    """The command line; flags not given come from `env` (FEATURESTORE_<FLAG>), then defaults."""
     p = argparse.ArgumentParser(prog="batch_pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--feature-types", type=_csv, required=True, help="entity types, comma-separated: customer,product")
     p.add_argument("--lookback-days", type=_positive, default=30, help="days of source data before the as-of time")
@@ -93,19 +88,18 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
     p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
-    p.add_argument("--registry", default=defaults["registry"], help="registry gRPC target host:port")
-    p.add_argument("--redis-url", default=defaults["redis_url"])
-    p.add_argument("--redis-cluster", action="store_true", help="the Redis URL is a cluster node")
-    p.add_argument("--postgres-dsn", default=defaults["postgres_dsn"])
-    p.add_argument("--online-ttl", type=int, default=0, help="Redis TTL of written entity keys (0: none)")
-    p.add_argument("--warehouse", default=defaults["warehouse"], help="local Parquet warehouse folder")
-    p.add_argument("--source-jdbc-url", default=defaults["jdbc_url"], help="JDBC URL of a PostgreSQL source")
-    p.add_argument("--jdbc-catalog", default="postgres", help="catalog name of the JDBC source's tables")
-    p.add_argument("--jdbc-jar", default=DEFAULT_JDBC_JAR)
-    p.add_argument(
+    _own(p, env, "--registry", _REGISTRY, help="registry gRPC target host:port")
+    add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
+    _own(p, env, "--warehouse", "warehouse", help="local Parquet warehouse folder")
+    _own(p, env, "--source-jdbc-url", "", help="JDBC URL of a PostgreSQL source")
+    _own(p, env, "--jdbc-catalog", "postgres", help="catalog name of the JDBC source's tables")
+    _own(p, env, "--jdbc-jar", DEFAULT_JDBC_JAR, help="the PostgreSQL JDBC driver")
+    _own(
+        p,
+        env,
         "--source-namespaces",
+        "",
         type=_csv,
-        default=_csv(env.get("FEATURESTORE_SOURCE_NAMESPACES", "")),
         help="catalogs or catalog.schema names source tables may come from, comma-separated "
         "(default: the warehouse, spark_catalog.default, and the JDBC catalog when --source-jdbc-url is set)",
     )
@@ -182,7 +176,8 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = parser(os.environ if env is None else env).parse_args(argv)
+    environ = local_environment(os.environ) | os.environ if env is None else env
+    args = parser(environ).parse_args(argv)
     _stop_on_sigterm()
     if args.every:
         return _watch(args)

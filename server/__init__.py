@@ -7,6 +7,6 @@ nothing but the settings, so the pipelines' Spark executors can use
 `server.core` without the server.
 """
 
-from server._settings import ENV_PREFIX, Settings
+from server._settings import ENV_PREFIX, LOCAL_ENV_FILE, Settings, add_arguments, local_environment
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["ENV_PREFIX", "LOCAL_ENV_FILE", "Settings", "add_arguments", "local_environment"]

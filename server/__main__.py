@@ -17,7 +17,7 @@ import sys
 import time
 
 from server._app import migrate_only, start
-from server._settings import Settings
+from server._settings import Settings, local_environment
 
 _log = logging.getLogger("server")
 
@@ -78,7 +78,7 @@ class _Supervisor:
 
 
 def main() -> None:
-    settings = Settings.load(sys.argv[1:], os.environ)
+    settings = Settings.load(sys.argv[1:], local_environment(os.environ) | os.environ)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     if settings.migrate_only:
         asyncio.run(migrate_only(settings))

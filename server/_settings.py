@@ -2,8 +2,10 @@
 
 Every field can be set by a flag (`--postgres-dsn`) or an environment
 variable (`FEATURESTORE_POSTGRES_DSN`); a flag wins over the environment,
-which wins over the default. Nothing below the composition root reads the
-environment.
+which wins over the local stack's file (`local_environment`: what `make up`
+runs), which wins over the default. The pipelines and tools take their shared
+flags from here too (`add_arguments`), so every tool speaks one vocabulary.
+Nothing below the composition root reads the environment.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "FEATURESTORE_"
+LOCAL_ENV_FILE = Path(__file__).resolve().parent.parent / ".state" / "local.env"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,13 @@ class Settings:
         default=4, metadata={"help": "pipelined Redis connections per process (a cluster: 16x per node, pooled)"}
     )
     redis_timeout: float = field(default=0.5, metadata={"help": "seconds a Redis call may take"})
+    redis_chunk_values: int = field(
+        default=1000,
+        metadata={"help": "most values one Redis script call reads or writes; larger requests are split"},
+    )
+    redis_chunks_in_flight: int = field(
+        default=4, metadata={"help": "write script calls outstanding per process (on a connection of their own)"}
+    )
     online_ttl: int = field(default=0, metadata={"help": "Redis TTL of an entity's key after a write; 0 = none"})
     max_request_values: int = field(
         default=100_000, metadata={"help": "most entities x features one read or write may hold"}
@@ -95,18 +106,44 @@ class Settings:
     def load(cls, argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         """Settings from command-line flags over environment variables over defaults."""
         parser = argparse.ArgumentParser(prog="featurestore-server", description="Feature store gRPC server")
-        for f in dataclasses.fields(cls):
-            env = ENV_PREFIX + f.name.upper()
-            default: Any = f.default
-            if env in environ:
-                default = _parse(f.type, environ[env], env)
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"),
-                type=_TYPES[str(f.type)],
-                default=default,
-                help=f"{f.metadata['help']} (env {env}; default {f.default!r})",
-            )
+        add_arguments(parser, [f.name for f in dataclasses.fields(cls)], environ)
         return cls(**vars(parser.parse_args(list(argv))))
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Add the flags of these Settings fields to `parser`: the one vocabulary of every tool.
+
+    `--postgres-dsn` is read from FEATURESTORE_POSTGRES_DSN when the flag is not given; a
+    boolean flag alone means true (`--redis-cluster`), or takes a value (`--redis-cluster false`).
+    """
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for name in names:
+        f, env = fields[name], ENV_PREFIX + name.upper()
+        default: Any = _parse(f.type, environ[env], env) if env in environ else f.default
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if str(f.type) == "bool" else {}
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_TYPES[str(f.type)],
+            default=default,
+            help=f"{f.metadata['help']} (env {env}; default {f.default!r})",
+            **extra,
+        )
+
+
+def local_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The local stack's settings, as `make up` wrote them (FEATURESTORE_NAME=value lines), or none.
+
+    Command-line tools read them below the real environment, so their defaults find the
+    stack `make up` runs: FEATURESTORE_LOCAL_ENV names the file, else `.state/local.env`
+    in the checkout. Without the file (an installed package, a container) this is empty.
+    """
+    path = Path(environ.get("FEATURESTORE_LOCAL_ENV", LOCAL_ENV_FILE))
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs if key.strip().startswith(ENV_PREFIX)}
 
 
 def _bool(raw: str) -> bool:

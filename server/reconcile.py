@@ -38,7 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
-from server._settings import Settings
+from server._settings import Settings, local_environment
 from server.core import KeyWrite, entity_key
 from server.core.codec import TIME_BYTES, encode_stored
 from server.core.errors import ServiceError
@@ -349,7 +349,7 @@ async def reconcile(options: Options, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options, settings = parse(sys.argv[1:] if argv is None else argv, os.environ)
+    options, settings = parse(sys.argv[1:] if argv is None else argv, local_environment(os.environ) | os.environ)
     try:
         code = asyncio.run(reconcile(options, settings))
     except ServiceError as err:

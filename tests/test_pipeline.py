@@ -27,8 +27,8 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
 from jobs import RunConfig, RunReport, register_warehouse, run
 from jobs.demo_data import DemoSize, write_demo_tables
+from tests._helpers import run_sql
 from tests._seed import registry_curls
-from tests.conftest import run_sql
 
 pytestmark = pytest.mark.usefixtures("empty_registry", "empty_online", "empty_history")
 AS_OF = datetime(2024, 6, 1, 12, tzinfo=UTC)
@@ -74,7 +74,7 @@ async def _copy_purchases(dsn: str, rows: list[tuple[Any, ...]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def tables(spark: SparkSession, warehouse: Path, postgres_dsn: str, server: Any) -> None:
+def tables(spark: SparkSession, postgres_sources: str, warehouse: Path, postgres_dsn: str, server: Any) -> None:
     """The demo tables in the Parquet warehouse and, the same rows, in PostgreSQL: in the feature store's
     database for the tests' reference SQL, and in the `sources` database for the JDBC source."""
     write_demo_tables(spark, warehouse, SIZE, AS_OF + timedelta(days=10))
@@ -82,7 +82,7 @@ def tables(spark: SparkSession, warehouse: Path, postgres_dsn: str, server: Any)
     spark.catalog.refreshTable("customer_purchases")
     rows = [tuple(r) for r in spark.table("customer_purchases").collect()]
     asyncio.run(_copy_purchases(postgres_dsn, rows))
-    asyncio.run(_copy_purchases(postgres_dsn.rsplit("/", 1)[0] + "/sources", rows))
+    asyncio.run(_copy_purchases(postgres_sources, rows))
 
 
 def seed_feature() -> pb.Feature:
@@ -336,7 +336,7 @@ def test_a_postgresql_source_over_jdbc_gives_the_same_values(
 @pytest.fixture
 def cli_env(grpc_target: str, redis_url: str, postgres_dsn: str, warehouse: Path) -> dict[str, str]:
     return os.environ | {
-        "FEATURESTORE_TARGET": grpc_target,
+        "FEATURESTORE_REGISTRY": grpc_target,
         "FEATURESTORE_REDIS_URL": redis_url,
         "FEATURESTORE_POSTGRES_DSN": postgres_dsn,
         "FEATURESTORE_WAREHOUSE": str(warehouse),
@@ -365,6 +365,24 @@ def test_the_command_line_as_the_seed_runs_it(
     assert summary.startswith("batch pipeline ok: 6 features x ")
     assert "values written" in summary
     assert_values_equal(served(client, all_customers(), RFM), expected(postgres_dsn, AS_OF))
+
+
+def test_the_seeds_command_verbatim_finds_the_local_stack_through_its_settings_file(
+    rfm: list[pb.Feature], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`make up` writes the stack's addresses to a file every tool reads below the environment."""
+    local = tmp_path / "local.env"
+    local.write_text("".join(f"{k}={v}\n" for k, v in cli_env.items() if k.startswith("FEATURESTORE_")))
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+    done = pipeline(
+        bare | {"FEATURESTORE_LOCAL_ENV": str(local)}, "--feature-types=customer,product", "--lookback-days=30"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("batch pipeline ok: 6 features x ")
+    nowhere = {"FEATURESTORE_LOCAL_ENV": str(tmp_path / "none.env"), "FEATURESTORE_REGISTRY": "127.0.0.1:1"}
+    broken = pipeline(bare | nowhere, "--feature-types=customer", "--dry-run")
+    assert broken.returncode == 2
+    assert "cannot read the registry at 127.0.0.1:1" in broken.stderr
 
 
 def test_the_command_line_refuses_bad_options_before_starting_spark(

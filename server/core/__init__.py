@@ -13,8 +13,9 @@ from server.core._definitions import (
     TRANSFORMATIONS_MAX,
     Step,
     computation_problems,
+    expression_problem,
 )
-from server.core._functions import EXAMPLE_COLUMNS, EXAMPLES, FUNCTIONS, ExpressionUse, expression_problem
+from server.core._functions import EXAMPLE_COLUMNS, EXAMPLES, FUNCTIONS, ExpressionUse
 from server.core._limits import Limits
 from server.core._records import HistoryRecord, HistoryRow, KeyWrite, entity_key
 from server.core._services import FEATURE_STORE_SERVICE, REGISTRY_SERVICE

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.core._functions import ExpressionUse, expression_problem
+from server.core._functions import ExpressionUse
 from server.core._validation import preview
 
 FILTER, AGGREGATION, EXPRESSION = "filter", "aggregation", "expression"
@@ -33,6 +33,14 @@ AGGREGATIONS = (
     "days_since_last",
     "days_since_first",
 )
+
+
+def expression_problem(text: str, use: ExpressionUse) -> str | None:
+    """Why `text` is not an allowed Spark SQL expression for `use`, or None when it is."""
+    from server.core import _expressions  # the parser loads on first use
+
+    return _expressions.problem(text, use)
+
 
 _OVER_SOURCE = ExpressionUse.over_source()
 _OVER_VALUE = ExpressionUse.over("value")

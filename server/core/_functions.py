@@ -4,8 +4,8 @@ Definitions are data: their expressions may only use column references,
 literals, operators, CASE, CAST and the deterministic scalar functions listed in
 `FUNCTIONS` (each with an example call). `expression_problem` checks a text
 with a real parser of Spark's dialect (sqlglot, in `_expressions`), loaded on
-first use so that importing the core (as the pipelines' executors do) does not
-load the parser.
+first use (see `server.core.expression_problem`) so that importing the core, as
+the pipelines' executors do, does not load the parser.
 """
 
 from __future__ import annotations
@@ -124,10 +124,3 @@ class ExpressionUse:
     @classmethod
     def over(cls, *names: str) -> ExpressionUse:
         return cls(frozenset(names))
-
-
-def expression_problem(text: str, use: ExpressionUse) -> str | None:
-    """Why `text` is not an allowed Spark SQL expression for `use`, or None when it is."""
-    from server.core import _expressions  # the parser loads on first use
-
-    return _expressions.problem(text, use)
