@@ -1,28 +1,29 @@
-"""Session fixtures: real PostgreSQL, the server and Envoy on ephemeral loopback ports."""
+"""Fixtures: real PostgreSQL, Valkey, the server, Envoy and Spark on ephemeral loopback ports.
+
+Session fixtures start each server once, on first use. Tests that start servers of their own
+use `processes`, which stops every one it started. Helpers (run_sql, eventually, ...) live in
+tests/_helpers.py; tests/unit/ uses none of the servers here (its conftest makes sure).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import asyncpg
 import grpc
 import pytest
 
 from devstack import Proc, free_port, start_envoy, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient
+from tests._helpers import CLEAR_REGISTRY, FAST_SERVER_ARGS, Processes, run_sql
 from tests._http import Rest
 
-# DELETE, not TRUNCATE: TRUNCATE's exclusive locks deadlock with the server's snapshot reads.
-CLEAR_REGISTRY = (
-    "DELETE FROM registry_group_members; DELETE FROM registry_feature_groups; "
-    "DELETE FROM registry_features; DELETE FROM registry_revisions"
-)
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +53,6 @@ def valkey(stack_dir: Path) -> Iterator[Proc]:
 @pytest.fixture(scope="session")
 def redis_url(valkey: Proc) -> str:
     return str(valkey.extra["url"])
-
-
-FAST_SERVER_ARGS = ["--health-interval", "0.2", "--registry-refresh-interval", "0.1"]
 
 
 @pytest.fixture(scope="session")
@@ -88,20 +86,16 @@ def rest(envoy: Proc) -> Rest:
     return Rest(f"http://127.0.0.1:{envoy.port}")
 
 
-def run_sql(dsn: str, sql: str) -> list[asyncpg.Record]:
-    """Run one statement on a fresh connection and return its rows."""
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Servers of this test's own (PostgreSQL, Valkey, a cluster, the server), all stopped at teardown.
 
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            if ";" in sql:
-                await conn.execute(sql)
-                return []
-            return list(await conn.fetch(sql))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+    Start them through it (`processes.postgres()`, `processes.server(dsn, url)`, ...) or hand it
+    what was started elsewhere (`processes.add(proc)`): a start that fails, or a failing
+    assertion, still stops every server started before it, the last started first.
+    """
+    with Processes(tmp_path) as procs:
+        yield procs
 
 
 @pytest.fixture
@@ -125,19 +119,31 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark(warehouse: Path, postgres: Proc) -> Iterator[Any]:
-    """One local Spark for the session, with the test PostgreSQL's database `sources` as the JDBC catalog
-    `postgres` (the feature store's own database is never a source)."""
+def spark(warehouse: Path) -> Iterator[SparkSession]:
+    """One local Spark for the session, over the Parquet `warehouse`; it needs no PostgreSQL."""
     from jobs import SessionConfig, build_session
 
-    run_sql(str(postgres.extra["dsn"]), "CREATE DATABASE sources")
     config = SessionConfig(
         master="local[2]",
         warehouse=str(warehouse),
-        jdbc_url=f"jdbc:postgresql://127.0.0.1:{postgres.port}/sources?user=postgres",
         shuffle_partitions=2,
         conf={"spark.ui.enabled": "false", "spark.driver.port": str(free_port())},
     )
     session = build_session(config, "featurestore-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_sources(spark: SparkSession, postgres: Proc) -> str:
+    """The test PostgreSQL's database `sources`, made `spark`'s JDBC catalog `postgres`; its DSN.
+
+    Only the tests that read PostgreSQL sources through Spark ask for this (the feature
+    store's own database is never a source); `spark` alone starts no PostgreSQL.
+    """
+    run_sql(str(postgres.extra["dsn"]), "CREATE DATABASE sources")
+    prefix = "spark.sql.catalog.postgres"
+    spark.conf.set(prefix, "org.apache.spark.sql.execution.datasources.v2.jdbc.JDBCTableCatalog")
+    spark.conf.set(f"{prefix}.url", f"jdbc:postgresql://127.0.0.1:{postgres.port}/sources?user=postgres")
+    spark.conf.set(f"{prefix}.driver", "org.postgresql.Driver")
+    return f"postgresql://postgres@127.0.0.1:{postgres.port}/sources"

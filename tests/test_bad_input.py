@@ -13,8 +13,8 @@ import pytest
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from tests._helpers import run_sql
 from tests._http import Rest
-from tests.conftest import run_sql
 
 pytestmark = pytest.mark.usefixtures("empty_registry")
 FEATURES = "/api/feature-registry/features"

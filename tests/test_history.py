@@ -17,10 +17,10 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
 from server.core.postgres import create_pool
 from server.offline import PostgresHistoryStore
+from tests._helpers import run_sql
 from tests._http import Rest
 from tests._online import f64, get, i64, register, row, ts, wait_servable, write
 from tests._seed import store_curls
-from tests.conftest import run_sql
 
 pytestmark = pytest.mark.usefixtures("empty_registry", "empty_online", "empty_history")
 T0 = datetime(2023, 1, 1, tzinfo=UTC)

@@ -9,9 +9,9 @@ from google.protobuf import field_mask_pb2
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from tests._helpers import run_sql
 from tests._hostile import HOSTILE
 from tests._http import Rest
-from tests.conftest import run_sql
 
 pytestmark = pytest.mark.usefixtures("empty_registry")
 REFLECT = 'reflect("java.lang.System", "getProperty", "user.dir")'

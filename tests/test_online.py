@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
+from tests._helpers import eventually
 from tests._http import Rest
 from tests._online import ago, f64, get, i64, now, register, row, ts, wait_servable, write
 
@@ -130,12 +130,25 @@ def test_groups_are_shorthand_for_their_features(client: FeatureStoreClient) -> 
     group = pb.FeatureGroup(name="grp", entity_type="customer", feature_names=["c", "a"])
     client.registry.CreateFeatureGroup(rs.CreateFeatureGroupRequest(feature_group=group))
     wait_servable(client, "customer", "a", "b", "c")
-    time.sleep(0.3)  # the group is committed after its features; let the snapshot catch up
+    eventually(lambda: _group_servable(client, "grp"))  # the group is committed after its features
     write(client, [row("c1", now(), a=f64(1), b=f64(2), c=f64(3))])
     response = client.store.GetFeatures(
         fs.GetFeaturesRequest(entity_type="customer", entity_id="c1", feature_names=["b"], feature_groups=["grp"])
     )
     assert [(f.name, f.value.float_value) for f in response.features] == [("b", 2), ("c", 3), ("a", 1)]
+
+
+def _group_servable(client: FeatureStoreClient, group: str) -> bool:
+    """Whether serving knows `group` (reads of it stop failing with 'does not exist')."""
+    try:
+        client.store.GetFeatures(
+            fs.GetFeaturesRequest(entity_type="customer", entity_id="probe", feature_groups=[group])
+        )
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        return False
+    return True
 
 
 def test_batch_keeps_order_duplicates_and_empty(client: FeatureStoreClient) -> None:

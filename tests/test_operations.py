@@ -8,17 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from devstack import Proc, free_port, start_postgres, start_server, start_valkey
+from devstack import Proc
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import registry_service_pb2 as rs
-from tests.conftest import FAST_SERVER_ARGS
+from tests._helpers import Processes, eventually, health_status
 
 REGISTRY = "featurestore.registry.v1.RegistryService"
 
@@ -29,19 +28,6 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     assert spec.origin is not None
     binary = Path(spec.origin).parent / "lib" / "grpcurl"
     return subprocess.run([str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=30)
-
-
-def health_status(target: str, service: str = "") -> int:
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 @pytest.mark.usefixtures("empty_registry")
@@ -69,19 +55,16 @@ def test_health_reports_each_service(grpc_target: str) -> None:
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[tuple[Proc, Proc, Proc]]:
+def own_stack(processes: Processes) -> tuple[Proc, Proc, Proc]:
     """PostgreSQL, Valkey and a server of this test's own, to break without harming others."""
-    postgres = start_postgres(tmp_path / "postgres", free_port())  # durable: it will be killed
-    valkey = start_valkey(tmp_path / "valkey", free_port(), durable=False)
-    server = start_server(tmp_path, free_port(), str(postgres.extra["dsn"]), str(valkey.extra["url"]), FAST_SERVER_ARGS)
-    yield postgres, valkey, server
-    server.stop()
-    valkey.stop()
-    postgres.stop()
+    postgres = processes.postgres(durable=True)  # durable: it will be killed
+    valkey = processes.valkey()
+    server = processes.server(str(postgres.extra["dsn"]), str(valkey.extra["url"]))
+    return postgres, valkey, server
 
 
 def test_postgres_outage_gives_unavailable_fast_and_recovers(
-    own_stack: tuple[Proc, Proc, Proc], tmp_path: Path
+    own_stack: tuple[Proc, Proc, Proc], processes: Processes, tmp_path: Path
 ) -> None:
     postgres, _, server = own_stack
     target = f"127.0.0.1:{server.port}"
@@ -97,12 +80,9 @@ def test_postgres_outage_gives_unavailable_fast_and_recovers(
         eventually(lambda: health_status(target, REGISTRY) == health_pb2.HealthCheckResponse.NOT_SERVING)
         assert server.running()
 
-        restarted = start_postgres(tmp_path / "postgres", postgres.port)
-        try:
-            eventually(lambda: health_status(target, REGISTRY) == health_pb2.HealthCheckResponse.SERVING)
-            eventually(lambda: _lists(client))
-        finally:
-            restarted.stop()
+        processes.postgres(tmp_path / "postgres", postgres.port, durable=True)
+        eventually(lambda: health_status(target, REGISTRY) == health_pb2.HealthCheckResponse.SERVING)
+        eventually(lambda: _lists(client))
 
 
 def _lists(client: FeatureStoreClient) -> bool:

@@ -15,8 +15,8 @@ from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
+from tests._helpers import run_sql
 from tests._online import f64, get, i64, register, row, wait_servable, write
-from tests.conftest import run_sql
 
 pytestmark = pytest.mark.usefixtures("empty_registry", "empty_online", "empty_history")
 FEATURES = {

@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devstack import Proc, envoy_config
+from tests._helpers import CLEAR_REGISTRY, run_sql
 from tests._http import Response, Rest
-from tests.conftest import CLEAR_REGISTRY, run_sql
 
 DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "gateway" / "featurestore.pb"
 FEATURE, GROUP = "fuzz_existing", "fuzz_existing_group"  # names no other test uses

@@ -29,7 +29,7 @@ _run = itertools.count()
 
 @pytest.fixture(scope="module")
 def pit_features(client: FeatureStoreClient, postgres_dsn: str) -> None:
-    from tests.conftest import CLEAR_REGISTRY, run_sql
+    from tests._helpers import CLEAR_REGISTRY, run_sql
 
     run_sql(postgres_dsn, CLEAR_REGISTRY)
     for name in (*FEATURES, NOISE):

@@ -1,0 +1,122 @@
+"""Helpers shared by the server tests: SQL, waiting on conditions, health checks, server flags.
+
+Test modules import these from here, never from conftest.py or from another test module;
+fixtures stay in conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack import Proc, free_port, start_postgres, start_server, start_valkey, start_valkey_cluster
+
+# DELETE, not TRUNCATE: TRUNCATE's exclusive locks deadlock with the server's snapshot reads.
+CLEAR_REGISTRY = (
+    "DELETE FROM registry_group_members; DELETE FROM registry_feature_groups; "
+    "DELETE FROM registry_features; DELETE FROM registry_revisions"
+)
+
+# Servers started by tests probe their stores and poll the registry often, so tests wait little.
+FAST_SERVER_ARGS = ["--health-interval", "0.2", "--registry-refresh-interval", "0.1"]
+
+
+def run_sql(dsn: str, sql: str) -> list[asyncpg.Record]:
+    """Run one statement on a fresh connection and return its rows (several, separated by ';': no rows)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if ";" in sql:
+                await conn.execute(sql)
+                return []
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Return once `check()` is true; fail the test if it is not within `timeout` seconds.
+
+    Wait for conditions with this, not with `time.sleep`: the bound is generous (a loaded
+    2-core machine must keep it), and a fast machine goes on as soon as the condition holds.
+    """
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(interval)
+
+
+def health_status(target: str, service: str = "") -> int:
+    """The gRPC health status of `service` ("" for the server as a whole) at `target`."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+class Processes:
+    """Servers a test starts for itself, each stopped when the test ends (the last started first).
+
+    Got from the `processes` fixture. Every start registers its server before the next
+    line runs, so a start that fails, or an assertion, never leaves the earlier ones running.
+    A server restarted on the same port (an outage test) is simply started again.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop_all()
+
+    def add(self, proc: Proc) -> Proc:
+        """Stop `proc` at teardown (stopping a server that already exited does nothing)."""
+        self._stack.callback(proc.stop)
+        return proc
+
+    def postgres(self, data_dir: Path | None = None, port: int = 0, *, durable: bool = False) -> Proc:
+        """PostgreSQL with its data in `data_dir` (default: the test's tmp_path/postgres)."""
+        return self.add(start_postgres(data_dir or self.directory / "postgres", port or free_port(), durable=durable))
+
+    def valkey(
+        self, data_dir: Path | None = None, port: int = 0, *, durable: bool = False, extra_args: list[str] | None = None
+    ) -> Proc:
+        """Valkey with its data in `data_dir` (default: the test's tmp_path/valkey)."""
+        data_dir = data_dir or self.directory / "valkey"
+        return self.add(start_valkey(data_dir, port or free_port(), durable=durable, extra_args=extra_args))
+
+    def valkey_cluster(self, data_dir: Path | None = None, nodes: int = 3) -> list[Proc]:
+        """A Valkey cluster of `nodes` primaries (devstack stops them itself if it cannot form)."""
+        return [self.add(node) for node in start_valkey_cluster(data_dir or self.directory / "cluster", nodes)]
+
+    def server(
+        self,
+        postgres_dsn: str,
+        redis_url: str,
+        extra_args: Sequence[str] = FAST_SERVER_ARGS,
+        *,
+        state_dir: Path | None = None,
+        port: int = 0,
+    ) -> Proc:
+        """`python -m server` on `port` (default: a free one), ready once it listens."""
+        state_dir = state_dir or self.directory
+        return self.add(start_server(state_dir, port or free_port(), postgres_dsn, redis_url, list(extra_args)))
+
+    def stop_all(self) -> None:
+        """Stop every server started so far, the last started first."""
+        self._stack.close()

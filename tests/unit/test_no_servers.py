@@ -1,0 +1,33 @@
+"""The unit tests' guard knows every fixture of tests/conftest.py that starts something."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.unit.conftest import SERVER_FIXTURES, children
+
+# Fixtures of tests/conftest.py that start nothing (directories).
+HARMLESS = {"stack_dir", "warehouse"}
+
+
+def fixtures_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and any("fixture" in ast.unparse(decorator) for decorator in node.decorator_list)
+    }
+
+
+def test_every_server_fixture_is_refused_here() -> None:
+    fixtures = fixtures_of(Path(__file__).resolve().parent.parent / "conftest.py")
+    assert fixtures - HARMLESS == SERVER_FIXTURES
+
+
+def test_no_server_fixture_is_set_up_in_this_run(request: pytest.FixtureRequest) -> None:
+    assert not SERVER_FIXTURES & set(request.fixturenames)
+    assert children() == set()  # nothing started so far in a `pytest tests/unit` run (none at all here)
