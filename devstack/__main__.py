@@ -92,6 +92,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     )
     procs.append(pipeline)
     print(f"  pipeline    {pipeline.extra['summary']}")
+    print("              (recomputes hourly, and new or changed batch features within seconds)")
     local = {
         "FEATURESTORE_REGISTRY": f"127.0.0.1:{server.port}",
         "FEATURESTORE_POSTGRES_DSN": str(postgres.extra["dsn"]),
@@ -104,7 +105,6 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
         + "".join(f"{k}={v}\n" for k, v in local.items())
     )
     print(f"  settings    {LOCAL_ENV_FILE} (the pipeline, reconcile and server default to this stack)")
-    print("              (recomputes hourly, and new or changed batch features within seconds)")
     print(f"  logs        {state}/*.log")
 
 
