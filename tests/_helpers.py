@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack import Proc, free_port, start_postgres, start_server, start_valkey, start_valkey_cluster
+
+T = TypeVar("T")
 
 # DELETE, not TRUNCATE: TRUNCATE's exclusive locks deadlock with the server's snapshot reads.
 CLEAR_REGISTRY = (
@@ -64,11 +69,46 @@ def health_status(target: str, service: str = "") -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
 
 
+def children() -> set[int]:
+    """The ids of this process's child processes (read from /proc)."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me:  # the field after the state: the parent's id
+            found.add(int(entry.name))
+    return found
+
+
+def reaped(start: Callable[[], T]) -> T:
+    """`start()` (a devstack start_*); if it fails, kill what it left running.
+
+    devstack's starts spawn the server, then wait for it: a server that never gets ready
+    raises out of the start and is never handed back to be stopped. Each one runs in a
+    session of its own, so its id is its process group, killed whole here.
+    """
+    before = children()
+    try:
+        return start()
+    except BaseException:
+        for pid in children() - before:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        raise
+
+
 class Processes:
     """Servers a test starts for itself, each stopped when the test ends (the last started first).
 
     Got from the `processes` fixture. Every start registers its server before the next
-    line runs, so a start that fails, or an assertion, never leaves the earlier ones running.
+    line runs, so a start that fails, or an assertion, never leaves the earlier ones running;
+    a start that fails kills what it spawned (`reaped`).
     A server restarted on the same port (an outage test) is simply started again.
     """
 
@@ -91,18 +131,24 @@ class Processes:
 
     def postgres(self, data_dir: Path | None = None, port: int = 0, *, durable: bool = False) -> Proc:
         """PostgreSQL with its data in `data_dir` (default: the test's tmp_path/postgres)."""
-        return self.add(start_postgres(data_dir or self.directory / "postgres", port or free_port(), durable=durable))
+        data_dir = data_dir or self.directory / "postgres"
+        return self.add(reaped(lambda: start_postgres(data_dir, port or free_port(), durable=durable)))
 
     def valkey(
         self, data_dir: Path | None = None, port: int = 0, *, durable: bool = False, extra_args: list[str] | None = None
     ) -> Proc:
         """Valkey with its data in `data_dir` (default: the test's tmp_path/valkey)."""
         data_dir = data_dir or self.directory / "valkey"
-        return self.add(start_valkey(data_dir, port or free_port(), durable=durable, extra_args=extra_args))
+        return self.add(
+            reaped(lambda: start_valkey(data_dir, port or free_port(), durable=durable, extra_args=extra_args))
+        )
 
     def valkey_cluster(self, data_dir: Path | None = None, nodes: int = 3) -> list[Proc]:
         """A Valkey cluster of `nodes` primaries (devstack stops them itself if it cannot form)."""
-        return [self.add(node) for node in start_valkey_cluster(data_dir or self.directory / "cluster", nodes)]
+        return [
+            self.add(node)
+            for node in reaped(lambda: start_valkey_cluster(data_dir or self.directory / "cluster", nodes))
+        ]
 
     def server(
         self,
@@ -115,7 +161,8 @@ class Processes:
     ) -> Proc:
         """`python -m server` on `port` (default: a free one), ready once it listens."""
         state_dir = state_dir or self.directory
-        return self.add(start_server(state_dir, port or free_port(), postgres_dsn, redis_url, list(extra_args)))
+        args = list(extra_args)
+        return self.add(reaped(lambda: start_server(state_dir, port or free_port(), postgres_dsn, redis_url, args)))
 
     def stop_all(self) -> None:
         """Stop every server started so far, the last started first."""

@@ -1,8 +1,9 @@
 """Fixtures: real PostgreSQL, Valkey, the server, Envoy and Spark on ephemeral loopback ports.
 
-Session fixtures start each server once, on first use. Tests that start servers of their own
-use `processes`, which stops every one it started. Helpers (run_sql, eventually, ...) live in
-tests/_helpers.py; tests/unit/ uses none of the servers here (its conftest makes sure).
+Session fixtures start each server once, on first use (a start that fails kills what it
+spawned). Tests that start servers of their own use `processes`, which stops every one it
+started. Helpers (run_sql, eventually, ...) live in tests/_helpers.py; tests/unit/ uses none
+of the servers here (its conftest makes sure). See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from devstack import Proc, free_port, start_envoy, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient
-from tests._helpers import CLEAR_REGISTRY, FAST_SERVER_ARGS, Processes, run_sql
+from tests._helpers import CLEAR_REGISTRY, FAST_SERVER_ARGS, Processes, reaped, run_sql
 from tests._http import Rest
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres(stack_dir: Path) -> Iterator[Proc]:
-    proc = start_postgres(stack_dir / "postgres", free_port(), durable=False)
+    proc = reaped(lambda: start_postgres(stack_dir / "postgres", free_port(), durable=False))
     yield proc
     proc.stop()
 
@@ -45,7 +46,7 @@ def postgres_dsn(postgres: Proc) -> str:
 
 @pytest.fixture(scope="session")
 def valkey(stack_dir: Path) -> Iterator[Proc]:
-    proc = start_valkey(stack_dir / "valkey", free_port(), durable=False)
+    proc = reaped(lambda: start_valkey(stack_dir / "valkey", free_port(), durable=False))
     yield proc
     proc.stop()
 
@@ -57,14 +58,14 @@ def redis_url(valkey: Proc) -> str:
 
 @pytest.fixture(scope="session")
 def server(stack_dir: Path, postgres_dsn: str, redis_url: str) -> Iterator[Proc]:
-    proc = start_server(stack_dir, free_port(), postgres_dsn, redis_url, FAST_SERVER_ARGS)
+    proc = reaped(lambda: start_server(stack_dir, free_port(), postgres_dsn, redis_url, FAST_SERVER_ARGS))
     yield proc
     proc.stop()
 
 
 @pytest.fixture(scope="session")
 def envoy(stack_dir: Path, server: Proc) -> Iterator[Proc]:
-    proc = start_envoy(stack_dir, free_port(), server.port)
+    proc = reaped(lambda: start_envoy(stack_dir, free_port(), server.port))
     yield proc
     proc.stop()
 

@@ -140,7 +140,7 @@ def test_metrics_endpoint_counts_calls_errors_and_store_health(server: Proc, cli
     calls = 'featurestore_rpc_duration_seconds_count{method="GetFeature"}'
     errors = 'featurestore_rpc_errors_total{code="NOT_FOUND",method="GetFeature"}'
     # a call's duration is recorded just after its status went out: give the last one a moment
-    eventually(lambda: value(scrape(), calls) - value(before, calls) == 3, timeout=5)
+    eventually(lambda: value(scrape(), calls) - value(before, calls) == 3)
     after = scrape()
     assert value(after, calls) - value(before, calls) == 3
     assert value(after, errors) - value(before, errors) == 3

@@ -453,7 +453,7 @@ def test_kept_running_it_computes_a_new_feature_within_seconds_and_stops_on_sigt
         create(client, seed_feature())
         second = next(line for line in lines if line.startswith("batch pipeline "))
         assert second.startswith("batch pipeline ok: 1 features x ")  # only the new one
-        assert time.monotonic() - created < 15
+        assert time.monotonic() - created < 60  # seconds on a loaded machine, not the hour of --every
         assert served(client, ["customer123"], ["customer_total_purchases_30d"])
     finally:
         proc.send_signal(signal.SIGTERM)

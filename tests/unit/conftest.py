@@ -7,11 +7,11 @@ behind fails: `pytest tests/unit` must stay a loop of seconds.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+
+from tests._helpers import children
 
 # Fixtures of tests/conftest.py (and those built on them) that start servers or Spark.
 SERVER_FIXTURES = frozenset(
@@ -34,28 +34,20 @@ SERVER_FIXTURES = frozenset(
 )
 
 
-def children() -> set[int]:
-    """The ids of this process's child processes (from /proc: no dependency)."""
-    me, found = os.getpid(), set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == me:  # the field after the state: the parent's id
-            found.add(int(entry.name))
-    return found
-
-
-@pytest.fixture(autouse=True)
-def no_servers(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a unit test that asks for a server fixture, or that starts a process."""
-    asked = sorted(SERVER_FIXTURES.intersection(request.fixturenames))
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a unit test that asks for a server fixture, before any fixture is set up."""
+    asked = sorted(SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
     if asked:
-        pytest.fail(f"unit tests start no servers; {request.node.nodeid} asks for {', '.join(asked)}", pytrace=False)
+        pytest.fail(f"unit tests start no servers; {item.nodeid} asks for {', '.join(asked)}", pytrace=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_processes_left() -> Iterator[None]:
+    """Fail a module whose tests leave a process running (e.g. a server fixture got by name).
+
+    Checked per module, not per test: scanning /proc costs milliseconds, a unit test less.
+    """
     before = children()
     yield
     started = children() - before
-    assert not started, f"a unit test left child processes running: {sorted(started)}"
+    assert not started, f"unit tests left child processes running: {sorted(started)}"

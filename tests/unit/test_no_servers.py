@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import SERVER_FIXTURES, children
+from tests._helpers import children, reaped
+from tests.unit.conftest import SERVER_FIXTURES
 
 # Fixtures of tests/conftest.py that start nothing (directories).
 HARMLESS = {"stack_dir", "warehouse"}
@@ -31,3 +33,16 @@ def test_every_server_fixture_is_refused_here() -> None:
 def test_no_server_fixture_is_set_up_in_this_run(request: pytest.FixtureRequest) -> None:
     assert not SERVER_FIXTURES & set(request.fixturenames)
     assert children() == set()  # nothing started so far in a `pytest tests/unit` run (none at all here)
+
+
+def test_a_start_that_fails_leaves_nothing_running() -> None:
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:  # as devstack's start_* do: spawn in a session of its own, then wait in vain
+        spawned.append(subprocess.Popen(["sleep", "60"], start_new_session=True))
+        raise TimeoutError("never ready")
+
+    with pytest.raises(TimeoutError):
+        reaped(start)
+    assert not Path(f"/proc/{spawned[0].pid}").exists()
+    assert children() == set()
