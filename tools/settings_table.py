@@ -1,8 +1,8 @@
-"""The README's server configuration table, generated from Settings' metadata so it cannot drift.
+"""The server configuration table (docs/configuration.md), generated from Settings' metadata so it cannot drift.
 
 python tools/settings_table.py           # print the table
-python tools/settings_table.py --write   # replace it in README.md (between the markers)
-python tools/settings_table.py --check   # exit 1 when README.md's table is stale
+python tools/settings_table.py --write   # replace it in docs/configuration.md (between the markers)
+python tools/settings_table.py --check   # exit 1 when docs/configuration.md's table is stale
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ def _replaced(readme: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = ROOT / "README.md"
+    path = ROOT / "docs" / "configuration.md"
     readme = path.read_text()
     if "--write" in argv:
         path.write_text(_replaced(readme))
     elif "--check" in argv:
         if _replaced(readme) != readme:
-            print("README.md's configuration table is stale: run python tools/settings_table.py --write")
+            print("docs/configuration.md's configuration table is stale: run python tools/settings_table.py --write")
             return 1
     else:
         print(table())
