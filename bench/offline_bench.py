@@ -16,27 +16,25 @@ import asyncio
 import json
 import random
 import shutil
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
+from _report import print_checks, write_json
+
+from devstack import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey
+from featurestore import FeatureStoreClient
+from featurestore.registry.v1 import feature_pb2 as pb
+from featurestore.registry.v1 import registry_service_pb2 as rs
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import value_pb2 as vpb
+from server.core import HistoryRow
+from server.core.postgres import create_pool, quote_ident
+from server.offline import PostgresHistoryStore
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import asyncpg  # noqa: E402
-from _report import print_checks, write_json  # noqa: E402
-
-from devstack import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
-from featurestore import FeatureStoreClient  # noqa: E402
-from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
-from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
-from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
-from featurestore.serving.v1 import value_pb2 as vpb  # noqa: E402
-from server.core import HistoryRow  # noqa: E402
-from server.core.postgres import create_pool, quote_ident  # noqa: E402
-from server.offline import PostgresHistoryStore  # noqa: E402
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 FEATURES = [f"hist_f{i}" for i in range(10)]

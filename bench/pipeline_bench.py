@@ -20,27 +20,25 @@ import asyncio
 import json
 import multiprocessing
 import shutil
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import redis
+from _report import print_checks, write_json
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from devstack import SERVER_SETTINGS, free_port, start_postgres, start_valkey
+from featurestore.registry.v1 import feature_pb2 as pb
+from jobs import RunConfig, SessionConfig, build_session, register_warehouse, run
+from jobs.demo_data import DemoSize, write_demo_tables
+from server.core.postgres import create_pool, migrate
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import asyncpg  # noqa: E402
-import redis  # noqa: E402
-from _report import print_checks, write_json  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from devstack import SERVER_SETTINGS, free_port, start_postgres, start_valkey  # noqa: E402
-from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
-from jobs import RunConfig, SessionConfig, build_session, register_warehouse, run  # noqa: E402
-from jobs.demo_data import DemoSize, write_demo_tables  # noqa: E402
-from server.core.postgres import create_pool, migrate  # noqa: E402
 
 AS_OF = datetime(2025, 1, 1, tzinfo=UTC)
 CORES = 2
