@@ -117,7 +117,12 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
         connections=settings.redis_connections,
         timeout=settings.redis_timeout,
     )
-    return online.RedisOnlineStore(client, ttl_seconds=settings.online_ttl)
+    return online.RedisOnlineStore(
+        client,
+        ttl_seconds=settings.online_ttl,
+        chunk_values=settings.redis_chunk_values,
+        chunks_in_flight=settings.redis_chunks_in_flight,
+    )
 
 
 async def start(settings: Settings) -> App:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 
 def entity_key(entity_type: str, entity_id: str) -> bytes:
@@ -26,11 +27,12 @@ class KeyWrite:
     values: Sequence[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
+class HistoryRow(NamedTuple):
     """One feature value as it was true at `event_time`.
 
     `value` is a serialized Value message; `frame` the framed FeatureValue served for it.
+    A tuple in the history table's column order, so a row is also a HistoryRecord: the
+    write path hands its rows to COPY as they are.
     """
 
     entity_type: str

@@ -20,11 +20,13 @@ gateway passes them through (google.api.HttpBody) instead of re-encoding.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api import httpbody_pb2
@@ -148,91 +150,120 @@ _SCALAR_JSON: dict[str, Callable[[Any], str]] = {
 }
 
 
-def _scalar_json(value: value_pb2.Value) -> str | None:
-    """The proto3 JSON of a scalar Value's member, as json_format prints it; None for other kinds."""
-    kind = value.WhichOneof("kind")
-    render = _SCALAR_JSON.get(kind or "")
-    return render(getattr(value, kind)) if render and kind else None
+class EventTime:
+    """What every value stored with one event time shares, prepared once (see ValueEncoder)."""
+
+    __slots__ = ("datetime", "json_tail", "key", "tail", "timestamp")
+
+    def __init__(self, micros: int) -> None:
+        seconds, rest = divmod(micros, 1_000_000)
+        self.timestamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1000)
+        self.key = time_key(micros)
+        self.tail = frame(_EVENT_TIME_TAG, timestamp_bytes(micros)) + _STATUS_TAG + varint(fs.PRESENT)
+        self.json_tail = f'}},"event_time":"{self.timestamp.ToJsonString()}","status":"PRESENT"}}'.encode()
+        self.datetime = _EPOCH + timedelta(microseconds=micros)
 
 
-def _value_json(fv: fs.FeatureValue) -> bytes:
-    """FeatureValue JSON; scalars by string formatting (~1 µs), the rest through json_format (~9 µs)."""
-    scalar = _scalar_json(fv.value)
-    if scalar is None:
-        return to_json(fv)
-    kind = fv.value.WhichOneof("kind")
-    when = fv.event_time.ToJsonString()
-    return f'{{"name":"{fv.name}","value":{{"{kind}":{scalar}}},"event_time":"{when}","status":"PRESENT"}}'.encode()
-
-
-def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.Timestamp) -> tuple[bytes, bytes]:
-    """The stored bytes of one feature value: (protobuf form, JSON form). `name` is a feature name (an identifier)."""
-    fv = fs.FeatureValue(name=name, value=value, event_time=event_time, status=fs.PRESENT)
-    when = time_key(micros_of(event_time))
-    return when + frame(FEATURES_TAG, fv.SerializeToString()), when + _value_json(fv)
-
-
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DOUBLE = struct.Struct("<d")
+_VALUE_FRAME_HEADS = tuple(_VALUE_TAG + varint(n) for n in range(128))
+_FEATURES_FRAME_HEADS = tuple(FEATURES_TAG + varint(n) for n in range(1 << 14))
+Encoded = tuple[bytes, bytes, bytes]  # (protobuf form, JSON form, serialized Value)
 
 
 class ValueEncoder:
-    """The stored forms of one feature's values that share one event time, as a batch run writes them.
+    """The one encoder of stored values: one feature's values, in both stored forms.
 
-    `encode(x)` takes the plain Python value (float, int, str, bool; a datetime for
-    timestamp_value) and returns (protobuf form, JSON form, serialized Value), byte for
-    byte what `encode_stored` makes of the same value. Everything but the value is
-    prepared once, so a float or an int costs ~1 µs instead of ~5.
+    `encode(x, at)` takes the plain Python value (float, int, str, bool; a datetime for
+    timestamp_value, a list for the list kinds), `encode_value(value, at)` a Value message
+    (the write path); both return (protobuf form, JSON form, serialized Value), where
+    `at` is the event time's EventTime (default: the `event_micros` given here). The
+    bytes are those of FeatureValue{name, value, event_time, PRESENT} serialized by
+    protobuf and rendered by json_format (tests compare them). Everything but the value
+    is prepared once per feature and per event time: a scalar costs ~1 µs.
     """
 
-    def __init__(self, name: str, kind: str, event_micros: int) -> None:
+    def __init__(self, name: str, kind: str, event_micros: int | None = None) -> None:
         self.name, self.kind = name, kind
-        self.event_time = timestamp_pb2.Timestamp(
-            seconds=event_micros // 1_000_000, nanos=event_micros % 1_000_000 * 1000
-        )
-        self._when = time_key(event_micros)
-        self._head = frame(_NAME_TAG, name.encode())
-        self._tail = frame(_EVENT_TIME_TAG, timestamp_bytes(event_micros)) + _STATUS_TAG + varint(fs.PRESENT)
-        self._json_head = self._when + f'{{"name":"{name}","value":{{"{kind}":'.encode()
-        self._json_tail = f'}},"event_time":"{self.event_time.ToJsonString()}","status":"PRESENT"}}'.encode()
-        # The bytes before a value of each possible length: time, FeatureValue frame, name, Value frame.
-        self._before = {n: self._prefix(n) for n in range(1, 12)}
-        fast: dict[str, Callable[[Any], tuple[bytes, bytes, bytes]]] = {
+        self.at = EventTime(event_micros) if event_micros is not None else None
+        self.event_time = self.at.timestamp if self.at is not None else None
+        self._name = frame(_NAME_TAG, name.encode())
+        self._json_head = f'{{"name":"{name}","value":{{"{kind}":'.encode()
+        self._tag = _KIND_TAGS.get(kind, b"")
+        self._scalar_json = _SCALAR_JSON.get(kind)
+        fast: dict[str, Callable[[Any], tuple[bytes, str]]] = {
             "float_value": self._float,
             "int64_value": self._int64,
             "bool_value": self._bool,
             "string_value": self._str,
         }
-        self.encode: Callable[[Any], tuple[bytes, bytes, bytes]] = fast.get(kind, self._other)
+        self._plain = fast.get(kind, self._other)
 
-    def _prefix(self, value_len: int) -> bytes:
-        value_frame = _VALUE_TAG + varint(value_len)
-        payload_len = len(self._head) + len(value_frame) + value_len + len(self._tail)
-        return self._when + FEATURES_TAG + varint(payload_len) + self._head + value_frame
+    def _stored(self, value: bytes, as_json: bytes, at: EventTime) -> Encoded:
+        n = len(value)
+        value_head = _VALUE_FRAME_HEADS[n] if n < 128 else _VALUE_TAG + varint(n)
+        payload = self._name + value_head + value + at.tail
+        m = len(payload)
+        head = _FEATURES_FRAME_HEADS[m] if m < 1 << 14 else FEATURES_TAG + varint(m)
+        return at.key + head + payload, at.key + self._json_head + as_json + at.json_tail, value
 
-    def _stored(self, value: bytes, as_json: str) -> tuple[bytes, bytes, bytes]:
-        before = self._before.get(len(value)) or self._prefix(len(value))
-        return before + value + self._tail, self._json_head + as_json.encode() + self._json_tail, value
+    def encode(self, x: Any, at: EventTime | None = None) -> Encoded:
+        """The stored forms of the plain value `x` at `at`."""
+        value, as_json = self._plain(x)
+        return self._stored(value, as_json.encode(), at or self._default())
 
-    def _float(self, x: float) -> tuple[bytes, bytes, bytes]:
-        return self._stored(_KIND_TAGS["float_value"] + _DOUBLE.pack(x), _float_json(x))
+    def encode_value(self, value: value_pb2.Value, at: EventTime | None = None) -> Encoded:
+        """The stored forms of a Value message holding this encoder's kind."""
+        render = self._scalar_json
+        if render is not None:
+            as_json = render(getattr(value, self.kind))
+        else:
+            as_dict = json_format.MessageToDict(value, preserving_proto_field_name=True)
+            as_json = json.dumps(as_dict[self.kind], ensure_ascii=False, separators=(",", ":"))
+        return self._stored(value.SerializeToString(), as_json.encode(), at or self._default())
 
-    def _int64(self, n: int) -> tuple[bytes, bytes, bytes]:
-        return self._stored(_KIND_TAGS["int64_value"] + varint(n if n >= 0 else n + (1 << 64)), f'"{n}"')
+    def _default(self) -> EventTime:
+        if self.at is None:
+            raise ValueError("no event time: pass one, or give event_micros to the encoder")
+        return self.at
 
-    def _bool(self, b: bool) -> tuple[bytes, bytes, bytes]:
-        return self._stored(_KIND_TAGS["bool_value"] + (b"\x01" if b else b"\x00"), "true" if b else "false")
+    def _float(self, x: float) -> tuple[bytes, str]:
+        return self._tag + _DOUBLE.pack(x), _float_json(x)
 
-    def _str(self, text: str) -> tuple[bytes, bytes, bytes]:
-        return self._stored(frame(_KIND_TAGS["string_value"], text.encode()), json.dumps(text, ensure_ascii=False))
+    def _int64(self, n: int) -> tuple[bytes, str]:
+        return self._tag + varint(n if n >= 0 else n + (1 << 64)), f'"{n}"'
 
-    def _other(self, x: Any) -> tuple[bytes, bytes, bytes]:
+    def _bool(self, b: bool) -> tuple[bytes, str]:
+        return self._tag + (b"\x01" if b else b"\x00"), "true" if b else "false"
+
+    def _str(self, text: str) -> tuple[bytes, str]:
+        return frame(self._tag, text.encode()), json.dumps(text, ensure_ascii=False)
+
+    def _other(self, x: Any) -> tuple[bytes, str]:
         message = value_pb2.Value()
         if self.kind == "timestamp_value":
             message.timestamp_value.FromDatetime(x)
+        elif self.kind.endswith("_list_value") or self.kind == "embedding_value":
+            getattr(message, self.kind).values.extend(x)
         else:
             setattr(message, self.kind, x)
-        proto, as_json = encode_stored(self.name, message, self.event_time)
-        return proto, as_json, message.SerializeToString()
+        as_dict = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        return message.SerializeToString(), json.dumps(as_dict[self.kind], ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)
+def encoder(name: str, kind: str) -> ValueEncoder:
+    """The ValueEncoder of a feature (name and Value member), kept for reuse."""
+    return ValueEncoder(name, kind)
+
+
+def encode_stored(name: str, value: value_pb2.Value, event_time: timestamp_pb2.Timestamp) -> tuple[bytes, bytes]:
+    """The stored bytes of one feature value: (protobuf form, JSON form). `name` is a feature name (an identifier)."""
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise ValueError("the value holds no kind")
+    proto, as_json, _ = encoder(name, kind).encode_value(value, EventTime(micros_of(event_time)))
+    return proto, as_json
 
 
 def not_found_frame(name: str) -> bytes:

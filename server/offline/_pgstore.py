@@ -3,16 +3,25 @@
 Ingestion is idempotent (a rerun leaves one row per entity, feature and event
 time; the latest ingestion wins). A batch first goes in by binary COPY straight
 into `feature_history`, as fast as COPY can be; if any of its rows exist
-already, that COPY is rolled back and the batch goes through a staging table
-and one INSERT ... ON CONFLICT DO UPDATE instead. Partitions are created before the rows that need them
+already (or it holds one row twice), that COPY is rolled back and the batch goes
+through a staging table and one INSERT ... ON CONFLICT DO UPDATE instead, the
+last of equal rows winning. Partitions are created before the rows that need them
 arrive; `drop_expired` removes partitions older than the retention.
+
+Group commit: appends of concurrent callers are committed together. The first
+caller's rows are copied at once; callers arriving while a COPY runs queue up and
+go in the next one, as one COPY in one transaction (at most `copies` COPYs run at
+a time, each of at most `group_rows` rows unless one caller brings more). Every
+caller returns only once its rows are committed, so the history is durable before
+a write is acknowledged, and a caller gets the group's failure if it fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -59,6 +68,8 @@ _PARTITIONS = (
     "WHERE i.inhparent = 'feature_history'::regclass"
 )
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+_Pending = tuple[Sequence[HistoryRecord], set[date], "asyncio.Future[None]"]
+_CopyGroup = Callable[[Sequence[HistoryRecord], set[date]], Awaitable[None]]
 
 
 def _month(d: datetime | date) -> date:
@@ -107,6 +118,8 @@ class PostgresHistoryStore:
         *,
         max_new_partitions: int | None = None,
         statement_timeout: float | None = None,
+        group_rows: int = 20_000,
+        copies: int = 2,
     ) -> None:
         self._pool = pool
         self._read_pool = read_pool or pool
@@ -114,23 +127,29 @@ class PostgresHistoryStore:
         self._statement_timeout = statement_timeout
         self._partitions: set[date] = set()
         self._partitions_known = False
+        self._group = _GroupCommit(self._copy_group, group_rows, copies)
 
     async def append(self, rows: Sequence[HistoryRow], timeout: float | None = None) -> None:
-        """Store `rows`; re-appending the same (entity, feature, event time) replaces the value."""
-        latest = {(r.entity_type, r.entity_id, r.feature_name, r.event_time): r for r in rows}  # the last one wins
-        await self.append_records([(*key, r.value, r.frame) for key, r in latest.items()], timeout)
+        """Store `rows`; re-appending the same (entity, feature, event time) replaces the value (the last wins)."""
+        await self.append_records(rows, timeout)
 
     @translated_postgres
     async def append_records(self, records: Sequence[HistoryRecord], timeout: float | None = None) -> None:
-        """`append` for rows already known to be distinct per (entity, feature, event time), as tuples.
+        """`append` for rows as tuples (a HistoryRow is one); returns once they are committed.
 
-        A batch run's rows are (one value per entity and feature), and it skips the
-        per-row objects and the de-duplication. `timeout`: seconds the statements may take.
+        `timeout`: seconds the caller waits (and the statements may take); past it the caller
+        gets UNAVAILABLE, while its rows may still be committed with their group (a retry
+        then changes nothing).
         """
         if not records:
             return
         timeout = self._within(timeout)
-        months = {_month(r[3]) for r in records}
+        months = {_month(when) for when in {r[3] for r in records}}
+        await self._ensure_partitions(months)  # this caller's own limit on new partitions
+        await self._group.append(records, months, timeout)
+
+    async def _copy_group(self, records: Sequence[HistoryRecord], months: set[date]) -> None:
+        timeout = self._statement_timeout
         try:
             await self._copy(records, months, timeout)
         except asyncpg.CheckViolationError:  # "no partition for row": another process dropped it
@@ -138,8 +157,8 @@ class PostgresHistoryStore:
             self._partitions_known = False
             await self._copy(records, months, timeout)
 
-    async def _copy(self, records: Sequence[tuple[object, ...]], months: set[date], timeout: float | None) -> None:
-        await self._ensure_partitions(months)
+    async def _copy(self, records: Sequence[HistoryRecord], months: set[date], timeout: float | None) -> None:
+        await self._ensure_partitions(months, limited=False)  # the callers' limits were checked on arrival
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 async with conn.transaction():  # a savepoint: new rows take the fast path
@@ -149,18 +168,22 @@ class PostgresHistoryStore:
                 return
             except asyncpg.UniqueViolationError:
                 pass
+            latest = list({r[:4]: r for r in records}.values())  # one row per key, the last one
             await conn.execute(_STAGING, timeout=timeout)
-            await conn.copy_records_to_table("history_staging", records=records, columns=_COLUMNS, timeout=timeout)
+            await conn.copy_records_to_table("history_staging", records=latest, columns=_COLUMNS, timeout=timeout)
             await conn.execute(_MERGE, timeout=timeout)
 
-    async def _ensure_partitions(self, months: set[date]) -> None:
+    async def _ensure_partitions(self, months: set[date], *, limited: bool = True) -> None:
         missing = months - self._partitions
-        if missing and self._max_new_partitions is not None and not self._partitions_known:
+        if not missing:
+            return
+        limit = self._max_new_partitions if limited else None
+        if limit is not None and not self._partitions_known:
             await self._load_partitions()  # after a start or a drop: learn what exists before counting
             missing = months - self._partitions
         if not missing:
             return
-        if self._max_new_partitions is not None and len(missing) > self._max_new_partitions:
+        if limit is not None and len(missing) > limit:
             problem = (
                 f"event times fall in {len(missing)} months that have no history partition yet; one request "
                 f"may add at most {self._max_new_partitions}: split the rows by month"
@@ -266,3 +289,54 @@ class PostgresHistoryStore:
     @translated_postgres
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")
+
+
+class _GroupCommit:
+    """Concurrent appends, committed together (see the module's docstring)."""
+
+    def __init__(self, copy: _CopyGroup, group_rows: int, copies: int) -> None:
+        self._copy = copy
+        self._group_rows = group_rows
+        self._copies = max(1, copies)
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def append(self, records: Sequence[HistoryRecord], months: set[date], timeout: float | None) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve)  # a caller past its timeout no longer looks at the outcome
+        self._pending.append((records, months, done))
+        if len(self._running) < self._copies:
+            task = asyncio.create_task(self._drain())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+
+    async def _drain(self) -> None:
+        pending = self._pending
+        while pending:
+            group = [pending.popleft()]
+            rows = len(group[0][0])
+            while pending and rows + len(pending[0][0]) <= self._group_rows:
+                group.append(pending.popleft())
+                rows += len(group[-1][0])
+            records = group[0][0] if len(group) == 1 else [r for item in group for r in item[0]]
+            months = set().union(*(item[1] for item in group))
+            try:
+                await self._copy(records, months)
+            except asyncio.CancelledError:  # shutting down: the callers are told, not left waiting
+                for _, _, done in group:
+                    done.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - every caller of the group gets the failure
+                for _, _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, _, done in group:
+                    if not done.done():
+                        done.set_result(None)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

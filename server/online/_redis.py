@@ -34,11 +34,24 @@ groups go out in one pipeline, one round trip per node, the nodes in
 parallel.
 
 Writes are a script too: a value replaces the stored one only if its event
-time is not older (compared on the 8 leading bytes), atomically per key, so
+time is not older (compared on the 8 leading bytes), atomically per value, so
 concurrent and out-of-order writers converge on the newest value. The script
 reads an entity's stored protobuf forms with one HMGET and writes the newer
 values (both forms) with one HSET: Valkey's cost is per command more than per
 field, and a value's two forms are decided together.
+
+Bounded work per command
+------------------------
+Valkey runs one command at a time, so one long script delays every other
+caller. A write is cut into script calls of at most ``chunk_values`` values
+(1,000 by default: ~2 ms of Valkey time; an entity's values may span calls,
+which changes nothing since each value is compared on its own), sent over the
+client's bulk connections with at most ``chunks_in_flight`` of them outstanding
+per process. Each call's timeout thus covers one bounded piece of work with a
+bounded queue ahead of it, and a read waits behind at most the one chunk Valkey
+is running. Reads of more than ``chunk_values`` values are cut the same way, by
+entity. A call that times out fails alone (UNAVAILABLE naming the read or write
+that got no answer); the connection and the other calls on it carry on.
 
 TTL
 ---
@@ -50,8 +63,9 @@ Redis TTL, so entities nobody writes any more are eventually removed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from redis import exceptions as redis_errors
@@ -217,39 +231,94 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - the name Redis gives scripts
 
-    async def run(self, client: RespClient, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Any:
+    async def run(
+        self, client: RespClient, keys: Sequence[bytes], args: Sequence[bytes | int], *, bulk: bool = False
+    ) -> Any:
         packed = pack("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
-            return await client.execute_packed(packed)
+            return await client.execute_packed(packed, bulk=bulk)
         except ReplyError as err:
             if not str(err).startswith("NOSCRIPT"):
                 raise
         await client.execute("SCRIPT", "LOAD", self.source)
-        return await client.execute_packed(packed)
+        return await client.execute_packed(packed, bulk=bulk)
 
 
-def _write_args(writes: Sequence[KeyWrite], ttl: int) -> tuple[list[bytes], list[bytes | int]]:
-    keys = [w.key for w in writes]
-    args: list[bytes | int] = [ttl]
+class _Chunk:
+    """One write script call: its keys, arguments and how many values it carries."""
+
+    __slots__ = ("args", "keys", "values")
+
+    def __init__(self, ttl: int) -> None:
+        self.keys: list[bytes] = []
+        self.args: list[bytes | int] = [ttl]
+        self.values = 0
+
+
+def write_chunks(writes: Sequence[KeyWrite], ttl: int, most: int) -> Iterator[_Chunk]:
+    """The script calls for `writes`, each of at most `most` values (an entity's values may span calls)."""
+    chunk = _Chunk(ttl)
+    suffixes = _KIND_SUFFIXES
     for w in writes:
-        args.append(len(w.values) // FIELDS_PER_VALUE)
         values = w.values
-        for i in range(0, len(values), FIELDS_PER_VALUE):
-            (field, proto), (json_field, as_json) = values[i], values[i + 1]
-            suffix = _KIND_SUFFIXES[stored_kind(proto)]
-            args += (field + suffix, proto, json_field + suffix, as_json)
-    return keys, args
+        start, end = 0, len(values)
+        while True:
+            take = min(end - start, (most - chunk.values) * FIELDS_PER_VALUE)
+            chunk.keys.append(w.key)
+            args = chunk.args
+            args.append(take // FIELDS_PER_VALUE)
+            for i in range(start, start + take, FIELDS_PER_VALUE):
+                (field, proto), (json_field, as_json) = values[i], values[i + 1]
+                suffix = suffixes[stored_kind(proto)]
+                args += (field + suffix, proto, json_field + suffix, as_json)
+            chunk.values += take // FIELDS_PER_VALUE
+            start += take
+            if chunk.values >= most:
+                yield chunk
+                chunk = _Chunk(ttl)
+            if start >= end:
+                break
+    if chunk.keys:
+        yield chunk
+
+
+async def _all(calls: Sequence[Awaitable[R]]) -> list[R]:
+    """Await every call concurrently; the first failure cancels the others and is raised."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 _READ, _WRITE = _Script(READ_SCRIPT), _Script(WRITE_SCRIPT)
 
 
+def _timed_out(client: RespClient, what: str, values: int) -> ServiceError:
+    """UNAVAILABLE naming the read or write that got no answer in time."""
+    return unavailable("redis", f"timed out: a {what} of {values} values got no answer within {client.timeout:g} s")
+
+
 class RedisOnlineStore:
     """Latest feature values per entity in Redis."""
 
-    def __init__(self, client: RespClient | RedisCluster, *, ttl_seconds: int = 0) -> None:
+    def __init__(
+        self,
+        client: RespClient | RedisCluster,
+        *,
+        ttl_seconds: int = 0,
+        chunk_values: int = 1000,
+        chunks_in_flight: int = 4,
+    ) -> None:
         self._client = client
         self._ttl = ttl_seconds
+        self._chunk_values = max(1, chunk_values)
+        self._in_flight = max(1, chunks_in_flight)
+        self._window = asyncio.Semaphore(self._in_flight)
 
     @_translated
     async def ping(self) -> None:
@@ -270,19 +339,60 @@ class RedisOnlineStore:
         client = self._client
         if not isinstance(client, RespClient):
             return await self._read_by_slot(client, keys, fields)
-        if len(keys) == 1:
-            return await client.execute_packed(pack("HMGET", keys[0], *fields))  # type: ignore[no-any-return]
-        return await _READ.run(client, keys, fields)  # type: ignore[no-any-return]
+        try:
+            if len(keys) == 1:
+                return await client.execute_packed(pack("HMGET", keys[0], *fields))  # type: ignore[no-any-return]
+            per_call = max(1, self._chunk_values // max(1, len(fields)))
+            if len(keys) <= per_call:
+                return await _READ.run(client, keys, fields)  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise _timed_out(client, "read", len(keys) * len(fields)) from None
+        parts = [self._read_chunk(client, keys[i : i + per_call], fields) for i in range(0, len(keys), per_call)]
+        return [value for part in await _all(parts) for value in part]
+
+    @staticmethod
+    async def _read_chunk(client: RespClient, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
+        try:
+            return await _READ.run(client, keys, fields)  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise _timed_out(client, "read", len(keys) * len(fields)) from None
 
     @_translated
     async def write(self, writes: Sequence[KeyWrite]) -> int:
-        """Store the values that are not older than what is stored; returns how many values were stored."""
+        """Store the values that are not older than what is stored; returns how many values were stored.
+
+        In script calls of at most `chunk_values` values each, at most `chunks_in_flight` of
+        them outstanding per process (see "Bounded work per command" above).
+        """
         if not writes:
             return 0
-        if not isinstance(self._client, RespClient):
-            return await self._write_by_slot(self._client, writes)
-        keys, args = _write_args(writes, self._ttl)
-        return int(await _WRITE.run(self._client, keys, args))
+        client = self._client
+        if not isinstance(client, RespClient):
+            return await self._write_by_slot(client, writes)
+        chunks = write_chunks(writes, self._ttl, self._chunk_values)
+        sent: list[asyncio.Task[int]] = []
+        try:
+            while not any(task.done() and task.exception() for task in sent[-self._in_flight :]):
+                await self._window.acquire()  # room first, then the next chunk is built and sent
+                chunk = next(chunks, None)
+                if chunk is None:
+                    self._window.release()
+                    break
+                sent.append(asyncio.ensure_future(self._write_chunk(client, chunk)))
+            return sum(await asyncio.gather(*sent))
+        except BaseException:
+            for task in sent:
+                task.cancel()
+            raise
+
+    async def _write_chunk(self, client: RespClient, chunk: _Chunk) -> int:
+        """One script call; it holds a place in the window, taken by `write`, until it is answered."""
+        try:
+            return int(await _WRITE.run(client, chunk.keys, chunk.args, bulk=True))
+        except TimeoutError:
+            raise _timed_out(client, "write", chunk.values) from None
+        finally:
+            self._window.release()
 
     @staticmethod
     async def _read_by_slot(client: RedisCluster, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
@@ -302,11 +412,15 @@ class RedisOnlineStore:
         return out
 
     async def _write_by_slot(self, client: RedisCluster, writes: Sequence[KeyWrite]) -> int:
+        """Chunks within one slot each (a script may touch one slot), in pipelines of `chunks_in_flight`."""
         by_slot: dict[int, list[KeyWrite]] = {}
         for w in writes:
             by_slot.setdefault(key_slot(w.key), []).append(w)
-        pipe = client.pipeline(transaction=False)
-        for group in by_slot.values():
-            keys, args = _write_args(group, self._ttl)
-            pipe.execute_command("EVAL", WRITE_SCRIPT, len(keys), *keys, *args)
-        return sum(int(n) for n in await pipe.execute())
+        chunks = [c for group in by_slot.values() for c in write_chunks(group, self._ttl, self._chunk_values)]
+        step, written = self._in_flight, 0
+        for start in range(0, len(chunks), step):
+            pipe = client.pipeline(transaction=False)
+            for chunk in chunks[start : start + step]:
+                pipe.execute_command("EVAL", WRITE_SCRIPT, len(chunk.keys), *chunk.keys, *chunk.args)
+            written += sum(int(n) for n in await pipe.execute())
+        return written

@@ -19,10 +19,9 @@ from server.core import (
     entity_type_problem,
     timestamp_problem,
 )
+from server.core.codec import TIME_BYTES
 from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.online._catalog import Catalog
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _too_many(path: str, what: str, count: int, limit: int) -> FieldViolation:
@@ -70,29 +69,91 @@ class EncodedWrite:
 def encode_rows(
     catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits, now_seconds: float
 ) -> EncodedWrite:
-    """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names the bad values.
+    """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names the bad values."""
+    encoding = RowsEncoding(catalog, entity_type, rows, limits, now_seconds)
+    encoding.encode(0, len(rows))
+    return encoding.result()
 
-    Counts are checked before any row is looked at; at most MAX_VIOLATIONS are collected.
-    Each value is two hash fields (protobuf and JSON form, see server.core.codec), written or skipped together.
+
+class RowsEncoding:
+    """The encoding of one write's rows, done in slices (`encode`) so a caller can yield between them.
+
+    Counts are checked on creation, before any row is looked at; at most MAX_VIOLATIONS are
+    collected, and `result` raises INVALID_ARGUMENT naming them. Each value is two hash fields
+    (protobuf and JSON form, see server.core.codec), written or skipped together. Values are
+    encoded by codec.ValueEncoder (one per feature, cached), with what their event time
+    contributes prepared once per distinct time, and only while the request is valid so far.
     """
-    violations = entity_type_problem(entity_type)
-    total = 0
-    if len(rows) > limits.max_values:
-        violations.append(_too_many("rows", "rows", len(rows), limits.max_values))
-    else:
-        total = sum(len(row.values) for row in rows)
-        if total > limits.max_values:
-            violations.append(_too_many("rows", "values", total, limits.max_values))
-    _raise_if(violations)
-    window = _TimeWindow(limits.min_event_seconds, int(now_seconds + limits.max_clock_skew))
-    history: list[HistoryRow] = []
-    writes = []
-    for i, row in enumerate(rows):
-        writes.append(_encode_row(catalog, entity_type, i, row, window, violations, history))
-        if len(violations) >= MAX_VIOLATIONS:
-            break
-    _raise_if(violations)
-    return EncodedWrite(writes, history, total)
+
+    def __init__(
+        self, catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits, now_seconds: float
+    ) -> None:
+        violations = entity_type_problem(entity_type)
+        total = 0
+        if len(rows) > limits.max_values:
+            violations.append(_too_many("rows", "rows", len(rows), limits.max_values))
+        else:
+            total = sum(len(row.values) for row in rows)
+            if total > limits.max_values:
+                violations.append(_too_many("rows", "values", total, limits.max_values))
+        _raise_if(violations)
+        self.rows, self.values = rows, total
+        self._catalog, self._entity_type, self._features = catalog, entity_type, catalog.features
+        self._window = _TimeWindow(limits.min_event_seconds, int(now_seconds + limits.max_clock_skew))
+        self._violations = violations
+        self._history: list[HistoryRow] = []
+        self._writes: list[KeyWrite] = []
+        self._times: dict[tuple[int, int], codec.EventTime] = {}
+
+    @property
+    def done(self) -> bool:
+        """True once enough violations were found: the rest need not be looked at."""
+        return len(self._violations) >= MAX_VIOLATIONS
+
+    def encode(self, start: int, stop: int) -> None:
+        """Check and encode rows[start:stop]."""
+        entity_type, features, times = self._entity_type, self._features, self._times
+        violations, history, writes, window = self._violations, self._history, self._writes, self._window
+        for i in range(start, stop):
+            row = self.rows[i]
+            entity_id = row.entity_id
+            violations += entity_id_problem(f"rows[{i}].entity_id", entity_id)
+            time_problem = _event_time_problem(f"rows[{i}].event_time", row, window)
+            violations += time_problem
+            ts = row.event_time
+            at = times.get((ts.seconds, ts.nanos))
+            if at is None and not time_problem:
+                at = times[ts.seconds, ts.nanos] = codec.EventTime(ts.seconds * 1_000_000 + ts.nanos // 1000)
+            values: list[tuple[bytes, bytes]] = []
+            for name, value in row.values.items():
+                feature = features.get(name)
+                kind = value.WhichOneof("kind")
+                if feature is None or feature.entity_type != entity_type or kind != feature.value_kind:
+                    _value_problem(self._catalog, f"rows[{i}].values[{name}]", name, entity_type, kind, violations)
+                    continue
+                if at is None or violations:  # nothing will be written: the value was checked, skip encoding it
+                    continue
+                proto, as_json, serialized = codec.encoder(name, kind).encode_value(value, at)
+                values += ((feature.name_field, proto), (feature.name_json_field, as_json))
+                history.append(HistoryRow(entity_type, entity_id, name, at.datetime, serialized, proto[TIME_BYTES:]))
+            writes.append(KeyWrite(entity_key(entity_type, entity_id), values))
+            if len(violations) >= MAX_VIOLATIONS:
+                return
+
+    def result(self) -> EncodedWrite:
+        """The encoded write; INVALID_ARGUMENT if any row or value was bad."""
+        _raise_if(self._violations)
+        return EncodedWrite(self._writes, self._history, self.values)
+
+
+def _value_problem(
+    catalog: Catalog, path: str, name: str, entity_type: str, kind: str | None, violations: list[FieldViolation]
+) -> None:
+    """The violation of a value whose feature is unknown, of another entity type or of another kind."""
+    feature = catalog.resolve(path, name, entity_type, violations)
+    if feature is not None and kind != feature.value_kind:
+        problem = f"feature {name!r} is {feature.value_type}: set {feature.value_kind}, not {kind or 'nothing'}"
+        violations.append(FieldViolation(path, problem))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,39 +171,6 @@ class _TimeWindow:
             when = datetime.fromtimestamp(self.earliest, UTC).isoformat()
             return [FieldViolation(path, f"is before {when}, the earliest event time this store accepts")]
         return []
-
-
-def _encode_row(
-    catalog: Catalog,
-    entity_type: str,
-    i: int,
-    row: fs.EntityRow,
-    window: _TimeWindow,
-    violations: list[FieldViolation],
-    history: list[HistoryRow],
-) -> KeyWrite:
-    violations += entity_id_problem(f"rows[{i}].entity_id", row.entity_id)
-    time_problem = _event_time_problem(f"rows[{i}].event_time", row, window)
-    violations += time_problem
-    event_time = _EPOCH if time_problem else row.event_time.ToDatetime(tzinfo=UTC)
-    values: list[tuple[bytes, bytes]] = []
-    for name, value in row.values.items():
-        path = f"rows[{i}].values[{name}]"
-        feature = catalog.resolve(path, name, entity_type, violations)
-        if feature is None:
-            continue
-        kind = value.WhichOneof("kind")
-        if kind != feature.value_kind:
-            problem = f"feature {name!r} is {feature.value_type}: set {feature.value_kind}, not {kind or 'nothing'}"
-            violations.append(FieldViolation(path, problem))
-            continue
-        if time_problem or violations:  # nothing will be written: the value was checked, skip encoding it
-            continue
-        proto, json = codec.encode_stored(name, value, row.event_time)
-        values += ((feature.name_field, proto), (feature.name_json_field, json))
-        frame = proto[codec.TIME_BYTES :]
-        history.append(HistoryRow(entity_type, row.entity_id, name, event_time, value.SerializeToString(), frame))
-    return KeyWrite(entity_key(entity_type, row.entity_id), values)
 
 
 def _event_time_problem(path: str, row: fs.EntityRow, window: _TimeWindow) -> list[FieldViolation]:

@@ -9,9 +9,17 @@ code. Compared with a pooled client this saves, per request, the pool
 checkout and release, the stream-reader machinery and one event-loop wake-up.
 
 Failure handling: a lost connection fails its waiting requests with
-ConnectionError and is re-dialled by the next request; a request not answered
-within `timeout` fails with TimeoutError and closes its connection (a reply
-stream out of step cannot be trusted). Callers translate both to UNAVAILABLE.
+ConnectionError and is re-dialled by the next request. A request not answered
+within its timeout fails alone, with TimeoutError: its place in the connection's
+reply order is kept, so its reply, when it comes, is read and dropped, and the
+requests of other calls sharing the connection carry on. Only a connection on
+which nothing at all has arrived for `stall` seconds while requests wait (a hung
+server, a broken network path) is closed, failing what waits on it. Callers
+translate both to UNAVAILABLE.
+
+Bulk work (the online store's write chunks) goes over connections of its own
+(`bulk` of them), so a read never waits in a connection's reply order behind
+writes: it waits at most for the one command Valkey is running.
 """
 
 from __future__ import annotations
@@ -43,12 +51,14 @@ class _Connection(asyncio.Protocol):
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
+        self._heard = time.monotonic()  # when a reply last arrived, or the connection last became busy
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is not a subclass)
 
     def data_received(self, data: bytes) -> None:
+        self._heard = time.monotonic()
         self._reader.feed(data)
         gets, waiting = self._reader.gets, self._waiting
         reply = gets()
@@ -74,6 +84,8 @@ class _Connection(asyncio.Protocol):
         future: asyncio.Future[Any] = loop.create_future()
         idle = not self._waiting
         self._waiting.append((future, deadline))
+        if idle:
+            self._heard = time.monotonic()
         if idle and self._transport is not None:
             self._transport.write(packed)  # nothing in flight: no one to share the write with
             return future
@@ -87,10 +99,20 @@ class _Connection(asyncio.Protocol):
             self._transport.write(b"".join(self._outgoing))
         self._outgoing.clear()
 
-    def expire(self, now: float) -> None:
-        """Fail everything and close if the oldest request is overdue."""
-        if self._waiting and self._waiting[0][1] < now and self._transport is not None:
-            error = TimeoutError("Redis did not answer in time")
+    def expire(self, now: float, stall: float) -> None:
+        """Fail the overdue requests (each alone); close the connection if it stalled.
+
+        Deadlines grow along the queue (one timeout per client), so the scan stops at the
+        first request still in time. The overdue keep their places: their replies are
+        still to come, in order, and are dropped when they do.
+        """
+        for future, deadline in self._waiting:
+            if deadline >= now:
+                break
+            if not future.done():
+                future.set_exception(TimeoutError("Redis did not answer in time"))
+        if self._waiting and now - self._heard > stall and self._transport is not None:
+            error = TimeoutError("Redis sent nothing while requests waited")
             while self._waiting:
                 future = self._waiting.popleft()[0]
                 if not future.done():
@@ -101,7 +123,12 @@ class _Connection(asyncio.Protocol):
 class RespClient:
     """Requests over `size` shared connections to one Redis server."""
 
-    def __init__(self, url: str, *, size: int = 4, timeout: float = 0.5) -> None:
+    def __init__(self, url: str, *, size: int = 4, timeout: float = 0.5, bulk: int = 1, stall: float = 0.0) -> None:
+        """`size` connections for requests, `bulk` more for bulk work; `timeout`: seconds per request.
+
+        `stall`: seconds a connection may stay silent while requests wait before it is closed
+        (0: four timeouts, at least 2 s).
+        """
         parts = urlsplit(url)
         if parts.scheme not in {"redis", "rediss"}:
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}: use redis:// or rediss://")
@@ -115,17 +142,24 @@ class RespClient:
         if db:
             self._setup.append(("SELECT", db))
         self._timeout = timeout
-        self._slots: list[_Connection | None] = [None] * size
-        self._dialing: list[asyncio.Future[_Connection] | None] = [None] * size
+        self._stall = stall or max(4 * timeout, 2.0)
+        self._slots: list[_Connection | None] = [None] * (size + bulk)
+        self._dialing: list[asyncio.Future[_Connection] | None] = [None] * (size + bulk)
         self._next = itertools.cycle(range(size)).__next__
+        self._next_bulk = itertools.cycle(range(size, size + bulk)).__next__ if bulk else self._next
         self._sweeper: asyncio.Task[None] | None = None
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; ReplyError for an error reply."""
         return await self.execute_packed(pack(*args))
 
-    async def execute_packed(self, packed: bytes) -> Any:
-        slot = self._next()
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    async def execute_packed(self, packed: bytes, *, bulk: bool = False) -> Any:
+        """Send a packed command and return its reply; `bulk` sends it over the bulk connections."""
+        slot = self._next_bulk() if bulk else self._next()
         conn = self._slots[slot]
         if conn is None or conn.lost:
             conn = await self._connect(slot)
@@ -163,7 +197,7 @@ class RespClient:
             now = time.monotonic()
             for conn in self._slots:
                 if conn is not None and not conn.lost:
-                    conn.expire(now)
+                    conn.expire(now, self._stall)
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -6,6 +6,7 @@ no response serializer, so the bytes go to the wire as they are.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -17,10 +18,11 @@ from server._rpc import parsed, rpc, stream_unary, unary_unary
 from server.core import Limits, codec, entity_key
 from server.core.errors import resource_exhausted
 from server.online._catalog import Catalog, Plan
-from server.online._requests import EncodedWrite, check_read, encode_rows, features_allowed
+from server.online._requests import EncodedWrite, RowsEncoding, check_read, features_allowed
 from server.online._store import HistorySink, OnlineStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_SLICE_VALUES = 2000  # values encoded between two yields to the event loop (~2-4 ms)
 
 
 class OnlineServicer:
@@ -100,7 +102,7 @@ class OnlineServicer:
         response = fs.PushFeaturesResponse()
         pushed, ends = 0, time.monotonic() + self._limits.max_stream_seconds
         async for request in requests:
-            encoded = self._encode(parsed(request).entity_type, request.rows)
+            encoded = await self._encode(parsed(request).entity_type, request.rows)
             pushed += encoded.values
             self._check_push(pushed, ends, response.batches)
             written = await self._store_both(encoded, context)
@@ -121,11 +123,21 @@ class OnlineServicer:
 
     async def _write(self, entity_type: str, rows: Any, context: Context) -> tuple[int, int]:
         """(values written online, values in the request)."""
-        encoded = self._encode(entity_type, rows)
+        encoded = await self._encode(entity_type, rows)
         return await self._store_both(encoded, context), encoded.values
 
-    def _encode(self, entity_type: str, rows: Any) -> EncodedWrite:
-        return encode_rows(self._catalog, entity_type, rows, self._limits, time.time())
+    async def _encode(self, entity_type: str, rows: Any) -> EncodedWrite:
+        """The rows checked and encoded, in slices of ~_SLICE_VALUES values with the loop yielded between:
+        a large write does not hold up the reads (or other writes) this process serves meanwhile."""
+        encoding = RowsEncoding(self._catalog, entity_type, rows, self._limits, time.time())
+        step = max(1, _SLICE_VALUES * len(rows) // max(encoding.values, 1))
+        for start in range(0, len(rows), step):
+            if start:
+                await asyncio.sleep(0)
+            encoding.encode(start, min(start + step, len(rows)))
+            if encoding.done:
+                break
+        return encoding.result()
 
     async def _store_both(self, encoded: EncodedWrite, context: Context) -> int:
         """History first, then online; returns the values written online.
