@@ -18,11 +18,13 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
-def page_size(requested: int) -> int:
-    """The page size to use: the default for 0, at most MAX_PAGE_SIZE; negative is an error."""
+def page_size(
+    requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE, field: str = "page_size"
+) -> int:
+    """The page size to use: `default` for 0, at most `maximum`; negative is an error naming `field`."""
     if requested < 0:
-        raise invalid_argument([FieldViolation("page_size", f"must not be negative, got {requested}")])
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        raise invalid_argument([FieldViolation(field, f"must not be negative, got {requested}")])
+    return min(requested or default, maximum)
 
 
 def _fingerprint(filters: Sequence[object]) -> str:

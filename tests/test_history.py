@@ -97,6 +97,25 @@ def test_pages_follow_event_time_then_name_and_match_plain_sql(client: FeatureSt
     assert len(expected) > 34
 
 
+def test_history_pages_like_the_registry_with_page_size_and_bound_tokens(client: FeatureStoreClient) -> None:
+    """AIP-158: page_size optional (1,000 by default, 10,000 at most); a token only for its own request."""
+    register(client, "p", pb.INT64)
+    wait_servable(client, "customer", "p")
+    write(client, [row("e1", T0 + timedelta(seconds=s), p=i64(s)) for s in range(1200)])
+    first = history(client, "e1", ["p"])
+    assert len(first.values) == 1000
+    assert first.next_page_token
+    rest = history(client, "e1", ["p"], page_token=first.next_page_token, page_size=50_000)
+    assert [v.value.int64_value for v in rest.values] == list(range(1000, 1200))
+    assert rest.next_page_token == ""
+    with pytest.raises(grpc.RpcError) as caught:
+        history(client, "e1", ["p"], start_time=ts(T0), page_token=first.next_page_token)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "other filters" in (caught.value.details() or "")
+    small = history(client, "e1", ["p"], limit=7, page_size=3)
+    assert len(small.values) == 3  # page_size wins over the seed's limit
+
+
 def test_rewrites_are_idempotent_and_latest_ingestion_wins(client: FeatureStoreClient, postgres_dsn: str) -> None:
     register(client, "x", pb.INT64)
     wait_servable(client, "customer", "x")
@@ -151,7 +170,7 @@ def test_stream_returns_every_value_in_order(client: FeatureStoreClient) -> None
     ("body", "field"),
     [
         ({"start_time": "2023-04-01T00:00:00Z", "end_time": "2023-01-01T00:00:00Z", "limit": 10}, "start_time"),
-        ({"limit": 0}, "limit"),
+        ({"page_size": -1}, "page_size"),
         ({"limit": -5}, "limit"),
         ({"limit": 10_001}, "limit"),
         ({"limit": 10, "feature_names": ["nope"]}, "feature_names[0]"),

@@ -7,9 +7,7 @@ is the concatenation of its rows' frames; no message objects are built.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import struct
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +16,7 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server import _paging
 from server._rpc import rpc, rpc_stream, unary_stream, unary_unary
 from server.core import Limits, codec, entity_id_problem, entity_type_problem, timestamp_problem
 from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument, resource_exhausted
@@ -29,10 +28,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LIMIT = 10_000
 MAX_FEATURES = 10_000  # feature names one history query may hold
 STREAM_PAGE = 1_000
+DEFAULT_PAGE = 1_000
 _BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
 _END = datetime(9999, 12, 31, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TOKEN = struct.Struct(">q")
 
 
 def _when(ts: Any, default: datetime) -> datetime:
@@ -58,33 +57,38 @@ def _query(catalog: Catalog, request: fs.GetHistoricalFeaturesRequest, *, paged:
     start, end = _when(request.start_time, _BEGINNING), _when(request.end_time, _END)
     if start >= end:
         violations.append(FieldViolation("start_time", "must be before end_time"))
-    if paged and not 1 <= request.limit <= MAX_LIMIT:
+    if request.limit and not 1 <= request.limit <= MAX_LIMIT:
         violations.append(FieldViolation("limit", f"must be between 1 and {MAX_LIMIT}, got {request.limit}"))
-    after = _decode_token(request.page_token, violations) if paged else None
     if violations:
         raise invalid_argument(violations)
     names = tuple(request.feature_names)
-    limit = request.limit if paged else STREAM_PAGE
-    return HistoryQuery(request.entity_type, request.entity_id, names, start, end, limit, after)
+    if not paged:
+        return HistoryQuery(request.entity_type, request.entity_id, names, start, end, STREAM_PAGE)
+    size = _paging.page_size(request.page_size or request.limit, default=DEFAULT_PAGE, maximum=MAX_LIMIT)
+    after = _cursor(_paging.decode_token(request.page_token, _filters(request)))
+    return HistoryQuery(request.entity_type, request.entity_id, names, start, end, size, after)
 
 
-def _encode_token(event_time: datetime, name: str) -> str:
+def _filters(request: fs.GetHistoricalFeaturesRequest) -> tuple[object, ...]:
+    """What a page token is bound to: the request less its page size and token (as the registry's)."""
+    times = (request.start_time.ToJsonString(), request.end_time.ToJsonString())
+    return (request.entity_type, request.entity_id, tuple(request.feature_names), times)
+
+
+def page_token(event_time: datetime, name: str, request: fs.GetHistoricalFeaturesRequest) -> str:
+    """The token of the page after the value at (`event_time`, `name`)."""
     micros = (event_time - _EPOCH) // timedelta(microseconds=1)
-    return base64.urlsafe_b64encode(_TOKEN.pack(micros) + name.encode()).decode()
+    return _paging.encode_token(f"{micros}:{name}", _filters(request))
 
 
-def _decode_token(token: str, violations: list[FieldViolation]) -> tuple[datetime, str] | None:
-    if not token:
+def _cursor(cursor: str) -> tuple[datetime, str] | None:
+    if not cursor:
         return None
+    micros, _, name = cursor.partition(":")
     try:
-        raw = base64.urlsafe_b64decode(token)
-        micros, name = _TOKEN.unpack(raw[:8])[0], raw[8:].decode()
-    except (ValueError, struct.error):
-        name = "\x00"
-    if "\x00" in name:
-        violations.append(FieldViolation("page_token", "is not a token returned by this method"))
-        return None
-    return _EPOCH + timedelta(microseconds=micros), name
+        return _EPOCH + timedelta(microseconds=int(micros)), name
+    except (ValueError, OverflowError):
+        raise invalid_argument([FieldViolation("page_token", "is not a token returned by this listing")]) from None
 
 
 def _response(q: HistoryQuery, page: HistoryPage, next_token: str) -> bytes:
@@ -108,7 +112,7 @@ class HistoryServicer:
     async def GetHistoricalFeatures(self, request: fs.GetHistoricalFeaturesRequest, context: Context) -> bytes:
         q = _query(self._catalog, request, paged=True)
         page = await self._store.query(q, context.time_remaining())
-        token = _encode_token(*page.last) if page.more and page.last else ""
+        token = page_token(*page.last, request) if page.more and page.last else ""
         return _response(q, page, token)
 
     @rpc_stream
@@ -125,13 +129,15 @@ class HistoryServicer:
             if not page.more:
                 return
             sent += page.count
-            self._check_stream(sent, ends, page)
+            self._check_stream(sent, ends, page, request)
             q = dataclasses.replace(q, after=page.last)
 
-    def _check_stream(self, sent: int, ends: float, page: HistoryPage) -> None:
+    def _check_stream(
+        self, sent: int, ends: float, page: HistoryPage, request: fs.GetHistoricalFeaturesRequest
+    ) -> None:
         """RESOURCE_EXHAUSTED once a stream has sent its most values or run its longest, with where to go on."""
         limits = self._limits
-        last = _encode_token(*page.last) if page.last else ""
+        last = page_token(*page.last, request) if page.last else ""
         rest = f"continue with GetHistoricalFeatures and page_token {last!r}"
         if sent >= limits.max_stream_values:
             raise resource_exhausted("end_time", f"the stream sent {sent} values, the limit per call; {rest}")

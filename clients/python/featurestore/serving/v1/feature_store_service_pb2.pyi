@@ -275,16 +275,24 @@ class GetHistoricalFeaturesRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     """The entity's id."""
     entity_type: _builtins.str
     """The entity's type."""
     limit: _builtins.int
-    """At most this many values per call: required by GetHistoricalFeatures,
-    from 1 to 10,000; ignored by StreamHistoricalFeatures.
+    """The seed's name for `page_size`: when set, from 1 to 10,000. Used when
+    `page_size` is not set.
     """
     page_token: _builtins.str
-    """The `next_page_token` of the previous response."""
+    """The `next_page_token` of the previous response, for the same request
+    (a token is refused with other filters).
+    """
+    page_size: _builtins.int
+    """At most this many values per page (AIP-158): 0 means 1,000, more than
+    10,000 means 10,000. Ignored by StreamHistoricalFeatures, which sends
+    every value of the range.
+    """
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The features whose history to return."""
@@ -307,10 +315,11 @@ class GetHistoricalFeaturesRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "entity_id", b"entity_id", "entity_type", b"entity_type", "feature_names", b"feature_names", "limit", b"limit", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "entity_id", b"entity_id", "entity_type", b"entity_type", "feature_names", b"feature_names", "limit", b"limit", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
