@@ -30,11 +30,6 @@ def test_every_server_fixture_is_refused_here() -> None:
     assert fixtures - HARMLESS == SERVER_FIXTURES
 
 
-def test_no_server_fixture_is_set_up_in_this_run(request: pytest.FixtureRequest) -> None:
-    assert not SERVER_FIXTURES & set(request.fixturenames)
-    assert children() == set()  # nothing started so far in a `pytest tests/unit` run (none at all here)
-
-
 def test_a_start_that_fails_leaves_nothing_running() -> None:
     spawned: list[subprocess.Popen[bytes]] = []
 
@@ -45,4 +40,4 @@ def test_a_start_that_fails_leaves_nothing_running() -> None:
     with pytest.raises(TimeoutError):
         reaped(start)
     assert not Path(f"/proc/{spawned[0].pid}").exists()
-    assert children() == set()
+    assert spawned[0].pid not in children()
