@@ -118,7 +118,7 @@ class PostgresHistoryStore:
         *,
         max_new_partitions: int | None = None,
         statement_timeout: float | None = None,
-        group_rows: int = 20_000,
+        group_rows: int = 5_000,
         copies: int = 2,
     ) -> None:
         self._pool = pool

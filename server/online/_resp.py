@@ -192,12 +192,20 @@ class RespClient:
         return conn
 
     async def _sweep(self) -> None:
+        """Every quarter timeout, fail what was overdue already at the previous sweep.
+
+        One sweep of grace: after the event loop was held up (a long callback, a starved
+        process), timers may run before the socket is read (uvloop runs them first), and a
+        reply that arrived in time must not be taken for a missing one. Between two sweeps
+        the loop polls its sockets at least once.
+        """
+        before = time.monotonic()
         while True:
             await asyncio.sleep(self._timeout / 4)
-            now = time.monotonic()
             for conn in self._slots:
                 if conn is not None and not conn.lost:
-                    conn.expire(now, self._stall)
+                    conn.expire(before, self._stall)
+            before = time.monotonic()
 
     async def close(self) -> None:
         if self._sweeper is not None:
