@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
+from _serving import wait_servable  # noqa: E402
 
 from devstack import free_port, start_envoy, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
@@ -126,19 +126,6 @@ def register(client: FeatureStoreClient, group: str, count: int) -> list[str]:
     fg = pb.FeatureGroup(name=group, entity_type="user", feature_names=names)
     client.registry.CreateFeatureGroup(rs.CreateFeatureGroupRequest(feature_group=fg))
     return names
-
-
-def wait_servable(client: FeatureStoreClient, group: str) -> None:
-    request = fs.GetFeaturesRequest(entity_type="user", entity_id="probe", feature_groups=[group])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.store.GetFeatures(request)
-            return
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def load(client: FeatureStoreClient, names: list[str], entities: int, batch_rows: int) -> float:

@@ -48,6 +48,7 @@ import asyncpg  # noqa: E402
 import grpc  # noqa: E402
 import redis  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
+from _serving import wait_servable  # noqa: E402
 
 from devstack import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
@@ -301,16 +302,7 @@ def register(client: FeatureStoreClient) -> None:
         client.registry.CreateFeature(rs.CreateFeatureRequest(feature=feature))
     group = pb.FeatureGroup(name=GROUP, entity_type="user", feature_names=names)
     client.registry.CreateFeatureGroup(rs.CreateFeatureGroupRequest(feature_group=group))
-    request = fs.GetFeaturesRequest(entity_type="user", entity_id="probe", feature_groups=[GROUP])
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.store.GetFeatures(request)
-            return
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    wait_servable(client, GROUP)
 
 
 def _py_spy(folder: Path | None, name: str, pid: int) -> subprocess.Popen[bytes] | None:
