@@ -66,7 +66,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Iterator, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
@@ -303,42 +303,36 @@ def _timed_out(client: RespClient, what: str, values: int) -> ServiceError:
     return unavailable("redis", f"timed out: a {what} of {values} values got no answer within {client.timeout:g} s")
 
 
-class RedisOnlineStore:
-    """Latest feature values per entity in Redis."""
+class _Transport(Protocol):
+    """How the store reaches Redis: one server (pipelined RESP) or a cluster (by hash slot)."""
 
-    def __init__(
-        self,
-        client: RespClient | RedisCluster,
-        *,
-        ttl_seconds: int = 0,
-        chunk_values: int = 1000,
-        chunks_in_flight: int = 4,
-    ) -> None:
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def read(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]: ...
+
+    async def write(self, writes: Sequence[KeyWrite], ttl: int) -> int: ...
+
+
+class _Standalone:
+    """One server through the pipelining client: a read is one HMGET or script call per `chunk_values`
+    values; writes go in script calls of at most `chunk_values` values, `in_flight` outstanding."""
+
+    def __init__(self, client: RespClient, chunk_values: int, in_flight: int) -> None:
         self._client = client
-        self._ttl = ttl_seconds
-        self._chunk_values = max(1, chunk_values)
-        self._in_flight = max(1, chunks_in_flight)
-        self._window = asyncio.Semaphore(self._in_flight)
+        self._chunk_values = chunk_values
+        self._in_flight = in_flight
+        self._window = asyncio.Semaphore(in_flight)
 
-    @_translated
     async def ping(self) -> None:
-        if isinstance(self._client, RespClient):
-            await self._client.execute("PING")
-        else:
-            await self._client.ping()
+        await self._client.execute("PING")
 
     async def close(self) -> None:
-        if isinstance(self._client, RespClient):
-            await self._client.close()
-        else:
-            await self._client.aclose()
+        await self._client.close()
 
-    @_translated
     async def read(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
-        """Values of `fields` for each key, flat and key-major; None where nothing is stored."""
         client = self._client
-        if not isinstance(client, RespClient):
-            return await self._read_by_slot(client, keys, fields)
         try:
             if len(keys) == 1:
                 return await client.execute_packed(pack("HMGET", keys[0], *fields))  # type: ignore[no-any-return]
@@ -347,29 +341,17 @@ class RedisOnlineStore:
                 return await _READ.run(client, keys, fields)  # type: ignore[no-any-return]
         except TimeoutError:
             raise _timed_out(client, "read", len(keys) * len(fields)) from None
-        parts = [self._read_chunk(client, keys[i : i + per_call], fields) for i in range(0, len(keys), per_call)]
+        parts = [self._read_chunk(keys[i : i + per_call], fields) for i in range(0, len(keys), per_call)]
         return [value for part in await _all(parts) for value in part]
 
-    @staticmethod
-    async def _read_chunk(client: RespClient, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
+    async def _read_chunk(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
         try:
-            return await _READ.run(client, keys, fields)  # type: ignore[no-any-return]
+            return await _READ.run(self._client, keys, fields)  # type: ignore[no-any-return]
         except TimeoutError:
-            raise _timed_out(client, "read", len(keys) * len(fields)) from None
+            raise _timed_out(self._client, "read", len(keys) * len(fields)) from None
 
-    @_translated
-    async def write(self, writes: Sequence[KeyWrite]) -> int:
-        """Store the values that are not older than what is stored; returns how many values were stored.
-
-        In script calls of at most `chunk_values` values each, at most `chunks_in_flight` of
-        them outstanding per process (see "Bounded work per command" above).
-        """
-        if not writes:
-            return 0
-        client = self._client
-        if not isinstance(client, RespClient):
-            return await self._write_by_slot(client, writes)
-        chunks = write_chunks(writes, self._ttl, self._chunk_values)
+    async def write(self, writes: Sequence[KeyWrite], ttl: int) -> int:
+        chunks = write_chunks(writes, ttl, self._chunk_values)
         sent: list[asyncio.Task[int]] = []
         try:
             while not any(task.done() and task.exception() for task in sent[-self._in_flight :]):
@@ -378,28 +360,43 @@ class RedisOnlineStore:
                 if chunk is None:
                     self._window.release()
                     break
-                sent.append(asyncio.ensure_future(self._write_chunk(client, chunk)))
+                sent.append(asyncio.ensure_future(self._write_chunk(chunk)))
             return sum(await asyncio.gather(*sent))
         except BaseException:
             for task in sent:
                 task.cancel()
             raise
 
-    async def _write_chunk(self, client: RespClient, chunk: _Chunk) -> int:
+    async def _write_chunk(self, chunk: _Chunk) -> int:
         """One script call; it holds a place in the window, taken by `write`, until it is answered."""
         try:
-            return int(await _WRITE.run(client, chunk.keys, chunk.args, bulk=True))
+            return int(await _WRITE.run(self._client, chunk.keys, chunk.args, bulk=True))
         except TimeoutError:
-            raise _timed_out(client, "write", chunk.values) from None
+            raise _timed_out(self._client, "write", chunk.values) from None
         finally:
             self._window.release()
 
-    @staticmethod
-    async def _read_by_slot(client: RedisCluster, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
+
+class _Clustered:
+    """A Redis Cluster through redis-py: keys grouped by hash slot (a script may touch one slot),
+    the groups in one pipeline, one round trip per node."""
+
+    def __init__(self, client: RedisCluster, chunk_values: int, in_flight: int) -> None:
+        self._client = client
+        self._chunk_values = chunk_values
+        self._in_flight = in_flight
+
+    async def ping(self) -> None:
+        await self._client.ping()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def read(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
         by_slot: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
             by_slot.setdefault(key_slot(key), []).append(i)
-        pipe = client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for positions in by_slot.values():
             group = [keys[i] for i in positions]
             pipe.execute_command("EVAL", READ_SCRIPT, len(group), *group, *fields)
@@ -411,16 +408,57 @@ class RedisOnlineStore:
                 out[i * width : (i + 1) * width] = reply[n * width : (n + 1) * width]
         return out
 
-    async def _write_by_slot(self, client: RedisCluster, writes: Sequence[KeyWrite]) -> int:
-        """Chunks within one slot each (a script may touch one slot), in pipelines of `chunks_in_flight`."""
+    async def write(self, writes: Sequence[KeyWrite], ttl: int) -> int:
+        """Chunks within one slot each, in pipelines of `in_flight` chunks."""
         by_slot: dict[int, list[KeyWrite]] = {}
         for w in writes:
             by_slot.setdefault(key_slot(w.key), []).append(w)
-        chunks = [c for group in by_slot.values() for c in write_chunks(group, self._ttl, self._chunk_values)]
+        chunks = [c for group in by_slot.values() for c in write_chunks(group, ttl, self._chunk_values)]
         step, written = self._in_flight, 0
         for start in range(0, len(chunks), step):
-            pipe = client.pipeline(transaction=False)
+            pipe = self._client.pipeline(transaction=False)
             for chunk in chunks[start : start + step]:
                 pipe.execute_command("EVAL", WRITE_SCRIPT, len(chunk.keys), *chunk.keys, *chunk.args)
             written += sum(int(n) for n in await pipe.execute())
         return written
+
+
+class RedisOnlineStore:
+    """Latest feature values per entity in Redis; driver failures become UNAVAILABLE (see redis_error)."""
+
+    def __init__(
+        self,
+        client: RespClient | RedisCluster,
+        *,
+        ttl_seconds: int = 0,
+        chunk_values: int = 1000,
+        chunks_in_flight: int = 4,
+    ) -> None:
+        chunk_values, in_flight = max(1, chunk_values), max(1, chunks_in_flight)
+        self._transport: _Transport = (
+            _Standalone(client, chunk_values, in_flight)
+            if isinstance(client, RespClient)
+            else _Clustered(client, chunk_values, in_flight)
+        )
+        self._ttl = ttl_seconds
+
+    @_translated
+    async def ping(self) -> None:
+        await self._transport.ping()
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    @_translated
+    async def read(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
+        """Values of `fields` for each key, flat and key-major; None where nothing is stored."""
+        return await self._transport.read(keys, fields)
+
+    @_translated
+    async def write(self, writes: Sequence[KeyWrite]) -> int:
+        """Store the values that are not older than what is stored; returns how many values were stored.
+
+        In script calls of at most `chunk_values` values each, at most `chunks_in_flight` of
+        them outstanding per process (see "Bounded work per command" above).
+        """
+        return await self._transport.write(writes, self._ttl) if writes else 0
