@@ -18,6 +18,7 @@ import time
 
 from server._app import migrate_only, start
 from server._settings import Settings, local_environment
+from server.auth import audit_to_stderr
 
 _log = logging.getLogger("server")
 
@@ -80,6 +81,7 @@ class _Supervisor:
 def main() -> None:
     settings = Settings.load(sys.argv[1:], local_environment(os.environ) | os.environ)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    audit_to_stderr()
     if settings.migrate_only:
         asyncio.run(migrate_only(settings))
         return

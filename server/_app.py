@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -14,7 +16,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import _metrics, core, offline, online
+from server import _metrics, auth, core, offline, online
 from server._health import HealthMonitor
 from server._rpc import service_handler, unary_methods
 from server._settings import Settings
@@ -51,9 +53,46 @@ class App:
             await pool.close()
 
 
-def _server(settings: Settings) -> grpc.aio.Server:
+def _server(settings: Settings, interceptors: Sequence[auth.AuthInterceptor]) -> grpc.aio.Server:
     most = settings.max_concurrent_rpcs or None  # beyond it gRPC answers RESOURCE_EXHAUSTED
-    return grpc.aio.server(options=_server_options(settings), maximum_concurrent_rpcs=most)
+    return grpc.aio.server(
+        options=_server_options(settings), maximum_concurrent_rpcs=most, interceptors=interceptors or None
+    )
+
+
+_AUTH_MODES = ("off", "optional", "required")
+
+
+def _authenticator(settings: Settings) -> auth.Authenticator | None:
+    """The credentials auth_mode accepts, None when it is off; a bad combination stops the start."""
+    if settings.auth_mode not in _AUTH_MODES:
+        raise SystemExit(f"auth_mode {settings.auth_mode!r} is not one of {', '.join(_AUTH_MODES)}")
+    if settings.auth_mode == "off":
+        return None
+    if not (settings.auth_jwks_file or settings.auth_api_keys_file):
+        raise SystemExit(f"auth_mode {settings.auth_mode} needs auth_jwks_file or auth_api_keys_file (or both)")
+    jwts = None
+    if settings.auth_jwks_file:
+        if not (settings.auth_issuer and settings.auth_audience):
+            raise SystemExit("auth_jwks_file needs auth_issuer and auth_audience: tokens are checked against both")
+        jwts = auth.JwtVerifier(
+            Path(settings.auth_jwks_file),
+            settings.auth_issuer,
+            settings.auth_audience,
+            leeway=settings.auth_leeway,
+            roles_claim=settings.auth_roles_claim,
+            cache_size=auth.CACHE_SIZE,
+        )
+    api_keys = auth.ApiKeys(Path(settings.auth_api_keys_file)) if settings.auth_api_keys_file else None
+    return auth.Authenticator(jwts, api_keys)
+
+
+def _auth_interceptor(settings: Settings, authenticator: auth.Authenticator) -> auth.AuthInterceptor:
+    anonymous = auth.ROLES.get(settings.auth_anonymous_role)
+    if anonymous is None:
+        raise SystemExit(f"auth_anonymous_role {settings.auth_anonymous_role!r} is not one of {', '.join(auth.ROLES)}")
+    required = settings.auth_mode == "required"
+    return auth.AuthInterceptor(authenticator, auth.METHOD_ROLES, required=required, anonymous=anonymous)
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -128,6 +167,8 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
 async def start(settings: Settings) -> App:
     """Connect the stores, register the services and start listening."""
     limits = _limits(settings)
+    authenticator = _authenticator(settings)  # before any store: a bad setting stops the start at once
+    interceptors = [_auth_interceptor(settings, authenticator)] if authenticator else []
     pool, registry_store = await _registry(settings)
     read_pool = await _read_pool(settings)
     online_store = _online(settings)
@@ -135,7 +176,7 @@ async def start(settings: Settings) -> App:
     refresher = online.CatalogRefresher(catalog, registry_store, settings.registry_refresh_interval)
     await refresher.refresh()
 
-    server = _server(settings)
+    server = _server(settings, interceptors)
     registry = RegistryServicer(registry_store, after_write=refresher.refresh_quietly)
     history = offline.PostgresHistoryStore(
         pool, read_pool, max_new_partitions=settings.max_new_partitions, statement_timeout=settings.postgres_timeout
@@ -159,8 +200,9 @@ async def start(settings: Settings) -> App:
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    services = [REGISTRY_SERVICE, FEATURE_STORE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(services, server)
+    if settings.reflection:
+        services = [REGISTRY_SERVICE, FEATURE_STORE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(services, server)
 
     monitor = HealthMonitor(
         health,
@@ -173,12 +215,14 @@ async def start(settings: Settings) -> App:
         _metrics.serve(settings.metrics_host, settings.metrics_port)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
-    _log.info("serving gRPC on %s:%d", settings.host, port)
+    _log.info("serving gRPC on %s:%d (auth %s)", settings.host, port, settings.auth_mode)
     tasks = [
         asyncio.create_task(monitor.run()),
         asyncio.create_task(refresher.run()),
         asyncio.create_task(history.maintain_partitions()),
     ]
+    if authenticator:
+        tasks.append(asyncio.create_task(authenticator.watch(settings.auth_reload_interval)))
     if settings.history_retention_days > 0:
         retention = timedelta(days=settings.history_retention_days)
         tasks.append(asyncio.create_task(history.enforce_retention(retention)))

@@ -99,6 +99,34 @@ class Settings:
     health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})
     max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
+    auth_mode: str = field(
+        default="off",
+        metadata={
+            "help": "off (no checks; local only), optional (callers without a token get auth_anonymous_role) "
+            "or required; a token presented is always verified (docs/security.md)"
+        },
+    )
+    auth_jwks_file: str = field(
+        default="", metadata={"help": "JWKS file of the identity provider's signing keys (re-read on change)"}
+    )
+    auth_issuer: str = field(default="", metadata={"help": "the `iss` a JWT must carry (needed with a JWKS)"})
+    auth_audience: str = field(default="", metadata={"help": "the `aud` a JWT must carry (needed with a JWKS)"})
+    auth_roles_claim: str = field(
+        default="roles", metadata={"help": "JWT claim holding the caller's roles (a list, or a space-separated string)"}
+    )
+    auth_leeway: float = field(default=30.0, metadata={"help": "seconds of clock skew allowed on exp, nbf and iat"})
+    auth_api_keys_file: str = field(
+        default="", metadata={"help": "file of service accounts' API key hashes and roles (re-read on change)"}
+    )
+    auth_anonymous_role: str = field(
+        default="reader", metadata={"help": "role of callers without a token when auth_mode is optional (or none)"}
+    )
+    auth_reload_interval: float = field(
+        default=5.0, metadata={"help": "seconds between checks of the JWKS and API key files for changes"}
+    )
+    reflection: bool = field(
+        default=True, metadata={"help": "serve gRPC reflection (the API's schema, to anyone); production: false"}
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     migrate_only: bool = field(default=False, metadata={"help": "apply pending SQL migrations, then exit"})
 
