@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import redis.asyncio as aioredis  # noqa: E402
+from _grpcio_driver import drive  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
-from _serving import wait_servable  # noqa: E402
+from _serving import cpu_seconds, wait_servable  # noqa: E402
+from google.protobuf.message import Message  # noqa: E402
 
 from devstack import free_port, start_envoy, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
@@ -59,6 +63,7 @@ class Result:
     p99_ms: float
     succeeded: int
     failed: int
+    server_cpu_us: float = float("nan")  # the server process's CPU time per request
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -307,8 +312,37 @@ def run(args: argparse.Namespace, grpc_port: int, http_port: int, redis_url: str
                 )
             )
 
+    results += real_clients(args, grpc_port, server_pid, shapes["1x10"])
     report(results, args.out)
     return 0
+
+
+def _measured(
+    name: str, transport: str, concurrency: int, pid: int, run: Callable[[], dict[str, float]], seconds: float
+) -> Result:
+    """A run of one driver, with the server's CPU time per request over it (warm-up included)."""
+    before = cpu_seconds(pid)
+    m = run()
+    per_request = (cpu_seconds(pid) - before) / max(1.0, m["rps"] * (seconds + 1)) * 1e6
+    values = m["rps"] * (10 if name == "1x10" else 0)
+    counts = int(m["succeeded"]), int(m["failed"])
+    return Result(name, transport, concurrency, m["rps"], values, m["p50"], m["p99"], *counts, per_request)
+
+
+def real_clients(args: argparse.Namespace, port: int, pid: int, one: Message) -> list[Result]:
+    """The no-op RPC and 1x10 under grpcio clients and again under h2load, with the server's CPU per request."""
+    target, base, out = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}", []
+    calls = {
+        "no-op RPC": ("/grpc.health.v1.Health/Check", b""),
+        "1x10": (f"{STORE}/GetFeatures", one.SerializeToString()),
+    }
+    for name, (method, body) in calls.items():
+        for c in (1, 64):
+            lean = functools.partial(h2load, base + method, grpc_frame(body), GRPC_HEADERS, c, args.seconds, False)
+            out.append(_measured(name, "grpc-h2load", c, pid, lean, args.seconds))
+            real = functools.partial(drive, target, method, body, c, args.seconds)
+            out.append(_measured(name, "grpcio", c, pid, real, args.seconds))
+    return out
 
 
 def _json_of(request: fs.GetFeaturesRequest | fs.BatchGetFeaturesRequest) -> dict[str, object]:
@@ -322,11 +356,11 @@ def _find(results: list[Result], name: str, transport: str, concurrency: int) ->
 
 
 def report(results: list[Result], out: Path) -> None:
-    header = ("shape", "transport", "conc", "req/s", "values/s", "p50 ms", "p99 ms", "failed")
-    print("\n{:10} {:17} {:>4} {:>9} {:>11} {:>7} {:>7} {:>6}".format(*header))
+    header = ("shape", "transport", "conc", "req/s", "values/s", "p50 ms", "p99 ms", "failed", "cpu µs")
+    print("\n{:10} {:17} {:>4} {:>9} {:>11} {:>7} {:>7} {:>6} {:>7}".format(*header))
     for r in results:
         cells = (r.name, r.transport, r.concurrency, r.requests_per_s, r.values_per_s, r.p50_ms, r.p99_ms, r.failed)
-        print("{:10} {:17} {:>4} {:>9,.0f} {:>11,.0f} {:>7.3f} {:>7.3f} {:>6}".format(*cells))
+        print("{:10} {:17} {:>4} {:>9,.0f} {:>11,.0f} {:>7.3f} {:>7.3f} {:>6} {:>7.0f}".format(*cells, r.server_cpu_us))
     checks = []
     for c in (1, 64):
         noop = _find(results, "no-op RPC", "grpc", c)
@@ -343,6 +377,14 @@ def report(results: list[Result], out: Path) -> None:
         for c in (1, 64):
             ratio = _find(results, shape, "rest", c).requests_per_s / _find(results, shape, "grpc", c).requests_per_s
             checks.append((f"{shape} REST/gRPC throughput, c={c}", ratio, ">= 0.60"))
+    for c in (1, 64):
+        noop, one = _find(results, "no-op RPC", "grpcio", c), _find(results, "1x10", "grpcio", c)
+        checks.append(
+            (f"grpcio clients: 1x10 vs no-op RPC, c={c}", one.requests_per_s / noop.requests_per_s, ">= 0.80")
+        )
+        h2 = _find(results, "1x10", "grpc-h2load", c)
+        ratio = one.server_cpu_us / h2.server_cpu_us
+        checks.append((f"server CPU per 1x10 call, grpcio / h2load, c={c}", ratio, "<= 1.20"))
     print()
     print_checks(checks)
     machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "when": datetime.now(UTC).isoformat()}

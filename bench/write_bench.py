@@ -48,7 +48,7 @@ import asyncpg  # noqa: E402
 import grpc  # noqa: E402
 import redis  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
-from _serving import wait_servable  # noqa: E402
+from _serving import cpu_seconds, wait_servable  # noqa: E402
 
 from devstack import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
@@ -65,33 +65,6 @@ COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "f
 
 
 # -- CPU accounting -----------------------------------------------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str]:
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def cpu_seconds(pid: int, with_children: bool = False) -> float:
-    """CPU time of `pid` (and, with_children, of its live and reaped children)."""
-    try:
-        fields = _stat(pid)
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    if with_children:
-        ticks += int(fields[13]) + int(fields[14])  # reaped children
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    child = _stat(int(entry.name))
-                except OSError:
-                    continue
-                if int(child[1]) == pid:
-                    ticks += int(child[11]) + int(child[12])
-    return ticks / _TICK
 
 
 class Cpu:
