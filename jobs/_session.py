@@ -158,6 +158,7 @@ def source_problem(spark: SparkSession, table: str, namespaces: Sequence[str], s
         return f"source table {table} is in {namespace}, which is not a source namespace ({', '.join(namespaces)})"
     catalog = namespace.split(".")[0]
     url = spark.conf.get(f"spark.sql.catalog.{catalog}.url", None)
-    if url and _database(url) is not None and _database(url) == _database(store_dsn):
+    source = _database(url) if url else None
+    if source is not None and source == _database(store_dsn):
         return f"source table {table} is in the feature store's own database: not a source"
     return None
