@@ -20,11 +20,19 @@ import pytest
 
 from devstack import Proc, free_port, start_envoy, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient
-from tests._helpers import CLEAR_REGISTRY, FAST_SERVER_ARGS, Processes, reaped, run_sql
+from tests._helpers import CLEAR_REGISTRY, FAST_SERVER_ARGS, SECRETS, Processes, reaped, run_sql, secret_leaks
 from tests._http import Rest
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test (every server stopped): no log of the run holds a token or key a test handed out."""
+    yield
+    leaks = secret_leaks(tmp_path_factory.getbasetemp(), SECRETS)
+    assert not leaks, f"secrets in logs: {leaks}"
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ Besides the names below: `server.core.codec` (the stored value form and response
 and `server.core.errors` (domain errors and their gRPC statuses).
 """
 
+from server.core._caller import acting_as, caller_subject
 from server.core._definitions import (
     AGGREGATION,
     AGGREGATIONS,
@@ -56,6 +57,8 @@ __all__ = [
     "KeyWrite",
     "Limits",
     "Step",
+    "acting_as",
+    "caller_subject",
     "computation_problems",
     "entity_id_problem",
     "entity_key",
