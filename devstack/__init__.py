@@ -18,10 +18,12 @@ from devstack._procs import (
     start_valkey,
     start_valkey_cluster,
 )
+from devstack._tls import EnvoyTls, with_tls
 
 __all__ = [
     "DEMO_FEATURES",
     "SERVER_SETTINGS",
+    "EnvoyTls",
     "Proc",
     "envoy_config",
     "free_port",
@@ -32,4 +34,5 @@ __all__ = [
     "start_server",
     "start_valkey",
     "start_valkey_cluster",
+    "with_tls",
 ]
