@@ -18,6 +18,7 @@ from devstack._procs import (
     start_valkey,
     start_valkey_cluster,
 )
+from devstack._ratelimit import RateLimit, with_rate_limit
 from devstack._tls import EnvoyTls, with_tls
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "SERVER_SETTINGS",
     "EnvoyTls",
     "Proc",
+    "RateLimit",
     "envoy_config",
     "free_port",
     "load_demo",
@@ -34,5 +36,6 @@ __all__ = [
     "start_server",
     "start_valkey",
     "start_valkey_cluster",
+    "with_rate_limit",
     "with_tls",
 ]

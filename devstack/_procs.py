@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from devstack._ratelimit import RateLimit, with_rate_limit
 from devstack._tls import EnvoyTls, with_tls
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,15 +260,23 @@ def can_listen(port: int) -> bool:
 
 
 def start_envoy(
-    state_dir: Path, listen_port: int, upstream_port: int, also_ports: Sequence[int] = (), tls: EnvoyTls | None = None
+    state_dir: Path,
+    listen_port: int,
+    upstream_port: int,
+    also_ports: Sequence[int] = (),
+    tls: EnvoyTls | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> Proc:
     """Envoy on `listen_port` (and `also_ports`) before the gRPC server on `upstream_port`; ready once it says so.
 
-    With `tls`, the listeners serve TLS only, and Envoy speaks TLS (mTLS) to the server if `tls` says so.
+    With `tls`, the listeners serve TLS only, and Envoy speaks TLS (mTLS) to the server if `tls` says so;
+    `rate_limit` resizes every route's rate limits.
     """
     admin_port = free_port()
     config_path = state_dir / f"envoy-{listen_port}.json"
     config = envoy_config(listen_port, admin_port, upstream_port, also_ports)
+    if rate_limit is not None:
+        config = with_rate_limit(config, rate_limit)
     if tls is not None:
         config, sds_files = with_tls(config, tls)
         Path(tls.sds_dir).mkdir(parents=True, exist_ok=True)
