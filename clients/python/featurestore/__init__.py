@@ -11,6 +11,17 @@ extra, definitions files and the `featurestore` CLI the `cli` extra.
 from featurestore._aio import AsyncClient, AsyncPusher
 from featurestore._client import FeatureStoreClient
 from featurestore._common import FeatureVector, RetryPolicy, WriteResult
+from featurestore._definitions import (
+    Change,
+    DefinitionError,
+    Definitions,
+    FieldChange,
+    Plan,
+    apply_plan,
+    async_apply_plan,
+    load_definitions,
+    plan_definitions,
+)
 from featurestore._errors import (
     Aborted,
     AlreadyExists,
@@ -36,8 +47,11 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncPusher",
+    "Change",
     "Client",
     "DeadlineExceeded",
+    "DefinitionError",
+    "Definitions",
     "ErrorDetails",
     "EtagMismatch",
     "FailedPrecondition",
@@ -45,16 +59,22 @@ __all__ = [
     "FeatureStoreClient",
     "FeatureStoreError",
     "FeatureVector",
+    "FieldChange",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "Plan",
     "Pusher",
     "ResourceExhausted",
     "RetryPolicy",
     "Unauthenticated",
     "Unavailable",
     "WriteResult",
+    "apply_plan",
+    "async_apply_plan",
     "error_details",
+    "load_definitions",
+    "plan_definitions",
     "python_value",
     "write_training_parquet",
 ]
