@@ -50,6 +50,7 @@ lint: venv check-gen buf-lint buf-breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python tools/import_graph.py
 
 gen: venv
 	$(BIN)/python tools/protogen.py
