@@ -93,16 +93,22 @@ GROUPS = [
 ]
 
 
-def load(target: str) -> list[str]:
-    """Create the demo definitions that do not exist yet; returns the names created."""
-    created = []
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying `token` (none without one: auth off)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def load(target: str, token: str = "") -> list[str]:
+    """Create the demo definitions that do not exist yet (as `token`'s caller); returns the names created."""
+    created, metadata = [], _bearer(token)
     with FeatureStoreClient(target) as client:
         for feature in FEATURES:
-            if _create(functools.partial(client.registry.CreateFeature, rs.CreateFeatureRequest(feature=feature))):
+            request = rs.CreateFeatureRequest(feature=feature)
+            if _create(functools.partial(client.registry.CreateFeature, request, metadata=metadata)):
                 created.append(feature.name)
         for group in GROUPS:
-            request = rs.CreateFeatureGroupRequest(feature_group=group)
-            if _create(functools.partial(client.registry.CreateFeatureGroup, request)):
+            group_request = rs.CreateFeatureGroupRequest(feature_group=group)
+            if _create(functools.partial(client.registry.CreateFeatureGroup, group_request, metadata=metadata)):
                 created.append(group.name)
     return created
 
@@ -124,7 +130,7 @@ def _history_rows() -> list[fs.EntityRow]:
     return rows
 
 
-def load_history(target: str, timeout: float = 10.0) -> int:
+def load_history(target: str, timeout: float = 10.0, token: str = "") -> int:
     """Write the 2023 demo history (current values come from the batch pipeline); returns the values written.
 
     Waits until serving knows the demo features. Rewriting it is harmless: history is idempotent.
@@ -134,7 +140,7 @@ def load_history(target: str, timeout: float = 10.0) -> int:
     with FeatureStoreClient(target) as client:
         while True:
             try:
-                return int(client.store.WriteFeatures(request).written_values)
+                return int(client.store.WriteFeatures(request, metadata=_bearer(token)).written_values)
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.INVALID_ARGUMENT or time.monotonic() > deadline:
                     raise
