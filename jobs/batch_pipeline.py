@@ -89,6 +89,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
     p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
     _own(p, env, "--registry", _REGISTRY, help="registry gRPC target host:port")
+    _own(
+        p,
+        env,
+        "--registry-token",
+        "",
+        help="bearer token (a reader's) for a registry with auth on; give it by FEATURESTORE_REGISTRY_TOKEN "
+        "rather than the flag, which other users see in the process list",
+    )
     add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
     _own(p, env, "--warehouse", "warehouse", help="local Parquet warehouse folder")
     _own(p, env, "--source-jdbc-url", "", help="JDBC URL of a PostgreSQL source")
@@ -106,15 +114,16 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
-def load_features(target: str, entity_types: Sequence[str]) -> list[pb.Feature]:
-    """Every feature of `entity_types` in the registry, all pages."""
+def load_features(target: str, entity_types: Sequence[str], token: str = "") -> list[pb.Feature]:
+    """Every feature of `entity_types` in the registry, all pages (as `token`'s caller, if given)."""
     features: list[pb.Feature] = []
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with FeatureStoreClient(target) as client:
         for entity_type in entity_types:
             token = ""
             while True:
                 request = rs.ListFeaturesRequest(entity_type=entity_type, page_size=1000, page_token=token)
-                page = client.registry.ListFeatures(request, timeout=30)
+                page = client.registry.ListFeatures(request, timeout=30, metadata=metadata)
                 features += page.features
                 token = page.next_page_token
                 if not token:
@@ -123,7 +132,8 @@ def load_features(target: str, entity_types: Sequence[str]) -> list[pb.Feature]:
 
 
 def _batch_features(args: argparse.Namespace) -> list[pb.Feature]:
-    return select(load_features(args.registry, args.feature_types), args.feature_types, args.features)
+    features = load_features(args.registry, args.feature_types, args.registry_token)
+    return select(features, args.feature_types, args.features)
 
 
 def _session(args: argparse.Namespace) -> SessionConfig:
