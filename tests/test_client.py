@@ -484,6 +484,8 @@ def test_reads_are_retried_writes_are_not(flaky: tuple[str, _Flaky]) -> None:
     with Client(target, retry=None) as client, pytest.raises(Unavailable):
         client.get_features("customer", "c1", "f")
     assert len(servicer.calls) == 1  # GetFeatures failure number 1 of 2: no retry without a policy
+    with Client(target, retry=fast) as client, pytest.raises(DeadlineExceeded):
+        client.get_features("customer", "slow", "f", timeout=0.2)
 
 
 def test_async_retries_deadline_and_token_callback(flaky: tuple[str, _Flaky]) -> None:
