@@ -246,3 +246,31 @@ def test_server_fields_are_never_a_difference() -> None:
     served.update_time.GetCurrentTime()
     assert diff(served, pb.Feature(name="x", description="d")) == []
     assert [f.field for f in diff(served, pb.Feature(name="x"))] == ["description"]
+
+
+@pytest.mark.usefixtures("empty_registry")
+def test_a_streaming_definition_round_trips(grpc_target: str, tmp_path: Path) -> None:
+    (tmp_path / "stream.yaml").write_text(
+        """
+name: customer_purchase_amount_sum_1h
+entity_type: customer
+value_type: FLOAT
+source: STREAMING
+frequency: REALTIME
+source_config:
+  stream: purchases
+  entity_column: customer_id
+  fields:
+    - {name: customer_id, type: STRING}
+    - {name: purchase_amount, type: FLOAT}
+    - {name: event_time, type: TIMESTAMP}
+  watermark: 120s
+transformations:
+  - {type: aggregation, function: sum, column: purchase_amount, window: 3600s}
+"""
+    )
+    assert run(grpc_target, "apply", "-f", str(tmp_path))[0] == 0
+    assert run(grpc_target, "plan", "-f", str(tmp_path), "--detailed-exitcode") == (
+        0,
+        "No changes: the registry matches the definitions.\n",
+    )
