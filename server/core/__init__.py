@@ -32,6 +32,7 @@ from server.core._validation import (
     table_problem,
     timestamp_problem,
 )
+from server.core._writes import WriteBatch
 
 __all__ = [
     "AGGREGATION",
@@ -56,6 +57,7 @@ __all__ = [
     "KeyWrite",
     "Limits",
     "Step",
+    "WriteBatch",
     "computation_problems",
     "entity_id_problem",
     "entity_key",

@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from server.core import HistoryRecord, HistoryRow
+from server.core import HistoryRecord
 from server.core.errors import resource_exhausted
 from server.core.postgres import quote_ident, translated_postgres
 from server.offline._asof_sql import AS_OF_PAIRS, AS_OF_ROWS, row_cells
@@ -129,7 +129,7 @@ class PostgresHistoryStore:
         self._partitions_known = False
         self._group = _GroupCommit(self._copy_group, group_rows, copies)
 
-    async def append(self, rows: Sequence[HistoryRow], timeout: float | None = None) -> None:
+    async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
         """Store `rows`; re-appending the same (entity, feature, event time) replaces the value (the last wins)."""
         await self.append_records(rows, timeout)
 
