@@ -86,6 +86,12 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_positive,
         help="keep running: recompute everything every EVERY seconds, new or changed features within seconds",
     )
+    add_spark_arguments(p, env)
+    return p
+
+
+def add_spark_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Where definitions come from, values go and source tables are found (shared with featurestore-ingest)."""
     p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
     p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
     _own(p, env, "--registry", _REGISTRY, help="registry gRPC target host:port")
@@ -111,7 +117,6 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="catalogs or catalog.schema names source tables may come from, comma-separated "
         "(default: the warehouse, spark_catalog.default, and the JDBC catalog when --source-jdbc-url is set)",
     )
-    return p
 
 
 def load_features(target: str, entity_types: Sequence[str], token: str = "") -> list[pb.Feature]:
@@ -136,7 +141,7 @@ def _batch_features(args: argparse.Namespace) -> list[pb.Feature]:
     return select(features, args.feature_types, args.features)
 
 
-def _session(args: argparse.Namespace) -> SessionConfig:
+def session_config(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(
         master=args.master,
         warehouse=args.warehouse,
@@ -156,9 +161,13 @@ def _config(args: argparse.Namespace, as_of: datetime) -> RunConfig:
         postgres_dsn=args.postgres_dsn,
         online_ttl=args.online_ttl,
         dry_run=args.dry_run,
-        source_namespaces=tuple(args.source_namespaces)
-        or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog),
+        source_namespaces=source_namespaces(args),
     )
+
+
+def source_namespaces(args: argparse.Namespace) -> tuple[str, ...]:
+    """--source-namespaces, else the warehouse and the JDBC catalog when one is configured."""
+    return tuple(args.source_namespaces) or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog)
 
 
 def _print(line: str) -> None:
@@ -175,7 +184,7 @@ def _stop_on_sigterm() -> None:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    spark = build_session(_session(args), "batch-feature-pipeline")
+    spark = build_session(session_config(args), "batch-feature-pipeline")
     try:
         watch(spark, lambda: _batch_features(args), lambda now: _config(args, now), every=args.every, progress=_print)
     except KeyboardInterrupt:
@@ -204,7 +213,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"batch pipeline: no batch features of {', '.join(args.feature_types)} in the registry", file=sys.stderr)
         return 2
     print(f"batch pipeline: {len(features)} features as of {as_of.isoformat()}, lookback {args.lookback_days} days")
-    spark = build_session(_session(args), "batch-feature-pipeline")
+    spark = build_session(session_config(args), "batch-feature-pipeline")
     try:
         report = run(spark, features, _config(args, as_of), progress=_print)
     except KeyboardInterrupt:
