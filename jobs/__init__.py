@@ -12,6 +12,7 @@ import os
 # without exec, so they are off; this must happen before gRPC initializes.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
+from jobs._metrics import PipelineMetrics
 from jobs._plan import FeatureSpec, PlanError, SourcePlan, plan, spec_of
 from jobs._run import RunConfig, RunReport, run
 from jobs._session import SessionConfig, build_session, register_warehouse
@@ -19,6 +20,7 @@ from jobs._transform import transform_features, transform_window
 
 __all__ = [
     "FeatureSpec",
+    "PipelineMetrics",
     "PlanError",
     "RunConfig",
     "RunReport",
