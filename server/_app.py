@@ -21,6 +21,7 @@ from server import _freshness, _metrics, auth, core, offline, online
 from server._health import HealthMonitor
 from server._rpc import service_handler, unary_methods
 from server._settings import Settings
+from server._tls import server_credentials
 from server.core.postgres import connect_and_migrate, create_pool
 from server.registry import PostgresRegistryStore, RegistryServicer
 
@@ -94,6 +95,15 @@ def _auth_interceptor(settings: Settings, authenticator: auth.Authenticator) -> 
         raise SystemExit(f"auth_anonymous_role {settings.auth_anonymous_role!r} is not one of {', '.join(auth.ROLES)}")
     required = settings.auth_mode == "required"
     return auth.AuthInterceptor(authenticator, auth.METHOD_ROLES, required=required, anonymous=anonymous)
+
+
+def _tls(settings: Settings) -> grpc.ServerCredentials | None:
+    """The port's TLS credentials, None for plaintext; a half-given setting stops the start."""
+    if not (settings.tls_cert_file or settings.tls_key_file or settings.tls_client_ca_file):
+        return None
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise SystemExit("TLS needs both tls_cert_file and tls_key_file (tls_client_ca_file adds mTLS)")
+    return server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -223,6 +233,7 @@ async def start(settings: Settings) -> App:
     _metrics.set_enabled(settings.metrics)
     authenticator = _authenticator(settings)  # before any store: a bad setting stops the start at once
     interceptors = [_auth_interceptor(settings, authenticator)] if authenticator else []
+    credentials = _tls(settings)
     pool, registry_store = await _registry(settings)
     read_pool = await _read_pool(settings)
     online_store = _online(settings)
@@ -274,9 +285,11 @@ async def start(settings: Settings) -> App:
             await freshness.sync()
     if settings.metrics and settings.metrics_port:
         _metrics.serve(settings.metrics_host, settings.metrics_port)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
-    _log.info("serving gRPC on %s:%d (auth %s)", settings.host, port, settings.auth_mode)
+    transport = ("mTLS" if settings.tls_client_ca_file else "TLS") if credentials else "plaintext"
+    _log.info("serving gRPC on %s:%d (%s, auth %s)", settings.host, port, transport, settings.auth_mode)
     tasks = [
         asyncio.create_task(monitor.run()),
         asyncio.create_task(refresher.run()),

@@ -132,6 +132,15 @@ class Settings:
     auth_reload_interval: float = field(
         default=5.0, metadata={"help": "seconds between checks of the JWKS and API key files for changes"}
     )
+    tls_cert_file: str = field(
+        default="",
+        metadata={"help": "PEM certificate chain: the gRPC port serves TLS only (re-read on change); empty: plaintext"},
+    )
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of tls_cert_file"})
+    tls_client_ca_file: str = field(
+        default="",
+        metadata={"help": "PEM CA: clients must present a certificate it signed (mTLS); needs tls_cert_file"},
+    )
     reflection: bool = field(
         default=True, metadata={"help": "serve gRPC reflection (the API's schema, to anyone); production: false"}
     )

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
@@ -152,13 +153,18 @@ async def create_pool(
     return pool
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("server") / "migrations"
+def _migrations(folder: Traversable | None = None) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of the migrations, in order; two files with one number stop the start."""
+    folder = folder or resources.files("server") / "migrations"
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    versions = [version for version, _, _ in found]
+    twice = sorted({name for version, name, _ in found if versions.count(version) > 1})
+    if twice:  # two branches that each added "the next" migration: one would never be applied
+        raise RuntimeError(f"migrations share a number: {', '.join(twice)}; renumber one of them")
     return sorted(found)
 
 
