@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from jobs._ingest import IngestConfig, IngestError, IngestReport, bulk_ingest, read_source, transform_ingest
+from jobs._metrics import PipelineMetrics
 from jobs._plan import FeatureSpec, PlanError, SourcePlan, plan, spec_of
 from jobs._run import RunConfig, RunReport, run
 from jobs._session import SessionConfig, build_session, register_warehouse
@@ -25,6 +26,7 @@ __all__ = [
     "IngestConfig",
     "IngestError",
     "IngestReport",
+    "PipelineMetrics",
     "PlanError",
     "RunConfig",
     "RunReport",

@@ -31,6 +31,7 @@ import grpc
 from featurestore import FeatureStoreClient
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from jobs._metrics import PipelineMetrics
 from jobs._plan import PlanError, select
 from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session, default_source_namespaces
@@ -104,6 +105,21 @@ def add_spark_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> N
         "rather than the flag, which other users see in the process list",
     )
     add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
+    _own(
+        p,
+        env,
+        "--metrics-push-url",
+        "",
+        help="Prometheus Pushgateway to push each run's metrics to (host:port or URL); empty: none",
+    )
+    _own(
+        p,
+        env,
+        "--pipeline-metrics-port",
+        "0",
+        type=int,
+        help="serve the run metrics on this port while running (a long-running --every); 0: not served",
+    )
     _own(p, env, "--warehouse", "warehouse", help="local Parquet warehouse folder")
     _own(p, env, "--source-jdbc-url", "", help="JDBC URL of a PostgreSQL source")
     _own(p, env, "--jdbc-catalog", "postgres", help="catalog name of the JDBC source's tables")
@@ -183,10 +199,35 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def _metrics(args: argparse.Namespace) -> PipelineMetrics:
+    metrics = PipelineMetrics("batch")
+    if args.pipeline_metrics_port:
+        metrics.serve(args.pipeline_metrics_port)
+    return metrics
+
+
+def _push(metrics: PipelineMetrics, url: str) -> None:
+    """Push the run's metrics; a Pushgateway that cannot be reached is reported, not fatal."""
+    if not url:
+        return
+    try:
+        metrics.push(url)
+    except OSError as err:
+        print(f"batch pipeline: metrics not pushed to {url}: {err}", file=sys.stderr)
+
+
 def _watch(args: argparse.Namespace) -> int:
     spark = build_session(session_config(args), "batch-feature-pipeline")
+    metrics = _metrics(args)
     try:
-        watch(spark, lambda: _batch_features(args), lambda now: _config(args, now), every=args.every, progress=_print)
+        watch(
+            spark,
+            lambda: _batch_features(args),
+            lambda now: _config(args, now),
+            every=args.every,
+            progress=_print,
+            metrics=metrics,
+        )
     except KeyboardInterrupt:
         return 0
     finally:
@@ -214,14 +255,16 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 2
     print(f"batch pipeline: {len(features)} features as of {as_of.isoformat()}, lookback {args.lookback_days} days")
     spark = build_session(session_config(args), "batch-feature-pipeline")
+    metrics = _metrics(args)
     try:
-        report = run(spark, features, _config(args, as_of), progress=_print)
+        report = run(spark, features, _config(args, as_of), progress=_print, metrics=metrics)
     except KeyboardInterrupt:
         print("batch pipeline: stopped", file=sys.stderr)
         return 130
     finally:
         spark.stop()
     print(report.summary(), flush=True)
+    _push(metrics, args.metrics_push_url)
     return 1 if report.failed else 0
 
 
