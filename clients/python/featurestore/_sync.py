@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -672,7 +673,13 @@ class Pusher:
             except queue.Full:
                 continue
 
+    def _release(self) -> None:
+        """Let the thread that feeds the stream end, should it be waiting for a batch."""
+        with contextlib.suppress(queue.Full):  # full: it is not waiting
+            self._queue.put_nowait(_END)
+
     def _raise(self, what: str) -> None:
+        self._release()
         try:
             self._future.result()
         except grpc.RpcError as err:
@@ -709,6 +716,7 @@ class Pusher:
     def cancel(self) -> None:
         """Abandon the stream (batches the server applied stay written)."""
         self._future.cancel()
+        self._release()
 
     def __enter__(self) -> Pusher:
         return self
