@@ -250,6 +250,11 @@ def test_dataframe_and_arrow_dtypes(fsc: Client) -> None:
         "c_embedding": "list<item: float>",
     }
     assert table.column("c_int").to_pylist() == [INT_MAX, INT_MIN, None]
+    assert table.column("c_embedding").to_pylist() == [[0.25, -1.5, 3.0], None, None]
+    assert table.column("c_bools").to_pylist() == [[True, False], None, None]
+    assert table.column("c_floats").to_pylist() == [[1.0, 2.5], None, None]
+    assert df["c_bools"].iloc[0].tolist() == [True, False]
+    assert df["c_floats"].iloc[0].dtype.name == "float64"
     assert table.column("c_float").null_count == 2  # NaN was not written: missing, not NaN
     assert table.column("c_int__event_time").to_pylist()[0] == T0
 
