@@ -369,6 +369,8 @@ def test_async_client_same_surface(grpc_target: str, tmp_path: Path) -> None:
             out["batch"] = await client.batch_get_features(
                 "customer", ["a-customer1", "a-customer2"], ["c_int"], output="arrow"
             )
+            created = await client.create_feature({"name": "c_extra", "entity_type": "customer", "value_type": "FLOAT"})
+            out["created"] = created.revision
             out["features"] = [f.name async for f in client.list_features(page_size=3)]
             group = await client.create_feature_group(
                 {"name": "g", "entity_type": "customer", "feature_names": ["c_int", "c_string"]}
@@ -403,7 +405,8 @@ def test_async_client_same_surface(grpc_target: str, tmp_path: Path) -> None:
     assert out["written"] == len(TYPED) + 1
     assert out["one"] == {"c_int": INT_MAX, "c_time": TYPED["c_time"][1]}
     assert out["batch"].column("c_int").to_pylist() == [INT_MAX, INT_MIN]
-    assert out["features"] == sorted(TYPED)
+    assert out["created"] == 1
+    assert out["features"] == sorted([*TYPED, "c_extra"])
     assert out["groups"] == [2]
     assert out["grouped"] == {"c_int": INT_MAX, "c_string": "gold"}
     assert out["revisions"] == [2, 1]
