@@ -29,6 +29,7 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
 
 _NAT = -(2**63)
+_HAS_VALUE = frozenset({fs.PRESENT, fs.EXPIRED})
 # List types whose packed wire form is a plain little-endian array: element dtype, size.
 _PACKED = {"FLOAT_LIST": ("<f8", 8), "EMBEDDING": ("<f4", 4), "BOOL_LIST": ("u1", 1)}
 
@@ -100,10 +101,12 @@ def feature_columns(
     kinds = [TYPE_KINDS.get(types.get(name) or "", "-") for name in names]
     raw: list[list[Any]] = [[] for _ in names]
     appends = [r.append for r in raw]
+    # A served value is set exactly when its status is PRESENT or EXPIRED, and is of its
+    # feature's type: reading the status is cheaper than asking the Value which field is set.
+    has_value = _HAS_VALUE
     for row in rows:
         for append, kind, fv in zip(appends, kinds, row, strict=True):
-            v = fv.value
-            append(getattr(v, kind) if v.WhichOneof("kind") == kind else None)
+            append(getattr(fv.value, kind) if fv.status in has_value and kind != "-" else None)
     columns = []
     for j, name in enumerate(names):
         vt = types.get(name)

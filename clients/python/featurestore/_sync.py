@@ -124,11 +124,15 @@ class Client:
         finally:
             call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the stream ended; frees the call when the caller stops early
 
-    def value_types(self, names: Iterable[str], *, timeout: float | None = None) -> dict[str, str]:
-        """The value type names (`"FLOAT"`, ...) of features, read from the registry once per client."""
+    def value_types(self, names: Iterable[str], *, timeout: float | None = None, fresh: bool = False) -> dict[str, str]:
+        """The value type names (`"FLOAT"`, ...) of features, read from the registry once per client.
+
+        `fresh=True` reads them again (a feature may have been deleted and recreated with
+        another type since): training sets do, since they type columns before any value arrives.
+        """
         out = {}
         for name in names:
-            if name not in self._types:
+            if fresh or name not in self._types:
                 self._types[name] = value_type_name(self.get_feature(name, timeout=timeout).value_type)
             out[name] = self._types[name]
         return out
@@ -402,7 +406,7 @@ class Client:
         if output == "records":
             return [c.training_record(e, include_status) for chunk in chunks for e in chunk.examples]
         names = self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout))
+        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout, fresh=True))
         merged: list[_frames.Column] | None = None
         for chunk in chunks:
             cols = c.training_columns(chunk.examples, extra_types, names, types, include_status)
@@ -438,7 +442,7 @@ class Client:
         import pyarrow.parquet as pq
 
         names = self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout))
+        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout, fresh=True))
         extra_types: dict[str, str | None] = {}
         total = len(rows) if hasattr(rows, "__len__") else -1
         writer: Any = None
