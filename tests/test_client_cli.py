@@ -274,3 +274,23 @@ transformations:
         0,
         "No changes: the registry matches the definitions.\n",
     )
+
+
+def test_the_seed_definitions_are_the_seeds_examples() -> None:
+    from google.protobuf import json_format
+
+    from tests._seed import curls
+
+    bodies = {}
+    for curl in curls():
+        if curl.method == "POST" and curl.path.startswith("/api/feature-registry/"):
+            bodies[curl.body()["name"]] = curl.body()
+    shipped = load_definitions(ROOT / "definitions" / "seed")
+    as_json = {
+        m.name: json_format.MessageToDict(m, preserving_proto_field_name=True)
+        for m in [*shipped.features, *shipped.groups]
+    }
+    assert set(bodies) == {"customer_total_purchases_30d", "customer_rfm_features"}
+    for name, body in bodies.items():
+        assert as_json[name] == body, name
+    assert "customer_average_purchase_amount" in as_json  # the seed's Python example
