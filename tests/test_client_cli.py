@@ -286,10 +286,8 @@ def test_the_seed_definitions_are_the_seeds_examples() -> None:
         if curl.method == "POST" and curl.path.startswith("/api/feature-registry/"):
             bodies[curl.body()["name"]] = curl.body()
     shipped = load_definitions(ROOT / "definitions" / "seed")
-    as_json = {
-        m.name: json_format.MessageToDict(m, preserving_proto_field_name=True)
-        for m in [*shipped.features, *shipped.groups]
-    }
+    as_json = {m.name: json_format.MessageToDict(m, preserving_proto_field_name=True) for m in shipped.features}
+    as_json.update({g.name: json_format.MessageToDict(g, preserving_proto_field_name=True) for g in shipped.groups})
     assert set(bodies) == {"customer_total_purchases_30d", "customer_rfm_features"}
     for name, body in bodies.items():
         assert as_json[name] == body, name
