@@ -365,15 +365,27 @@ def ensure_demo_tables(warehouse: Path, log: Path) -> None:
 
 
 def start_pipeline(
-    state_dir: Path, registry: str, postgres_dsn: str, redis_url: str, entity_types: str, every: int = 3600
+    state_dir: Path,
+    registry: str,
+    postgres_dsn: str,
+    redis_url: str,
+    entity_types: str,
+    every: int = 3600,
+    registry_token: str = "",
 ) -> Proc:
-    """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra."""
+    """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra.
+
+    `registry_token` reaches it in its environment (FEATURESTORE_REGISTRY_TOKEN), not on its command line.
+    """
     log = state_dir / "pipeline.log"
     start = log.stat().st_size if log.exists() else 0
     cmd = [sys.executable, "-m", "jobs.batch_pipeline", f"--feature-types={entity_types}", "--lookback-days=30"]
     cmd += [f"--every={every}", "--master=local[2]", "--registry", registry, "--redis-url", redis_url]
     cmd += ["--postgres-dsn", postgres_dsn, "--warehouse", str(state_dir / "warehouse")]
-    proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"} | (
+        {"FEATURESTORE_REGISTRY_TOKEN": registry_token} if registry_token else {}
+    )
+    proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if not proc.running():
