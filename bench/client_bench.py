@@ -8,8 +8,9 @@ mixed value types (4 FLOAT, 3 INT64, a STRING, a BOOL, an 8-float EMBEDDING) and
 
 - **get_features, c=1**: `Client.get_features` (typed FeatureVector) against the bare stub
   `client.store.GetFeatures` on the same channel, in blocks of 100 calls in a rotating
-  order so all see the same machine; also the bare stub on a channel without the retry service config. Median and
-  p99 latency per call; the check is facade / bare stub (target <= 1.15).
+  order so all see the same machine; also the bare stub on a channel without the retry
+  service config, and `AsyncClient.get_features` against its bare grpc.aio stub. Median
+  and p99 latency per call; the check is facade / bare stub (target <= 1.15).
 - **batch_get_features -> DataFrame, 1,000 entities x 10 features**: the whole call
   (RPC + conversion) with `output="pandas"` and `output="arrow"`, the bare RPC alone, and
   `output="records"` (FeatureVectors). Medians of wall time, and of this process's CPU time
@@ -23,12 +24,13 @@ bench/results/client.json (not committed).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from _report import print_checks, write_json  # noqa: E402
 
 from devstack import free_port, start_postgres, start_server, start_valkey  # noqa: E402
-from featurestore import Client, FeatureStoreClient  # noqa: E402
+from featurestore import AsyncClient, Client, FeatureStoreClient  # noqa: E402
 from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
 
 TYPES = ["FLOAT"] * 4 + ["INT64"] * 3 + ["STRING", "BOOL", "EMBEDDING"]
@@ -89,6 +91,35 @@ def summary(samples: list[float]) -> dict[str, float]:
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
     }
+
+
+async def run_async(target: str, calls: int) -> dict[str, Any]:
+    """get_features through AsyncClient against its bare grpc.aio stub, c=1, rotating blocks."""
+    async with AsyncClient(target) as client:
+        await client.wait_ready()
+        request = fs.GetFeaturesRequest(entity_type="user", entity_id="u1", feature_names=NAMES)
+
+        async def facade() -> object:
+            return await client.get_features("user", "u1", NAMES)
+
+        async def bare() -> object:
+            return await client.store.GetFeatures(request, timeout=10)
+
+        variants: dict[str, Callable[[], Awaitable[object]]] = {"facade": facade, "bare_stub_same_channel": bare}
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for fn in variants.values():
+            for _ in range(200):
+                await fn()
+        block = 100
+        for round_ in range(max(1, calls // block)):
+            order = list(variants.items())
+            shift = round_ % len(order)
+            for name, fn in order[shift:] + order[:shift]:
+                for _ in range(block):
+                    start = time.perf_counter()
+                    await fn()
+                    samples[name].append(time.perf_counter() - start)
+    return {name: summary(v) for name, v in samples.items()}
 
 
 def run(target: str, calls: int, batches: int) -> dict[str, Any]:
@@ -153,12 +184,14 @@ def main() -> None:
     server = start_server(state, free_port(), dsn, url, ["--log-level", "WARNING"])
     try:
         report = run(f"127.0.0.1:{server.port}", args.calls, args.batches)
+        report["get_features_async"] = asyncio.run(run_async(f"127.0.0.1:{server.port}", args.calls))
     finally:
         for proc in (server, valkey, pg):
             proc.stop()
         shutil.rmtree(state, ignore_errors=True)
 
     online, batch, cpu = report["get_features"], report["batch_1000x10"], report["batch_1000x10_client_cpu"]
+    aio = report["get_features_async"]
     checks = [
         ("get_features 1x10 c=1, bare stub p50 ms", online["bare_stub_same_channel"]["p50_ms"], "-"),
         ("  bare stub, channel without retry config p50 ms", online["bare_stub_plain_channel"]["p50_ms"], "-"),
@@ -169,6 +202,12 @@ def main() -> None:
             "<= 1.15",
         ),
         ("  facade / bare stub, p99", online["facade"]["p99_ms"] / online["bare_stub_same_channel"]["p99_ms"], "-"),
+        ("get_features 1x10 c=1 asyncio, bare stub p50 ms", aio["bare_stub_same_channel"]["p50_ms"], "-"),
+        (
+            "  AsyncClient / bare stub, p50",
+            aio["facade"]["p50_ms"] / aio["bare_stub_same_channel"]["p50_ms"],
+            "<= 1.15",
+        ),
         ("batch 1000x10, bare RPC p50 ms", batch["rpc"]["p50_ms"], "-"),
         ("  -> records (FeatureVectors) p50 ms", batch["records"]["p50_ms"], "-"),
         ("  -> pyarrow Table p50 ms", batch["arrow"]["p50_ms"], "-"),
