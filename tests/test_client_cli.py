@@ -292,3 +292,15 @@ def test_the_seed_definitions_are_the_seeds_examples() -> None:
     for name, body in bodies.items():
         assert as_json[name] == body, name
     assert "customer_average_purchase_amount" in as_json  # the seed's Python example
+
+
+COMMANDS = ["", "features", "features list", "features get", "features revisions", "groups list", "groups get"]
+COMMANDS += ["get", "history", "training-dataset", "plan", "apply"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0
+    assert "--target" in capsys.readouterr().out

@@ -254,7 +254,7 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument(
         "--target",
         default=default(os.environ.get("FEATURESTORE_TARGET", DEFAULT_TARGET)),
-        help="server host:port (env FEATURESTORE_TARGET; default %(default)s)",
+        help=f"server host:port (env FEATURESTORE_TARGET; default {DEFAULT_TARGET})",
     )
     group.add_argument(
         "--token",
