@@ -224,6 +224,12 @@ def test_read_commands(grpc_target: str, defs: Path, tmp_path: Path, capsys: pyt
     assert "[##############################] 2/2 rows" in capsys.readouterr().err
     assert pq.read_table(train).to_pydict()["customer_purchase_frequency_30d"] == [1, None]
 
+    # Errors: the server's message once (the field violations it already names are not repeated).
+    assert run(grpc_target, "get", "--entity-type", "customer", "--entity", "c1", "--features", "nope")[0] == 1
+    assert capsys.readouterr().err == (
+        "error: INVALID_ARGUMENT: invalid request: feature_names[0]: feature 'nope' does not exist\n"
+    )
+
     # The console script: a non-zero exit with the server's message.
     script = Path(sys.executable).parent / "featurestore"
     env = {**os.environ, "FEATURESTORE_TARGET": grpc_target}
