@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -293,6 +294,8 @@ def test_training_dataset_in_chunks_to_frame_and_parquet(grpc_target: str, fsc: 
             "entity_id": [f"e{i}" for i in range(30)] + ["nobody"],
             "timestamp": [T0 + timedelta(hours=1)] * 30 + [T0],
             "label": pd.array([i % 2 for i in range(30)] + [None], dtype="Int64"),
+            "churned": [i % 3 == 0 for i in range(31)],  # numpy bools
+            "score": np.linspace(0, 1, 31, dtype=np.float32),
         }
     )
     # chunk_values=10 and two features: requests of 5 rows, 7 of them.
@@ -311,6 +314,8 @@ def test_training_dataset_in_chunks_to_frame_and_parquet(grpc_target: str, fsc: 
         "entity_id",
         "timestamp",
         "label",
+        "churned",
+        "score",
         "c_int",
         "c_int__status",
         "c_embedding",
@@ -322,6 +327,8 @@ def test_training_dataset_in_chunks_to_frame_and_parquet(grpc_target: str, fsc: 
     assert str(df["label"].dtype) == "Int64"
     assert df["label"].isna().tolist()[-1]
     assert df["c_embedding"].iloc[3].tolist() == [3.0, 0.5]
+    assert (str(df["churned"].dtype), str(df["score"].dtype)) == ("boolean", "float64")
+    assert df["churned"].tolist()[:4] == [True, False, False, True]
     assert count == 31
     assert progress[-1] == (31, 31)
     assert len(progress) >= 7
