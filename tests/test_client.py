@@ -638,3 +638,18 @@ def test_user_code_type_checks_strictly(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "mypy", "--no-incremental", "--config-file", str(config), str(code)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_wait_ready_on_nothing_is_unavailable() -> None:
+    from devstack import free_port
+
+    target = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with Client(target) as client, pytest.raises(Unavailable, match="could not connect"):
+        client.wait_ready(timeout=0.5)
+
+    async def scenario() -> None:
+        async with AsyncClient(target) as client:
+            await client.wait_ready(timeout=0.5)
+
+    with pytest.raises(Unavailable):
+        asyncio.run(scenario())

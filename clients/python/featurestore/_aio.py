@@ -15,7 +15,7 @@ from grpc import aio
 
 from featurestore import _common as c
 from featurestore import _frames
-from featurestore._errors import FeatureStoreError, from_rpc_error
+from featurestore._errors import Unavailable, from_rpc_error
 from featurestore._values import FeatureResult, feature_result, value_type_name
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
@@ -95,9 +95,7 @@ class AsyncClient:
         try:
             await asyncio.wait_for(self.channel.channel_ready(), timeout)
         except asyncio.TimeoutError:
-            raise FeatureStoreError(
-                f"could not connect to {self.target} within {timeout} s", code=grpc.StatusCode.UNAVAILABLE
-            ) from None
+            raise Unavailable(f"could not connect to {self.target} within {timeout} s") from None
 
     async def _md(self) -> tuple[tuple[str, str], ...] | None:
         if self._token_callback is not None:

@@ -16,7 +16,7 @@ from google.protobuf import field_mask_pb2
 
 from featurestore import _common as c
 from featurestore import _frames
-from featurestore._errors import FeatureStoreError, from_rpc_error
+from featurestore._errors import FeatureStoreError, Unavailable, from_rpc_error
 from featurestore._values import FeatureResult, feature_result, value_type_name
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
@@ -98,9 +98,7 @@ class Client:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise FeatureStoreError(
-                f"could not connect to {self.target} within {timeout} s", code=grpc.StatusCode.UNAVAILABLE
-            ) from None
+            raise Unavailable(f"could not connect to {self.target} within {timeout} s") from None
 
     def _md(self) -> tuple[tuple[str, str], ...] | None:
         if self._token_callback is not None:
