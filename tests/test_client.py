@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf import any_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -52,6 +53,7 @@ from featurestore import (
 )
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import feature_store_service_pb2_grpc
+from featurestore.serving.v1 import value_pb2 as vpb
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -179,6 +181,12 @@ def test_registry_crud_pages_etags_and_revisions(fsc: Client) -> None:
     assert str(bad.value).startswith("INVALID_ARGUMENT: ")
 
 
+def _ts(when: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(when)
+    return out
+
+
 def _rows(prefix: str = "") -> list[dict[str, Any]]:
     """customer1 has a value of every type; customer2 only an int (the extreme low) and a NaN float.
 
@@ -258,6 +266,17 @@ def test_dataframe_and_arrow_dtypes(fsc: Client) -> None:
     assert df["c_floats"].iloc[0].dtype.name == "float64"
     assert table.column("c_float").null_count == 2  # NaN was not written: missing, not NaN
     assert table.column("c_int__event_time").to_pylist()[0] == T0
+
+    # A stored NaN (sent as a Value: a NaN in rows means "no value") is a NaN, PRESENT; Arrow
+    # keeps it apart from a missing value.
+    nan_row = fs.EntityRow(entity_id="nan1", event_time=_ts(T0), values={"c_float": vpb.Value(float_value=math.nan)})
+    fsc.write_features("customer", [nan_row])
+    stored = fsc.batch_get_features("customer", ["nan1", "nobody"], ["c_float"], output="pandas", include_status=True)
+    assert math.isnan(stored["c_float"].iloc[0])
+    assert stored["c_float__status"].tolist() == ["PRESENT", "NOT_FOUND"]
+    arrow = fsc.batch_get_features("customer", ["nan1", "nobody"], ["c_float"], output="arrow").column("c_float")
+    assert math.isnan(arrow[0].as_py())
+    assert arrow.null_count == 1
 
     # A column with no value at all still gets its type (from the registry).
     empty = fsc.batch_get_features("customer", ["nobody"], ["c_int", "c_time"], output="pandas")
