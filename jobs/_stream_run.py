@@ -130,8 +130,7 @@ def guard_problems(spark: SparkSession, plan: StreamPlan) -> dict[str, str]:
     failed = {}
     for feature in plan.features:
         try:
-            condition, numeric, text = _tiles.feature_inputs(feature, now)
-            computed = events.select(condition, numeric, text)
+            computed = events.select(_tiles.feature_input(feature, now))
             value = spark.range(0).select(F.lit(None).cast("double").alias(feature.name))
             single = StreamPlan(plan.entity_type, plan.stream, plan.schema, plan.watermark_seconds, (feature,))
             refused = disallowed_expressions(computed) + disallowed_expressions(_tiles.finish(value, single, now))
@@ -206,12 +205,11 @@ class MicroBatch:
         if after is None or stats["rows"] - stats["bad"] - stats["late"] <= 0:
             return
         as_of = _moment(after)
-        on_time = df.where(good & ~late)
-        tiles = _tiles.transform_tiles(on_time, plan, as_of)
-        oldest = _tiles.tile_of(after) - plan.horizon_tiles + 1
-        merge = _tiles.merge_partition(self.config.redis_url, self._query_id or "", batch_id, oldest)
-        merged = tiles.repartition(_tiles.ENTITY_ID).mapInArrow(merge, _tiles.TILE_DDL)
-        values = _tiles.finish(_tiles.transform_windows(merged, plan, after), plan, as_of)
+        inputs = _tiles.transform_inputs(df.where(good & ~late), plan, as_of)
+        window = _tiles.window_partition(self.config.redis_url, self._query_id or "", batch_id, plan, after)
+        values = _tiles.finish(
+            inputs.repartition(_tiles.ENTITY_ID).mapInArrow(window, _tiles.output_ddl(plan)), plan, as_of
+        )
         sink = SinkConfig(
             redis_url=self.config.redis_url,
             redis_cluster=self.config.redis_cluster,
@@ -221,12 +219,9 @@ class MicroBatch:
             event_micros=after,
             online_ttl=self.config.online_ttl,
         )
-        totals = (
-            values.mapInArrow(partition_writer(sink), RESULT_SCHEMA)
-            .agg(F.sum("values").alias("values"), F.sum("entities").alias("entities"))
-            .first()
-        )
-        report.values, report.entities = int(totals["values"] or 0), int(totals["entities"] or 0)  # type: ignore[index]
+        totals = values.mapInArrow(partition_writer(sink), RESULT_SCHEMA).collect()
+        report.values = sum(int(row["values"]) for row in totals)
+        report.entities = sum(int(row["entities"]) for row in totals)
 
     def _dead_letter(self, df: DataFrame, batch_id: int, plan: StreamPlan, source: Any) -> int:
         bad = df.where(F.col(ERROR).isNotNull()).select(KEY, OFFSET, ERROR, RAW).collect()
@@ -252,7 +247,7 @@ def start_query(spark: SparkSession, batch: MicroBatch) -> StreamingQuery:
         .option("stream", plan.stream)
         .option("partitions", str(config.partitions))
         .option("schema", plan.schema.to_json())
-        .option("maxEventsPerBatch", str(config.max_events_per_batch))
+        .option("max_events_per_batch", str(config.max_events_per_batch))
     )
     writer = (
         reader.load()

@@ -1,18 +1,20 @@
 """Windowed aggregations from time tiles: partial aggregates per entity per minute, combined per window.
 
-A micro-batch's events become one partial aggregate per (entity, tile, feature)
-(`transform_tiles`): the count of values, their sum, min and max, the latest
-(event time, value) and the set of distinct values, as each function needs.
-The tiles are merged into the tile store (one Valkey hash per entity, beside the
-online values; `merge_partition`), and the tiles of the entities the batch
-touched are combined into every feature's window (`transform_windows`), so a
-24 h window costs at most 1,440 tiles per entity, never a rescan of 24 h of
-events. Windows are tile-aligned: a value as of stream time A covers the events
+Spark evaluates each feature's (allow-listed) expressions over a micro-batch's
+events (`transform_inputs`: its filter as a boolean, its aggregated column) and
+sends each entity's rows to one partition. There (`window_partition`), the rows
+become one partial aggregate per (tile = minute of event time, feature): the
+count of values, their sum, min and max, the latest (event time, value) and
+the set of distinct values, as the function needs. The partials are merged
+into the tile store (one Valkey hash per entity, beside the online values), and
+the entity's tiles are combined into each feature's window as of the stream
+time A, so a 24 h window costs at most 1,440 tiles per entity, never a rescan
+of 24 h of events. Windows are tile-aligned: a value as of A covers the events
 from the start of the tile `window / tile - 1` tiles before A's tile up to A.
 
 Exactly once: a merge is skipped for an entity whose hash already records this
-batch id (a replayed batch), and the merged tiles are written in one MULTI per
-entity, so a batch applies to every entity once whatever is killed when.
+batch id (a replayed batch), and a chunk of entities' hashes is written in one
+MULTI/EXEC, so a batch applies to every entity once whatever is killed when.
 """
 
 from __future__ import annotations
@@ -32,28 +34,11 @@ from jobs._plan import VALUE_TYPES
 from jobs._stream_plan import StreamFeature, StreamPlan
 from server import core
 
-ENTITY_ID, ROWS = "entity_id", "__rows"
+ENTITY_ID, ROWS, TILE, TS = "entity_id", "__rows", "__tile", "__ts"
 TILE_MICROS = core.TILE_SECONDS * 1_000_000
-TILE_SCHEMA = pa.schema(
-    [
-        ("entity_id", pa.string()),
-        ("tile", pa.int64()),
-        ("feature", pa.string()),
-        ("n", pa.int64()),
-        ("s", pa.float64()),
-        ("lo", pa.float64()),
-        ("hi", pa.float64()),
-        ("lt", pa.int64()),
-        ("lv", pa.string()),
-        ("d", pa.list_(pa.string())),
-    ]
-)
-TILE_DDL = (
-    "entity_id string, tile bigint, feature string, n bigint, s double, lo double, hi double, "
-    "lt bigint, lv string, d array<string>"
-)
 _NUMERIC = ("count", "sum", "avg", "min", "max")
 BATCH_FIELD = b"__batch"
+_CHUNK = 500  # entities per read pipeline and per MULTI/EXEC
 
 
 def tile_of(micros: int) -> int:
@@ -66,75 +51,39 @@ def _condition(feature: StreamFeature, as_of: datetime) -> Column:
     return F.coalesce(reduce(lambda a, b: a & b, predicates), F.lit(False)) if predicates else F.lit(True)
 
 
-def feature_inputs(feature: StreamFeature, as_of: datetime) -> tuple[Column, Column, Column]:
-    """(condition, numeric input, string input) of one feature over the event rows."""
+def feature_input(feature: StreamFeature, as_of: datetime) -> Column:
+    """The value a feature aggregates from each event: NULL where its filters drop the event.
+
+    A double for the numeric functions (1.0 per counted event for `count`), a string for `last`
+    and `count_distinct`.
+    """
     x = F.expr(pin_clock(feature.column, as_of)) if feature.column else F.lit(1)
-    numeric, text = F.lit(None).cast("double"), F.lit(None).cast("string")
     if feature.function == "count":
-        numeric = F.when(x.isNotNull(), F.lit(1.0))
-    elif feature.function in _NUMERIC:
-        numeric = x.cast("double")
+        x = F.when(x.isNotNull(), F.lit(1.0))
     else:
-        text = x.cast("string")
-    return _condition(feature, as_of), numeric, text
+        x = x.cast("double" if feature.function in _NUMERIC else "string")
+    return F.when(_condition(feature, as_of), x)
 
 
-def transform_tiles(events: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
-    """The partial aggregates of a batch's events: one row per (entity_id, tile, feature)."""
-    entity, ts = F.col(plan.schema.entity).cast("string"), F.unix_micros(F.col(plan.schema.time))
-    parts = []
-    for feature in plan.features:
-        condition, numeric, text = feature_inputs(feature, as_of)
-        parts.append(
-            events.where(condition & entity.isNotNull()).select(
-                entity.alias("entity_id"),
-                F.floor(ts / TILE_MICROS).cast("bigint").alias("tile"),
-                F.lit(feature.name).alias("feature"),
-                numeric.alias("x"),
-                text.alias("t"),
-                ts.alias("ts"),
-            )
-        )
-    rows = reduce(DataFrame.unionByName, parts)
-    text_ts = F.when(F.col("t").isNotNull(), F.col("ts"))
-    return rows.groupBy("entity_id", "tile", "feature").agg(
-        (F.count("x") + F.count("t")).alias("n"),
-        F.sum("x").alias("s"),
-        F.min("x").alias("lo"),
-        F.max("x").alias("hi"),
-        F.max(text_ts).alias("lt"),
-        F.max_by("t", F.when(F.col("t").isNotNull(), F.struct(F.col("ts"), F.col("t")))).alias("lv"),
-        F.collect_set("t").alias("d"),
+def _input(i: int) -> str:
+    return f"__x{i}"
+
+
+def transform_inputs(events: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
+    """Per event with an entity: `entity_id`, its tile, its event time (micros) and each feature's input."""
+    ts = F.unix_micros(F.col(plan.schema.time))
+    entity = F.col(plan.schema.entity).cast("string")
+    inputs = [feature_input(f, as_of).alias(_input(i)) for i, f in enumerate(plan.features)]
+    return events.where(entity.isNotNull()).select(
+        entity.alias(ENTITY_ID), F.floor(ts / TILE_MICROS).cast("bigint").alias(TILE), ts.alias(TS), *inputs
     )
 
 
-def transform_windows(tiles: DataFrame, plan: StreamPlan, as_of_micros: int) -> DataFrame:
-    """Each entity's features over their windows ending at `as_of_micros`, from its tiles.
-
-    One row per entity: `entity_id`, `__rows` (0: values of windows, not of rows), each feature typed.
-    """
-    last = tile_of(as_of_micros)
-    aggregates = []
-    for feature in plan.features:
-        mine = (F.col("feature") == feature.name) & (F.col("tile") > last - feature.window_tiles)
-        mine = mine & (F.col("tile") <= last)
-
-        def pick(name: str, mine: Column = mine) -> Column:
-            return F.when(mine, F.col(name))
-
-        function = feature.function
-        if function in ("count", "sum"):
-            value = F.coalesce(F.sum(pick("n" if function == "count" else "s")), F.lit(0))
-        elif function == "avg":
-            value = F.try_divide(F.sum(pick("s")), F.sum(pick("n")).cast("double"))
-        elif function in ("min", "max"):
-            value = (F.min if function == "min" else F.max)(pick("lo" if function == "min" else "hi"))
-        elif function == "last":
-            value = F.max_by(pick("lv"), F.when(mine & F.col("lv").isNotNull(), F.struct("lt", "lv")))
-        else:  # count_distinct
-            value = F.size(F.array_distinct(F.flatten(F.collect_list(pick("d")))))
-        aggregates.append(value.alias(feature.name))
-    return tiles.groupBy(ENTITY_ID).agg(*aggregates, F.lit(0).cast("bigint").alias(ROWS))
+def output_ddl(plan: StreamPlan) -> str:
+    """The schema of `window_partition`'s rows: each feature's raw window value."""
+    kinds = {"count": "bigint", "count_distinct": "bigint", "last": "string"}
+    columns = [f"`{f.name}` {kinds.get(f.function, 'double')}" for f in plan.features]
+    return ", ".join([f"{ENTITY_ID} string", f"{ROWS} bigint", *columns])
 
 
 def finish(df: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
@@ -149,93 +98,176 @@ def finish(df: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
     return df
 
 
-# --- the tile store, on the executors ----------------------------------------------------------
+# --- partial aggregates, the tile store and windows, on the executors -------------------------
+
+Partial = list[Any]  # [n, s, lo, hi, lt, lv, d]: count, sum, min, max, latest (time, value), distinct values
 
 
 def tile_key(query_id: str, entity_id: str) -> bytes:
     return f"fs:tiles:{query_id}:{entity_id}".encode()
 
 
-Partial = list[Any]  # [n, s, lo, hi, lt, lv, d]
-
-
-def _lesser(a: Any, b: Any, pick: Callable[[Any, Any], Any]) -> Any:
+def _either(a: Any, b: Any, pick: Callable[[Any, Any], Any]) -> Any:
     return b if a is None else a if b is None else pick(a, b)
+
+
+def _later(a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[Any, Any]:
+    """The latest (event time, value); on equal times the greatest value (deterministic)."""
+    if a[0] is None:
+        return b
+    if b[0] is None:
+        return a
+    return max(a, b)
 
 
 def merge(a: Partial, b: Partial) -> Partial:
     """Two partial aggregates of the same tile and feature as one."""
-    n = a[0] + b[0]
-    s = _lesser(a[1], b[1], lambda x, y: x + y)
-    lo, hi = _lesser(a[2], b[2], min), _lesser(a[3], b[3], max)
-    latest = max(((a[4], a[5]), (b[4], b[5])), key=lambda p: (p[0] is not None, p[0] or 0, p[1] or ""))
-    d = sorted(set(a[6] or ()) | set(b[6] or ())) if a[6] is not None or b[6] is not None else None
-    return [n, s, lo, hi, latest[0], latest[1], d]
+    latest = _later((a[4], a[5]), (b[4], b[5]))
+    distinct = None if a[6] is None and b[6] is None else sorted(set(a[6] or ()) | set(b[6] or ()))
+    return [
+        a[0] + b[0],
+        _either(a[1], b[1], lambda x, y: x + y),
+        _either(a[2], b[2], min),
+        _either(a[3], b[3], max),
+        latest[0],
+        latest[1],
+        distinct,
+    ]
 
 
-def _rows(entity_id: str, fields: dict[bytes, bytes], oldest: int) -> Iterator[tuple[Any, ...]]:
-    for name, raw in fields.items():
-        if name == BATCH_FIELD:
-            continue
-        tile_text, _, feature = name.decode().partition(":")
-        if int(tile_text) >= oldest:
-            yield (entity_id, int(tile_text), feature, *json.loads(raw))
+def partial_of(function: str, ts: int, x: Any) -> Partial:
+    """The partial aggregate of one value."""
+    if function in _NUMERIC:
+        return [1, x, x, x, None, None, None]
+    if function == "last":
+        return [1, None, None, None, ts, x, None]
+    return [1, None, None, None, None, None, [x]]
+
+
+def window_value(function: str, partials: list[Partial]) -> Any:
+    """A feature's value from the partials of the tiles in its window (in tile order)."""
+    if function == "count":
+        return sum(p[0] for p in partials)
+    if function == "sum":
+        return sum((p[1] for p in partials if p[1] is not None), 0.0)
+    if function == "avg":
+        n = sum(p[0] for p in partials)
+        return sum(p[1] for p in partials if p[1] is not None) / n if n else None
+    if function in ("min", "max"):
+        xs = [p[2 if function == "min" else 3] for p in partials if p[0]]
+        return (min if function == "min" else max)(xs) if xs else None
+    if function == "last":
+        latest: tuple[Any, Any] = (None, None)
+        for p in partials:
+            latest = _later(latest, (p[4], p[5]))
+        return latest[1]
+    return len({x for p in partials for x in p[6] or ()})
+
+
+class _Entity:
+    """One entity's partials of a batch, by (tile, feature index)."""
+
+    __slots__ = ("partials", "rows")
+
+    def __init__(self) -> None:
+        self.partials: dict[tuple[int, int], Partial] = {}
+        self.rows = 0
+
+
+def _collect(batches: Iterator[pa.RecordBatch], plan: StreamPlan) -> dict[str, _Entity]:
+    functions = [f.function for f in plan.features]
+    entities: dict[str, _Entity] = {}
+    for batch in batches:
+        columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+        ids, tiles, times, inputs = columns[0], columns[1], columns[2], columns[3:]
+        for row, entity_id in enumerate(ids):
+            entity = entities.get(entity_id)
+            if entity is None:
+                entity = entities[entity_id] = _Entity()
+            entity.rows += 1
+            for i, function in enumerate(functions):
+                x = inputs[i][row]
+                if x is None:
+                    continue
+                one = partial_of(function, times[row], x)
+                key = (tiles[row], i)
+                old = entity.partials.get(key)
+                entity.partials[key] = merge(old, one) if old else one
+    return entities
 
 
 def _merged(
-    stored: dict[bytes, bytes], partials: list[tuple[Any, ...]], oldest: int
+    stored: dict[bytes, bytes], entity: _Entity, plan: StreamPlan, oldest: int
 ) -> tuple[dict[bytes, bytes], list[bytes]]:
-    """(fields to set, fields to delete) of one entity's hash."""
+    """(every field after the merge, fields to delete) of one entity's hash."""
     fields = {k: v for k, v in stored.items() if k != BATCH_FIELD}
-    for _, tile, feature, *partial in partials:
-        name = f"{tile}:{feature}".encode()
+    for (tile, i), partial in entity.partials.items():
+        name = f"{tile}:{plan.features[i].name}".encode()
         old = fields.get(name)
-        fields[name] = json.dumps(merge(json.loads(old), list(partial)) if old else list(partial)).encode()
+        fields[name] = json.dumps(merge(json.loads(old), partial) if old else partial).encode()
     gone = [k for k in fields if int(k.split(b":", 1)[0]) < oldest]
     for k in gone:
         del fields[k]
     return fields, gone
 
 
-def merge_partition(
-    url: str, query_id: str, batch_id: int, oldest: int
+def _windows(fields: dict[bytes, bytes], plan: StreamPlan, last: int) -> list[Any]:
+    """Each feature's window value as of tile `last` from an entity's stored tiles."""
+    tiles: dict[str, list[tuple[int, Partial]]] = {}
+    for name, raw in fields.items():
+        if name == BATCH_FIELD:
+            continue
+        tile, _, feature = name.decode().partition(":")
+        tiles.setdefault(feature, []).append((int(tile), json.loads(raw)))
+    out = []
+    for f in plan.features:
+        mine = sorted((t, p) for t, p in tiles.get(f.name, ()) if last - f.window_tiles < t <= last)
+        out.append(window_value(f.function, [p for _, p in mine]))
+    return out
+
+
+def window_partition(
+    url: str, query_id: str, batch_id: int, plan: StreamPlan, as_of_micros: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function: merge a partition's partial tiles into the store (once per batch id) and
-    yield every tile (from `oldest` on) of the entities it touched, after the merge."""
+    """The mapInArrow function over `transform_inputs` rows, an entity's rows all in one partition:
+    merge the partials into the tile store (once per batch id) and yield each entity's window values."""
+    last = tile_of(as_of_micros)
+    oldest = last - max(f.window_tiles for f in plan.features) + 1
+    names = [f.name for f in plan.features]
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import redis
 
-        by_entity: dict[str, list[tuple[Any, ...]]] = {}
-        for batch in batches:
-            for row in zip(*(batch.column(i).to_pylist() for i in range(batch.num_columns)), strict=True):
-                by_entity.setdefault(row[0], []).append(row)
+        entities = _collect(batches, plan)
+        ids = list(entities)
+        out: list[list[Any]] = [[] for _ in range(2 + len(names))]
         client = redis.Redis.from_url(url, socket_timeout=60)
-        out: list[tuple[Any, ...]] = []
         try:
-            entities = list(by_entity)
-            for start in range(0, len(entities), 500):
-                chunk = entities[start : start + 500]
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
                 read = client.pipeline(transaction=False)
                 for entity_id in chunk:
                     read.hgetall(tile_key(query_id, entity_id))
                 write = client.pipeline(transaction=True)  # one MULTI/EXEC: the chunk merges whole or not at all
                 for entity_id, stored in zip(chunk, read.execute(), strict=True):
-                    if int(stored.get(BATCH_FIELD, b"-1")) >= batch_id:  # this batch was merged: a replay
-                        out += _rows(entity_id, stored, oldest)
-                        continue
-                    fields, gone = _merged(stored, by_entity[entity_id], oldest)
-                    key = tile_key(query_id, entity_id)
-                    if gone:
-                        write.hdel(key, *gone)
-                    write.hset(key, mapping={**fields, BATCH_FIELD: str(batch_id).encode()})  # type: ignore[dict-item]
-                    out += _rows(entity_id, fields, oldest)
+                    if int(stored.get(BATCH_FIELD, b"-1")) >= batch_id:  # merged before: this is a replay
+                        fields = stored
+                    else:
+                        fields, gone = _merged(stored, entities[entity_id], plan, oldest)
+                        key = tile_key(query_id, entity_id)
+                        if gone:
+                            write.hdel(key, *gone)
+                        write.hset(key, mapping={**fields, BATCH_FIELD: str(batch_id).encode()})  # type: ignore[dict-item]
+                    for column, x in zip(
+                        out, [entity_id, entities[entity_id].rows, *_windows(fields, plan, last)], strict=True
+                    ):
+                        column.append(x)
                 write.execute()
         finally:
             client.close()
-        columns: list[Any] = list(zip(*out, strict=True)) if out else [[] for _ in TILE_SCHEMA]
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(list(c), type=f.type) for c, f in zip(columns, TILE_SCHEMA, strict=True)], schema=TILE_SCHEMA
-        )
+        kinds = {"count": pa.int64(), "count_distinct": pa.int64(), "last": pa.string()}
+        types = [pa.string(), pa.int64(), *(kinds.get(f.function, pa.float64()) for f in plan.features)]
+        schema = pa.schema(list(zip([ENTITY_ID, ROWS, *names], types, strict=True)))
+        yield pa.RecordBatch.from_arrays([pa.array(c, type=t) for c, t in zip(out, types, strict=True)], schema=schema)
 
     return run

@@ -68,7 +68,7 @@ class ValkeyStreamReader(DataSourceStreamReader):
         self.url = options["url"]
         self.keys = stream_keys(options["stream"], int(options.get("partitions", "1")))
         self.schema = EventSchema.from_json(options["schema"])
-        self.max_rows = int(options.get("maxEventsPerBatch", "0"))
+        self.max_rows = int(options.get("max_events_per_batch", "0"))
         self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:  # pickled to the Python workers without its connection
@@ -157,7 +157,7 @@ class ValkeyStreamReader(DataSourceStreamReader):
 
 
 class ValkeyStreams(DataSource):
-    """`spark.readStream.format("valkey_streams")` with options url, stream, partitions, schema."""
+    """`spark.readStream.format("valkey_streams")`: options url, stream, partitions, schema, max_events_per_batch."""
 
     @classmethod
     def name(cls) -> str:

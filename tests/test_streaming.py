@@ -7,7 +7,12 @@ carries as its event time.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +24,7 @@ import pytest
 import redis
 from pyspark.sql import SparkSession
 
-from featurestore import FeatureStoreClient
+from featurestore import FeatureStoreClient, python_value
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from jobs._stream_plan import select_streaming
@@ -34,6 +39,7 @@ pytestmark = pytest.mark.usefixtures("empty_registry", "empty_online")
 PARTITIONS = 2
 CUSTOMERS = 12
 START = datetime(2026, 3, 1, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def xadd(r: redis.Redis, events: list[dict[str, Any]] | list[bytes], customer: str = "") -> None:
@@ -202,3 +208,79 @@ def test_every_aggregation_and_window_equals_the_reference_with_late_and_malform
     xadd(r, fresh)
     wait_for(lambda: pipeline.rows() >= before + len(fresh), "the newcomer's events")
     assert_matches(client, [*all_checks, extra], fresh, ["newcomer"])
+
+
+def _committed(checkpoint: Path) -> list[str]:
+    """The end offset (last entry id read) of every committed batch, in batch order."""
+    commits = sorted(int(p.name) for p in (checkpoint / "commits").iterdir() if p.name.isdigit())
+    return [json.loads((checkpoint / "offsets" / str(n)).read_text().splitlines()[-1])["purchases"] for n in commits]
+
+
+def _id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
+
+
+def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
+    client: FeatureStoreClient, grpc_target: str, redis_url: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    from featurestore.serving.v1 import value_pb2 as vpb
+
+    run_sql(postgres_dsn, "DELETE FROM feature_history; SELECT 1")
+    all_checks = checks()[:3] + checks()[6:7]  # the demo features and count_distinct
+    for check in all_checks:
+        create(client, check.feature)
+    r = redis.Redis.from_url(redis_url)
+    events = events_over(random.Random(9), START, timedelta(hours=3), 1500, 40, jitter_s=60)
+    pipe = r.pipeline(transaction=False)
+    for e in events:
+        pipe.xadd("purchases", {EVENT_FIELD: encode(e)})
+    ids = [i.decode() for i in pipe.execute()]
+    env = os.environ | {"FEATURESTORE_REGISTRY": grpc_target, "FEATURESTORE_REDIS_URL": redis_url}
+    env |= {"FEATURESTORE_POSTGRES_DSN": postgres_dsn, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "jobs.streaming_pipeline", "--feature-types=customer", "--master=local[2]"]
+    command += [f"--checkpoint-dir={tmp_path / 'checkpoints'}", "--max-events-per-batch=250", "--trigger-seconds=0.2"]
+    command += ["--conf=spark.ui.enabled=false", "--conf=spark.sql.shuffle.partitions=2"]
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    first = start(tmp_path / "first.log")
+    try:
+        wait_for(lambda: "batch 1:" in (tmp_path / "first.log").read_text(), "two micro-batches", timeout=300)
+        time.sleep(random.Random().uniform(0.1, 1.0))  # somewhere inside a later batch
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    (query,) = (tmp_path / "checkpoints").iterdir()
+    killed_at = len(_committed(query))
+    assert killed_at < 6, "the pipeline finished before it was killed: kill it earlier"
+    second = start(tmp_path / "second.log")
+    try:
+        wait_for(lambda: (_committed(query) or ["0-0"])[-1] == ids[-1], "the restarted pipeline to catch up", 300)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0, (tmp_path / "second.log").read_text()[-2000:]
+    restarted = (tmp_path / "second.log").read_text()
+    assert f"batch {killed_at}:" in restarted, restarted[-2000:]  # it went on from its checkpoint
+    assert "batch 0:" not in restarted
+
+    entities = sorted({e["customer_id"] for e in events})
+    assert_matches(client, all_checks, events, entities)
+    # Every history row equals the reference over the events of the batches up to the one that wrote it.
+    ends = [_id(end) for end in _committed(query)]
+    by_time: dict[int, list[dict[str, Any]]] = {}
+    for end in ends:
+        seen = [e for e, i in zip(events, ids, strict=True) if _id(i) <= end]
+        by_time.setdefault(max(micros(datetime.fromisoformat(e["event_time"])) for e in seen), seen)
+    rows = run_sql(postgres_dsn, "SELECT entity_id, feature_name, event_time, value FROM feature_history")
+    named = {c.feature.name: c for c in all_checks}
+    assert len(rows) > len(entities) * len(all_checks)
+    for row in rows:
+        at = micros(row["event_time"])
+        got = python_value(vpb.Value.FromString(row["value"]))
+        want = reference(named[row["feature_name"]], by_time[at], row["entity_id"], at)
+        assert got == (pytest.approx(want, rel=1e-9) if isinstance(want, float) else want), dict(row)
