@@ -236,5 +236,5 @@ def test_a_streaming_feature_round_trips_and_a_bad_one_changes_nothing(client: F
     bad = feature("s2", source=pb.STREAMING, source_config=source, transformations=[evil, step])
     err = rpc_error(create, client, bad)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "java_method" in err.details()
+    assert "java_method" in (err.details() or "")
     assert rpc_error(client.registry.GetFeature, rs.GetFeatureRequest(name="s2")).code() == grpc.StatusCode.NOT_FOUND
