@@ -4,9 +4,11 @@ Every server comes from a PyPI wheel; `start_*` start one as a child process and
 it answers; the demo definitions and data are loaded by `load_demo` / `load_demo_history`.
 """
 
+from devstack._auth import DevAuth, dev_auth
 from devstack._demo import FEATURES as DEMO_FEATURES
 from devstack._demo import load as load_demo
 from devstack._demo import load_history as load_demo_history
+from devstack._monitoring import Targets, prometheus_config, rule_files, start_prometheus, start_pushgateway
 from devstack._procs import (
     SERVER_SETTINGS,
     Proc,
@@ -18,18 +20,31 @@ from devstack._procs import (
     start_valkey,
     start_valkey_cluster,
 )
+from devstack._ratelimit import RateLimit, with_rate_limit
+from devstack._tls import EnvoyTls, with_tls
 
 __all__ = [
     "DEMO_FEATURES",
     "SERVER_SETTINGS",
+    "DevAuth",
+    "EnvoyTls",
     "Proc",
+    "RateLimit",
+    "Targets",
+    "dev_auth",
     "envoy_config",
     "free_port",
     "load_demo",
     "load_demo_history",
+    "prometheus_config",
+    "rule_files",
     "start_envoy",
     "start_postgres",
+    "start_prometheus",
+    "start_pushgateway",
     "start_server",
     "start_valkey",
     "start_valkey_cluster",
+    "with_rate_limit",
+    "with_tls",
 ]

@@ -26,6 +26,9 @@ from typing import Any
 
 import yaml
 
+from devstack._ratelimit import RateLimit, with_rate_limit
+from devstack._tls import EnvoyTls, with_tls
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -256,11 +259,30 @@ def can_listen(port: int) -> bool:
     return True
 
 
-def start_envoy(state_dir: Path, listen_port: int, upstream_port: int, also_ports: Sequence[int] = ()) -> Proc:
-    """Envoy on `listen_port` (and `also_ports`) before the gRPC server on `upstream_port`; ready once it says so."""
+def start_envoy(
+    state_dir: Path,
+    listen_port: int,
+    upstream_port: int,
+    also_ports: Sequence[int] = (),
+    tls: EnvoyTls | None = None,
+    rate_limit: RateLimit | None = None,
+) -> Proc:
+    """Envoy on `listen_port` (and `also_ports`) before the gRPC server on `upstream_port`; ready once it says so.
+
+    With `tls`, the listeners serve TLS only, and Envoy speaks TLS (mTLS) to the server if `tls` says so;
+    `rate_limit` resizes every route's rate limits.
+    """
     admin_port = free_port()
     config_path = state_dir / f"envoy-{listen_port}.json"
-    config_path.write_text(json.dumps(envoy_config(listen_port, admin_port, upstream_port, also_ports)))
+    config = envoy_config(listen_port, admin_port, upstream_port, also_ports)
+    if rate_limit is not None:
+        config = with_rate_limit(config, rate_limit)
+    if tls is not None:
+        config, sds_files = with_tls(config, tls)
+        Path(tls.sds_dir).mkdir(parents=True, exist_ok=True)
+        for name, resource in sds_files.items():
+            (Path(tls.sds_dir) / name).write_text(json.dumps(resource))
+    config_path.write_text(json.dumps(config))
     envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
     cmd = [envoy, "-c", str(config_path), "--base-id", str(listen_port), "--log-level", "warn"]
     proc = _spawn("envoy", cmd, state_dir / f"envoy-{listen_port}.log", listen_port)
@@ -343,15 +365,27 @@ def ensure_demo_tables(warehouse: Path, log: Path) -> None:
 
 
 def start_pipeline(
-    state_dir: Path, registry: str, postgres_dsn: str, redis_url: str, entity_types: str, every: int = 3600
+    state_dir: Path,
+    registry: str,
+    postgres_dsn: str,
+    redis_url: str,
+    entity_types: str,
+    every: int = 3600,
+    registry_token: str = "",
 ) -> Proc:
-    """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra."""
+    """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra.
+
+    `registry_token` reaches it in its environment (FEATURESTORE_REGISTRY_TOKEN), not on its command line.
+    """
     log = state_dir / "pipeline.log"
     start = log.stat().st_size if log.exists() else 0
     cmd = [sys.executable, "-m", "jobs.batch_pipeline", f"--feature-types={entity_types}", "--lookback-days=30"]
     cmd += [f"--every={every}", "--master=local[2]", "--registry", registry, "--redis-url", redis_url]
     cmd += ["--postgres-dsn", postgres_dsn, "--warehouse", str(state_dir / "warehouse")]
-    proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"} | (
+        {"FEATURESTORE_REGISTRY_TOKEN": registry_token} if registry_token else {}
+    )
+    proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if not proc.running():

@@ -39,6 +39,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 from jobs import _tiles
 from jobs._events import ERROR, KEY, OFFSET, RAW
 from jobs._guard import disallowed_expressions
+from jobs._metrics import PipelineMetrics
 from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
 from jobs._stream_plan import StreamPlan
 from jobs._valkey_source import NAME as VALKEY_SOURCE
@@ -151,6 +152,7 @@ class MicroBatch:
     checkpoint: Path
     progress: Callable[[str], None] = print
     reports: list[BatchReport] = field(default_factory=list)
+    metrics: PipelineMetrics | None = None  # each micro-batch is a run: rows read, values written
     _query_id: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -165,6 +167,8 @@ class MicroBatch:
         if self._query_id is None:
             self._query_id = query_id(self.checkpoint)
         report = BatchReport(plan.query_name, batch_id)
+        if self.metrics is not None:
+            self.metrics.started()
         online = redis.Redis.from_url(self.config.redis_url, socket_timeout=30)
         source = redis.Redis.from_url(self.config.source_url, socket_timeout=30)
         df = df.persist()
@@ -178,6 +182,8 @@ class MicroBatch:
         self.reports.append(report)
         del self.reports[:-100]
         self.progress(report.line())
+        if self.metrics is not None:
+            self.metrics.finished(rows_read=report.rows, values_written=report.values, failed_features=0)
 
     def _process(
         self, df: DataFrame, batch_id: int, plan: StreamPlan, report: BatchReport, online: Any, source: Any

@@ -21,6 +21,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
 
 from featurestore.registry.v1 import feature_pb2 as pb
+from jobs._metrics import PipelineMetrics
 from jobs._stream_plan import StreamPlan, plan_streams
 from jobs._stream_run import MicroBatch, StreamConfig, guard_problems, start_query
 
@@ -47,8 +48,14 @@ def _guarded(spark: SparkSession, plan: StreamPlan, failed: dict[str, str]) -> S
 class Streams:
     """The running queries of a pipeline."""
 
-    def __init__(self, spark: SparkSession, config: StreamConfig, progress: Callable[[str], None] = print) -> None:
-        self.spark, self.config, self.progress = spark, config, progress
+    def __init__(
+        self,
+        spark: SparkSession,
+        config: StreamConfig,
+        progress: Callable[[str], None] = print,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
+        self.spark, self.config, self.progress, self.metrics = spark, config, progress, metrics
         self.running: dict[str, _Running] = {}
         self.failed: dict[str, str] = {}
 
@@ -82,7 +89,7 @@ class Streams:
 
     def _start(self, plan: StreamPlan) -> None:
         checkpoint = Path(self.config.checkpoint_dir).resolve() / plan.query_name
-        batch = MicroBatch(plan, self.config, checkpoint, self.progress)
+        batch = MicroBatch(plan, self.config, checkpoint, self.progress, metrics=self.metrics)
         self.progress(
             f"streaming {plan.query_name}: {plan.stream} -> {', '.join(f.name for f in plan.features)} "
             f"(checkpoint {checkpoint})"

@@ -31,6 +31,7 @@ import grpc
 from featurestore import FeatureStoreClient
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from jobs._metrics import PipelineMetrics
 from jobs._plan import PlanError, select
 from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session, default_source_namespaces
@@ -86,10 +87,39 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_positive,
         help="keep running: recompute everything every EVERY seconds, new or changed features within seconds",
     )
+    add_spark_arguments(p, env)
+    return p
+
+
+def add_spark_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Where definitions come from, values go and source tables are found (shared with featurestore-ingest)."""
     p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
     p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
     _own(p, env, "--registry", _REGISTRY, help="registry gRPC target host:port")
+    _own(
+        p,
+        env,
+        "--registry-token",
+        "",
+        help="bearer token (a reader's) for a registry with auth on; give it by FEATURESTORE_REGISTRY_TOKEN "
+        "rather than the flag, which other users see in the process list",
+    )
     add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
+    _own(
+        p,
+        env,
+        "--metrics-push-url",
+        "",
+        help="Prometheus Pushgateway to push each run's metrics to (host:port or URL); empty: none",
+    )
+    _own(
+        p,
+        env,
+        "--pipeline-metrics-port",
+        "0",
+        type=int,
+        help="serve the run metrics on this port while running (a long-running --every); 0: not served",
+    )
     _own(p, env, "--warehouse", "warehouse", help="local Parquet warehouse folder")
     _own(p, env, "--source-jdbc-url", "", help="JDBC URL of a PostgreSQL source")
     _own(p, env, "--jdbc-catalog", "postgres", help="catalog name of the JDBC source's tables")
@@ -103,18 +133,18 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="catalogs or catalog.schema names source tables may come from, comma-separated "
         "(default: the warehouse, spark_catalog.default, and the JDBC catalog when --source-jdbc-url is set)",
     )
-    return p
 
 
-def load_features(target: str, entity_types: Sequence[str]) -> list[pb.Feature]:
-    """Every feature of `entity_types` in the registry, all pages."""
+def load_features(target: str, entity_types: Sequence[str], token: str = "") -> list[pb.Feature]:
+    """Every feature of `entity_types` in the registry, all pages (as `token`'s caller, if given)."""
     features: list[pb.Feature] = []
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with FeatureStoreClient(target) as client:
         for entity_type in entity_types:
             token = ""
             while True:
                 request = rs.ListFeaturesRequest(entity_type=entity_type, page_size=1000, page_token=token)
-                page = client.registry.ListFeatures(request, timeout=30)
+                page = client.registry.ListFeatures(request, timeout=30, metadata=metadata)
                 features += page.features
                 token = page.next_page_token
                 if not token:
@@ -123,10 +153,11 @@ def load_features(target: str, entity_types: Sequence[str]) -> list[pb.Feature]:
 
 
 def _batch_features(args: argparse.Namespace) -> list[pb.Feature]:
-    return select(load_features(args.registry, args.feature_types), args.feature_types, args.features)
+    features = load_features(args.registry, args.feature_types, args.registry_token)
+    return select(features, args.feature_types, args.features)
 
 
-def _session(args: argparse.Namespace) -> SessionConfig:
+def session_config(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(
         master=args.master,
         warehouse=args.warehouse,
@@ -146,9 +177,13 @@ def _config(args: argparse.Namespace, as_of: datetime) -> RunConfig:
         postgres_dsn=args.postgres_dsn,
         online_ttl=args.online_ttl,
         dry_run=args.dry_run,
-        source_namespaces=tuple(args.source_namespaces)
-        or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog),
+        source_namespaces=source_namespaces(args),
     )
+
+
+def source_namespaces(args: argparse.Namespace) -> tuple[str, ...]:
+    """--source-namespaces, else the warehouse and the JDBC catalog when one is configured."""
+    return tuple(args.source_namespaces) or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog)
 
 
 def _print(line: str) -> None:
@@ -164,10 +199,35 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _watch(args: argparse.Namespace) -> int:
-    spark = build_session(_session(args), "batch-feature-pipeline")
+def _metrics(args: argparse.Namespace) -> PipelineMetrics:
+    metrics = PipelineMetrics("batch")
+    if args.pipeline_metrics_port:
+        metrics.serve(args.pipeline_metrics_port)
+    return metrics
+
+
+def _push(metrics: PipelineMetrics, url: str) -> None:
+    """Push the run's metrics; a Pushgateway that cannot be reached is reported, not fatal."""
+    if not url:
+        return
     try:
-        watch(spark, lambda: _batch_features(args), lambda now: _config(args, now), every=args.every, progress=_print)
+        metrics.push(url)
+    except OSError as err:
+        print(f"batch pipeline: metrics not pushed to {url}: {err}", file=sys.stderr)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    spark = build_session(session_config(args), "batch-feature-pipeline")
+    metrics = _metrics(args)
+    try:
+        watch(
+            spark,
+            lambda: _batch_features(args),
+            lambda now: _config(args, now),
+            every=args.every,
+            progress=_print,
+            metrics=metrics,
+        )
     except KeyboardInterrupt:
         return 0
     finally:
@@ -194,15 +254,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"batch pipeline: no batch features of {', '.join(args.feature_types)} in the registry", file=sys.stderr)
         return 2
     print(f"batch pipeline: {len(features)} features as of {as_of.isoformat()}, lookback {args.lookback_days} days")
-    spark = build_session(_session(args), "batch-feature-pipeline")
+    spark = build_session(session_config(args), "batch-feature-pipeline")
+    metrics = _metrics(args)
     try:
-        report = run(spark, features, _config(args, as_of), progress=_print)
+        report = run(spark, features, _config(args, as_of), progress=_print, metrics=metrics)
     except KeyboardInterrupt:
         print("batch pipeline: stopped", file=sys.stderr)
         return 130
     finally:
         spark.stop()
     print(report.summary(), flush=True)
+    _push(metrics, args.metrics_push_url)
     return 1 if report.failed else 0
 
 

@@ -23,12 +23,21 @@ from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
 
-from jobs._session import DEFAULT_JDBC_JAR, build_session
+from jobs._metrics import PipelineMetrics
+from jobs._session import build_session
 from jobs._stream_plan import select_streaming
 from jobs._stream_run import StreamConfig
 from jobs._stream_watch import QueryFailed, Streams, watch_streams
-from jobs.batch_pipeline import _REGISTRY, _conf, _csv, _own, _positive, _session, _stop_on_sigterm, load_features
-from server import add_arguments, local_environment
+from jobs.batch_pipeline import (
+    _csv,
+    _own,
+    _positive,
+    _stop_on_sigterm,
+    add_spark_arguments,
+    load_features,
+    session_config,
+)
+from server import local_environment
 
 
 def _seconds(text: str) -> float:
@@ -51,18 +60,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command line; flags not given come from `env` (FEATURESTORE_<FLAG>), then defaults."""
     p = argparse.ArgumentParser(prog="streaming_pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--feature-types", type=_csv, required=True, help="entity types, comma-separated: customer,product")
-    p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
-    p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
-    _own(p, env, "--registry", _REGISTRY, help="registry gRPC target host:port")
-    add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
+    add_spark_arguments(p, env)  # registry, stores, metrics and Spark: the batch pipeline's flags
     _own(p, env, "--source-url", "", help="Valkey/Redis URL of the event streams (default: --redis-url)")
     _own(p, env, "--checkpoint-dir", "checkpoints/streaming", help="where the queries keep their checkpoints")
     _own(p, env, "--stream-partitions", "1", type=_positive, help="stream keys per stream (<stream>:0 ...)")
     _own(p, env, "--max-events-per-batch", "0", type=_count, help="events per micro-batch at most (0: no limit)")
     _own(p, env, "--trigger-seconds", "1", type=_seconds, help="seconds between micro-batches")
     _own(p, env, "--poll-seconds", "5", type=_seconds, help="seconds between reads of the registry")
-    # What the batch pipeline's session is built from besides --master and --conf.
-    p.set_defaults(warehouse="warehouse", source_jdbc_url="", jdbc_catalog="postgres", jdbc_jar=DEFAULT_JDBC_JAR)
     return p
 
 
@@ -87,12 +91,17 @@ def _print(line: str) -> None:
 def run(args: argparse.Namespace, stop: threading.Event | None = None, spark: Any = None) -> int:
     """Run the queries until `stop` (or SIGTERM/Ctrl-C); the exit status."""
     own = spark is None
-    spark = spark or build_session(_session(args), "streaming-feature-pipeline")
-    streams = Streams(spark, config(args), _print)
+    spark = spark or build_session(session_config(args), "streaming-feature-pipeline")
+    metrics = PipelineMetrics("streaming")
+    if args.pipeline_metrics_port:
+        metrics.serve(args.pipeline_metrics_port)
+    streams = Streams(spark, config(args), _print, metrics)
     try:
         watch_streams(
             streams,
-            lambda: select_streaming(load_features(args.registry, args.feature_types), args.feature_types),
+            lambda: select_streaming(
+                load_features(args.registry, args.feature_types, args.registry_token), args.feature_types
+            ),
             poll=args.poll_seconds,
             stop=stop,
         )

@@ -4,6 +4,7 @@ Besides the names below: `server.core.codec` (the stored value form and response
 and `server.core.errors` (domain errors and their gRPC statuses).
 """
 
+from server.core._caller import acting_as, caller_subject
 from server.core._definitions import (
     AGGREGATION,
     AGGREGATIONS,
@@ -47,6 +48,7 @@ from server.core._validation import (
     table_problem,
     timestamp_problem,
 )
+from server.core._writes import WriteBatch
 
 __all__ = [
     "AGGREGATION",
@@ -80,7 +82,10 @@ __all__ = [
     "Step",
     "StreamSource",
     "StreamStep",
+    "WriteBatch",
+    "acting_as",
     "batch_stream_problems",
+    "caller_subject",
     "computation_problems",
     "entity_field",
     "entity_id_problem",

@@ -81,6 +81,7 @@ def _set_meta(msg: pb.Feature | pb.FeatureGroup, name: str, meta: Meta | None) -
     if meta is None:
         return
     msg.revision = meta.revision
+    msg.revised_by = meta.revised_by
     msg.etag = meta.etag(name)
     msg.create_time.FromDatetime(meta.create_time)
     msg.update_time.FromDatetime(meta.update_time)

@@ -73,6 +73,7 @@ class Meta:
     revision: int
     create_time: datetime
     update_time: datetime
+    revised_by: str = ""  # who made this revision (the caller's authenticated subject)
 
     def etag(self, name: str) -> str:
         """An opaque checksum that changes on every write, also across delete and re-create."""

@@ -361,6 +361,7 @@ class Feature(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVISED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The feature's unique name, a lowercase identifier such as
     "customer_total_purchases_30d". It is the resource id in the REST paths.
@@ -388,6 +389,12 @@ class Feature(_message.Message):
     etag: _builtins.str
     """A checksum of the current definition. Send it back on update or delete to
     make the change only if nobody changed the feature meanwhile.
+    """
+    revised_by: _builtins.str
+    """Who made this revision: the authenticated subject of the call (a JWT's
+    `sub`, an API key's principal). Empty for a change made without
+    authentication. In a listing of revisions, a deletion's entry names who
+    deleted the feature.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -435,10 +442,11 @@ class Feature(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
         etag: _builtins.str = ...,
+        revised_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "max_age", b"max_age", "source_config", b"source_config", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "frequency", b"frequency", "max_age", b"max_age", "name", b"name", "owner", b"owner", "revision", b"revision", "source", b"source", "source_config", b"source_config", "tags", b"tags", "transformations", b"transformations", "update_time", b"update_time", "value_type", b"value_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "frequency", b"frequency", "max_age", b"max_age", "name", b"name", "owner", b"owner", "revised_by", b"revised_by", "revision", b"revision", "source", b"source", "source_config", b"source_config", "tags", b"tags", "transformations", b"transformations", "update_time", b"update_time", "value_type", b"value_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,6 +468,7 @@ class FeatureGroup(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVISED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The group's unique name, a lowercase identifier."""
     description: _builtins.str
@@ -472,6 +481,11 @@ class FeatureGroup(_message.Message):
     """The definition's revision, 1 on create and one more on every update."""
     etag: _builtins.str
     """A checksum of the current definition, for optimistic concurrency."""
+    revised_by: _builtins.str
+    """Who made this revision: the authenticated subject of the call (a JWT's
+    `sub`, an API key's principal). Empty for a change made without
+    authentication.
+    """
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The features in the group, in order. They must exist and share the
@@ -503,10 +517,11 @@ class FeatureGroup(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
         etag: _builtins.str = ...,
+        revised_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "feature_names", b"feature_names", "name", b"name", "owner", b"owner", "revision", b"revision", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "feature_names", b"feature_names", "name", b"name", "owner", b"owner", "revised_by", b"revised_by", "revision", b"revision", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
