@@ -2,7 +2,7 @@
 
 The demo stream `purchases` carries JSON events
 `{"customer_id", "product_id", "purchase_amount", "channel", "event_time"}`; the
-demo STREAMING features (`DEMO_FEATURES`) count and sum them per customer.
+demo STREAMING features (definitions/streaming/) count and sum them per customer.
 
     python -m jobs.demo_events --rate 20                # customers customer0..customer999, forever
     python -m jobs.demo_events --event '{"customer_id": "customer123", "purchase_amount": 12.5}'
@@ -24,58 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from google.protobuf.duration_pb2 import Duration
 
-from featurestore.registry.v1 import feature_pb2 as pb
 from jobs._valkey_source import EVENT_FIELD, stream_key
 from server import add_arguments, local_environment
 
 STREAM = "purchases"
-_FIELDS = [
-    pb.EventField(name="customer_id", type=pb.STRING),
-    pb.EventField(name="product_id", type=pb.STRING),
-    pb.EventField(name="purchase_amount", type=pb.FLOAT),
-    pb.EventField(name="channel", type=pb.STRING),
-    pb.EventField(name="event_time", type=pb.TIMESTAMP),
-]
-_SOURCE = pb.SourceConfig(
-    stream=STREAM, entity_column="customer_id", timestamp_column="event_time", fields=_FIELDS,
-    watermark=Duration(seconds=300),
-)  # fmt: skip
-
-
-def _feature(name: str, description: str, value_type: int, function: str, column: str, hours: int) -> pb.Feature:
-    window = Duration(seconds=hours * 3600)
-    step = pb.Transformation(type="aggregation", function=function, column=column, window=window)
-    return pb.Feature(
-        name=name,
-        description=description,
-        entity_type="customer",
-        value_type=value_type,  # type: ignore[arg-type]
-        source=pb.STREAMING,
-        category=pb.DERIVED,
-        frequency=pb.REALTIME,
-        owner="data-science-team",
-        tags=["purchase", "realtime"],
-        source_config=_SOURCE,
-        transformations=[step],
-    )
-
-
-DEMO_FEATURES = (
-    _feature("customer_purchase_count_1h", "Purchases by the customer in the last hour", pb.INT64, "count", "", 1),
-    _feature(
-        "customer_purchase_amount_sum_1h", "Purchase amount in the last hour", pb.FLOAT, "sum", "purchase_amount", 1
-    ),
-    _feature(
-        "customer_purchase_amount_avg_24h",
-        "Average purchase amount in the last 24 hours",
-        pb.FLOAT,
-        "avg",
-        "purchase_amount",
-        24,
-    ),
-)
 
 
 def append(client: Any, event: Mapping[str, Any], *, stream: str = STREAM, partitions: int = 1) -> str:

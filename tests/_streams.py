@@ -11,10 +11,10 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from devstack import STREAMING_DEMO_FEATURES
 from featurestore import FeatureStoreClient, python_value
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from jobs.demo_events import DEMO_FEATURES
 
 TILE = 60_000_000  # micros
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -40,7 +40,7 @@ class Check:
 def streaming_feature(
     name: str, value_type: int, function: str, column: str, minutes: int, *, steps: Sequence[pb.Transformation] = ()
 ) -> pb.Feature:
-    base = DEMO_FEATURES[0]
+    base = STREAMING_DEMO_FEATURES[0]
     agg = pb.Transformation(type="aggregation", function=function, column=column, window=Duration(seconds=minutes * 60))
     filters = [s for s in steps if s.type == "filter"]
     post = [s for s in steps if s.type == "expression"]
@@ -56,7 +56,9 @@ def streaming_feature(
 
 def checks() -> list[Check]:
     """The demo features and one feature per other aggregation, over 10 min, 1 h and 24 h windows."""
-    count_1h, sum_1h, avg_24h = DEMO_FEATURES
+    demo = {f.name: f for f in STREAMING_DEMO_FEATURES}
+    count_1h, sum_1h = demo["customer_purchase_count_1h"], demo["customer_purchase_amount_sum_1h"]
+    avg_24h = demo["customer_purchase_amount_avg_24h"]
     web = pb.Transformation(type="filter", expression="channel = 'web'")
     times10 = pb.Transformation(type="expression", expression="value * 10")
     return [

@@ -221,6 +221,7 @@ def _id(text: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+@pytest.mark.timeout(600)  # two Spark starts in subprocesses: minutes on a loaded 2-core machine
 def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
     client: FeatureStoreClient, grpc_target: str, redis_url: str, postgres_dsn: str, tmp_path: Path
 ) -> None:
@@ -231,7 +232,7 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
     for check in all_checks:
         create(client, check.feature)
     r = redis.Redis.from_url(redis_url)
-    events = events_over(random.Random(9), START, timedelta(hours=3), 1500, 40, jitter_s=60)
+    events = events_over(random.Random(9), START, timedelta(hours=3), 1000, 40, jitter_s=60)
     pipe = r.pipeline(transaction=False)
     for e in events:
         pipe.xadd("purchases", {EVENT_FIELD: encode(e)})
@@ -250,14 +251,14 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
 
     first = start(tmp_path / "first.log")
     try:
-        wait_for(lambda: "batch 1:" in (tmp_path / "first.log").read_text(), "two micro-batches", timeout=300)
+        wait_for(lambda: "batch 0:" in (tmp_path / "first.log").read_text(), "a micro-batch", timeout=300)
         time.sleep(random.Random().uniform(0.1, 1.0))  # somewhere inside a later batch
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     (query,) = (tmp_path / "checkpoints").iterdir()
     killed_at = len(_committed(query))
-    assert killed_at < 6, "the pipeline finished before it was killed: kill it earlier"
+    assert killed_at < 4, "the pipeline finished before it was killed: kill it earlier"
     second = start(tmp_path / "second.log")
     try:
         wait_for(lambda: (_committed(query) or ["0-0"])[-1] == ids[-1], "the restarted pipeline to catch up", 300)
