@@ -6,7 +6,8 @@ and survive restarts. The demo definitions are loaded on every start
 (existing ones are left alone). The batch pipeline computes the demo
 features from generated source tables (`.state/warehouse`) at start, then
 keeps running: hourly, and within seconds of a batch feature being created or
-changed.
+changed. The streaming pipeline computes the STREAMING demo features from the
+Valkey stream `purchases`, which a demo producer feeds (--events-per-second).
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from devstack._procs import (
     can_listen,
     ensure_demo_tables,
     start_envoy,
+    start_event_producer,
     start_pipeline,
     start_postgres,
     start_server,
+    start_streaming_pipeline,
     start_valkey,
+    wait_streaming,
 )
 from server import LOCAL_ENV_FILE
 
@@ -51,6 +55,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--postgres-port", type=int, default=_env_int("POSTGRES_PORT", 15432))
     parser.add_argument("--redis-port", type=int, default=_env_int("REDIS_PORT", 16379))
     parser.add_argument("--metrics-port", type=int, default=_env_int("METRICS_PORT", 9464))
+    parser.add_argument(
+        "--events-per-second",
+        type=float,
+        default=float(os.environ.get("DEMO_EVENTS_RATE", "5")),
+        help="rate of the demo purchase events the streaming pipeline reads (0: no producer)",
+    )
     parser.add_argument(
         "--auth",
         choices=["off", "on"],
@@ -99,7 +109,20 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     token = auth.admin_token if auth else ""
     created = _demo.load(f"127.0.0.1:{server.port}", token)
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
+    streaming_created = _demo.load_streaming(f"127.0.0.1:{server.port}", token)
+    print(f"  streaming   {', '.join(streaming_created) if streaming_created else 'demo features already loaded'}")
     _demo.load_history(f"127.0.0.1:{server.port}", token=token)
+    if args.events_per_second > 0:
+        procs.append(start_event_producer(state, str(valkey.extra["url"]), args.events_per_second))
+        print(f"  events      {args.events_per_second:g} demo purchases/s into the Valkey stream `purchases`")
+    streaming = start_streaming_pipeline(
+        state,
+        f"127.0.0.1:{server.port}",
+        str(postgres.extra["dsn"]),
+        str(valkey.extra["url"]),
+        registry_token=auth.reader_token if auth else "",
+    )
+    procs.append(streaming)
     ensure_demo_tables(state / "warehouse", state / "pipeline.log")
     pipeline = start_pipeline(
         state,
@@ -112,6 +135,10 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     procs.append(pipeline)
     print(f"  pipeline    {pipeline.extra['summary']}")
     print("              (recomputes hourly, and new or changed batch features within seconds)")
+    print(f"  streaming   {wait_streaming(streaming)[:110]}")
+    print(
+        '              append an event: .venv/bin/python -m jobs.demo_events --event \'{"customer_id": "customer123"}\''
+    )
     local = {
         "FEATURESTORE_REGISTRY": f"127.0.0.1:{server.port}",
         "FEATURESTORE_POSTGRES_DSN": str(postgres.extra["dsn"]),
