@@ -365,14 +365,24 @@ def ensure_demo_tables(warehouse: Path, log: Path) -> None:
 
 
 def start_pipeline(
-    state_dir: Path, registry: str, postgres_dsn: str, redis_url: str, entity_types: str, every: int = 3600
+    state_dir: Path,
+    registry: str,
+    postgres_dsn: str,
+    redis_url: str,
+    entity_types: str,
+    every: int = 3600,
+    metrics_port: int = 0,
 ) -> Proc:
-    """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra."""
+    """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra.
+
+    `metrics_port`: where it serves its run metrics (0: not served).
+    """
     log = state_dir / "pipeline.log"
     start = log.stat().st_size if log.exists() else 0
     cmd = [sys.executable, "-m", "jobs.batch_pipeline", f"--feature-types={entity_types}", "--lookback-days=30"]
     cmd += [f"--every={every}", "--master=local[2]", "--registry", registry, "--redis-url", redis_url]
     cmd += ["--postgres-dsn", postgres_dsn, "--warehouse", str(state_dir / "warehouse")]
+    cmd += ["--pipeline-metrics-port", str(metrics_port)]
     proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
