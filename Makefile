@@ -38,8 +38,11 @@ $(CHECKOV):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install -q 'checkov==3.3.30'
 
+# `make up AUTH=on`: tokens required, from a local identity provider (the banner prints them).
+AUTH ?= off
+
 up: venv
-	$(BIN)/python -m devstack up
+	$(BIN)/python -m devstack up --auth $(AUTH)
 
 pipeline: venv
 	cd jobs && ../$(BIN)/python batch_pipeline.py $(PIPELINE_ARGS) $(ARGS)

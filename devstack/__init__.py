@@ -4,6 +4,7 @@ Every server comes from a PyPI wheel; `start_*` start one as a child process and
 it answers; the demo definitions and data are loaded by `load_demo` / `load_demo_history`.
 """
 
+from devstack._auth import DevAuth, dev_auth
 from devstack._demo import FEATURES as DEMO_FEATURES
 from devstack._demo import load as load_demo
 from devstack._demo import load_history as load_demo_history
@@ -25,10 +26,12 @@ from devstack._tls import EnvoyTls, with_tls
 __all__ = [
     "DEMO_FEATURES",
     "SERVER_SETTINGS",
+    "DevAuth",
     "EnvoyTls",
     "Proc",
     "RateLimit",
     "Targets",
+    "dev_auth",
     "envoy_config",
     "free_port",
     "load_demo",

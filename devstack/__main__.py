@@ -24,6 +24,7 @@ from types import FrameType
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from devstack import _demo
+from devstack._auth import DevAuth, dev_auth
 from devstack._monitoring import Targets, start_prometheus, start_pushgateway
 from devstack._procs import (
     ROOT,
@@ -55,6 +56,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prometheus-port", type=int, default=_env_int("PROMETHEUS_PORT", 9090))
     parser.add_argument("--pushgateway-port", type=int, default=_env_int("PUSHGATEWAY_PORT", 9091))
     parser.add_argument("--pipeline-metrics-port", type=int, default=_env_int("PIPELINE_METRICS_PORT", 9465))
+    parser.add_argument(
+        "--auth",
+        choices=["off", "on"],
+        default=os.environ.get("AUTH", "off") or "off",
+        help="on: tokens required, from a local identity provider whose reader and admin tokens are printed",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,8 +82,14 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     valkey = start_valkey(state / "valkey", args.redis_port)
     procs.append(valkey)
     print(f"  Valkey      127.0.0.1:{valkey.port}")
+    auth = dev_auth(state / "auth") if args.auth == "on" else None
     server = start_server(
-        state, args.grpc_port, str(postgres.extra["dsn"]), str(valkey.extra["url"]), metrics_port=args.metrics_port
+        state,
+        args.grpc_port,
+        str(postgres.extra["dsn"]),
+        str(valkey.extra["url"]),
+        auth.server_args() if auth else None,
+        metrics_port=args.metrics_port,
     )
     procs.append(server)
     print(f"  gRPC        127.0.0.1:{server.port}")
@@ -89,9 +102,10 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     elif args.http_port != 80:
         print("              port 80 is taken or not allowed here: use :8080 in the seed's http://localhost/ examples")
     print(f"  metrics     http://localhost:{args.metrics_port}/metrics")
-    created = _demo.load(f"127.0.0.1:{server.port}")
+    token = auth.admin_token if auth else ""
+    created = _demo.load(f"127.0.0.1:{server.port}", token)
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
-    _demo.load_history(f"127.0.0.1:{server.port}")
+    _demo.load_history(f"127.0.0.1:{server.port}", token=token)
     ensure_demo_tables(state / "warehouse", state / "pipeline.log")
     gateway = start_pushgateway(state, args.pushgateway_port)
     procs.append(gateway)
@@ -102,6 +116,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
         str(valkey.extra["url"]),
         "customer,product",
         metrics_port=args.pipeline_metrics_port,
+        registry_token=auth.reader_token if auth else "",
     )
     procs.append(pipeline)
     print(f"  pipeline    {pipeline.extra['summary']}")
@@ -121,7 +136,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
         "FEATURESTORE_REDIS_URL": str(valkey.extra["url"]),
         "FEATURESTORE_WAREHOUSE": str(state / "warehouse"),
         "FEATURESTORE_METRICS_PUSH_URL": f"127.0.0.1:{gateway.port}",
-    }
+    } | ({"FEATURESTORE_REGISTRY_TOKEN": auth.reader_token} if auth else {})
     LOCAL_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
     LOCAL_ENV_FILE.write_text(
         "# Written by `make up` for the tools' defaults; removed when it stops.\n"
@@ -129,6 +144,20 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     )
     print(f"  settings    {LOCAL_ENV_FILE} (the pipeline, reconcile and server default to this stack)")
     print(f"  logs        {state}/*.log")
+    _print_auth(auth, args.http_port)
+
+
+def _print_auth(auth: DevAuth | None, http_port: int) -> None:
+    if auth is None:
+        print("  auth        off: no token needed on loopback (the seed's curls work as written);")
+        print("              `make up AUTH=on` requires tokens and prints a reader's and an admin's")
+        return
+    print(f"  auth        required: tokens of a local identity provider, valid {auth.hours} h")
+    print(f"              (also in {auth.folder}/reader.token and admin.token; docs/security.md)")
+    print(f"  reader      {auth.reader_token}")
+    print(f"  admin       {auth.admin_token}")
+    print(f'              curl -H "Authorization: Bearer $(cat {auth.folder}/reader.token)" \\')
+    print(f"                   http://localhost:{http_port}/api/feature-registry/features")
 
 
 def _watch(procs: list[Proc]) -> None:

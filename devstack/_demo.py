@@ -26,12 +26,18 @@ FEATURES: list[pb.Feature] = _DEMO.features
 GROUPS: list[pb.FeatureGroup] = _DEMO.groups
 
 
-def load(target: str) -> list[str]:
-    """Create the demo definitions (definitions/demo/) that do not exist yet; returns the names created.
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying `token` (none without one: auth off)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
-    The same code as `featurestore apply`, planning creations only: existing ones are left alone.
+
+def load(target: str, token: str = "") -> list[str]:
+    """Create the demo definitions (definitions/demo/) that do not exist yet, as `token`'s caller.
+
+    The same code as `featurestore apply`, planning creations only: existing ones are left
+    alone. Returns the names created.
     """
-    with Client(target) as client:
+    with Client(target, token=token or None) as client:
         client.wait_ready()
         plan = plan_definitions(client, _DEMO, updates=False)
         return [change.name for change in apply_plan(client, plan)]
@@ -54,7 +60,7 @@ def _history_rows() -> list[fs.EntityRow]:
     return rows
 
 
-def load_history(target: str, timeout: float = 10.0) -> int:
+def load_history(target: str, timeout: float = 10.0, token: str = "") -> int:
     """Write the 2023 demo history (current values come from the batch pipeline); returns the values written.
 
     Waits until serving knows the demo features. Rewriting it is harmless: history is idempotent.
@@ -64,7 +70,7 @@ def load_history(target: str, timeout: float = 10.0) -> int:
     with FeatureStoreClient(target) as client:
         while True:
             try:
-                return int(client.store.WriteFeatures(request).written_values)
+                return int(client.store.WriteFeatures(request, metadata=_bearer(token)).written_values)
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.INVALID_ARGUMENT or time.monotonic() > deadline:
                     raise

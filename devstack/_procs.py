@@ -372,10 +372,12 @@ def start_pipeline(
     entity_types: str,
     every: int = 3600,
     metrics_port: int = 0,
+    registry_token: str = "",
 ) -> Proc:
     """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra.
 
-    `metrics_port`: where it serves its run metrics (0: not served).
+    `metrics_port`: where it serves its run metrics (0: not served). `registry_token` reaches it in
+    its environment (FEATURESTORE_REGISTRY_TOKEN), not on its command line.
     """
     log = state_dir / "pipeline.log"
     start = log.stat().st_size if log.exists() else 0
@@ -383,7 +385,10 @@ def start_pipeline(
     cmd += [f"--every={every}", "--master=local[2]", "--registry", registry, "--redis-url", redis_url]
     cmd += ["--postgres-dsn", postgres_dsn, "--warehouse", str(state_dir / "warehouse")]
     cmd += ["--pipeline-metrics-port", str(metrics_port)]
-    proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"} | (
+        {"FEATURESTORE_REGISTRY_TOKEN": registry_token} if registry_token else {}
+    )
+    proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if not proc.running():

@@ -67,7 +67,7 @@ class RunReport:
         )
 
 
-def _worker_error(err: Exception) -> str:
+def worker_error(err: Exception) -> str:
     """The Python exception a Spark worker raised (the last line of its traceback), else the first line."""
     lines = [line.strip() for line in str(err).splitlines()]
     raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
@@ -188,7 +188,7 @@ def _run_source(
         with _heartbeat(spark, say, config.progress_every):
             values, entities, rows = _materialize(computed.df, source.entity_type, computed.specs, config)
     except (PySparkException, Py4JError) as err:
-        report.failed |= {name: f"writing failed: {_worker_error(err)}" for name in names}
+        report.failed |= {name: f"writing failed: {worker_error(err)}" for name in names}
         return
     report.features += names
     report.values += values

@@ -88,9 +88,23 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_positive,
         help="keep running: recompute everything every EVERY seconds, new or changed features within seconds",
     )
+    add_spark_arguments(p, env)
+    return p
+
+
+def add_spark_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Where definitions come from, values go and source tables are found (shared with featurestore-ingest)."""
     p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
     p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
     _own(p, env, "--registry", _REGISTRY, help="registry gRPC target host:port")
+    _own(
+        p,
+        env,
+        "--registry-token",
+        "",
+        help="bearer token (a reader's) for a registry with auth on; give it by FEATURESTORE_REGISTRY_TOKEN "
+        "rather than the flag, which other users see in the process list",
+    )
     add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
     _own(
         p,
@@ -120,18 +134,18 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="catalogs or catalog.schema names source tables may come from, comma-separated "
         "(default: the warehouse, spark_catalog.default, and the JDBC catalog when --source-jdbc-url is set)",
     )
-    return p
 
 
-def load_features(target: str, entity_types: Sequence[str]) -> list[pb.Feature]:
-    """Every feature of `entity_types` in the registry, all pages."""
+def load_features(target: str, entity_types: Sequence[str], token: str = "") -> list[pb.Feature]:
+    """Every feature of `entity_types` in the registry, all pages (as `token`'s caller, if given)."""
     features: list[pb.Feature] = []
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with FeatureStoreClient(target) as client:
         for entity_type in entity_types:
             token = ""
             while True:
                 request = rs.ListFeaturesRequest(entity_type=entity_type, page_size=1000, page_token=token)
-                page = client.registry.ListFeatures(request, timeout=30)
+                page = client.registry.ListFeatures(request, timeout=30, metadata=metadata)
                 features += page.features
                 token = page.next_page_token
                 if not token:
@@ -140,10 +154,11 @@ def load_features(target: str, entity_types: Sequence[str]) -> list[pb.Feature]:
 
 
 def _batch_features(args: argparse.Namespace) -> list[pb.Feature]:
-    return select(load_features(args.registry, args.feature_types), args.feature_types, args.features)
+    features = load_features(args.registry, args.feature_types, args.registry_token)
+    return select(features, args.feature_types, args.features)
 
 
-def _session(args: argparse.Namespace) -> SessionConfig:
+def session_config(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(
         master=args.master,
         warehouse=args.warehouse,
@@ -163,9 +178,13 @@ def _config(args: argparse.Namespace, as_of: datetime) -> RunConfig:
         postgres_dsn=args.postgres_dsn,
         online_ttl=args.online_ttl,
         dry_run=args.dry_run,
-        source_namespaces=tuple(args.source_namespaces)
-        or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog),
+        source_namespaces=source_namespaces(args),
     )
+
+
+def source_namespaces(args: argparse.Namespace) -> tuple[str, ...]:
+    """--source-namespaces, else the warehouse and the JDBC catalog when one is configured."""
+    return tuple(args.source_namespaces) or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog)
 
 
 def _print(line: str) -> None:
@@ -199,7 +218,7 @@ def _push(metrics: PipelineMetrics, url: str) -> None:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    spark = build_session(_session(args), "batch-feature-pipeline")
+    spark = build_session(session_config(args), "batch-feature-pipeline")
     metrics = _metrics(args)
     try:
         watch(
@@ -245,7 +264,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"batch pipeline: no batch features of {', '.join(args.feature_types)} in the registry", file=sys.stderr)
         return 2
     print(f"batch pipeline: {len(features)} features as of {as_of.isoformat()}, lookback {args.lookback_days} days")
-    spark = build_session(_session(args), "batch-feature-pipeline")
+    spark = build_session(session_config(args), "batch-feature-pipeline")
     metrics = _metrics(args)
     try:
         report = run(spark, features, _config(args, as_of), progress=_print, metrics=metrics)

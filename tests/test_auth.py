@@ -33,11 +33,12 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2
 
-from devstack import Proc, free_port, start_envoy
+from devstack import Proc, dev_auth, free_port, load_demo, start_envoy
 from featurestore import error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.registry.v1 import registry_service_pb2_grpc as rs_grpc
+from jobs.batch_pipeline import load_features
 from server import auth, core
 from tests._helpers import FAST_SERVER_ARGS, SECRETS, Processes, eventually, grpcurl, health_status, reaped
 
@@ -600,3 +601,33 @@ def test_the_module_servers_log_holds_no_secret(auth_server: AuthServer) -> None
     """Last in the module: every token and key the tests above handed out was sent to this server."""
     assert len(audit_lines(auth_server.proc)) > 50  # it did log the refusals
     assert_no_secrets(auth_server.proc, auth_server.idp)
+
+
+# -- make up AUTH=on: the local identity provider ---------------------------------------------
+
+
+def test_make_up_auth_on_tokens_load_the_demo_and_feed_the_pipeline(processes: Processes, redis_url: str) -> None:
+    """devstack's provider: the admin token loads the demo, the reader's lists for the pipeline, none is refused."""
+    folder = processes.directory / "auth"
+    dev = dev_auth(folder)
+    SECRETS.update({dev.reader_token, dev.admin_token})
+    postgres = processes.postgres()
+    server = processes.server(str(postgres.extra["dsn"]), redis_url, [*FAST_SERVER_ARGS, *dev.server_args()])
+    target = f"127.0.0.1:{server.port}"
+
+    with pytest.raises(grpc.RpcError) as refused:
+        load_demo(target, dev.reader_token)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert load_demo(target, dev.admin_token)
+    with pytest.raises(grpc.RpcError) as anonymous:
+        load_features(target, ["customer"])
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    features = load_features(target, ["customer"], dev.reader_token)
+    assert features
+    assert {f.revised_by for f in features} == {"dev-admin"}
+
+    again = dev_auth(folder)  # a restart of the stack: same key, so earlier tokens still verify
+    assert again.jwks_file.read_text() == dev.jwks_file.read_text()
+    assert load_features(target, ["customer"], dev.reader_token)
+    for name in ("signing-key.pem", "reader.token", "admin.token"):
+        assert (folder / name).stat().st_mode & 0o077 == 0, f"{name} is readable by others"
