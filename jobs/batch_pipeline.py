@@ -37,6 +37,7 @@ from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session, default_source_namespaces
 from jobs._watch import watch
 from server import ENV_PREFIX, Settings, add_arguments, local_environment
+from server.tracing import TracingSettings, configure_tracing
 
 # Where the server listens by default (the registry's address).
 _REGISTRY = f"127.0.0.1:{Settings().port}"
@@ -238,6 +239,15 @@ def _watch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     environ = local_environment(os.environ) | os.environ if env is None else env
     args = parser(environ).parse_args(argv)
+    tracing = configure_tracing(TracingSettings.from_environ(environ, "featurestore-batch-pipeline"), make_global=True)
+    try:
+        return _main(args)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # exports the run's trace
+
+
+def _main(args: argparse.Namespace) -> int:
     _stop_on_sigterm()
     if args.every:
         return _watch(args)

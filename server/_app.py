@@ -16,8 +16,10 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 
-from server import _freshness, _metrics, auth, core, offline, online
+from server import _freshness, _metrics, _tracing, auth, core, offline, online
 from server._health import HealthMonitor
 from server._rpc import service_handler, unary_methods
 from server._settings import Settings
@@ -41,6 +43,7 @@ class App:
     online_store: online.RedisOnlineStore
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tracer_provider: TracerProvider | None = None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, release the stores."""
@@ -53,6 +56,8 @@ class App:
         await self.online_store.close()
         for pool in self.pools:
             await pool.close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # exports what is still buffered
 
 
 def _server(settings: Settings, interceptors: Sequence[auth.AuthInterceptor]) -> grpc.aio.Server:
@@ -116,11 +121,19 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def _observe_query(query: str, seconds: float, error: BaseException | None) -> None:
+    _metrics.observe_postgres(query, seconds, error)
+    _tracing.record_postgres(query, seconds, error)
+
+
 def _pool_hooks(settings: Settings, pool: str) -> dict[str, Any]:
-    """The pool's metrics hooks (statement times and errors, waits for a connection), if metrics are on."""
-    if not settings.metrics:
-        return {}
-    return {"on_query": _metrics.observe_postgres, "on_wait": _metrics.POOL_WAIT_SECONDS.labels(pool).observe}
+    """The pool's hooks: statement times and errors (metrics, spans), waits for a connection (metrics)."""
+    hooks: dict[str, Any] = {}
+    if settings.metrics or _tracing.enabled:
+        hooks["on_query"] = _observe_query
+    if settings.metrics:
+        hooks["on_wait"] = _metrics.POOL_WAIT_SECONDS.labels(pool).observe
+    return hooks
 
 
 async def _registry(settings: Settings) -> tuple[asyncpg.Pool, PostgresRegistryStore]:
@@ -227,10 +240,19 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
     )
 
 
-async def start(settings: Settings) -> App:
-    """Connect the stores, register the services and start listening."""
+async def start(
+    settings: Settings,
+    tracing: _tracing.TracingSettings | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> App:
+    """Connect the stores, register the services and start listening.
+
+    `tracing`: what the OTEL_* variables ask for (off if None); `span_exporter` turns tracing
+    on with that exporter instead (tests: an in-memory one).
+    """
     limits = _limits(settings)
     _metrics.set_enabled(settings.metrics)
+    provider = _tracing.configure(tracing or _tracing.TracingSettings(), span_exporter)
     authenticator = _authenticator(settings)  # before any store: a bad setting stops the start at once
     interceptors = [_auth_interceptor(settings, authenticator)] if authenticator else []
     credentials = _tls(settings)
@@ -248,7 +270,7 @@ async def start(settings: Settings) -> App:
     )
     await history.create_upcoming_partitions()
     freshness = _freshness.FreshnessTracker(pool, catalog, settings.freshness_interval)
-    sink = _freshness.NotingSink(history, freshness) if settings.metrics else history
+    sink = _freshness.NotingSink(history, freshness) if settings.metrics or _tracing.enabled else history
     online_servicer = online.OnlineServicer(catalog, online_store, sink, limits)
     history_servicer = offline.HistoryServicer(catalog, history, limits)
     training_servicer = offline.TrainingServicer(
@@ -302,4 +324,4 @@ async def start(settings: Settings) -> App:
     if settings.history_retention_days > 0:
         retention = timedelta(days=settings.history_retention_days)
         tasks.append(asyncio.create_task(history.enforce_retention(retention)))
-    return App(server, health, [pool, read_pool], online_store, port, tasks)
+    return App(server, health, [pool, read_pool], online_store, port, tasks, provider)

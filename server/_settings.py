@@ -145,6 +145,7 @@ class Settings:
         default=True, metadata={"help": "serve gRPC reflection (the API's schema, to anyone); production: false"}
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_format: str = field(default="json", metadata={"help": "json (one object per line, with the trace id) or text"})
     migrate_only: bool = field(default=False, metadata={"help": "apply pending SQL migrations, then exit"})
 
     @classmethod
