@@ -95,6 +95,14 @@ class Settings:
     metrics_port: int = field(
         default=9464, metadata={"help": "Prometheus /metrics port (worker i of N uses port + i); 0 = off"}
     )
+    metrics: bool = field(
+        default=True,
+        metadata={"help": "record metrics (false: nothing recorded or served; for measuring what they cost)"},
+    )
+    freshness_interval: float = field(
+        default=15.0,
+        metadata={"help": "seconds between updates of the feature freshness summary and its gauges"},
+    )
     workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
     health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})

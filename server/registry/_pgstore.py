@@ -26,6 +26,7 @@ from server.core.errors import (
 )
 from server.core.postgres import translated_postgres
 from server.registry._model import (
+    EventField,
     Feature,
     FeatureFilter,
     FeatureGroup,
@@ -67,6 +68,36 @@ _SQL = {_FEATURES: _statements(_FEATURES), _GROUPS: _statements(_GROUPS)}
 _translated = translated_postgres  # driver errors become ServiceErrors at the store's edge
 
 
+def _stream_definition(sc: SourceConfig) -> dict[str, Any]:
+    """A stream's settings, only when set: batch definitions keep their stored form."""
+    out: dict[str, Any] = {}
+    if sc.stream or sc.format or sc.fields or sc.watermark is not None:
+        out = {"stream": sc.stream, "format": sc.format, "fields": [[f.name, f.type] for f in sc.fields]}
+        out["watermark_seconds"] = sc.watermark.total_seconds() if sc.watermark is not None else None
+    return out
+
+
+def _source_from_row(d: dict[str, Any]) -> SourceConfig:
+    watermark = d.get("watermark_seconds")
+    return SourceConfig(
+        table=d["table"],
+        filter=d["filter"],
+        entity_column=d["entity_column"],
+        timestamp_column=d["timestamp_column"],
+        stream=d.get("stream", ""),
+        format=d.get("format", ""),
+        fields=tuple(EventField(name, kind) for name, kind in d.get("fields", ())),
+        watermark=timedelta(seconds=watermark) if watermark is not None else None,
+    )
+
+
+def _step_from_row(d: dict[str, Any]) -> Transformation:
+    window = d.get("window_seconds")
+    return Transformation(
+        d["type"], d["function"], d["column"], d["expression"], timedelta(seconds=window) if window else None
+    )
+
+
 def _feature_definition(f: Feature) -> dict[str, Any]:
     return {
         "entity_type": f.entity_type,
@@ -82,9 +113,11 @@ def _feature_definition(f: Feature) -> dict[str, Any]:
             "filter": f.source_config.filter,
             "entity_column": f.source_config.entity_column,
             "timestamp_column": f.source_config.timestamp_column,
+            **_stream_definition(f.source_config),
         },
         "transformations": [
             {"type": t.type, "function": t.function, "column": t.column, "expression": t.expression}
+            | ({"window_seconds": t.window.total_seconds()} if t.window is not None else {})
             for t in f.transformations
         ],
         "max_age_seconds": f.max_age.total_seconds() if f.max_age is not None else None,
@@ -113,8 +146,8 @@ def _feature_from_row(row: Row) -> Feature:
         frequency=d["frequency"],
         owner=d["owner"],
         tags=tuple(d["tags"]),
-        source_config=SourceConfig(**d["source_config"]),
-        transformations=tuple(Transformation(**t) for t in d["transformations"]),
+        source_config=_source_from_row(d["source_config"]),
+        transformations=tuple(_step_from_row(t) for t in d["transformations"]),
         max_age=timedelta(seconds=max_age) if max_age is not None else None,
         meta=_meta(row),
     )
