@@ -41,11 +41,14 @@ class App:
     online_store: online.RedisOnlineStore
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    probes: grpc.aio.Server | None = None  # the plaintext health port (health_port), if any
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, release the stores."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.probes is not None:
+            await self.probes.stop(0)
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -290,6 +293,7 @@ async def start(settings: Settings) -> App:
     await server.start()
     transport = ("mTLS" if settings.tls_client_ca_file else "TLS") if credentials else "plaintext"
     _log.info("serving gRPC on %s:%d (%s, auth %s)", settings.host, port, transport, settings.auth_mode)
+    probes = await _probe_server(settings, health) if settings.health_port else None
     tasks = [
         asyncio.create_task(monitor.run()),
         asyncio.create_task(refresher.run()),
@@ -302,4 +306,14 @@ async def start(settings: Settings) -> App:
     if settings.history_retention_days > 0:
         retention = timedelta(days=settings.history_retention_days)
         tasks.append(asyncio.create_task(history.enforce_retention(retention)))
-    return App(server, health, [pool, read_pool], online_store, port, tasks)
+    return App(server, health, [pool, read_pool], online_store, port, tasks, probes)
+
+
+async def _probe_server(settings: Settings, health: health_aio.HealthServicer) -> grpc.aio.Server:
+    """grpc.health.v1 alone, plaintext, on health_port: the kubelet's gRPC probes speak no TLS."""
+    probes = grpc.aio.server(options=[("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=16)
+    health_pb2_grpc.add_HealthServicer_to_server(health, probes)
+    port = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    await probes.start()
+    _log.info("serving gRPC health alone on %s:%d (plaintext, for probes)", settings.host, port)
+    return probes
