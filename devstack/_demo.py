@@ -32,10 +32,10 @@ def _bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def load(target: str, token: str = "") -> list[str]:
-    """Create the demo definitions (definitions/demo/) that do not exist yet; returns the names created.
+    """Create the demo definitions (definitions/demo/) that do not exist yet, as `token`'s caller.
 
-    The same code as `featurestore apply`, planning creations only: existing ones are left alone.
-    With auth on, `token` is the caller's (an editor's or admin's).
+    The same code as `featurestore apply`, planning creations only: existing ones are left
+    alone. Returns the names created.
     """
     with Client(target, token=token or None) as client:
         client.wait_ready()

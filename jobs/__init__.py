@@ -3,6 +3,8 @@
 `jobs.batch_pipeline` is the batch pipeline's command line; `jobs.run` computes
 and writes a set of features in an existing Spark session (used by the local
 stack and the tests); the `transform_*` functions are its pure computations.
+`jobs.ingest` is bulk ingest's command line (`featurestore-ingest`); `jobs.bulk_ingest`
+writes a DataFrame of precomputed features through the same sink.
 """
 
 import os
@@ -12,6 +14,8 @@ import os
 # without exec, so they are off; this must happen before gRPC initializes.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
+from jobs._ingest import IngestConfig, IngestError, IngestReport, bulk_ingest, read_source, transform_ingest
+from jobs._metrics import PipelineMetrics
 from jobs._plan import FeatureSpec, PlanError, SourcePlan, plan, spec_of
 from jobs._run import RunConfig, RunReport, run
 from jobs._session import SessionConfig, build_session, register_warehouse
@@ -19,16 +23,23 @@ from jobs._transform import transform_features, transform_window
 
 __all__ = [
     "FeatureSpec",
+    "IngestConfig",
+    "IngestError",
+    "IngestReport",
+    "PipelineMetrics",
     "PlanError",
     "RunConfig",
     "RunReport",
     "SessionConfig",
     "SourcePlan",
     "build_session",
+    "bulk_ingest",
     "plan",
+    "read_source",
     "register_warehouse",
     "run",
     "spec_of",
     "transform_features",
+    "transform_ingest",
     "transform_window",
 ]

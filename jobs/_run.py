@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -19,11 +21,14 @@ from pyspark.sql import DataFrame, SparkSession
 from featurestore.registry.v1 import feature_pb2 as pb
 from jobs import _transform
 from jobs._guard import disallowed_expressions
+from jobs._metrics import PipelineMetrics
 from jobs._plan import FeatureSpec, SourcePlan, plan
 from jobs._session import DEFAULT_NAMESPACE, read_table, source_problem
 from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
+from server import offline
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FRESHNESS_WRITER = "batch_pipeline"
 _log = logging.getLogger(__name__)
 
 
@@ -61,7 +66,7 @@ class RunReport:
         )
 
 
-def _worker_error(err: Exception) -> str:
+def worker_error(err: Exception) -> str:
     """The Python exception a Spark worker raised (the last line of its traceback), else the first line."""
     lines = [line.strip() for line in str(err).splitlines()]
     raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
@@ -182,7 +187,7 @@ def _run_source(
         with _heartbeat(spark, say, config.progress_every):
             values, entities, rows = _materialize(computed.df, source.entity_type, computed.specs, config)
     except (PySparkException, Py4JError) as err:
-        report.failed |= {name: f"writing failed: {_worker_error(err)}" for name in names}
+        report.failed |= {name: f"writing failed: {worker_error(err)}" for name in names}
         return
     report.features += names
     report.values += values
@@ -200,9 +205,16 @@ def run(
     features: Sequence[pb.Feature],
     config: RunConfig,
     progress: Callable[[str], None] = print,
+    metrics: PipelineMetrics | None = None,
 ) -> RunReport:
-    """Compute `features` as of config.as_of and write them (unless dry_run)."""
+    """Compute `features` as of config.as_of and write them (unless dry_run).
+
+    The features written are recorded in the freshness summary (newest event time: the
+    as-of time); `metrics`, if given, get the run's start, end and counts.
+    """
     started = time.monotonic()
+    if metrics is not None:
+        metrics.started()
     sources, failed = plan(features)
     report = RunReport(failed=dict(failed))
     for n, source in enumerate(sources, 1):
@@ -211,5 +223,28 @@ def run(
         _run_source(spark, source, config, report, say)
     for name, why in report.failed.items():
         progress(f"FAILED {name}: {why}")
+    if report.features and not config.dry_run:
+        _record_freshness(config, {f.name: f.entity_type for f in features}, report.features, progress)
     report.seconds = time.monotonic() - started
+    if metrics is not None:
+        metrics.finished(rows_read=report.rows, values_written=report.values, failed_features=len(report.failed))
     return report
+
+
+def _record_freshness(
+    config: RunConfig, entity_types: dict[str, str], written: Sequence[str], progress: Callable[[str], None]
+) -> None:
+    """Note in the freshness summary that `written` now hold values as of config.as_of (a failure is reported)."""
+    newest = {name: (config.as_of, entity_types[name]) for name in written}
+
+    async def record() -> None:
+        conn = await asyncpg.connect(config.postgres_dsn, timeout=10)
+        try:
+            await offline.record_freshness(conn, newest, FRESHNESS_WRITER)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(record())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as err:
+        progress(f"freshness summary not updated: {err}")

@@ -1,12 +1,17 @@
 """Materialization, run on the executors: each partition writes its own entities.
 
-A partition's rows arrive as Arrow batches (one row per entity, one column per
-feature). Every value is encoded by `server.codec.ValueEncoder` (byte for byte
-what the online write path stores) and goes first to the offline history
-(`PostgresHistoryStore.append_records`: binary COPY, idempotent on rerun), then
-to Redis through `RedisOnlineStore.write` (the only-newer script), several
-script calls in flight on pipelined connections. The same stores and the same
-order as WriteFeatures, so a served value is the same whoever wrote it.
+A partition's rows arrive as Arrow batches: an `entity_id` column, one column per
+feature, and either one event time for the whole run (the batch pipeline: one row per
+entity, with `__rows`, the source rows behind it) or an `__event_micros` column (bulk
+ingest: any number of rows per entity). Rows become writes through
+`server.core.WriteBatch`, the conversion WriteFeatures uses too (byte for byte what the
+online write path stores); they go first to the offline history
+(`PostgresHistoryStore.append_records`: binary COPY, idempotent on rerun), then to Redis
+through `RedisOnlineStore.write` (the only-newer script), several script calls in flight
+on pipelined connections. The same stores and the same order as WriteFeatures, so a
+served value is the same whoever wrote it. With `latest_online`, a batch sends each
+entity's newest value of each feature online, not every row's (the script would keep
+the same ones).
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from server.core import HistoryRecord, KeyWrite, codec, entity_key
+from server.core import KeyWrite, WriteBatch, codec
 from server.core.postgres import create_pool
 from server.offline import PostgresHistoryStore
 from server.online import RedisOnlineStore, connect
 
 RESULT_SCHEMA = "values long, entities long, rows long"
+ENTITY_COLUMN = "entity_id"
+ROWS_COLUMN = "__rows"  # source rows behind an output row (the batch pipeline's count)
+EVENT_MICROS_COLUMN = "__event_micros"  # a row's event time, when the run has no single one
 _KEYS_PER_CALL = 256  # entities per write script call
 _CALLS_IN_FLIGHT = 8
 _HISTORY_BATCH = 50_000
@@ -38,8 +45,9 @@ class SinkConfig:
     postgres_dsn: str
     entity_type: str
     features: tuple[tuple[str, str], ...]  # (feature name, Value member) per feature column
-    event_micros: int
+    event_micros: int | None  # every row's event time; None: each row's, in EVENT_MICROS_COLUMN
     online_ttl: int = 0
+    latest_online: bool = False  # online, only each entity's newest value per feature (bulk ingest)
 
 
 @dataclass(slots=True)
@@ -50,34 +58,29 @@ class Totals:
 
 
 class _Encoded:
-    """One Arrow batch turned into online writes and history records, a feature column at a time."""
+    """One Arrow batch turned into online writes and history records (server.core.WriteBatch)."""
 
-    def __init__(self, config: SinkConfig, batch: pa.RecordBatch, when: datetime) -> None:
-        self.ids: list[str] = batch.column("entity_id").to_pylist()
-        self.fields: list[list[tuple[bytes, bytes]]] = [[] for _ in self.ids]
-        self._records: list[list[HistoryRecord]] = [[] for _ in self.ids]
-        self.values = 0
-        self.rows = sum(batch.column("__rows").to_pylist())
-        for name, kind in config.features:
-            encoder = codec.ValueEncoder(name, kind, config.event_micros)
-            self._column(config.entity_type, encoder, batch.column(name).to_pylist(), when)
-        # An entity's values side by side: their index entries are neighbours (the same leaf
-        # pages, touched once), where a feature at a time sent every insert to a random page.
-        self.history: list[HistoryRecord] = [r for records in self._records for r in records]
+    def __init__(self, config: SinkConfig, batch: pa.RecordBatch) -> None:
+        writes = WriteBatch(config.entity_type, latest_online=config.latest_online)
+        ids: list[str] = batch.column(ENTITY_COLUMN).to_pylist()
+        encoders = [codec.encoder(name, kind) for name, kind in config.features]
+        columns = [batch.column(name).to_pylist() for name, _ in config.features]
+        if config.event_micros is not None:
+            at = writes.event_time(config.event_micros)
+            for entity_id, *xs in zip(ids, *columns, strict=True):
+                writes.add_plain(entity_id, at, zip(encoders, xs, strict=True))
+        else:
+            times: list[int] = batch.column(EVENT_MICROS_COLUMN).to_pylist()
+            for entity_id, micros, *xs in zip(ids, times, *columns, strict=True):
+                writes.add_plain(entity_id, writes.event_time(micros), zip(encoders, xs, strict=True))
+        names = batch.schema.names
+        self.rows = sum(batch.column(ROWS_COLUMN).to_pylist()) if ROWS_COLUMN in names else batch.num_rows
+        self.values = writes.values
+        self.history = writes.history
+        self.writes = writes
 
-    def _column(self, entity_type: str, encoder: codec.ValueEncoder, xs: list[object], when: datetime) -> None:
-        name, encode, records, fields = encoder.name, encoder.encode, self._records, self.fields
-        field, json_field = name.encode(), name.encode() + codec.JSON_FIELD_SUFFIX
-        for i, (entity_id, x) in enumerate(zip(self.ids, xs, strict=True)):
-            if x is None:
-                continue
-            proto, as_json, value = encode(x)
-            fields[i] += ((field, proto), (json_field, as_json))
-            records[i].append((entity_type, entity_id, name, when, value, proto[codec.TIME_BYTES :]))
-            self.values += 1
-
-    def online(self, entity_type: str) -> list[KeyWrite]:
-        return [KeyWrite(entity_key(entity_type, i), f) for i, f in zip(self.ids, self.fields, strict=True) if f]
+    def online(self) -> list[KeyWrite]:
+        return self.writes.online()
 
 
 async def _write_online(store: RedisOnlineStore, writes: Sequence[KeyWrite]) -> None:
@@ -91,9 +94,9 @@ async def _write_online(store: RedisOnlineStore, writes: Sequence[KeyWrite]) -> 
     await asyncio.gather(*(one(chunk) for chunk in chunks))
 
 
-def _next_encoded(batches: Iterator[pa.RecordBatch], config: SinkConfig, when: datetime) -> _Encoded | None:
+def _next_encoded(batches: Iterator[pa.RecordBatch], config: SinkConfig) -> _Encoded | None:
     batch = next(batches, None)
-    return None if batch is None else _Encoded(config, batch, when)
+    return None if batch is None else _Encoded(config, batch)
 
 
 class _Stages:
@@ -109,8 +112,7 @@ class _Stages:
         self.to_online: asyncio.Queue[_Encoded | None] = asyncio.Queue(maxsize=1)
 
     async def read(self, batches: Iterator[pa.RecordBatch]) -> None:
-        when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.config.event_micros)
-        while (encoded := await asyncio.to_thread(_next_encoded, batches, self.config, when)) is not None:
+        while (encoded := await asyncio.to_thread(_next_encoded, batches, self.config)) is not None:
             await self.to_history.put(encoded)
         await self.to_history.put(None)
 
@@ -123,7 +125,7 @@ class _Stages:
 
     async def write_online(self) -> None:
         while (encoded := await self.to_online.get()) is not None:
-            writes = encoded.online(self.config.entity_type)
+            writes = encoded.online()
             await _write_online(self.online, writes)
             self.totals.values += encoded.values
             self.totals.entities += len(writes)

@@ -14,6 +14,7 @@ import grpc
 from pyspark.sql import SparkSession
 
 from featurestore.registry.v1 import feature_pb2 as pb
+from jobs._metrics import PipelineMetrics
 from jobs._run import RunConfig, run
 
 
@@ -31,6 +32,7 @@ def watch(
     every: float,
     poll: float = 2.0,
     progress: Callable[[str], None] = print,
+    metrics: PipelineMetrics | None = None,
 ) -> None:
     """Run forever: all features every `every` seconds, new or changed ones within `poll` seconds.
 
@@ -45,7 +47,7 @@ def watch(
             everything = time.monotonic() - last_full >= every
             due = _due(features, computed, everything)
             if due:
-                report = run(spark, due, config_at(datetime.now(UTC)), progress)
+                report = run(spark, due, config_at(datetime.now(UTC)), progress, metrics)
                 progress(report.summary())
                 computed.update({f.name: f.revision for f in due})
                 last_full = time.monotonic() if everything else last_full

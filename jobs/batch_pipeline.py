@@ -32,6 +32,7 @@ import grpc
 from featurestore import FeatureStoreClient
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from jobs._metrics import PipelineMetrics
 from jobs._plan import PlanError, select
 from jobs._run import RunConfig, run
 from jobs._session import DEFAULT_JDBC_JAR, SessionConfig, build_session, default_source_namespaces
@@ -87,6 +88,12 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_positive,
         help="keep running: recompute everything every EVERY seconds, new or changed features within seconds",
     )
+    add_spark_arguments(p, env)
+    return p
+
+
+def add_spark_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Where definitions come from, values go and source tables are found (shared with featurestore-ingest)."""
     p.add_argument("--master", default="local[*]", help="Spark master (local[*], spark://..., k8s://...)")
     p.add_argument("--conf", type=_conf, action="append", default=[], help="extra Spark setting key=value")
     _own(p, env, "--registry", _REGISTRY, help="registry gRPC target host:port")
@@ -100,6 +107,21 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     _own(p, env, "--registry-ca-file", "", help="PEM CA of the registry's TLS certificate: connect with TLS")
     add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
+    _own(
+        p,
+        env,
+        "--metrics-push-url",
+        "",
+        help="Prometheus Pushgateway to push each run's metrics to (host:port or URL); empty: none",
+    )
+    _own(
+        p,
+        env,
+        "--pipeline-metrics-port",
+        "0",
+        type=int,
+        help="serve the run metrics on this port while running (a long-running --every); 0: not served",
+    )
     _own(p, env, "--warehouse", "warehouse", help="local Parquet warehouse folder")
     _own(p, env, "--source-jdbc-url", "", help="JDBC URL of a PostgreSQL source")
     _own(p, env, "--jdbc-catalog", "postgres", help="catalog name of the JDBC source's tables")
@@ -113,7 +135,6 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="catalogs or catalog.schema names source tables may come from, comma-separated "
         "(default: the warehouse, spark_catalog.default, and the JDBC catalog when --source-jdbc-url is set)",
     )
-    return p
 
 
 def load_features(target: str, entity_types: Sequence[str], token: str = "", ca_file: str = "") -> list[pb.Feature]:
@@ -141,7 +162,7 @@ def _batch_features(args: argparse.Namespace) -> list[pb.Feature]:
     return select(features, args.feature_types, args.features)
 
 
-def _session(args: argparse.Namespace) -> SessionConfig:
+def session_config(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(
         master=args.master,
         warehouse=args.warehouse,
@@ -161,9 +182,13 @@ def _config(args: argparse.Namespace, as_of: datetime) -> RunConfig:
         postgres_dsn=args.postgres_dsn,
         online_ttl=args.online_ttl,
         dry_run=args.dry_run,
-        source_namespaces=tuple(args.source_namespaces)
-        or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog),
+        source_namespaces=source_namespaces(args),
     )
+
+
+def source_namespaces(args: argparse.Namespace) -> tuple[str, ...]:
+    """--source-namespaces, else the warehouse and the JDBC catalog when one is configured."""
+    return tuple(args.source_namespaces) or default_source_namespaces(args.source_jdbc_url, args.jdbc_catalog)
 
 
 def _print(line: str) -> None:
@@ -179,10 +204,35 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _watch(args: argparse.Namespace) -> int:
-    spark = build_session(_session(args), "batch-feature-pipeline")
+def _metrics(args: argparse.Namespace) -> PipelineMetrics:
+    metrics = PipelineMetrics("batch")
+    if args.pipeline_metrics_port:
+        metrics.serve(args.pipeline_metrics_port)
+    return metrics
+
+
+def _push(metrics: PipelineMetrics, url: str) -> None:
+    """Push the run's metrics; a Pushgateway that cannot be reached is reported, not fatal."""
+    if not url:
+        return
     try:
-        watch(spark, lambda: _batch_features(args), lambda now: _config(args, now), every=args.every, progress=_print)
+        metrics.push(url)
+    except OSError as err:
+        print(f"batch pipeline: metrics not pushed to {url}: {err}", file=sys.stderr)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    spark = build_session(session_config(args), "batch-feature-pipeline")
+    metrics = _metrics(args)
+    try:
+        watch(
+            spark,
+            lambda: _batch_features(args),
+            lambda now: _config(args, now),
+            every=args.every,
+            progress=_print,
+            metrics=metrics,
+        )
     except KeyboardInterrupt:
         return 0
     finally:
@@ -209,15 +259,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"batch pipeline: no batch features of {', '.join(args.feature_types)} in the registry", file=sys.stderr)
         return 2
     print(f"batch pipeline: {len(features)} features as of {as_of.isoformat()}, lookback {args.lookback_days} days")
-    spark = build_session(_session(args), "batch-feature-pipeline")
+    spark = build_session(session_config(args), "batch-feature-pipeline")
+    metrics = _metrics(args)
     try:
-        report = run(spark, features, _config(args, as_of), progress=_print)
+        report = run(spark, features, _config(args, as_of), progress=_print, metrics=metrics)
     except KeyboardInterrupt:
         print("batch pipeline: stopped", file=sys.stderr)
         return 130
     finally:
         spark.stop()
     print(report.summary(), flush=True)
+    _push(metrics, args.metrics_push_url)
     return 1 if report.failed else 0
 
 

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from server import offline, online
 from server._metrics import REGISTRY, store_timer
-from server.core import HistoryRow
+from server.core import HistoryRecord
 
 _log = logging.getLogger(__name__)
 WRITER = "write_path"
@@ -42,7 +42,7 @@ class FreshnessTracker(Collector):
         self._dirty: dict[str, tuple[datetime, str]] = {}
         self._rows: list[offline.Freshness] = []
 
-    def note(self, rows: Sequence[HistoryRow]) -> None:
+    def note(self, rows: Sequence[HistoryRecord]) -> None:
         """Remember the newest event time of each feature in `rows` (written just now)."""
         dirty = self._dirty
         for row in rows:
@@ -116,7 +116,7 @@ class NotingSink:
         self._history = history
         self._tracker = tracker
 
-    async def append(self, rows: Sequence[HistoryRow], timeout: float | None = None) -> None:
+    async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
         started = time.perf_counter()
         try:
             await self._history.append(rows, timeout)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -484,6 +487,8 @@ def test_reads_are_retried_writes_are_not(flaky: tuple[str, _Flaky]) -> None:
     with Client(target, retry=None) as client, pytest.raises(Unavailable):
         client.get_features("customer", "c1", "f")
     assert len(servicer.calls) == 1  # GetFeatures failure number 1 of 2: no retry without a policy
+    with Client(target, retry=fast) as client, pytest.raises(DeadlineExceeded):
+        client.get_features("customer", "slow", "f", timeout=0.2)
 
 
 def test_async_retries_deadline_and_token_callback(flaky: tuple[str, _Flaky]) -> None:
@@ -572,3 +577,49 @@ def _self_signed(host: str) -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return pem_key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+USER_CODE = """
+from typing import assert_type
+
+from featurestore import AsyncClient, Client, FeatureResult, FeatureVector, NotFound
+from featurestore.registry.v1 import feature_pb2
+
+
+def blocking(client: Client) -> None:
+    assert_type(client.get_features("customer", "c1", ["f"]), FeatureVector)
+    assert_type(client.batch_get_features("customer", ["c1"], ["f"]), list[FeatureVector])
+    assert_type(client.history("customer", "c1", "f", output="records"), list[FeatureResult])
+    for feature in client.list_features(entity_type="customer"):
+        assert_type(feature, feature_pb2.Feature)
+    try:
+        client.get_feature("f")
+    except NotFound as err:
+        assert_type(err.field_violations, dict[str, str])
+
+
+async def awaiting(client: AsyncClient) -> None:
+    assert_type(await client.get_features("customer", "c1", "f"), FeatureVector)
+    assert_type(await client.batch_get_features("customer", ["c1"], ["f"]), list[FeatureVector])
+    async for revision in client.list_feature_revisions("f"):
+        assert_type(revision.revision, int)
+    async with client.push("customer") as pusher:
+        await pusher.send([{"entity_id": "c1", "event_time": "2024-01-01T00:00:00Z", "f": 1.0}])
+"""
+
+
+def test_user_code_type_checks_strictly(tmp_path: Path) -> None:
+    # What a user's `mypy --strict` sees: typed results, iterators and exceptions (py.typed). An
+    # installed package is followed silently (mypy reports no errors inside it): the same here.
+    # googleapis-common-protos (google.api, google.rpc) ships no type information: the README says so.
+    code = tmp_path / "user.py"
+    code.write_text(USER_CODE)
+    config = tmp_path / "mypy.ini"
+    config.write_text(
+        "[mypy]\nstrict = True\n\n[mypy-featurestore.*]\nfollow_imports = silent\n\n"
+        "[mypy-google.api.*,google.rpc.*,grpc_status.*]\nignore_missing_imports = True\n"
+    )
+    env = {**os.environ, "MYPYPATH": str(Path(featurestore.__file__).parent.parent)}
+    cmd = [sys.executable, "-m", "mypy", "--no-incremental", "--config-file", str(config), str(code)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr

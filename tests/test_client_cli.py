@@ -233,3 +233,44 @@ def test_read_commands(grpc_target: str, defs: Path, tmp_path: Path, capsys: pyt
     assert (failed.returncode, failed.stderr) == (1, "error: NOT_FOUND: feature 'missing' not found\n")
     usage = subprocess.run([str(script), "nonsense"], capture_output=True, text=True, timeout=60, check=False)
     assert usage.returncode == 2
+
+
+def test_server_fields_are_never_a_difference() -> None:
+    # OUTPUT_ONLY fields (read from the proto's field_behavior, so new ones such as revised_by
+    # count too) and the etag are set by the server: a registry definition equal but for them
+    # plans no change.
+    from featurestore._definitions import diff
+    from featurestore.registry.v1 import feature_pb2 as pb
+
+    served = pb.Feature(name="x", description="d", revision=3, etag="e", revised_by="alice")
+    served.update_time.GetCurrentTime()
+    assert diff(served, pb.Feature(name="x", description="d")) == []
+    assert [f.field for f in diff(served, pb.Feature(name="x"))] == ["description"]
+
+
+@pytest.mark.usefixtures("empty_registry")
+def test_a_streaming_definition_round_trips(grpc_target: str, tmp_path: Path) -> None:
+    (tmp_path / "stream.yaml").write_text(
+        """
+name: customer_purchase_amount_sum_1h
+entity_type: customer
+value_type: FLOAT
+source: STREAMING
+frequency: REALTIME
+source_config:
+  stream: purchases
+  entity_column: customer_id
+  fields:
+    - {name: customer_id, type: STRING}
+    - {name: purchase_amount, type: FLOAT}
+    - {name: event_time, type: TIMESTAMP}
+  watermark: 120s
+transformations:
+  - {type: aggregation, function: sum, column: purchase_amount, window: 3600s}
+"""
+    )
+    assert run(grpc_target, "apply", "-f", str(tmp_path))[0] == 0
+    assert run(grpc_target, "plan", "-f", str(tmp_path), "--detailed-exitcode") == (
+        0,
+        "No changes: the registry matches the definitions.\n",
+    )

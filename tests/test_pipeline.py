@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,18 @@ from typing import Any
 import asyncpg
 import pytest
 from google.protobuf import json_format
+from prometheus_client.parser import text_string_to_metric_families
 from pyspark.sql import SparkSession
 
-from devstack import DEMO_FEATURES
+from devstack import DEMO_FEATURES, free_port, start_pushgateway
 from featurestore import FeatureStoreClient, python_value
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
-from jobs import RunConfig, RunReport, register_warehouse, run
+from jobs import PipelineMetrics, RunConfig, RunReport, register_warehouse, run
 from jobs.demo_data import DemoSize, write_demo_tables
-from tests._helpers import run_sql
+from tests._helpers import Processes, run_sql
 from tests._seed import registry_curls
 
 pytestmark = pytest.mark.usefixtures("empty_registry", "empty_online", "empty_history")
@@ -502,3 +504,51 @@ def test_progress_names_each_source_and_the_running_stages(
     assert lines[0].startswith("[1/2] customer_purchases: customer_total_purchases_30d, ")
     assert any(re.fullmatch(r"\[\d/2\] \w+: running, stage \d+: \d+/\d+ tasks(, stage .*)?", line) for line in lines)
     assert re.fullmatch(r"\[2/2\] products: \d+ values for \d+ entities from \d+ rows", lines[-1])
+
+
+def test_a_run_records_freshness_and_pushes_its_metrics(
+    spark: SparkSession,
+    rfm: list[pb.Feature],
+    redis_url: str,
+    postgres_dsn: str,
+    processes: Processes,
+    tmp_path: Path,
+) -> None:
+    gateway = processes.add(start_pushgateway(tmp_path, free_port()))
+    url = f"127.0.0.1:{gateway.port}"
+    metrics = PipelineMetrics("batch")
+    report = run(spark, rfm, config(redis_url, postgres_dsn), progress=lambda _: None, metrics=metrics)
+    assert report.failed == {}
+    metrics.push(url)
+    fresh = run_sql(postgres_dsn, "SELECT feature_name, newest_event_time, writer FROM feature_freshness")
+    written = {r["feature_name"]: r for r in fresh if r["feature_name"] in report.features}
+    assert set(written) == set(report.features)
+    assert {(r["newest_event_time"], r["writer"]) for r in written.values()} == {(AS_OF, "batch_pipeline")}
+
+    pushed = _pushed(url)
+    assert pushed["featurestore_pipeline_values_written"] == report.values
+    assert pushed["featurestore_pipeline_rows_read"] == report.rows
+    assert pushed["featurestore_pipeline_failed_features"] == 0
+    assert pushed["featurestore_pipeline_run_success"] == 1
+    succeeded = pushed["featurestore_pipeline_last_success_timestamp_seconds"]
+    assert succeeded >= pushed["featurestore_pipeline_run_start_timestamp_seconds"]
+
+    # a failed run is pushed too, and the last success stays the earlier one
+    metrics.started()
+    metrics.finished(rows_read=0, values_written=0, failed_features=2)
+    metrics.push(url)
+    pushed = _pushed(url)
+    assert (pushed["featurestore_pipeline_run_success"], pushed["featurestore_pipeline_failed_features"]) == (0, 2)
+    assert pushed["featurestore_pipeline_last_success_timestamp_seconds"] == succeeded
+
+
+def _pushed(url: str) -> dict[str, float]:
+    """The batch pipeline's samples on the Pushgateway (job featurestore_pipeline, pipeline batch)."""
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("job") == "featurestore_pipeline" and s.labels.get("pipeline") == "batch"
+    }

@@ -48,6 +48,7 @@ from server.core._validation import (
     table_problem,
     timestamp_problem,
 )
+from server.core._writes import WriteBatch
 
 __all__ = [
     "AGGREGATION",
@@ -81,6 +82,7 @@ __all__ = [
     "Step",
     "StreamSource",
     "StreamStep",
+    "WriteBatch",
     "acting_as",
     "batch_stream_problems",
     "caller_subject",

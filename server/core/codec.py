@@ -185,6 +185,8 @@ class ValueEncoder:
 
     def __init__(self, name: str, kind: str, event_micros: int | None = None) -> None:
         self.name, self.kind = name, kind
+        self.field = name.encode()  # the hash fields a writer hands the online store (see server.core.KeyWrite)
+        self.json_field = self.field + JSON_FIELD_SUFFIX
         self.at = EventTime(event_micros) if event_micros is not None else None
         self.event_time = self.at.timestamp if self.at is not None else None
         self._name = frame(_NAME_TAG, name.encode())

@@ -9,17 +9,17 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import value_pb2
 from server.core import (
-    HistoryRow,
+    HistoryRecord,
     KeyWrite,
     Limits,
+    WriteBatch,
     codec,
     entity_id_problem,
-    entity_key,
     entity_type_problem,
     timestamp_problem,
 )
-from server.core.codec import TIME_BYTES
 from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.online._catalog import Catalog
 
@@ -62,7 +62,7 @@ class EncodedWrite:
     """A validated write: the online hash fields and the history rows of the same values."""
 
     online: list[KeyWrite]
-    history: list[HistoryRow]
+    history: list[HistoryRecord]
     values: int
 
 
@@ -79,10 +79,9 @@ class RowsEncoding:
     """The encoding of one write's rows, done in slices (`encode`) so a caller can yield between them.
 
     Counts are checked on creation, before any row is looked at; at most MAX_VIOLATIONS are
-    collected, and `result` raises INVALID_ARGUMENT naming them. Each value is two hash fields
-    (protobuf and JSON form, see server.core.codec), written or skipped together. Values are
-    encoded by codec.ValueEncoder (one per feature, cached), with what their event time
-    contributes prepared once per distinct time, and only while the request is valid so far.
+    collected, and `result` raises INVALID_ARGUMENT naming them. The valid rows become
+    writes through server.core.WriteBatch (the conversion every writer shares), and only
+    while the request is valid so far.
     """
 
     def __init__(
@@ -101,9 +100,7 @@ class RowsEncoding:
         self._catalog, self._entity_type, self._features = catalog, entity_type, catalog.features
         self._window = _TimeWindow(limits.min_event_seconds, int(now_seconds + limits.max_clock_skew))
         self._violations = violations
-        self._history: list[HistoryRow] = []
-        self._writes: list[KeyWrite] = []
-        self._times: dict[tuple[int, int], codec.EventTime] = {}
+        self._batch = WriteBatch(entity_type)
 
     @property
     def done(self) -> bool:
@@ -112,38 +109,32 @@ class RowsEncoding:
 
     def encode(self, start: int, stop: int) -> None:
         """Check and encode rows[start:stop]."""
-        entity_type, features, times = self._entity_type, self._features, self._times
-        violations, history, writes, window = self._violations, self._history, self._writes, self._window
+        entity_type, features, batch = self._entity_type, self._features, self._batch
+        violations, window, encoder = self._violations, self._window, codec.encoder
         for i in range(start, stop):
             row = self.rows[i]
             entity_id = row.entity_id
             violations += entity_id_problem(f"rows[{i}].entity_id", entity_id)
             time_problem = _event_time_problem(f"rows[{i}].event_time", row, window)
             violations += time_problem
-            ts = row.event_time
-            at = times.get((ts.seconds, ts.nanos))
-            if at is None and not time_problem:
-                at = times[ts.seconds, ts.nanos] = codec.EventTime(ts.seconds * 1_000_000 + ts.nanos // 1000)
-            values: list[tuple[bytes, bytes]] = []
+            values: list[tuple[codec.ValueEncoder, value_pb2.Value]] = []
             for name, value in row.values.items():
                 feature = features.get(name)
                 kind = value.WhichOneof("kind")
                 if feature is None or feature.entity_type != entity_type or kind != feature.value_kind:
                     _value_problem(self._catalog, f"rows[{i}].values[{name}]", name, entity_type, kind, violations)
                     continue
-                if at is None or violations:  # nothing will be written: the value was checked, skip encoding it
-                    continue
-                proto, as_json, serialized = codec.encoder(name, kind).encode_value(value, at)
-                values += ((feature.name_field, proto), (feature.name_json_field, as_json))
-                history.append(HistoryRow(entity_type, entity_id, name, at.datetime, serialized, proto[TIME_BYTES:]))
-            writes.append(KeyWrite(entity_key(entity_type, entity_id), values))
+                values.append((encoder(name, kind), value))
+            if not violations:  # else nothing will be written: the values were checked, skip encoding them
+                ts = row.event_time
+                batch.add(entity_id, batch.event_time(ts.seconds * 1_000_000 + ts.nanos // 1000), values)
             if len(violations) >= MAX_VIOLATIONS:
                 return
 
     def result(self) -> EncodedWrite:
         """The encoded write; INVALID_ARGUMENT if any row or value was bad."""
         _raise_if(self._violations)
-        return EncodedWrite(self._writes, self._history, self.values)
+        return EncodedWrite(self._batch.online(), self._batch.history, self.values)
 
 
 def _value_problem(

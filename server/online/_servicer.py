@@ -24,7 +24,7 @@ from server.online._requests import EncodedWrite, RowsEncoding, check_read, feat
 from server.online._store import HistorySink, OnlineStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_SLICE_VALUES = 2000  # values encoded between two yields to the event loop (~2-4 ms)
+_SLICE_VALUES = 500  # values encoded between two yields to the event loop (~1-2 ms)
 _READS = ("GetFeatures", "GetFeaturesJson", "BatchGetFeatures", "BatchGetFeaturesJson")
 _FEATURES_ASKED = {method: REQUEST_FEATURES.labels(method).observe for method in _READS}
 _ENTITIES = {m: REQUEST_ENTITIES.labels(m).observe for m in (*_READS[2:], "WriteFeatures", "PushFeatures")}
@@ -53,6 +53,7 @@ class OnlineServicer:
         self._store = store
         self._history = history
         self._limits = limits
+        self._encoding = asyncio.Lock()  # one write encodes at a time (see _encode)
 
     def _plan(self, entity_type: str, request: Any, entity_ids: Sequence[str], *, batch: bool) -> Plan:
         most = features_allowed(self._limits, len(entity_ids))
@@ -163,16 +164,19 @@ class OnlineServicer:
         return await self._store_both(encoded, context), encoded.values
 
     async def _encode(self, entity_type: str, rows: Any) -> EncodedWrite:
-        """The rows checked and encoded, in slices of ~_SLICE_VALUES values with the loop yielded between:
-        a large write does not hold up the reads (or other writes) this process serves meanwhile."""
+        """The rows checked and encoded in slices of ~_SLICE_VALUES values, the loop yielded between them,
+        by one write at a time: concurrent writes queue for their turn (a FIFO lock) instead of all running
+        a slice each time the loop comes round, so a read that becomes ready waits for one slice at most,
+        however many large writes are in progress. (Their stores' I/O goes on meanwhile.)"""
         encoding = RowsEncoding(self._catalog, entity_type, rows, self._limits, time.time())
         step = max(1, _SLICE_VALUES * len(rows) // max(encoding.values, 1))
-        for start in range(0, len(rows), step):
-            if start:
-                await asyncio.sleep(0)
-            encoding.encode(start, min(start + step, len(rows)))
-            if encoding.done:
-                break
+        async with self._encoding:
+            for start in range(0, len(rows), step):
+                if start:
+                    await asyncio.sleep(0)
+                encoding.encode(start, min(start + step, len(rows)))
+                if encoding.done:
+                    break
         return encoding.result()
 
     async def _store_both(self, encoded: EncodedWrite, context: Context) -> int:

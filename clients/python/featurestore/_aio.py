@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -169,6 +169,34 @@ class AsyncClient:
         response = await self._unary(self.store.GetFeatures, request, timeout)
         return c.feature_vector(response.entity_type, response.entity_id, response.features)
 
+    @overload
+    async def batch_get_features(
+        self,
+        entity_type: str,
+        entity_ids: Sequence[str],
+        features: str | Sequence[str] = (),
+        *,
+        groups: str | Sequence[str] = (),
+        output: Literal["records"] = "records",
+        include_status: bool = False,
+        include_event_time: bool = False,
+        timeout: float | None = None,
+    ) -> list[c.FeatureVector]: ...
+
+    @overload
+    async def batch_get_features(
+        self,
+        entity_type: str,
+        entity_ids: Sequence[str],
+        features: str | Sequence[str] = (),
+        *,
+        groups: str | Sequence[str] = (),
+        output: Literal["pandas", "arrow"],
+        include_status: bool = False,
+        include_event_time: bool = False,
+        timeout: float | None = None,
+    ) -> Any: ...
+
     async def batch_get_features(
         self,
         entity_type: str,
@@ -238,6 +266,34 @@ class AsyncClient:
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
+
+    @overload
+    async def history(
+        self,
+        entity_type: str,
+        entity_id: str,
+        features: str | Sequence[str],
+        *,
+        start: Any = None,
+        end: Any = None,
+        output: Literal["pandas", "arrow"] = "pandas",
+        page_size: int = 1000,
+        timeout: float | None = None,
+    ) -> Any: ...
+
+    @overload
+    async def history(
+        self,
+        entity_type: str,
+        entity_id: str,
+        features: str | Sequence[str],
+        *,
+        start: Any = None,
+        end: Any = None,
+        output: Literal["records"],
+        page_size: int = 1000,
+        timeout: float | None = None,
+    ) -> list[FeatureResult]: ...
 
     async def history(
         self,

@@ -117,7 +117,7 @@ def _cmd_features(args: argparse.Namespace, out: _Out) -> int:
             out.one(client.get_feature(args.name))
         else:
             revisions = client.list_feature_revisions(args.name)
-            out.definitions(revisions, ["revision", "update_time", "description", "owner", "etag"])
+            out.definitions(revisions, ["revision", "update_time", "revised_by", "description", "owner", "etag"])
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from featurestore._values import (
     feature_result,
     infer_type,
     is_missing,
+    python_value,
     timestamp_of,
     to_value,
 )
@@ -113,20 +114,30 @@ def names(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-@dataclass(frozen=True)
 class FeatureVector(Mapping[str, Any]):
     """The latest values of one entity's features: a mapping of feature name to Python value.
 
-    `results[name]` has each value's status (`PRESENT`, `EXPIRED`, `NOT_FOUND`) and event time.
-    A NOT_FOUND feature maps to None.
+    `status(name)` is PRESENT, EXPIRED or NOT_FOUND, `event_time(name)` when the value was
+    true; `results` has all three per feature. A NOT_FOUND feature maps to None. Values are
+    converted from the response when first read, so a model server pays only for what it uses.
     """
 
-    entity_type: str
-    entity_id: str
-    results: dict[str, FeatureResult] = field(default_factory=dict)
+    __slots__ = ("_index", "_results", "_values", "entity_id", "entity_type")
+
+    def __init__(self, entity_type: str, entity_id: str, values: Sequence[fs.FeatureValue]) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self._values = values
+        self._index: dict[str, int] | None = None
+        self._results: dict[str, FeatureResult] | None = None
+
+    def _position(self, name: str) -> int:
+        if self._index is None:
+            self._index = {fv.name: i for i, fv in enumerate(self._values)}
+        return self._index[name]
 
     def __getitem__(self, name: str) -> Any:
-        return self.results[name].value
+        return python_value(self._values[self._position(name)].value)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.results)
@@ -134,22 +145,33 @@ class FeatureVector(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.results)
 
+    def __repr__(self) -> str:
+        return f"FeatureVector({self.entity_type!r}, {self.entity_id!r}, {self.to_dict()!r})"
+
+    @property
+    def results(self) -> dict[str, FeatureResult]:
+        """Each feature's value, status and event time, by name, in request order."""
+        if self._results is None:
+            self._results = {fv.name: feature_result(fv) for fv in self._values}
+        return self._results
+
     def status(self, name: str) -> str:
         """The status of a feature's value: PRESENT, EXPIRED or NOT_FOUND."""
-        return self.results[name].status
+        return STATUS_NAMES.get(self._values[self._position(name)].status, "FEATURE_STATUS_UNSPECIFIED")
 
     def event_time(self, name: str) -> datetime | None:
         """When the feature's value was true (None when NOT_FOUND)."""
-        return self.results[name].event_time
+        fv = self._values[self._position(name)]
+        return datetime_of(fv.event_time) if fv.HasField("event_time") else None
 
     def to_dict(self) -> dict[str, Any]:
         """The values as a plain dict."""
         return {name: r.value for name, r in self.results.items()}
 
 
-def feature_vector(entity_type: str, entity_id: str, values: Iterable[fs.FeatureValue]) -> FeatureVector:
+def feature_vector(entity_type: str, entity_id: str, values: Sequence[fs.FeatureValue]) -> FeatureVector:
     """The FeatureVector of served values."""
-    return FeatureVector(entity_type, entity_id, {fv.name: feature_result(fv) for fv in values})
+    return FeatureVector(entity_type, entity_id, values)
 
 
 @dataclass(frozen=True)
@@ -320,8 +342,6 @@ def training_row(
 
 def training_record(example: fs.TrainingExample, include_status: bool) -> dict[str, Any]:
     """A training example as a plain dict (the records output)."""
-    from featurestore._values import python_value
-
     record: dict[str, Any] = {"entity_id": example.entity_id, "timestamp": datetime_of(example.timestamp)}
     for key in sorted(example.extra):
         record[key] = python_value(example.extra[key])

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from google.api import field_behavior_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -29,7 +30,18 @@ if TYPE_CHECKING:
     from featurestore._aio import AsyncClient
     from featurestore._sync import Client
 
-_OUTPUT_ONLY = ("create_time", "update_time", "revision", "etag")
+
+def _server_fields(descriptor: Any) -> tuple[str, ...]:
+    """The fields the server sets (OUTPUT_ONLY in the proto), and the etag: never in files, never diffed."""
+    output_only = [
+        f.name
+        for f in descriptor.fields
+        if field_behavior_pb2.OUTPUT_ONLY in f.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    ]
+    return (*output_only, "etag")
+
+
+_OUTPUT_ONLY = tuple(dict.fromkeys(_server_fields(pb.Feature.DESCRIPTOR) + _server_fields(pb.FeatureGroup.DESCRIPTOR)))
 _IMMUTABLE = {"feature": ("entity_type", "value_type"), "group": ("entity_type",)}
 _SUFFIXES = (".yaml", ".yml", ".json")
 

@@ -70,18 +70,35 @@ def feature_columns(
     include_status: bool = False,
     include_event_time: bool = False,
 ) -> list[Column]:
-    """One column per feature (position j of every row), plus `<name>__status` / `<name>__event_time`."""
+    """One column per feature (position j of every row), plus `<name>__status` / `<name>__event_time`.
+
+    One pass over the rows, entity by entity (the cost is creating each value's wrapper
+    object; indexing column by column would create them twice).
+    """
+    kinds = [TYPE_KINDS.get(types.get(name) or "", "-") for name in names]
+    raw: list[list[Any]] = [[] for _ in names]
+    appends = [r.append for r in raw]
+    for row in rows:
+        for append, kind, fv in zip(appends, kinds, row, strict=True):
+            v = fv.value
+            append(getattr(v, kind) if v.WhichOneof("kind") == kind else None)
     columns = []
     for j, name in enumerate(names):
-        cells = [row[j] for row in rows]
-        columns.append(Column(name, types.get(name), extract((c.value for c in cells), types.get(name))))
+        vt = types.get(name)
+        values = raw[j]
+        if vt == "TIMESTAMP":
+            values = [None if t is None else t.seconds * 1_000_000_000 + t.nanos for t in values]
+        elif vt is not None and (vt.endswith("_LIST") or vt == "EMBEDDING"):
+            values = [None if x is None else list(x.values) for x in values]
+        columns.append(Column(name, vt, values))
         if include_status:
-            columns.append(Column(f"{name}__status", "STRING", [STATUS_NAMES.get(c.status) for c in cells]))
+            columns.append(Column(f"{name}__status", "STRING", [STATUS_NAMES.get(row[j].status) for row in rows]))
         if include_event_time:
-            times = [
-                c.event_time.seconds * 1_000_000_000 + c.event_time.nanos if c.HasField("event_time") else None
-                for c in cells
-            ]
+            times = []
+            for row in rows:
+                fv = row[j]
+                t = fv.event_time
+                times.append(t.seconds * 1_000_000_000 + t.nanos if fv.HasField("event_time") else None)
             columns.append(Column(f"{name}__event_time", "TIMESTAMP", times))
     return columns
 

@@ -1,0 +1,176 @@
+"""Client benchmark: the Python facade's overhead over the bare generated stub, and batch reads to a DataFrame.
+
+    .venv/bin/python bench/client_bench.py
+
+Starts PostgreSQL, Valkey and one server process on loopback, registers 10 features of
+mixed value types (4 FLOAT, 3 INT64, a STRING, a BOOL, an 8-float EMBEDDING) and writes
+1,000 entities. Then, in one run:
+
+- **get_features, c=1**: `Client.get_features` (typed FeatureVector) against the bare stub
+  `client.store.GetFeatures` on the same channel, in blocks of 100 calls in a rotating
+  order so all see the same machine; also the bare stub on a channel without the retry service config. Median and
+  p99 latency per call; the check is facade / bare stub (target <= 1.15).
+- **batch_get_features -> DataFrame, 1,000 entities x 10 features**: the whole call
+  (RPC + conversion) with `output="pandas"` and `output="arrow"`, the bare RPC alone, and
+  `output="records"` (FeatureVectors). Medians; the target is < 10 ms for the DataFrame.
+
+The machine is shared: only ratios within one run mean much. Results go to
+bench/results/client.json (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _report import print_checks, write_json  # noqa: E402
+
+from devstack import free_port, start_postgres, start_server, start_valkey  # noqa: E402
+from featurestore import Client, FeatureStoreClient  # noqa: E402
+from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
+
+TYPES = ["FLOAT"] * 4 + ["INT64"] * 3 + ["STRING", "BOOL", "EMBEDDING"]
+NAMES = [f"cb_f{i}" for i in range(len(TYPES))]
+ENTITIES = 1000
+
+
+def _value(vt: str, e: int) -> Any:
+    return {
+        "FLOAT": e / 7,
+        "INT64": e * 1_000_003,
+        "STRING": f"s{e}",
+        "BOOL": e % 2 == 0,
+        "EMBEDDING": [e / 3] * 8,
+    }[vt]
+
+
+def setup(client: Client) -> list[str]:
+    for name, vt in zip(NAMES, TYPES, strict=True):
+        client.create_feature({"name": name, "entity_type": "user", "value_type": vt})
+    ids = [f"u{e}" for e in range(ENTITIES)]
+    when = datetime.now(UTC).replace(microsecond=0)
+    rows = [
+        {"entity_id": i, "event_time": when, **{n: _value(vt, e) for n, vt in zip(NAMES, TYPES, strict=True)}}
+        for e, i in enumerate(ids)
+    ]
+    client.write_features("user", rows)
+    return ids
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+def run(target: str, calls: int, batches: int) -> dict[str, Any]:
+    with Client(target) as client, FeatureStoreClient(target) as plain:
+        client.wait_ready()
+        ids = setup(client)
+        request = fs.GetFeaturesRequest(entity_type="user", entity_id="u1", feature_names=NAMES)
+        variants: dict[str, Callable[[], object]] = {
+            "facade": lambda: client.get_features("user", "u1", NAMES),
+            "bare_stub_same_channel": lambda: client.store.GetFeatures(request, timeout=10),
+            "bare_stub_plain_channel": lambda: plain.store.GetFeatures(request, timeout=10),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for fn in variants.values():
+            timed(fn, 200)  # warm-up
+        block = 100
+        for round_ in range(max(1, calls // block)):
+            # Blocks in a rotating order: every variant sees the same machine, and none always runs first.
+            order = list(variants.items())
+            shift = round_ % len(order)
+            for name, fn in order[shift:] + order[:shift]:
+                samples[name] += timed(fn, block)
+
+        batch = fs.BatchGetFeaturesRequest(entity_type="user", entity_ids=ids, feature_names=NAMES)
+        frame = client.batch_get_features("user", ids, NAMES, output="pandas")
+        assert frame.shape == (ENTITIES, len(NAMES) + 1), frame.shape
+        assert str(frame["cb_f4"].dtype) == "Int64"
+        assert frame["cb_f4"].iloc[999] == 999 * 1_000_003
+        reads: dict[str, Callable[[], object]] = {
+            "rpc": lambda: client.store.BatchGetFeatures(batch, timeout=10),
+            "pandas": lambda: client.batch_get_features("user", ids, NAMES, output="pandas"),
+            "arrow": lambda: client.batch_get_features("user", ids, NAMES, output="arrow"),
+            "records": lambda: client.batch_get_features("user", ids, NAMES),
+        }
+        results: dict[str, list[float]] = {name: [] for name in reads}
+        for fn in reads.values():
+            timed(fn, 3)
+        for round_ in range(batches):
+            order = list(reads.items())
+            shift = round_ % len(order)
+            for name, fn in order[shift:] + order[:shift]:
+                results[name] += timed(fn, 1)
+    return {
+        "get_features": {name: summary(v) for name, v in samples.items()},
+        "batch_1000x10": {k: summary(v) for k, v in results.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=3000, help="get_features calls per variant")
+    parser.add_argument("--batches", type=int, default=40, help="1,000-entity reads per variant")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "client.json")
+    args = parser.parse_args()
+
+    state = Path(tempfile.mkdtemp(prefix="fs-bench-client-"))
+    pg = start_postgres(state / "postgres", free_port(), durable=False)
+    valkey = start_valkey(state / "valkey", free_port(), durable=False)
+    dsn, url = str(pg.extra["dsn"]), str(valkey.extra["url"])
+    server = start_server(state, free_port(), dsn, url, ["--log-level", "WARNING"])
+    try:
+        report = run(f"127.0.0.1:{server.port}", args.calls, args.batches)
+    finally:
+        for proc in (server, valkey, pg):
+            proc.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+    online, batch = report["get_features"], report["batch_1000x10"]
+    checks = [
+        ("get_features 1x10 c=1, bare stub p50 ms", online["bare_stub_same_channel"]["p50_ms"], "-"),
+        ("  bare stub, channel without retry config p50 ms", online["bare_stub_plain_channel"]["p50_ms"], "-"),
+        ("  facade p50 ms", online["facade"]["p50_ms"], "-"),
+        (
+            "  facade / bare stub, p50",
+            online["facade"]["p50_ms"] / online["bare_stub_same_channel"]["p50_ms"],
+            "<= 1.15",
+        ),
+        ("  facade / bare stub, p99", online["facade"]["p99_ms"] / online["bare_stub_same_channel"]["p99_ms"], "-"),
+        ("batch 1000x10, bare RPC p50 ms", batch["rpc"]["p50_ms"], "-"),
+        ("  -> records (FeatureVectors) p50 ms", batch["records"]["p50_ms"], "-"),
+        ("  -> pyarrow Table p50 ms", batch["arrow"]["p50_ms"], "-"),
+        ("  -> pandas DataFrame p50 ms", batch["pandas"]["p50_ms"], "< 10"),
+        ("  DataFrame conversion alone (p50 difference) ms", batch["pandas"]["p50_ms"] - batch["rpc"]["p50_ms"], "-"),
+    ]
+    print_checks(checks)
+    write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
