@@ -615,7 +615,7 @@ def test_make_up_auth_on_tokens_load_the_demo_and_feed_the_pipeline(processes: P
     server = processes.server(str(postgres.extra["dsn"]), redis_url, [*FAST_SERVER_ARGS, *dev.server_args()])
     target = f"127.0.0.1:{server.port}"
 
-    with pytest.raises(PermissionDenied):  # the demo loader goes through the client: its exceptions
+    with pytest.raises(PermissionDenied):  # the client's error for PERMISSION_DENIED
         load_demo(target, dev.reader_token)
     assert load_demo(target, dev.admin_token)
     with pytest.raises(grpc.RpcError) as anonymous:
