@@ -50,14 +50,17 @@ lint: venv check-gen buf-lint buf-breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python tools/import_graph.py
 
 gen: venv
 	$(BIN)/python tools/protogen.py
 	$(BIN)/python tools/settings_table.py --write
+	$(BIN)/python tools/envoy_tls.py --write
 
 check-gen: venv
 	$(BIN)/python tools/protogen.py --check
 	$(BIN)/python tools/settings_table.py --check
+	$(BIN)/python tools/envoy_tls.py --check
 
 buf-lint: $(BUF)
 	$(BUF) lint

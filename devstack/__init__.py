@@ -18,11 +18,15 @@ from devstack._procs import (
     start_valkey,
     start_valkey_cluster,
 )
+from devstack._ratelimit import RateLimit, with_rate_limit
+from devstack._tls import EnvoyTls, with_tls
 
 __all__ = [
     "DEMO_FEATURES",
     "SERVER_SETTINGS",
+    "EnvoyTls",
     "Proc",
+    "RateLimit",
     "envoy_config",
     "free_port",
     "load_demo",
@@ -32,4 +36,6 @@ __all__ = [
     "start_server",
     "start_valkey",
     "start_valkey_cluster",
+    "with_rate_limit",
+    "with_tls",
 ]

@@ -26,6 +26,9 @@ from typing import Any
 
 import yaml
 
+from devstack._ratelimit import RateLimit, with_rate_limit
+from devstack._tls import EnvoyTls, with_tls
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -256,11 +259,30 @@ def can_listen(port: int) -> bool:
     return True
 
 
-def start_envoy(state_dir: Path, listen_port: int, upstream_port: int, also_ports: Sequence[int] = ()) -> Proc:
-    """Envoy on `listen_port` (and `also_ports`) before the gRPC server on `upstream_port`; ready once it says so."""
+def start_envoy(
+    state_dir: Path,
+    listen_port: int,
+    upstream_port: int,
+    also_ports: Sequence[int] = (),
+    tls: EnvoyTls | None = None,
+    rate_limit: RateLimit | None = None,
+) -> Proc:
+    """Envoy on `listen_port` (and `also_ports`) before the gRPC server on `upstream_port`; ready once it says so.
+
+    With `tls`, the listeners serve TLS only, and Envoy speaks TLS (mTLS) to the server if `tls` says so;
+    `rate_limit` resizes every route's rate limits.
+    """
     admin_port = free_port()
     config_path = state_dir / f"envoy-{listen_port}.json"
-    config_path.write_text(json.dumps(envoy_config(listen_port, admin_port, upstream_port, also_ports)))
+    config = envoy_config(listen_port, admin_port, upstream_port, also_ports)
+    if rate_limit is not None:
+        config = with_rate_limit(config, rate_limit)
+    if tls is not None:
+        config, sds_files = with_tls(config, tls)
+        Path(tls.sds_dir).mkdir(parents=True, exist_ok=True)
+        for name, resource in sds_files.items():
+            (Path(tls.sds_dir) / name).write_text(json.dumps(resource))
+    config_path.write_text(json.dumps(config))
     envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
     cmd = [envoy, "-c", str(config_path), "--base-id", str(listen_port), "--log-level", "warn"]
     proc = _spawn("envoy", cmd, state_dir / f"envoy-{listen_port}.log", listen_port)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -16,10 +17,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import _metrics, auth, core, offline, online
+from server import _freshness, _metrics, auth, core, offline, online
 from server._health import HealthMonitor
 from server._rpc import service_handler, unary_methods
 from server._settings import Settings
+from server._tls import server_credentials
 from server.core.postgres import connect_and_migrate, create_pool
 from server.registry import PostgresRegistryStore, RegistryServicer
 
@@ -95,6 +97,15 @@ def _auth_interceptor(settings: Settings, authenticator: auth.Authenticator) -> 
     return auth.AuthInterceptor(authenticator, auth.METHOD_ROLES, required=required, anonymous=anonymous)
 
 
+def _tls(settings: Settings) -> grpc.ServerCredentials | None:
+    """The port's TLS credentials, None for plaintext; a half-given setting stops the start."""
+    if not (settings.tls_cert_file or settings.tls_key_file or settings.tls_client_ca_file):
+        return None
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise SystemExit("TLS needs both tls_cert_file and tls_key_file (tls_client_ca_file adds mTLS)")
+    return server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+
+
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -105,6 +116,13 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def _pool_hooks(settings: Settings, pool: str) -> dict[str, Any]:
+    """The pool's metrics hooks (statement times and errors, waits for a connection), if metrics are on."""
+    if not settings.metrics:
+        return {}
+    return {"on_query": _metrics.observe_postgres, "on_wait": _metrics.POOL_WAIT_SECONDS.labels(pool).observe}
+
+
 async def _registry(settings: Settings) -> tuple[asyncpg.Pool, PostgresRegistryStore]:
     pool = await connect_and_migrate(
         settings.postgres_dsn,
@@ -113,6 +131,7 @@ async def _registry(settings: Settings) -> tuple[asyncpg.Pool, PostgresRegistryS
         max_size=settings.postgres_pool_max,
         command_timeout=settings.postgres_timeout,
         acquire_timeout=settings.postgres_acquire_timeout,
+        **_pool_hooks(settings, "main"),
     )
     return pool, PostgresRegistryStore(pool)
 
@@ -125,6 +144,50 @@ async def _read_pool(settings: Settings) -> asyncpg.Pool:
         max_size=settings.postgres_read_pool_max,
         command_timeout=settings.postgres_timeout,
         acquire_timeout=settings.postgres_acquire_timeout,
+        **_pool_hooks(settings, "read"),
+    )
+
+
+def _sampled_gauges(pools: dict[str, asyncpg.Pool], store: online.RedisOnlineStore, catalog: online.Catalog) -> None:
+    """Gauges read at scrape time: pool use, Redis requests waiting, the plan cache, the registry's definitions."""
+
+    def connections() -> list[tuple[tuple[str, str], float]]:
+        rows: list[tuple[tuple[str, str], float]] = []
+        for name, pool in pools.items():
+            size, idle = pool.get_size(), pool.get_idle_size()
+            rows += [((name, "in_use"), size - idle), ((name, "idle"), idle), ((name, "max"), pool.get_max_size())]
+        return rows
+
+    sampled = _metrics.SAMPLED
+    sampled.set(
+        "featurestore_postgres_pool_connections",
+        "PostgreSQL connections of a pool, by state (in_use, idle, max).",
+        ["pool", "state"],
+        connections,
+    )
+    sampled.set(
+        "featurestore_redis_requests_pending",
+        "Requests sent to Redis and not answered yet (standalone Redis).",
+        [],
+        lambda: [((), store.pending())],
+    )
+    sampled.set(
+        "featurestore_plan_cache_plans",
+        "Request shapes whose resolved plans are cached.",
+        [],
+        lambda: [((), catalog.plan_cache_size()[0])],
+    )
+    sampled.set(
+        "featurestore_plan_cache_features",
+        "Features held over all cached plans.",
+        [],
+        lambda: [((), catalog.plan_cache_size()[1])],
+    )
+    sampled.set(
+        "featurestore_registry_definitions",
+        "Definitions in the serving snapshot, by entity type and kind (feature, feature_group).",
+        ["entity_type", "kind"],
+        lambda: [((t, kind), n) for t, kind, n in catalog.definitions()],
     )
 
 
@@ -167,8 +230,10 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
 async def start(settings: Settings) -> App:
     """Connect the stores, register the services and start listening."""
     limits = _limits(settings)
+    _metrics.set_enabled(settings.metrics)
     authenticator = _authenticator(settings)  # before any store: a bad setting stops the start at once
     interceptors = [_auth_interceptor(settings, authenticator)] if authenticator else []
+    credentials = _tls(settings)
     pool, registry_store = await _registry(settings)
     read_pool = await _read_pool(settings)
     online_store = _online(settings)
@@ -182,7 +247,9 @@ async def start(settings: Settings) -> App:
         pool, read_pool, max_new_partitions=settings.max_new_partitions, statement_timeout=settings.postgres_timeout
     )
     await history.create_upcoming_partitions()
-    online_servicer = online.OnlineServicer(catalog, online_store, history, limits)
+    freshness = _freshness.FreshnessTracker(pool, catalog, settings.freshness_interval)
+    sink = _freshness.NotingSink(history, freshness) if settings.metrics else history
+    online_servicer = online.OnlineServicer(catalog, online_store, sink, limits)
     history_servicer = offline.HistoryServicer(catalog, history, limits)
     training_servicer = offline.TrainingServicer(
         catalog, history, limits, settings.max_concurrent_training, settings.postgres_acquire_timeout
@@ -211,16 +278,25 @@ async def start(settings: Settings) -> App:
         settings.health_interval,
     )
     await monitor.check_once()
-    if settings.metrics_port:
+    if settings.metrics:
+        _sampled_gauges({"main": pool, "read": read_pool}, online_store, catalog)
+        _freshness.register(freshness)
+        with contextlib.suppress(Exception):  # the first load; the loop retries
+            await freshness.sync()
+    if settings.metrics and settings.metrics_port:
         _metrics.serve(settings.metrics_host, settings.metrics_port)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
-    _log.info("serving gRPC on %s:%d (auth %s)", settings.host, port, settings.auth_mode)
+    transport = ("mTLS" if settings.tls_client_ca_file else "TLS") if credentials else "plaintext"
+    _log.info("serving gRPC on %s:%d (%s, auth %s)", settings.host, port, transport, settings.auth_mode)
     tasks = [
         asyncio.create_task(monitor.run()),
         asyncio.create_task(refresher.run()),
         asyncio.create_task(history.maintain_partitions()),
     ]
+    if settings.metrics:
+        tasks.append(asyncio.create_task(freshness.run()))
     if authenticator:
         tasks.append(asyncio.create_task(authenticator.watch(settings.auth_reload_interval)))
     if settings.history_retention_days > 0:

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import DecodeError, Message
 
+from server import _metrics
 from server._metrics import RPC_ERRORS, RPC_SECONDS
 from server.core.errors import FieldViolation, ServiceError, invalid_argument
 
@@ -109,7 +110,8 @@ def unary_methods(service: descriptor.ServiceDescriptor, servicer: object) -> di
 
 
 def _report(name: str, err: ServiceError) -> grpc.Status:
-    RPC_ERRORS.labels(name, err.code.name).inc()
+    if _metrics.enabled:
+        RPC_ERRORS.labels(name, err.code.name).inc()
     if err.code is grpc.StatusCode.UNAVAILABLE:
         _log.warning("%s: %s", name, err.message)
     return err.to_status()
@@ -131,7 +133,8 @@ def rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             await context.abort_with_status(_report(name, err))  # type: ignore[attr-defined]
             raise AssertionError("abort_with_status returned") from err  # pragma: no cover
         finally:
-            observe(time.perf_counter() - started)
+            if _metrics.enabled:
+                observe(time.perf_counter() - started)
 
     return wrapper
 
@@ -156,6 +159,7 @@ def rpc_stream(method: StreamHandler[S, Req, Resp]) -> StreamHandler[S, Req, Res
         except ServiceError as err:
             await context.abort_with_status(_report(name, err))  # type: ignore[attr-defined]
         finally:
-            observe(time.perf_counter() - started)
+            if _metrics.enabled:
+                observe(time.perf_counter() - started)
 
     return wrapper

@@ -95,6 +95,14 @@ class Settings:
     metrics_port: int = field(
         default=9464, metadata={"help": "Prometheus /metrics port (worker i of N uses port + i); 0 = off"}
     )
+    metrics: bool = field(
+        default=True,
+        metadata={"help": "record metrics (false: nothing recorded or served; for measuring what they cost)"},
+    )
+    freshness_interval: float = field(
+        default=15.0,
+        metadata={"help": "seconds between updates of the feature freshness summary and its gauges"},
+    )
     workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
     health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})
@@ -123,6 +131,15 @@ class Settings:
     )
     auth_reload_interval: float = field(
         default=5.0, metadata={"help": "seconds between checks of the JWKS and API key files for changes"}
+    )
+    tls_cert_file: str = field(
+        default="",
+        metadata={"help": "PEM certificate chain: the gRPC port serves TLS only (re-read on change); empty: plaintext"},
+    )
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of tls_cert_file"})
+    tls_client_ca_file: str = field(
+        default="",
+        metadata={"help": "PEM CA: clients must present a certificate it signed (mTLS); needs tls_cert_file"},
     )
     reflection: bool = field(
         default=True, metadata={"help": "serve gRPC reflection (the API's schema, to anyone); production: false"}

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -34,6 +34,26 @@ CLEAR_REGISTRY = (
 
 # Servers started by tests probe their stores and poll the registry often, so tests wait little.
 FAST_SERVER_ARGS = ["--health-interval", "0.2", "--registry-refresh-interval", "0.1"]
+
+
+# Every token, API key and private key the tests hand out (tests/test_auth.py adds them): when the
+# session ends, no log the run wrote may hold one (conftest.py's no_secret_in_any_log).
+SECRETS: set[str] = set()
+
+
+def secret_leaks(folder: Path, secrets: Iterable[str]) -> list[str]:
+    """`file: what` for each log under `folder` holding a secret, or a JWT's signature alone."""
+    needles = set()
+    for secret in secrets:
+        needles.add(secret)
+        signature = secret.rsplit(".", 1)[-1] if secret.count(".") == 2 else ""
+        if len(signature) >= 16:
+            needles.add(signature)
+    leaks = []
+    for log in sorted(folder.rglob("*.log")):
+        text = log.read_text(errors="replace")
+        leaks += [f"{log}: {needle[:6]}..." for needle in needles if needle in text]
+    return leaks
 
 
 def run_sql(dsn: str, sql: str) -> list[asyncpg.Record]:

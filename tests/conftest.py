@@ -18,13 +18,21 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from devstack import Proc, free_port, start_envoy, start_postgres, start_server, start_valkey
+from devstack import Proc, RateLimit, free_port, start_envoy, start_postgres, start_server, start_valkey
 from featurestore import FeatureStoreClient
-from tests._helpers import CLEAR_REGISTRY, FAST_SERVER_ARGS, Processes, reaped, run_sql
+from tests._helpers import CLEAR_REGISTRY, FAST_SERVER_ARGS, SECRETS, Processes, reaped, run_sql, secret_leaks
 from tests._http import Rest
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test (every server stopped): no log of the run holds a token or key a test handed out."""
+    yield
+    leaks = secret_leaks(tmp_path_factory.getbasetemp(), SECRETS)
+    assert not leaks, f"secrets in logs: {leaks}"
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +71,14 @@ def server(stack_dir: Path, postgres_dsn: str, redis_url: str) -> Iterator[Proc]
     proc.stop()
 
 
+# The session's Envoy: gateway/envoy.yaml with rate limits no test reaches (fuzzing sends
+# bursts from one address); tests/test_rate_limit.py tests the limits on Envoys of its own.
+UNLIMITED = RateLimit(route=10**9, client=10**9)
+
+
 @pytest.fixture(scope="session")
 def envoy(stack_dir: Path, server: Proc) -> Iterator[Proc]:
-    proc = reaped(lambda: start_envoy(stack_dir, free_port(), server.port))
+    proc = reaped(lambda: start_envoy(stack_dir, free_port(), server.port, rate_limit=UNLIMITED))
     yield proc
     proc.stop()
 

@@ -67,7 +67,7 @@ def test_comment_changes_pass(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("path", "old", "new", "rule"),
     [
-        pytest.param(FEATURE, "string owner = 8;", "string owner = 17;", "FIELD_NO_DELETE", id="renumbered-field"),
+        pytest.param(FEATURE, "string owner = 8;", "string owner = 99;", "FIELD_NO_DELETE", id="renumbered-field"),
         pytest.param(
             REGISTRY,
             "rpc GetFeature(GetFeatureRequest)",

@@ -14,6 +14,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from google.api import annotations_pb2
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2
 
@@ -37,7 +39,7 @@ from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.registry.v1 import registry_service_pb2_grpc as rs_grpc
 from server import auth, core
-from tests._helpers import FAST_SERVER_ARGS, Processes, eventually, grpcurl, health_status, reaped
+from tests._helpers import FAST_SERVER_ARGS, SECRETS, Processes, eventually, grpcurl, health_status, reaped
 
 ISSUER, AUDIENCE = "https://idp.featurestore.test", "featurestore-api"
 ROLE_NAMES = ["reader", "writer", "editor", "admin"]
@@ -90,7 +92,8 @@ class Idp:
         entries = [
             {"sha256": auth.hash_key(key), "principal": who, "roles": [role]} for key, (who, role) in keys.items()
         ]
-        self.secrets.extend(keys)
+        for key in keys:
+            self.handed_out(key)
         _write_json(self.api_keys_file, {"api_keys": entries})
 
     def token(self, roles: list[str] | str | None, *, kid: str = "rsa-1", **claims: Any) -> str:
@@ -102,8 +105,7 @@ class Idp:
         private: Any = {"rsa-1": self.rsa_key, "ec-1": self.ec_key, "ed-1": self.ed_key}[kid]
         alg = {"rsa-1": "RS256", "ec-1": "ES256", "ed-1": "EdDSA"}[kid]
         token = jwt.encode({k: v for k, v in body.items() if v is not None}, private, alg, headers={"kid": kid})
-        self.secrets.append(token)
-        return token
+        return self.handed_out(token)
 
     def forged(self, header: dict[str, Any], signature: bytes | None = None, key: bytes = b"") -> str:
         """A token with a header of our choosing: unsigned (`alg: none`) or HMAC-signed with `key`."""
@@ -112,9 +114,13 @@ class Idp:
         signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         if signature is None and key:
             signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-        token = f"{signing_input}.{_b64(signature or b'')}"
-        self.secrets.append(token)
-        return token
+        return self.handed_out(f"{signing_input}.{_b64(signature or b'')}")
+
+    def handed_out(self, secret: str) -> str:
+        """Remember `secret`: this module's logs, and the whole run's, are searched for it."""
+        self.secrets.append(secret)
+        SECRETS.add(secret)
+        return secret
 
     def public_pem(self) -> bytes:
         return self.rsa_key.public_key().public_bytes(
@@ -173,6 +179,14 @@ def channel(auth_server: AuthServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(auth_server.target) as ch:
         grpc.channel_ready_future(ch).result(timeout=10)
         yield ch
+
+
+@pytest.fixture(scope="module")
+def auth_envoy(auth_server: AuthServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """Envoy in front of the module's server: REST and native gRPC on one port."""
+    proc = reaped(lambda: start_envoy(tmp_path_factory.mktemp("envoy"), free_port(), auth_server.proc.port))
+    yield proc
+    proc.stop()
 
 
 def call(
@@ -246,6 +260,64 @@ def test_each_role_may_call_what_the_table_says(role: str, auth_server: AuthServ
             assert_allowed(error)
         else:
             assert_refused(error, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def rest_routes() -> list[tuple[str, str, str, bool]]:
+    """(full method, HTTP verb, a concrete path, has a body) of every RPC with a REST mapping."""
+    routes = []
+    for service, method in METHODS:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        if verb is None:
+            continue
+        path = re.sub(r"\{[^}]*\}", "auth_probe", getattr(rule, verb))
+        routes.append((f"/{service.full_name}/{method.name}", verb.upper(), path, bool(rule.body)))
+    return routes
+
+
+def rest_status(port: int, verb: str, path: str, token: str | None, body: bool) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+        conn.request(verb, path, body=b"{}" if body else None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_every_rest_route_maps_to_an_rpc_of_the_table() -> None:
+    routes = rest_routes()
+    assert len(routes) >= 15
+    assert all(auth.METHOD_ROLES[method] is not None for method, *_ in routes)
+
+
+@pytest.mark.parametrize("role", [None, *ROLE_NAMES])
+def test_each_role_over_rest_through_envoy(role: str | None, auth_server: AuthServer, auth_envoy: Proc) -> None:
+    """The same table through Envoy's transcoder: 401 without a token, 403 below the role, else through."""
+    token = auth_server.idp.token([role]) if role else None
+    granted = auth.ROLES[role] if role else auth.Role.NONE
+    for method, verb, path, body in rest_routes():
+        status, answer = rest_status(auth_envoy.port, verb, path, token, body)
+        needed = auth.METHOD_ROLES[method]
+        assert needed is not None
+        where = f"{role} {verb} {path}: {status} {answer[:200]!r}"
+        if token is None:
+            assert status == 401, where
+            assert json.loads(answer)["details"][0]["reason"] == "UNAUTHENTICATED", where
+        elif granted >= needed:
+            assert status not in (401, 403), where
+        else:
+            assert status == 403, where
+            assert json.loads(answer)["details"][0]["reason"] == "PERMISSION_DENIED", where
+
+
+def test_native_grpc_through_envoy_carries_the_token(auth_server: AuthServer, auth_envoy: Proc) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{auth_envoy.port}") as ch:
+        reader = bearer(auth_server.idp.token(["reader"]))
+        assert_allowed(call(ch, core.REGISTRY_SERVICE, "ListFeatures", reader))
+        assert_refused(call(ch, core.REGISTRY_SERVICE, "DeleteFeature", reader), grpc.StatusCode.PERMISSION_DENIED)
+        assert_refused(call(ch, core.REGISTRY_SERVICE, "ListFeatures", ()), grpc.StatusCode.UNAUTHENTICATED)
 
 
 def test_without_a_token_every_rpc_is_unauthenticated(channel: grpc.Channel) -> None:
@@ -362,6 +434,40 @@ def test_registry_changes_and_denials_are_audited(auth_server: AuthServer, chann
     assert denial["role"] == "reader"
     assert "needs editor" in denial["detail"]
     assert denial["peer"]
+
+
+def test_each_revision_names_who_made_it_over_grpc_and_rest(
+    auth_server: AuthServer, channel: grpc.Channel, auth_envoy: Proc
+) -> None:
+    idp, name = auth_server.idp, f"revised_{uuid.uuid4().hex[:8]}"
+    alice, bob = idp.token(["editor"], sub="alice"), idp.token(["admin"], sub="bob")
+    stub = rs_grpc.RegistryServiceStub(channel)
+    feature = pb.Feature(name=name, entity_type="customer", value_type=pb.INT64, frequency=pb.REALTIME)
+    created = stub.CreateFeature(rs.CreateFeatureRequest(feature=feature), metadata=bearer(alice), timeout=10)
+    assert created.revised_by == "alice"
+    path = f"/api/feature-registry/features/{name}"
+    status, body = rest(auth_envoy.port, "PATCH", path, bob, {"description": "changed by bob"})
+    assert (status, body["revised_by"]) == (200, "bob"), body
+    status, body = rest(auth_envoy.port, "GET", path, idp.token(["reader"]))
+    assert (status, body["revised_by"], body["revision"]) == (200, "bob", "2"), body
+    stub.DeleteFeature(rs.DeleteFeatureRequest(name=name), metadata=bearer(alice), timeout=10)
+
+    status, body = rest(auth_envoy.port, "GET", f"{path}/revisions", idp.token(["reader"]))
+    assert status == 200, body
+    assert [(f["revision"], f["revised_by"]) for f in body["features"]] == [
+        ("2", "alice"),
+        ("2", "bob"),
+        ("1", "alice"),
+    ]
+    listed = stub.ListFeatureRevisions(rs.ListFeatureRevisionsRequest(name=name), metadata=bearer(bob), timeout=10)
+    assert [f.revised_by for f in listed.features] == ["alice", "bob", "alice"]
+
+    group = pb.FeatureGroup(name=f"g_{name}", entity_type="customer", feature_names=[])
+    with pytest.raises(grpc.RpcError):  # an empty group is refused; who tried is still audited
+        stub.CreateFeatureGroup(rs.CreateFeatureGroupRequest(feature_group=group), metadata=bearer(bob), timeout=10)
+    eventually(
+        lambda: any(a["resource"] == f"g_{name}" and a["subject"] == "bob" for a in audit_lines(auth_server.proc))
+    )
 
 
 def test_unauthenticated_calls_are_audited_without_the_token(auth_server: AuthServer, channel: grpc.Channel) -> None:

@@ -148,11 +148,18 @@ import json, sys
 from datetime import timezone
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from featurestore import FeatureStoreClient, error_details, python_value
+from featurestore import Client, FeatureStoreClient, NotFound, error_details, python_value
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.serving.v1 import value_pb2
 
 target, name = sys.argv[1], sys.argv[2]
+with Client(target) as facade:
+    facade.wait_ready()
+    paged = [f.name for f in facade.list_features(page_size=1)]
+    try:
+        facade.get_feature("missing")
+    except NotFound as err:
+        not_found = [err.reason, err.metadata]
 with FeatureStoreClient(target) as client:
     grpc.channel_ready_future(client.channel).result(timeout=10)
     got = client.registry.GetFeature(rs.GetFeatureRequest(name=name), timeout=10)
@@ -166,6 +173,8 @@ when = python_value(value_pb2.Value(timestamp_value=Timestamp(seconds=1700000000
 print(json.dumps({
     "feature": got.SerializeToString().hex(),
     "listed": [f.name for f in listed.features],
+    "paged": paged,
+    "not_found": not_found,
     "missing": missing and [missing.code.name, missing.reason, missing.metadata],
     "when": when.isoformat(),
     "utc": when.tzinfo is timezone.utc,
@@ -191,6 +200,8 @@ def test_calls_the_server(old_venv: OldVenv, client: FeatureStoreClient, grpc_ta
 
     assert pb.Feature.FromString(bytes.fromhex(out["feature"])) == created
     assert out["listed"] == [created.name]
+    assert out["paged"] == [created.name]
+    assert out["not_found"] == ["FEATURE_NOT_FOUND", {"name": "missing"}]
     assert out["missing"] == ["NOT_FOUND", "FEATURE_NOT_FOUND", {"name": "missing"}]
     assert out["when"] == "2023-11-14T22:13:20.123456+00:00"
     assert out["utc"] is True

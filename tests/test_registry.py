@@ -211,3 +211,30 @@ def test_rest_update_delete_and_list_groups(client: FeatureStoreClient, rest: Re
     assert rest.request("DELETE", "/api/feature-registry/feature-groups/g").status == 200
     assert rest.request("DELETE", "/api/feature-registry/features/f1").status == 200
     assert rest.get("/api/feature-registry/features/f1").status == 404
+
+
+def test_a_streaming_feature_round_trips_and_a_bad_one_changes_nothing(client: FeatureStoreClient) -> None:
+    source = pb.SourceConfig(
+        stream="purchases",
+        entity_column="customer_id",
+        fields=[
+            pb.EventField(name="customer_id", type=pb.STRING),
+            pb.EventField(name="purchase_amount", type=pb.FLOAT),
+            pb.EventField(name="event_time", type=pb.TIMESTAMP),
+        ],
+        watermark=duration_pb2.Duration(seconds=120),
+    )
+    step = pb.Transformation(
+        type="aggregation", function="sum", column="purchase_amount", window=duration_pb2.Duration(seconds=3600)
+    )
+    sent = feature("s1", source=pb.STREAMING, frequency=pb.REALTIME, source_config=source, transformations=[step])
+    created = create(client, sent)
+    assert created.source_config == source
+    assert created.transformations[0].window.seconds == 3600
+    assert client.registry.GetFeature(rs.GetFeatureRequest(name="s1")) == created
+    evil = pb.Transformation(type="filter", expression="java_method('java.lang.System', 'exit', 1) = 0")
+    bad = feature("s2", source=pb.STREAMING, source_config=source, transformations=[evil, step])
+    err = rpc_error(create, client, bad)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "java_method" in (err.details() or "")
+    assert rpc_error(client.registry.GetFeature, rs.GetFeatureRequest(name="s2")).code() == grpc.StatusCode.NOT_FOUND

@@ -20,6 +20,7 @@ import grpc
 from server.auth._audit import record, resource_of
 from server.auth._credentials import ApiKeys, CredentialError, JwtVerifier, Principal
 from server.auth._roles import AUDITED, Role
+from server.core import acting_as
 from server.core.errors import ServiceError
 
 _log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def _denied(handler: Handler | None, principal: Principal, method: str, error: S
 
 
 def _audited(handler: Handler, principal: Principal, method: str) -> Handler:
-    """`handler` (unary) with an audit line of the change's outcome."""
+    """`handler` (unary) run as the principal (`acting_as`), with an audit line of the change's outcome."""
     behavior: Any = handler.unary_unary  # an async behavior (grpc-stubs type it as sync)
     if behavior is None:
         return handler
@@ -171,7 +172,8 @@ def _audited(handler: Handler, principal: Principal, method: str) -> Handler:
     async def audited(request: object, context: Context) -> object:
         outcome = "ERROR"
         try:
-            response = await behavior(request, context)
+            with acting_as(principal.subject):  # the registry records who made the revision
+                response = await behavior(request, context)
             outcome = "OK"
             return response
         except BaseException:

@@ -4,6 +4,7 @@ Besides the names below: `server.core.codec` (the stored value form and response
 and `server.core.errors` (domain errors and their gRPC statuses).
 """
 
+from server.core._caller import acting_as, caller_subject
 from server.core._definitions import (
     AGGREGATION,
     AGGREGATIONS,
@@ -19,6 +20,21 @@ from server.core._functions import EXAMPLE_COLUMNS, EXAMPLES, FUNCTIONS, Express
 from server.core._limits import Limits
 from server.core._records import HistoryRecord, HistoryRow, KeyWrite, entity_key
 from server.core._services import FEATURE_STORE_SERVICE, REGISTRY_SERVICE
+from server.core._streaming import (
+    DEFAULT_EVENT_TIME,
+    EVENT_FIELD_TYPES,
+    STREAM_AGGREGATIONS,
+    TILE_SECONDS,
+    WATERMARK_DEFAULT_SECONDS,
+    WINDOW_MAX_SECONDS,
+    EventField,
+    StreamSource,
+    StreamStep,
+    batch_stream_problems,
+    entity_field,
+    streaming_problems,
+    time_field,
+)
 from server.core._validation import (
     ENTITY_ID_MAX_BYTES,
     NAME_MAX,
@@ -37,7 +53,9 @@ from server.core._writes import WriteBatch
 __all__ = [
     "AGGREGATION",
     "AGGREGATIONS",
+    "DEFAULT_EVENT_TIME",
     "ENTITY_ID_MAX_BYTES",
+    "EVENT_FIELD_TYPES",
     "EXAMPLES",
     "EXAMPLE_COLUMNS",
     "EXPRESSION",
@@ -46,25 +64,38 @@ __all__ = [
     "FUNCTIONS",
     "NAME_MAX",
     "REGISTRY_SERVICE",
+    "STREAM_AGGREGATIONS",
+    "TILE_SECONDS",
     "TIMESTAMP_MAX_SECONDS",
     "TIMESTAMP_MIN_SECONDS",
     "TRANSFORMATIONS_MAX",
     "TRANSFORMATION_TYPES",
     "VALUE_KINDS",
+    "WATERMARK_DEFAULT_SECONDS",
+    "WINDOW_MAX_SECONDS",
+    "EventField",
     "ExpressionUse",
     "HistoryRecord",
     "HistoryRow",
     "KeyWrite",
     "Limits",
     "Step",
+    "StreamSource",
+    "StreamStep",
     "WriteBatch",
+    "acting_as",
+    "batch_stream_problems",
+    "caller_subject",
     "computation_problems",
+    "entity_field",
     "entity_id_problem",
     "entity_key",
     "entity_type_problem",
     "expression_problem",
     "identifier_problem",
     "preview",
+    "streaming_problems",
     "table_problem",
+    "time_field",
     "timestamp_problem",
 ]

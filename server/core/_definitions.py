@@ -63,7 +63,7 @@ class Step(Protocol):
     def expression(self) -> str: ...
 
 
-def _aggregation_problems(path: str, step: Step) -> list[Problem]:
+def _aggregation_problems(path: str, step: Step, source: ExpressionUse) -> list[Problem]:
     out = []
     if step.function not in AGGREGATIONS:
         out.append(
@@ -73,7 +73,7 @@ def _aggregation_problems(path: str, step: Step) -> list[Problem]:
             )
         )
     if step.column:
-        problem = expression_problem(step.column, _OVER_SOURCE)
+        problem = expression_problem(step.column, source)
         out += [(f"{path}.column", problem)] if problem else []
     elif step.function != "count":
         out.append((f"{path}.column", f"is required for {step.function or 'an aggregation'}"))
@@ -82,15 +82,15 @@ def _aggregation_problems(path: str, step: Step) -> list[Problem]:
     return out
 
 
-def _step_problems(path: str, step: Step) -> list[Problem]:
+def _step_problems(path: str, step: Step, source: ExpressionUse) -> list[Problem]:
     """One step: a known type with the fields that type uses, and nothing else."""
     if not step.type:
         return [(f"{path}.type", f"is required: one of {_TYPES}")]
     if step.type not in TRANSFORMATION_TYPES:
         return [(f"{path}.type", f"unknown type {preview(step.type)}; expected one of {_TYPES}")]
     if step.type == AGGREGATION:
-        return _aggregation_problems(path, step)
-    use = _OVER_SOURCE if step.type == FILTER else _OVER_VALUE
+        return _aggregation_problems(path, step, source)
+    use = source if step.type == FILTER else _OVER_VALUE
     problem = expression_problem(step.expression, use) if step.expression else "is required"
     out = [(f"{path}.expression", problem)] if problem else []
     for name, value in (("function", step.function), ("column", step.column)):
@@ -113,15 +113,20 @@ def _order_problem(steps: Sequence[Step]) -> str | None:
     return None
 
 
-def computation_problems(source_filter: str, steps: Sequence[Step]) -> list[Problem]:
-    """What is wrong with a feature's computation: its source filter and its transformation steps."""
+def computation_problems(
+    source_filter: str, steps: Sequence[Step], source: ExpressionUse = _OVER_SOURCE
+) -> list[Problem]:
+    """What is wrong with a feature's computation: its source filter and its transformation steps.
+
+    `source`: what expressions over the source rows may refer to (a stream's declared fields).
+    """
     out: list[Problem] = []
     if source_filter:
-        problem = expression_problem(source_filter, _OVER_SOURCE)
+        problem = expression_problem(source_filter, source)
         out += [("source_config.filter", problem)] if problem else []
     if len(steps) > TRANSFORMATIONS_MAX:
         return [*out, ("transformations", f"at most {TRANSFORMATIONS_MAX} steps, got {len(steps)}")]
     for i, step in enumerate(steps):
-        out += _step_problems(f"transformations[{i}]", step)
+        out += _step_problems(f"transformations[{i}]", step, source)
     order = _order_problem(steps)
     return out + ([("transformations", order)] if order else [])

@@ -313,7 +313,11 @@ def now_micros() -> int:
 
 
 def _served(
-    stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes], expired: Callable[[bytes], bytes]
+    stored: list[bytes | None],
+    not_found: list[bytes],
+    cutoffs: list[bytes],
+    expired: Callable[[bytes], bytes],
+    expired_seen: list[int] | None,
 ) -> list[bytes]:
     """Each feature's served form: the stored one, its expired variant, or the not-found one."""
     parts = []
@@ -324,17 +328,23 @@ def _served(
             parts.append(value[TIME_BYTES:])
         else:
             parts.append(expired(value))
+            if expired_seen is not None:
+                expired_seen[0] += 1
     return parts
 
 
-def assemble(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
-    """The framed FeatureValues of one entity, in request order."""
-    return b"".join(_served(stored, not_found, cutoffs, expired_frame))
+def assemble(
+    stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes], expired_seen: list[int] | None = None
+) -> bytes:
+    """The framed FeatureValues of one entity, in request order; expired ones are counted in `expired_seen[0]`."""
+    return b"".join(_served(stored, not_found, cutoffs, expired_frame, expired_seen))
 
 
-def assemble_json(stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes]) -> bytes:
-    """The JSON FeatureValues of one entity, comma-separated, in request order."""
-    return b",".join(_served(stored, not_found, cutoffs, expired_json))
+def assemble_json(
+    stored: list[bytes | None], not_found: list[bytes], cutoffs: list[bytes], expired_seen: list[int] | None = None
+) -> bytes:
+    """The JSON FeatureValues of one entity, comma-separated, in request order (expired ones counted)."""
+    return b",".join(_served(stored, not_found, cutoffs, expired_json, expired_seen))
 
 
 def json_string(text: str) -> bytes:

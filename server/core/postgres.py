@@ -8,10 +8,14 @@ server processes starting together apply each exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
@@ -72,8 +76,13 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+QueryObserver = Callable[[str, float, BaseException | None], None]
+
+
+async def _init_connection(conn: asyncpg.Connection, on_query: QueryObserver | None = None) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    if on_query is not None:
+        conn.add_query_logger(lambda q: on_query(q.query, q.elapsed, q.exception))
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -89,21 +98,41 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 
 class _Pool(asyncpg.Pool):
-    """asyncpg's pool, with a default timeout on acquiring a connection (asyncpg waits forever)."""
+    """asyncpg's pool, with a default timeout on acquiring a connection (asyncpg waits forever),
+    and optionally the time each acquire waited reported to `on_wait`."""
 
     acquire_timeout: float | None = None
+    on_wait: Callable[[float], None] | None = None
 
     def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
+    async def _acquire(self, timeout: float | None) -> Any:
+        if self.on_wait is None:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        started = time.perf_counter()
+        try:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        finally:
+            self.on_wait(time.perf_counter() - started)
+
 
 async def create_pool(
-    dsn: str, *, min_size: int, max_size: int, command_timeout: float, acquire_timeout: float | None = None
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    command_timeout: float,
+    acquire_timeout: float | None = None,
+    on_query: QueryObserver | None = None,
+    on_wait: Callable[[float], None] | None = None,
 ) -> asyncpg.Pool:
     """A pool whose connections decode jsonb to Python objects.
 
     A caller waits at most `acquire_timeout` seconds for a connection (then TimeoutError,
     which the stores report as UNAVAILABLE), and a statement runs at most `command_timeout`.
+    `on_query(statement, seconds, exception or None)` is called after each statement (not
+    COPY), `on_wait(seconds)` after each wait for a connection: both for metrics.
     """
     pool = _Pool(
         dsn,
@@ -115,21 +144,27 @@ async def create_pool(
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
         command_timeout=command_timeout,
-        init=_init_connection,
+        init=functools.partial(_init_connection, on_query=on_query),
         reset=_reset_connection,
     )
     pool.acquire_timeout = acquire_timeout
+    pool.on_wait = on_wait
     await pool
     return pool
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("server") / "migrations"
+def _migrations(folder: Traversable | None = None) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of the migrations, in order; two files with one number stop the start."""
+    folder = folder or resources.files("server") / "migrations"
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    versions = [version for version, _, _ in found]
+    twice = sorted({name for version, name, _ in found if versions.count(version) > 1})
+    if twice:  # two branches that each added "the next" migration: one would never be applied
+        raise RuntimeError(f"migrations share a number: {', '.join(twice)}; renumber one of them")
     return sorted(found)
 
 

@@ -3,11 +3,12 @@
 from server.online._catalog import Catalog, CatalogRefresher, Plan
 from server.online._redis import RedisOnlineStore, connect
 from server.online._servicer import OnlineServicer, methods
-from server.online._store import OnlineStore
+from server.online._store import HistorySink, OnlineStore
 
 __all__ = [
     "Catalog",
     "CatalogRefresher",
+    "HistorySink",
     "OnlineServicer",
     "OnlineStore",
     "Plan",

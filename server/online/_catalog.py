@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from featurestore.serving.v1 import value_pb2
-from server._metrics import REGISTRY_FEATURES, REGISTRY_VERSION
+from server._metrics import mark_registry_checked
 from server.core import VALUE_KINDS, codec, entity_type_problem
 from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.online._redis import value_field
@@ -60,6 +60,7 @@ class ServedFeature:
     entity_type: str
     value_type: str
     value_kind: str
+    frequency: str
     max_age_micros: int | None
     not_found: bytes
     json_field: bytes
@@ -76,6 +77,7 @@ class Plan:
     json_fields: tuple[bytes, ...]
     not_found_json: list[bytes]
     not_found_examples: list[bytes]
+    label: str  # the feature_group label of its served-values metric
     _ages: tuple[int | None, ...]
     _age_index: tuple[int, ...]
 
@@ -96,6 +98,7 @@ def _served(f: Feature) -> ServedFeature:
         entity_type=f.entity_type,
         value_type=f.value_type,
         value_kind=VALUE_KINDS[f.value_type],
+        frequency=f.frequency,
         max_age_micros=None if max_age is None else int(max_age.total_seconds() * 1_000_000),
         not_found=codec.not_found_frame(f.name),
         json_field=value_field(f.name.encode() + codec.JSON_FIELD_SUFFIX, kind_number),
@@ -103,7 +106,7 @@ def _served(f: Feature) -> ServedFeature:
     )
 
 
-def _make_plan(features: list[ServedFeature]) -> Plan:
+def _make_plan(features: list[ServedFeature], label: str = "_features") -> Plan:
     ages = tuple(dict.fromkeys(f.max_age_micros for f in features))
     return Plan(
         features=tuple(features),
@@ -112,9 +115,17 @@ def _make_plan(features: list[ServedFeature]) -> Plan:
         json_fields=tuple(f.json_field for f in features),
         not_found_json=[f.not_found_json for f in features],
         not_found_examples=[codec.EXAMPLE_FEATURES_TAG + f.not_found[1:] for f in features],
+        label=label,
         _ages=ages,
         _age_index=tuple(ages.index(f.max_age_micros) for f in features),
     )
+
+
+def _label(names: tuple[str, ...], groups: tuple[str, ...]) -> str:
+    """The feature group a request names, for metrics: bounded by the registry (see server._metrics)."""
+    if len(groups) == 1 and not names:
+        return groups[0]
+    return "_features" if not groups else "_several"
 
 
 class Catalog:
@@ -125,6 +136,7 @@ class Catalog:
         self.features: dict[str, ServedFeature] = {}
         self.groups: dict[str, tuple[str, ...]] = {}
         self._per_entity_type: Counter[str] = Counter()
+        self._groups_per_entity_type: Counter[str] = Counter()
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Plan] = {}
         self._cached_features = 0
 
@@ -133,9 +145,19 @@ class Catalog:
         self.features = {f.name: _served(f) for f in features}
         self.groups = {g.name: g.feature_names for g in groups}
         self._per_entity_type = Counter(f.entity_type for f in features)
+        self._groups_per_entity_type = Counter(g.entity_type for g in groups)
         self._plans = {}
         self._cached_features = 0
         self.version = version
+
+    def definitions(self) -> list[tuple[str, str, int]]:
+        """(entity type, "feature" or "feature_group", how many are registered), for metrics."""
+        features, groups = self._per_entity_type, self._groups_per_entity_type
+        return [(t, "feature", n) for t, n in features.items()] + [(t, "feature_group", n) for t, n in groups.items()]
+
+    def plan_cache_size(self) -> tuple[int, int]:
+        """(plans cached, features over all cached plans)."""
+        return len(self._plans), self._cached_features
 
     def feature_count(self, entity_type: str) -> int:
         """How many features of `entity_type` are registered."""
@@ -193,7 +215,7 @@ class Catalog:
                 break
         if violations:
             raise invalid_argument(violations)
-        return _make_plan([f for f in features if f is not None])
+        return _make_plan([f for f in features if f is not None], _label(names, groups))
 
     def resolve(self, path: str, name: str, entity_type: str, violations: list[FieldViolation]) -> ServedFeature | None:
         """One feature by name, or None with a violation at `path`."""
@@ -226,11 +248,11 @@ class CatalogRefresher:
         """Reload if the registry changed; True if a new snapshot was loaded."""
         async with self._lock:
             if await self._source.registry_version() == self._catalog.version:
+                mark_registry_checked(self._catalog.version, len(self._catalog.features), loaded=False)
                 return False
             version, features, groups = await self._source.registry_snapshot()
             self._catalog.replace(version, features, groups)
-            REGISTRY_VERSION.set(version)
-            REGISTRY_FEATURES.set(len(features))
+            mark_registry_checked(version, len(features), loaded=True)
         _log.info("registry snapshot %d: %d features, %d groups", version, len(features), len(groups))
         return True
 

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -74,6 +75,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
+from server import _metrics
 from server.core import KeyWrite
 from server.core.codec import FIELDS_PER_VALUE, TIME_BYTES
 from server.core.errors import ServiceError, translated, unavailable
@@ -320,7 +322,7 @@ class _Standalone:
     values; writes go in script calls of at most `chunk_values` values, `in_flight` outstanding."""
 
     def __init__(self, client: RespClient, chunk_values: int, in_flight: int) -> None:
-        self._client = client
+        self._client = self.client = client
         self._chunk_values = chunk_values
         self._in_flight = in_flight
         self._window = asyncio.Semaphore(in_flight)
@@ -423,6 +425,10 @@ class _Clustered:
         return written
 
 
+_READ_SECONDS, _READ_ERRORS = _metrics.store_timer("redis", "read")
+_WRITE_SECONDS, _WRITE_ERRORS = _metrics.store_timer("redis", "write")
+
+
 class RedisOnlineStore:
     """Latest feature values per entity in Redis; driver failures become UNAVAILABLE (see redis_error)."""
 
@@ -446,13 +452,27 @@ class RedisOnlineStore:
     async def ping(self) -> None:
         await self._transport.ping()
 
+    def pending(self) -> int:
+        """Requests sent to Redis and not answered yet (standalone; 0 for a cluster), for metrics."""
+        transport = self._transport
+        return transport.client.pending() if isinstance(transport, _Standalone) else 0
+
     async def close(self) -> None:
         await self._transport.close()
 
     @_translated
     async def read(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
         """Values of `fields` for each key, flat and key-major; None where nothing is stored."""
-        return await self._transport.read(keys, fields)
+        if not _metrics.enabled:
+            return await self._transport.read(keys, fields)
+        started = time.perf_counter()
+        try:
+            return await self._transport.read(keys, fields)
+        except Exception:
+            _READ_ERRORS()
+            raise
+        finally:
+            _READ_SECONDS(time.perf_counter() - started)
 
     @_translated
     async def write(self, writes: Sequence[KeyWrite]) -> int:
@@ -461,4 +481,13 @@ class RedisOnlineStore:
         In script calls of at most `chunk_values` values each, at most `chunks_in_flight` of
         them outstanding per process (see "Bounded work per command" above).
         """
-        return await self._transport.write(writes, self._ttl) if writes else 0
+        if not writes:
+            return 0
+        started = time.perf_counter()
+        try:
+            return await self._transport.write(writes, self._ttl)
+        except Exception:
+            _WRITE_ERRORS()
+            raise
+        finally:
+            _WRITE_SECONDS(time.perf_counter() - started)

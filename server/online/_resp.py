@@ -157,6 +157,10 @@ class RespClient:
     def timeout(self) -> float:
         return self._timeout
 
+    def pending(self) -> int:
+        """Requests sent and not answered yet, over every connection (for metrics)."""
+        return sum(len(conn._waiting) for conn in self._slots if conn is not None and not conn.lost)
+
     async def execute_packed(self, packed: bytes, *, bulk: bool = False) -> Any:
         """Send a packed command and return its reply; `bulk` sends it over the bulk connections."""
         slot = self._next_bulk() if bulk else self._next()

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from server import _metrics
+from server._metrics import REQUEST_ENTITIES, REQUEST_FEATURES
 from server._rpc import parsed, rpc, stream_unary, unary_unary
 from server.core import Limits, codec, entity_key
 from server.core.errors import resource_exhausted
@@ -23,6 +25,24 @@ from server.online._store import HistorySink, OnlineStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _SLICE_VALUES = 500  # values encoded between two yields to the event loop (~1-2 ms)
+_READS = ("GetFeatures", "GetFeaturesJson", "BatchGetFeatures", "BatchGetFeaturesJson")
+_FEATURES_ASKED = {method: REQUEST_FEATURES.labels(method).observe for method in _READS}
+_ENTITIES = {m: REQUEST_ENTITIES.labels(m).observe for m in (*_READS[2:], "WriteFeatures", "PushFeatures")}
+
+
+def _tally(method: str, plan: Plan, stored: list[bytes | None], expired: int, entities: int = 0) -> None:
+    """Count a read's values by status, and its size (a few increments: no loop over the values)."""
+    present, not_found, expired_inc = _metrics.served_counters(plan.label)
+    missing = stored.count(None)
+    if len(stored) - missing - expired:
+        present(len(stored) - missing - expired)
+    if missing:
+        not_found(missing)
+    if expired:
+        expired_inc(expired)
+    _FEATURES_ASKED[method](len(plan.fields))
+    if entities:
+        _ENTITIES[method](entities)
 
 
 class OnlineServicer:
@@ -49,7 +69,10 @@ class OnlineServicer:
         entity_type, entity_id = request.entity_type, request.entity_id
         plan = self._plan(entity_type, request, (entity_id,), batch=False)
         stored = await self._read(entity_type, (entity_id,), plan.fields)
-        features = codec.assemble(stored, plan.not_found, plan.cutoffs(codec.now_micros()))
+        expired = [0]
+        features = codec.assemble(stored, plan.not_found, plan.cutoffs(codec.now_micros()), expired)
+        if _metrics.enabled:
+            _tally("GetFeatures", plan, stored, expired[0])
         head = codec.frame(codec.ENTITY_ID_TAG, entity_id.encode())
         return head + codec.frame(codec.ENTITY_TYPE_TAG, entity_type.encode()) + features
 
@@ -58,7 +81,10 @@ class OnlineServicer:
         entity_type, entity_id = request.entity_type, request.entity_id
         plan = self._plan(entity_type, request, (entity_id,), batch=False)
         stored = await self._read(entity_type, (entity_id,), plan.json_fields)
-        features = codec.assemble_json(stored, plan.not_found_json, plan.cutoffs(codec.now_micros()))
+        expired = [0]
+        features = codec.assemble_json(stored, plan.not_found_json, plan.cutoffs(codec.now_micros()), expired)
+        if _metrics.enabled:
+            _tally("GetFeaturesJson", plan, stored, expired[0])
         head = b'{"entity_id":' + codec.json_string(entity_id) + b',"entity_type":' + codec.json_string(entity_type)
         return codec.http_body(head + b',"features":[' + features + b"]}")
 
@@ -70,10 +96,13 @@ class OnlineServicer:
         if entity_ids:
             stored = await self._read(entity_type, entity_ids, plan.fields)
             cutoffs, width = plan.cutoffs(codec.now_micros()), len(plan.fields)
+            expired = [0]
             for i, entity_id in enumerate(entity_ids):
-                values = codec.assemble(stored[i * width : (i + 1) * width], plan.not_found, cutoffs)
+                values = codec.assemble(stored[i * width : (i + 1) * width], plan.not_found, cutoffs, expired)
                 entity = codec.frame(codec.ENTITY_ID_TAG, entity_id.encode()) + values
                 parts.append(codec.frame(codec.BATCH_ENTITIES_TAG, entity))
+            if _metrics.enabled:
+                _tally("BatchGetFeatures", plan, stored, expired[0], len(entity_ids))
         return b"".join(parts)
 
     @rpc
@@ -84,14 +113,19 @@ class OnlineServicer:
         if entity_ids:
             stored = await self._read(entity_type, entity_ids, plan.json_fields)
             cutoffs, width = plan.cutoffs(codec.now_micros()), len(plan.fields)
+            expired = [0]
             for i, entity_id in enumerate(entity_ids):
-                values = codec.assemble_json(stored[i * width : (i + 1) * width], plan.not_found_json, cutoffs)
+                values = codec.assemble_json(stored[i * width : (i + 1) * width], plan.not_found_json, cutoffs, expired)
                 entities.append(b'{"entity_id":' + codec.json_string(entity_id) + b',"features":[' + values + b"]}")
+            if _metrics.enabled:
+                _tally("BatchGetFeaturesJson", plan, stored, expired[0], len(entity_ids))
         head = b'{"entity_type":' + codec.json_string(entity_type) + b',"entities":['
         return codec.http_body(head + b",".join(entities) + b"]}")
 
     @rpc
     async def WriteFeatures(self, request: fs.WriteFeaturesRequest, context: Context) -> fs.WriteFeaturesResponse:
+        if _metrics.enabled:
+            _ENTITIES["WriteFeatures"](len(request.rows))
         written, total = await self._write(request.entity_type, request.rows, context)
         return fs.WriteFeaturesResponse(written_values=written, skipped_values=total - written)
 
@@ -104,6 +138,8 @@ class OnlineServicer:
         pushed, ends = 0, time.monotonic() + self._limits.max_stream_seconds
         async for request in requests:
             encoded = await self._encode(parsed(request).entity_type, request.rows)
+            if _metrics.enabled:
+                _ENTITIES["PushFeatures"](len(request.rows))
             pushed += encoded.values
             self._check_push(pushed, ends, response.batches)
             written = await self._store_both(encoded, context)

@@ -26,13 +26,29 @@ _FREQUENCY_PERIOD = {
 
 
 @dataclass(frozen=True, slots=True)
+class EventField:
+    """One typed field of a stream's events."""
+
+    name: str = ""
+    type: str = "VALUE_TYPE_UNSPECIFIED"
+
+
+@dataclass(frozen=True, slots=True)
 class SourceConfig:
-    """The table a batch feature is computed from."""
+    """The table of a batch feature, or the event stream of a streaming feature."""
 
     table: str = ""
     filter: str = ""
     entity_column: str = ""
     timestamp_column: str = ""
+    stream: str = ""
+    format: str = ""
+    fields: tuple[EventField, ...] = ()
+    watermark: timedelta | None = None
+
+    @property
+    def watermark_seconds(self) -> float | None:
+        return None if self.watermark is None else self.watermark.total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +59,11 @@ class Transformation:
     function: str = ""
     column: str = ""
     expression: str = ""
+    window: timedelta | None = None  # the event-time window of a streaming aggregation
+
+    @property
+    def window_seconds(self) -> float | None:
+        return None if self.window is None else self.window.total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +73,7 @@ class Meta:
     revision: int
     create_time: datetime
     update_time: datetime
+    revised_by: str = ""  # who made this revision (the caller's authenticated subject)
 
     def etag(self, name: str) -> str:
         """An opaque checksum that changes on every write, also across delete and re-create."""

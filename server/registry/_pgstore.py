@@ -26,6 +26,7 @@ from server.core.errors import (
 )
 from server.core.postgres import translated_postgres
 from server.registry._model import (
+    EventField,
     Feature,
     FeatureFilter,
     FeatureGroup,
@@ -41,7 +42,7 @@ R = TypeVar("R")
 Row = asyncpg.Record
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-_COLUMNS = "name, definition, revision, create_time, update_time"
+_COLUMNS = "name, definition, revision, create_time, update_time, revised_by"
 # Statements per table; table names are constants, values always parameters.
 _FEATURES = "registry_features"
 _GROUPS = "registry_feature_groups"
@@ -49,13 +50,13 @@ _GROUPS = "registry_feature_groups"
 
 def _statements(table: str) -> dict[str, str]:
     return {
-        "insert": "INSERT INTO " + table + " (name, definition, revision, create_time, update_time) "
-        "VALUES ($1, $2, 1, now(), now()) RETURNING " + _COLUMNS,
+        "insert": "INSERT INTO " + table + " (name, definition, revision, create_time, update_time, revised_by) "
+        "VALUES ($1, $2, 1, now(), now(), $3) RETURNING " + _COLUMNS,
         "get": "SELECT " + _COLUMNS + " FROM " + table + " WHERE name = $1",
         "list": "SELECT " + _COLUMNS + " FROM " + table,
         "exists": "SELECT 1 FROM " + table + " WHERE name = $1",
-        "replace": "UPDATE " + table + " SET definition = $2, revision = revision + 1, update_time = now() "
-        "WHERE name = $1 AND revision = $3 RETURNING " + _COLUMNS,
+        "replace": "UPDATE " + table + " SET definition = $2, revision = revision + 1, update_time = now(), "
+        "revised_by = $4 WHERE name = $1 AND revision = $3 RETURNING " + _COLUMNS,
         "delete": "DELETE FROM " + table + " WHERE name = $1 AND ($2::bigint IS NULL OR revision = $2) "
         "RETURNING " + _COLUMNS,
     }
@@ -65,6 +66,36 @@ _SQL = {_FEATURES: _statements(_FEATURES), _GROUPS: _statements(_GROUPS)}
 
 
 _translated = translated_postgres  # driver errors become ServiceErrors at the store's edge
+
+
+def _stream_definition(sc: SourceConfig) -> dict[str, Any]:
+    """A stream's settings, only when set: batch definitions keep their stored form."""
+    out: dict[str, Any] = {}
+    if sc.stream or sc.format or sc.fields or sc.watermark is not None:
+        out = {"stream": sc.stream, "format": sc.format, "fields": [[f.name, f.type] for f in sc.fields]}
+        out["watermark_seconds"] = sc.watermark.total_seconds() if sc.watermark is not None else None
+    return out
+
+
+def _source_from_row(d: dict[str, Any]) -> SourceConfig:
+    watermark = d.get("watermark_seconds")
+    return SourceConfig(
+        table=d["table"],
+        filter=d["filter"],
+        entity_column=d["entity_column"],
+        timestamp_column=d["timestamp_column"],
+        stream=d.get("stream", ""),
+        format=d.get("format", ""),
+        fields=tuple(EventField(name, kind) for name, kind in d.get("fields", ())),
+        watermark=timedelta(seconds=watermark) if watermark is not None else None,
+    )
+
+
+def _step_from_row(d: dict[str, Any]) -> Transformation:
+    window = d.get("window_seconds")
+    return Transformation(
+        d["type"], d["function"], d["column"], d["expression"], timedelta(seconds=window) if window else None
+    )
 
 
 def _feature_definition(f: Feature) -> dict[str, Any]:
@@ -82,9 +113,11 @@ def _feature_definition(f: Feature) -> dict[str, Any]:
             "filter": f.source_config.filter,
             "entity_column": f.source_config.entity_column,
             "timestamp_column": f.source_config.timestamp_column,
+            **_stream_definition(f.source_config),
         },
         "transformations": [
             {"type": t.type, "function": t.function, "column": t.column, "expression": t.expression}
+            | ({"window_seconds": t.window.total_seconds()} if t.window is not None else {})
             for t in f.transformations
         ],
         "max_age_seconds": f.max_age.total_seconds() if f.max_age is not None else None,
@@ -92,7 +125,12 @@ def _feature_definition(f: Feature) -> dict[str, Any]:
 
 
 def _meta(row: Row) -> Meta:
-    return Meta(revision=row["revision"], create_time=row["create_time"], update_time=row["update_time"])
+    return Meta(
+        revision=row["revision"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        revised_by=row["revised_by"],
+    )
 
 
 def _feature_from_row(row: Row) -> Feature:
@@ -108,8 +146,8 @@ def _feature_from_row(row: Row) -> Feature:
         frequency=d["frequency"],
         owner=d["owner"],
         tags=tuple(d["tags"]),
-        source_config=SourceConfig(**d["source_config"]),
-        transformations=tuple(Transformation(**t) for t in d["transformations"]),
+        source_config=_source_from_row(d["source_config"]),
+        transformations=tuple(_step_from_row(t) for t in d["transformations"]),
         max_age=timedelta(seconds=max_age) if max_age is not None else None,
         meta=_meta(row),
     )
@@ -138,10 +176,11 @@ def _group_from_row(row: Row) -> FeatureGroup:
     )
 
 
-async def _record(conn: Conn, kind: str, change: str, row: Row) -> None:
+async def _record(conn: Conn, kind: str, change: str, row: Row, actor: str) -> None:
+    """Append the change to the history: the definition as committed, and who made the change."""
     await conn.execute(
-        "INSERT INTO registry_revisions (kind, name, revision, change, definition, create_time, update_time) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO registry_revisions (kind, name, revision, change, definition, create_time, update_time, "
+        "revised_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         kind,
         row["name"],
         row["revision"],
@@ -149,6 +188,7 @@ async def _record(conn: Conn, kind: str, change: str, row: Row) -> None:
         row["definition"],
         row["create_time"],
         row["update_time"],
+        actor,
     )
     await conn.execute("SELECT pg_notify('featurestore_registry', $1)", f"{kind}:{row['name']}")
 
@@ -215,18 +255,19 @@ class PostgresRegistryStore:
     # -- features -----------------------------------------------------------
 
     @_translated
-    async def create_feature(self, feature: Feature) -> Feature:
+    async def create_feature(self, feature: Feature, *, actor: str = "") -> Feature:
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
                     _SQL[_FEATURES]["insert"],
                     feature.name,
                     _feature_definition(feature),
+                    actor,
                 )
             except asyncpg.UniqueViolationError:
                 raise already_exists("feature", feature.name) from None
             assert row is not None
-            await _record(conn, "feature", "CREATE", row)
+            await _record(conn, "feature", "CREATE", row, actor)
         return _feature_from_row(row)
 
     @_translated
@@ -249,21 +290,22 @@ class PostgresRegistryStore:
         return _page([_feature_from_row(r) for r in rows], page_size, lambda f: f.name)
 
     @_translated
-    async def replace_feature(self, feature: Feature, expected_revision: int) -> Feature:
+    async def replace_feature(self, feature: Feature, expected_revision: int, *, actor: str = "") -> Feature:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 _SQL[_FEATURES]["replace"],
                 feature.name,
                 _feature_definition(feature),
                 expected_revision,
+                actor,
             )
             if row is None:
                 raise await self._lost_race(conn, _FEATURES, "feature", feature.name)
-            await _record(conn, "feature", "UPDATE", row)
+            await _record(conn, "feature", "UPDATE", row, actor)
         return _feature_from_row(row)
 
     @_translated
-    async def delete_feature(self, name: str, expected_revision: int | None) -> None:
+    async def delete_feature(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
@@ -275,12 +317,12 @@ class PostgresRegistryStore:
                 raise await self._feature_in_use(name) from None
             if row is None:
                 raise await self._lost_race(conn, _FEATURES, "feature", name)
-            await _record(conn, "feature", "DELETE", row)
+            await _record(conn, "feature", "DELETE", row, actor)
 
     @_translated
     async def list_feature_revisions(self, name: str, page_size: int, after: str) -> Page[Feature]:
         rows = await self._pool.fetch(
-            "SELECT id, name, definition, revision, create_time, update_time FROM registry_revisions "
+            "SELECT id, name, definition, revision, create_time, update_time, revised_by FROM registry_revisions "
             "WHERE kind = 'feature' AND name = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
             name,
             int(after) if after else 2**63 - 1,
@@ -313,19 +355,20 @@ class PostgresRegistryStore:
     # -- groups -------------------------------------------------------------
 
     @_translated
-    async def create_group(self, group: FeatureGroup) -> FeatureGroup:
+    async def create_group(self, group: FeatureGroup, *, actor: str = "") -> FeatureGroup:
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
                     _SQL[_GROUPS]["insert"],
                     group.name,
                     _group_definition(group),
+                    actor,
                 )
             except asyncpg.UniqueViolationError:
                 raise already_exists("feature group", group.name) from None
             assert row is not None
             await self._set_members(conn, group)
-            await _record(conn, "feature_group", "CREATE", row)
+            await _record(conn, "feature_group", "CREATE", row, actor)
         return _group_from_row(row)
 
     @_translated
@@ -347,23 +390,24 @@ class PostgresRegistryStore:
         return _page([_group_from_row(r) for r in rows], page_size, lambda g: g.name)
 
     @_translated
-    async def replace_group(self, group: FeatureGroup, expected_revision: int) -> FeatureGroup:
+    async def replace_group(self, group: FeatureGroup, expected_revision: int, *, actor: str = "") -> FeatureGroup:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 _SQL[_GROUPS]["replace"],
                 group.name,
                 _group_definition(group),
                 expected_revision,
+                actor,
             )
             if row is None:
                 raise await self._lost_race(conn, _GROUPS, "feature group", group.name)
             await conn.execute("DELETE FROM registry_group_members WHERE group_name = $1", group.name)
             await self._set_members(conn, group)
-            await _record(conn, "feature_group", "UPDATE", row)
+            await _record(conn, "feature_group", "UPDATE", row, actor)
         return _group_from_row(row)
 
     @_translated
-    async def delete_group(self, name: str, expected_revision: int | None) -> None:
+    async def delete_group(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 _SQL[_GROUPS]["delete"],
@@ -372,7 +416,7 @@ class PostgresRegistryStore:
             )
             if row is None:
                 raise await self._lost_race(conn, _GROUPS, "feature group", name)
-            await _record(conn, "feature_group", "DELETE", row)
+            await _record(conn, "feature_group", "DELETE", row, actor)
 
     @staticmethod
     async def _set_members(conn: Conn, group: FeatureGroup) -> None:

@@ -15,7 +15,7 @@ from featurestore.registry.v1 import registry_service_pb2_grpc as rs_grpc
 from server import _paging
 from server._rpc import rpc
 from server._update import apply_mask
-from server.core import identifier_problem
+from server.core import caller_subject, identifier_problem
 from server.core.errors import FieldViolation, etag_mismatch, invalid_argument
 from server.registry._convert import (
     feature_from_proto,
@@ -84,7 +84,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
     async def CreateFeature(self, request: rs.CreateFeatureRequest, context: Context) -> pb.Feature:
         feature = feature_from_proto(request.feature)
         _ensure_valid(feature_violations(feature))
-        created = await self._store.create_feature(feature)
+        created = await self._store.create_feature(feature, actor=caller_subject())
         await self._after_write()
         return feature_to_proto(created)
 
@@ -122,7 +122,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         _ensure_valid(feature_violations(updated))
         if _same_definition(current, updated):
             return feature_to_proto(current)
-        replaced = await self._store.replace_feature(updated, _revision(current.meta))
+        replaced = await self._store.replace_feature(updated, _revision(current.meta), actor=caller_subject())
         await self._after_write()
         return feature_to_proto(replaced)
 
@@ -134,7 +134,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             current = await self._store.get_feature(request.name)
             _check_etag("feature", request.name, request.etag, current.meta)
             expected = _revision(current.meta)
-        await self._store.delete_feature(request.name, expected)
+        await self._store.delete_feature(request.name, expected, actor=caller_subject())
         await self._after_write()
         return empty_pb2.Empty()
 
@@ -159,7 +159,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
     async def CreateFeatureGroup(self, request: rs.CreateFeatureGroupRequest, context: Context) -> pb.FeatureGroup:
         group = group_from_proto(request.feature_group)
         _ensure_valid(group_violations(group))
-        created = await self._store.create_group(group)
+        created = await self._store.create_group(group, actor=caller_subject())
         await self._after_write()
         return group_to_proto(created)
 
@@ -198,7 +198,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         _ensure_valid(group_violations(updated))
         if _same_definition(current, updated):
             return group_to_proto(current)
-        replaced = await self._store.replace_group(updated, _revision(current.meta))
+        replaced = await self._store.replace_group(updated, _revision(current.meta), actor=caller_subject())
         await self._after_write()
         return group_to_proto(replaced)
 
@@ -210,6 +210,6 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
             current = await self._store.get_group(request.name)
             _check_etag("feature group", request.name, request.etag, current.meta)
             expected = _revision(current.meta)
-        await self._store.delete_group(request.name, expected)
+        await self._store.delete_group(request.name, expected, actor=caller_subject())
         await self._after_write()
         return empty_pb2.Empty()

@@ -73,10 +73,12 @@ def feature_violations(f: Feature, prefix: str = "feature") -> list[FieldViolati
     _check(out, f"{prefix}.owner", _text_problem(f.owner, _TEXT_MAX["owner"]))
     _tags(out, f"{prefix}.tags", f.tags)
     _source_config(out, f"{prefix}.source_config", f)
-    out += [
-        FieldViolation(f"{prefix}.{path}", problem)
-        for path, problem in core.computation_problems(f.source_config.filter, f.transformations)
-    ]
+    if f.source == "STREAMING":
+        problems = core.streaming_problems(f.entity_type, f.source_config, f.transformations)
+    else:
+        problems = core.batch_stream_problems(f.source_config, f.transformations)
+        problems += core.computation_problems(f.source_config.filter, f.transformations)
+    out += [FieldViolation(f"{prefix}.{path}", problem) for path, problem in problems]
     if f.max_age is not None and f.max_age.total_seconds() <= 0:
         out.append(FieldViolation(f"{prefix}.max_age", "must be positive"))
     size = _text_bytes(f)
@@ -88,7 +90,7 @@ def feature_violations(f: Feature, prefix: str = "feature") -> list[FieldViolati
 def _text_bytes(f: Feature) -> int:
     sc = f.source_config
     texts = [f.name, f.entity_type, f.description, f.owner, *f.tags, sc.table, sc.filter]
-    texts += [sc.entity_column, sc.timestamp_column]
+    texts += [sc.entity_column, sc.timestamp_column, sc.stream, sc.format, *(field.name for field in sc.fields)]
     for t in f.transformations:
         texts += [t.type, t.function, t.column, t.expression]
     return sum(len(text.encode()) for text in texts)

@@ -48,20 +48,20 @@ class FakeRegistry:
         self.writes = 0
         self._listeners: list[Callable[[], None]] = []
 
-    def _meta(self, previous: Meta | None = None) -> Meta:
+    def _meta(self, previous: Meta | None = None, actor: str = "") -> Meta:
         self.version += 1
         self.writes += 1
         for listener in self._listeners:
             listener()
         now = datetime.now(UTC)
-        return Meta(self.version, previous.create_time if previous else now, now)
+        return Meta(self.version, previous.create_time if previous else now, now, actor)
 
     # -- RegistryStore: features
 
-    async def create_feature(self, feature: Feature) -> Feature:
+    async def create_feature(self, feature: Feature, *, actor: str = "") -> Feature:
         if feature.name in self.features:
             raise already_exists("feature", feature.name)
-        stored = dataclasses.replace(feature, meta=self._meta())
+        stored = dataclasses.replace(feature, meta=self._meta(actor=actor))
         self.features[feature.name] = stored
         self.revisions.setdefault(feature.name, []).append(stored)
         return stored
@@ -82,21 +82,21 @@ class FakeRegistry:
         ]
         return _page(wanted, lambda f: f.name, page_size, after)
 
-    async def replace_feature(self, feature: Feature, expected_revision: int) -> Feature:
+    async def replace_feature(self, feature: Feature, expected_revision: int, *, actor: str = "") -> Feature:
         current = await self.get_feature(feature.name)
         if current.meta is None or current.meta.revision != expected_revision:
             raise _aborted("feature", feature.name)
-        stored = dataclasses.replace(feature, meta=self._meta(current.meta))
+        stored = dataclasses.replace(feature, meta=self._meta(current.meta, actor))
         self.features[feature.name] = stored
         self.revisions[feature.name].append(stored)
         return stored
 
-    async def delete_feature(self, name: str, expected_revision: int | None) -> None:
+    async def delete_feature(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
         current = await self.get_feature(name)
         if expected_revision is not None and (current.meta is None or current.meta.revision != expected_revision):
             raise _aborted("feature", name)
         del self.features[name]
-        self._meta()
+        self._meta(actor=actor)
 
     async def list_feature_revisions(self, name: str, page_size: int, after: str) -> Page[Feature]:
         if name not in self.revisions:
@@ -110,13 +110,13 @@ class FakeRegistry:
 
     # -- RegistryStore: groups
 
-    async def create_group(self, group: FeatureGroup) -> FeatureGroup:
+    async def create_group(self, group: FeatureGroup, *, actor: str = "") -> FeatureGroup:
         if group.name in self.groups:
             raise already_exists("feature group", group.name)
         for name in group.feature_names:
             if name not in self.features:
                 raise not_found("feature", name)
-        stored = dataclasses.replace(group, meta=self._meta())
+        stored = dataclasses.replace(group, meta=self._meta(actor=actor))
         self.groups[group.name] = stored
         return stored
 
@@ -135,20 +135,20 @@ class FakeRegistry:
         ]
         return _page(wanted, lambda g: g.name, page_size, after)
 
-    async def replace_group(self, group: FeatureGroup, expected_revision: int) -> FeatureGroup:
+    async def replace_group(self, group: FeatureGroup, expected_revision: int, *, actor: str = "") -> FeatureGroup:
         current = await self.get_group(group.name)
         if current.meta is None or current.meta.revision != expected_revision:
             raise _aborted("feature group", group.name)
-        stored = dataclasses.replace(group, meta=self._meta(current.meta))
+        stored = dataclasses.replace(group, meta=self._meta(current.meta, actor))
         self.groups[group.name] = stored
         return stored
 
-    async def delete_group(self, name: str, expected_revision: int | None) -> None:
+    async def delete_group(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
         current = await self.get_group(name)
         if expected_revision is not None and (current.meta is None or current.meta.revision != expected_revision):
             raise _aborted("feature group", name)
         del self.groups[name]
-        self._meta()
+        self._meta(actor=actor)
 
     async def ping(self) -> None:
         return None

@@ -8,6 +8,7 @@ from google.protobuf import field_mask_pb2
 
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from server.core import acting_as
 from server.registry import RegistryServicer
 from tests.unit._fakes import Aborted, FakeRegistry, unary
 
@@ -138,6 +139,25 @@ def test_revisions_are_listed_newest_first(registry: Registry) -> None:
     request.page_token = first.next_page_token
     rest = unary(registry.servicer.ListFeatureRevisions, request)
     assert ([f.description for f in rest.features], rest.next_page_token) == (["v1"], "")
+
+
+def test_each_revision_records_who_made_it(registry: Registry) -> None:
+    with acting_as("alice"):
+        registry.create(description="v1")
+    with acting_as("bob"):
+        registry.update(pb.Feature(name="clicks", description="v2"))
+    registry.update(pb.Feature(name="clicks", description="v3"))  # without authentication
+    listed = unary(registry.servicer.ListFeatureRevisions, rs.ListFeatureRevisionsRequest(name="clicks"))
+    assert [(f.description, f.revised_by) for f in listed.features] == [("v3", ""), ("v2", "bob"), ("v1", "alice")]
+    with acting_as("carol"):
+        registry.create("b")
+        group = unary(
+            registry.servicer.CreateFeatureGroup,
+            rs.CreateFeatureGroupRequest(
+                feature_group=pb.FeatureGroup(name="g", entity_type="customer", feature_names=["b"])
+            ),
+        )
+    assert group.revised_by == "carol"
 
 
 def test_groups_are_validated_and_stored(registry: Registry) -> None:

@@ -1,8 +1,15 @@
-"""Rich error details of the feature store's gRPC errors."""
+"""The client's exceptions, decoded from the server's rich gRPC statuses.
+
+Every error the server sends is a google.rpc.Status with a google.rpc.ErrorInfo whose
+`reason` is stable, and bad input also a google.rpc.BadRequest naming the fields. The
+client raises one class per status code (ETAG_MISMATCH gets its own), all subclasses of
+`FeatureStoreError`, with the gRPC error as `__cause__`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -22,9 +29,12 @@ class ErrorDetails:
 
 def error_details(error: grpc.RpcError) -> ErrorDetails:
     """Decode the google.rpc.Status details carried by a failed call."""
-    call: grpc.Call = error  # type: ignore[assignment]
+    call: Any = error
     details = ErrorDetails(code=call.code(), message=call.details() or "")
-    status = rpc_status.from_call(call)
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:  # a status whose details disagree with its code: keep code and message
+        status = None
     if status is None:
         return details
     for any_detail in status.details:
@@ -39,3 +49,129 @@ def error_details(error: grpc.RpcError) -> ErrorDetails:
             any_detail.Unpack(bad)
             details.field_violations.update({v.field: v.description for v in bad.field_violations})
     return details
+
+
+class FeatureStoreError(Exception):
+    """A call failed. `code` is the gRPC status code, `reason` the server's stable ErrorInfo reason.
+
+    `metadata` holds the ErrorInfo's metadata (e.g. `{"name": "..."}`), `field_violations`
+    maps each offending request field to what is wrong with it (bad input only).
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        field_violations: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.field_violations = dict(field_violations or {})
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}" if self.message else self.code.name
+
+
+class InvalidArgument(FeatureStoreError):
+    """The request was refused as bad input; `field_violations` names the fields."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(FeatureStoreError):
+    """The feature or group does not exist (reason FEATURE_NOT_FOUND, FEATURE_GROUP_NOT_FOUND)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(FeatureStoreError):
+    """A feature or group of that name exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(FeatureStoreError):
+    """The change was aborted, e.g. by a concurrent change."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class EtagMismatch(Aborted):
+    """Someone changed the definition since its etag was read (reason ETAG_MISMATCH): read it again."""
+
+
+class FailedPrecondition(FeatureStoreError):
+    """The system is not in a state that allows the call (e.g. FEATURE_IN_USE on delete)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(FeatureStoreError):
+    """A request, stream or concurrency limit of the server was hit (the message names it)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(FeatureStoreError):
+    """The server or one of its stores is unavailable; the call may be retried later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(FeatureStoreError):
+    """The call did not finish within its deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class PermissionDenied(FeatureStoreError):
+    """The caller's token is valid but its roles do not allow the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(FeatureStoreError):
+    """The call carried no valid token while the server requires one."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[FeatureStoreError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Aborted,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+        PermissionDenied,
+        Unauthenticated,
+    )
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> FeatureStoreError:
+    """The client exception for a failed gRPC call (raise it `from error`)."""
+    details = error_details(error)
+    cls = _BY_CODE.get(details.code, FeatureStoreError)
+    if details.reason == "ETAG_MISMATCH":
+        cls = EtagMismatch
+    return cls(
+        details.message,
+        code=details.code,
+        reason=details.reason,
+        metadata=details.metadata,
+        field_violations=details.field_violations,
+    )

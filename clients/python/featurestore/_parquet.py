@@ -7,21 +7,8 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 
+from featurestore._values import python_value
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
-from featurestore.serving.v1 import value_pb2
-
-
-def python_value(value: value_pb2.Value) -> Any:
-    """The Value as a plain Python object (None when unset)."""
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return None
-    raw = getattr(value, kind)
-    if kind == "timestamp_value":
-        return raw.ToDatetime(tzinfo=timezone.utc)
-    if kind.endswith("_list_value") or kind == "embedding_value":
-        return list(raw.values)
-    return raw
 
 
 def write_training_parquet(chunks: Iterable[fs.GetTrainingDatasetResponse], path: str | Path) -> int:

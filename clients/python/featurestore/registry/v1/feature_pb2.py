@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&featurestore/registry/v1/feature.proto\x12\x18\x66\x65\x61turestore.registry.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x0cSourceConfig\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x15\n\rentity_column\x18\x03 \x01(\t\x12\x18\n\x10timestamp_column\x18\x04 \x01(\t\"T\n\x0eTransformation\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12\x12\n\nexpression\x18\x04 \x01(\t\"\xa0\x05\n\x07\x46\x65\x61ture\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12=\n\nvalue_type\x18\x04 \x01(\x0e\x32#.featurestore.registry.v1.ValueTypeB\x04\xe2\x41\x01\x02\x12\x37\n\x06source\x18\x05 \x01(\x0e\x32\'.featurestore.registry.v1.FeatureSource\x12;\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32).featurestore.registry.v1.FeatureCategory\x12=\n\tfrequency\x18\x07 \x01(\x0e\x32*.featurestore.registry.v1.FeatureFrequency\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x0c\n\x04tags\x18\t \x03(\t\x12=\n\rsource_config\x18\n \x01(\x0b\x32&.featurestore.registry.v1.SourceConfig\x12\x41\n\x0ftransformations\x18\x0b \x03(\x0b\x32(.featurestore.registry.v1.Transformation\x12*\n\x07max_age\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\x0f \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\"\xa0\x02\n\x0c\x46\x65\x61tureGroup\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1b\n\rfeature_names\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65ntity_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\n \x01(\t*\xbc\x01\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05\x46LOAT\x10\x01\x12\t\n\x05INT64\x10\x02\x12\n\n\x06STRING\x10\x03\x12\x08\n\x04\x42OOL\x10\x04\x12\t\n\x05\x42YTES\x10\x05\x12\r\n\tTIMESTAMP\x10\x06\x12\x0e\n\nFLOAT_LIST\x10\x07\x12\x0e\n\nINT64_LIST\x10\x08\x12\x0f\n\x0bSTRING_LIST\x10\t\x12\r\n\tBOOL_LIST\x10\n\x12\r\n\tEMBEDDING\x10\x0b*S\n\rFeatureSource\x12\x1e\n\x1a\x46\x45\x41TURE_SOURCE_UNSPECIFIED\x10\x00\x12\t\n\x05\x42\x41TCH\x10\x01\x12\r\n\tSTREAMING\x10\x02\x12\x08\n\x04PUSH\x10\x03*W\n\x0f\x46\x65\x61tureCategory\x12 \n\x1c\x46\x45\x41TURE_CATEGORY_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x0b\n\x07\x44\x45RIVED\x10\x02\x12\x0c\n\x08\x45MBEDDED\x10\x03*s\n\x10\x46\x65\x61tureFrequency\x12!\n\x1d\x46\x45\x41TURE_FREQUENCY_UNSPECIFIED\x10\x00\x12\x0c\n\x08REALTIME\x10\x01\x12\n\n\x06HOURLY\x10\x02\x12\t\n\x05\x44\x41ILY\x10\x03\x12\n\n\x06WEEKLY\x10\x04\x12\x0b\n\x07MONTHLY\x10\x05\x42q\n\x1c\x64\x65v.featurestore.registry.v1P\x01ZOgithub.com/featurestore/featurestore/gen/go/featurestore/registry/v1;registryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&featurestore/registry/v1/feature.proto\x12\x18\x66\x65\x61turestore.registry.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\nEventField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x04type\x18\x02 \x01(\x0e\x32#.featurestore.registry.v1.ValueType\"\xe2\x01\n\x0cSourceConfig\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x15\n\rentity_column\x18\x03 \x01(\t\x12\x18\n\x10timestamp_column\x18\x04 \x01(\t\x12\x0e\n\x06stream\x18\x05 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x06 \x01(\t\x12\x34\n\x06\x66ields\x18\x07 \x03(\x0b\x32$.featurestore.registry.v1.EventField\x12,\n\twatermark\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x7f\n\x0eTransformation\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12\x12\n\nexpression\x18\x04 \x01(\t\x12)\n\x06window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xba\x05\n\x07\x46\x65\x61ture\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x19\n\x0b\x65ntity_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12=\n\nvalue_type\x18\x04 \x01(\x0e\x32#.featurestore.registry.v1.ValueTypeB\x04\xe2\x41\x01\x02\x12\x37\n\x06source\x18\x05 \x01(\x0e\x32\'.featurestore.registry.v1.FeatureSource\x12;\n\x08\x63\x61tegory\x18\x06 \x01(\x0e\x32).featurestore.registry.v1.FeatureCategory\x12=\n\tfrequency\x18\x07 \x01(\x0e\x32*.featurestore.registry.v1.FeatureFrequency\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x0c\n\x04tags\x18\t \x03(\t\x12=\n\rsource_config\x18\n \x01(\x0b\x32&.featurestore.registry.v1.SourceConfig\x12\x41\n\x0ftransformations\x18\x0b \x03(\x0b\x32(.featurestore.registry.v1.Transformation\x12*\n\x07max_age\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\x0f \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\x12\x18\n\nrevised_by\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\"\xba\x02\n\x0c\x46\x65\x61tureGroup\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1b\n\rfeature_names\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65ntity_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08revision\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\n \x01(\t\x12\x18\n\nrevised_by\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03*\xbc\x01\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05\x46LOAT\x10\x01\x12\t\n\x05INT64\x10\x02\x12\n\n\x06STRING\x10\x03\x12\x08\n\x04\x42OOL\x10\x04\x12\t\n\x05\x42YTES\x10\x05\x12\r\n\tTIMESTAMP\x10\x06\x12\x0e\n\nFLOAT_LIST\x10\x07\x12\x0e\n\nINT64_LIST\x10\x08\x12\x0f\n\x0bSTRING_LIST\x10\t\x12\r\n\tBOOL_LIST\x10\n\x12\r\n\tEMBEDDING\x10\x0b*S\n\rFeatureSource\x12\x1e\n\x1a\x46\x45\x41TURE_SOURCE_UNSPECIFIED\x10\x00\x12\t\n\x05\x42\x41TCH\x10\x01\x12\r\n\tSTREAMING\x10\x02\x12\x08\n\x04PUSH\x10\x03*W\n\x0f\x46\x65\x61tureCategory\x12 \n\x1c\x46\x45\x41TURE_CATEGORY_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x0b\n\x07\x44\x45RIVED\x10\x02\x12\x0c\n\x08\x45MBEDDED\x10\x03*s\n\x10\x46\x65\x61tureFrequency\x12!\n\x1d\x46\x45\x41TURE_FREQUENCY_UNSPECIFIED\x10\x00\x12\x0c\n\x08REALTIME\x10\x01\x12\n\n\x06HOURLY\x10\x02\x12\t\n\x05\x44\x41ILY\x10\x03\x12\n\n\x06WEEKLY\x10\x04\x12\x0b\n\x07MONTHLY\x10\x05\x42q\n\x1c\x64\x65v.featurestore.registry.v1P\x01ZOgithub.com/featurestore/featurestore/gen/go/featurestore/registry/v1;registryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURE'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_FEATURE'].fields_by_name['revision']._loaded_options = None
   _globals['_FEATURE'].fields_by_name['revision']._serialized_options = b'\342A\001\003'
+  _globals['_FEATURE'].fields_by_name['revised_by']._loaded_options = None
+  _globals['_FEATURE'].fields_by_name['revised_by']._serialized_options = b'\342A\001\003'
   _globals['_FEATUREGROUP'].fields_by_name['name']._loaded_options = None
   _globals['_FEATUREGROUP'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_FEATUREGROUP'].fields_by_name['feature_names']._loaded_options = None
@@ -59,20 +61,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREGROUP'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_FEATUREGROUP'].fields_by_name['revision']._loaded_options = None
   _globals['_FEATUREGROUP'].fields_by_name['revision']._serialized_options = b'\342A\001\003'
-  _globals['_VALUETYPE']._serialized_start=1315
-  _globals['_VALUETYPE']._serialized_end=1503
-  _globals['_FEATURESOURCE']._serialized_start=1505
-  _globals['_FEATURESOURCE']._serialized_end=1588
-  _globals['_FEATURECATEGORY']._serialized_start=1590
-  _globals['_FEATURECATEGORY']._serialized_end=1677
-  _globals['_FEATUREFREQUENCY']._serialized_start=1679
-  _globals['_FEATUREFREQUENCY']._serialized_end=1794
-  _globals['_SOURCECONFIG']._serialized_start=166
-  _globals['_SOURCECONFIG']._serialized_end=260
-  _globals['_TRANSFORMATION']._serialized_start=262
-  _globals['_TRANSFORMATION']._serialized_end=346
-  _globals['_FEATURE']._serialized_start=349
-  _globals['_FEATURE']._serialized_end=1021
-  _globals['_FEATUREGROUP']._serialized_start=1024
-  _globals['_FEATUREGROUP']._serialized_end=1312
+  _globals['_FEATUREGROUP'].fields_by_name['revised_by']._loaded_options = None
+  _globals['_FEATUREGROUP'].fields_by_name['revised_by']._serialized_options = b'\342A\001\003'
+  _globals['_VALUETYPE']._serialized_start=1622
+  _globals['_VALUETYPE']._serialized_end=1810
+  _globals['_FEATURESOURCE']._serialized_start=1812
+  _globals['_FEATURESOURCE']._serialized_end=1895
+  _globals['_FEATURECATEGORY']._serialized_start=1897
+  _globals['_FEATURECATEGORY']._serialized_end=1984
+  _globals['_FEATUREFREQUENCY']._serialized_start=1986
+  _globals['_FEATUREFREQUENCY']._serialized_end=2101
+  _globals['_EVENTFIELD']._serialized_start=166
+  _globals['_EVENTFIELD']._serialized_end=243
+  _globals['_SOURCECONFIG']._serialized_start=246
+  _globals['_SOURCECONFIG']._serialized_end=472
+  _globals['_TRANSFORMATION']._serialized_start=474
+  _globals['_TRANSFORMATION']._serialized_end=601
+  _globals['_FEATURE']._serialized_start=604
+  _globals['_FEATURE']._serialized_end=1302
+  _globals['_FEATUREGROUP']._serialized_start=1305
+  _globals['_FEATUREGROUP']._serialized_end=1619
 # @@protoc_insertion_point(module_scope)

@@ -194,8 +194,38 @@ MONTHLY: FeatureFrequency.ValueType  # 5
 Global___FeatureFrequency: _TypeAlias = FeatureFrequency  # noqa: Y015
 
 @_typing.final
+class EventField(_message.Message):
+    """One typed field of a stream's events (docs/streaming.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The field's name in the event, a lowercase identifier."""
+    type: Global___ValueType.ValueType
+    """Its type: FLOAT, INT64, STRING, BOOL or TIMESTAMP (an ISO 8601 string or
+    seconds since the epoch).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___ValueType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventField: _TypeAlias = EventField  # noqa: Y015
+
+@_typing.final
 class SourceConfig(_message.Message):
-    """The table a batch feature is computed from."""
+    """Where a feature's values come from: the table of a batch feature, or the
+    event stream of a streaming feature.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -203,6 +233,10 @@ class SourceConfig(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     ENTITY_COLUMN_FIELD_NUMBER: _builtins.int
     TIMESTAMP_COLUMN_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    WATERMARK_FIELD_NUMBER: _builtins.int
     table: _builtins.str
     """The table's name, resolved through the pipeline's catalog."""
     filter: _builtins.str
@@ -211,8 +245,26 @@ class SourceConfig(_message.Message):
     """The column holding the entity id. Defaults to "<entity_type>_id"."""
     timestamp_column: _builtins.str
     """The column holding each row's event time. Defaults to the source's first
-    timestamp or date column.
+    timestamp or date column (for a stream: "event_time").
     """
+    stream: _builtins.str
+    """The event stream of a STREAMING feature: a Valkey/Redis stream key or a
+    Kafka topic, per the pipeline's source. Empty for a batch feature.
+    """
+    format: _builtins.str
+    """The stream's event format: "json" (the default when empty)."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventField]:
+        """The typed fields of the stream's events; expressions may refer to these
+        only. Required for a STREAMING feature.
+        """
+
+    @_builtins.property
+    def watermark(self) -> _duration_pb2.Duration:
+        """How late (in event time) an event may arrive and still be counted; later
+        ones are dropped and counted. Streams only; default 5 minutes.
+        """
+
     def __init__(
         self,
         *,
@@ -220,10 +272,14 @@ class SourceConfig(_message.Message):
         filter: _builtins.str = ...,
         entity_column: _builtins.str = ...,
         timestamp_column: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        format: _builtins.str = ...,
+        fields: _abc.Iterable[Global___EventField] | None = ...,
+        watermark: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watermark", b"watermark"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_column", b"entity_column", "filter", b"filter", "table", b"table", "timestamp_column", b"timestamp_column"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_column", b"entity_column", "fields", b"fields", "filter", b"filter", "format", b"format", "stream", b"stream", "table", b"table", "timestamp_column", b"timestamp_column", "watermark", b"watermark"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,6 +299,7 @@ class Transformation(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     COLUMN_FIELD_NUMBER: _builtins.int
     EXPRESSION_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """The kind of step: "filter", "aggregation" or "expression". Required."""
     function: _builtins.str
@@ -259,6 +316,12 @@ class Transformation(_message.Message):
     source's columns), or the new value of an "expression" step, computed
     from the aggregate `value`. Empty for an aggregation step.
     """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """The event-time window of a STREAMING feature's aggregation step (such as
+        "3600s"): a whole number of minutes, at most 7 days. Unset for other steps.
+        """
+
     def __init__(
         self,
         *,
@@ -266,10 +329,11 @@ class Transformation(_message.Message):
         function: _builtins.str = ...,
         column: _builtins.str = ...,
         expression: _builtins.str = ...,
+        window: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "expression", b"expression", "function", b"function", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "expression", b"expression", "function", b"function", "type", b"type", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -297,6 +361,7 @@ class Feature(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVISED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The feature's unique name, a lowercase identifier such as
     "customer_total_purchases_30d". It is the resource id in the REST paths.
@@ -324,6 +389,12 @@ class Feature(_message.Message):
     etag: _builtins.str
     """A checksum of the current definition. Send it back on update or delete to
     make the change only if nobody changed the feature meanwhile.
+    """
+    revised_by: _builtins.str
+    """Who made this revision: the authenticated subject of the call (a JWT's
+    `sub`, an API key's principal). Empty for a change made without
+    authentication. In a listing of revisions, a deletion's entry names who
+    deleted the feature.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -371,10 +442,11 @@ class Feature(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
         etag: _builtins.str = ...,
+        revised_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "max_age", b"max_age", "source_config", b"source_config", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "frequency", b"frequency", "max_age", b"max_age", "name", b"name", "owner", b"owner", "revision", b"revision", "source", b"source", "source_config", b"source_config", "tags", b"tags", "transformations", b"transformations", "update_time", b"update_time", "value_type", b"value_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "frequency", b"frequency", "max_age", b"max_age", "name", b"name", "owner", b"owner", "revised_by", b"revised_by", "revision", b"revision", "source", b"source", "source_config", b"source_config", "tags", b"tags", "transformations", b"transformations", "update_time", b"update_time", "value_type", b"value_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -396,6 +468,7 @@ class FeatureGroup(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVISED_BY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The group's unique name, a lowercase identifier."""
     description: _builtins.str
@@ -408,6 +481,11 @@ class FeatureGroup(_message.Message):
     """The definition's revision, 1 on create and one more on every update."""
     etag: _builtins.str
     """A checksum of the current definition, for optimistic concurrency."""
+    revised_by: _builtins.str
+    """Who made this revision: the authenticated subject of the call (a JWT's
+    `sub`, an API key's principal). Empty for a change made without
+    authentication.
+    """
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The features in the group, in order. They must exist and share the
@@ -439,10 +517,11 @@ class FeatureGroup(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
         etag: _builtins.str = ...,
+        revised_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "feature_names", b"feature_names", "name", b"name", "owner", b"owner", "revision", b"revision", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "entity_type", b"entity_type", "etag", b"etag", "feature_names", b"feature_names", "name", b"name", "owner", b"owner", "revised_by", b"revised_by", "revision", b"revision", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

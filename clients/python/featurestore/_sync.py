@@ -1,0 +1,666 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from featurestore import _common as c
+from featurestore import _frames
+from featurestore._errors import FeatureStoreError, from_rpc_error
+from featurestore._values import FeatureResult, feature_result, value_type_name
+from featurestore.registry.v1 import feature_pb2 as pb
+from featurestore.registry.v1 import registry_service_pb2 as rs
+from featurestore.registry.v1 import registry_service_pb2_grpc
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from featurestore.serving.v1 import feature_store_service_pb2_grpc
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Output = Literal["records", "pandas", "arrow"]
+
+
+class Client:
+    """The feature store's synchronous client: one long-lived channel to the server (gRPC).
+
+    >>> with Client("localhost:50051") as fs:
+    ...     fs.get_features("customer", "customer123", ["customer_total_purchases_30d"])
+
+    Every call has a deadline (`timeout` seconds for unary calls, `stream_timeout` for
+    streams; each method takes `timeout=` to override it). Idempotent calls (reads) are
+    retried on UNAVAILABLE with jittered exponential backoff (`retry`; None disables it);
+    writes are never retried. `token` or `token_callback` (called before each call, so it
+    can refresh) sends `authorization: Bearer <token>`; `tls=True` or `root_certificates`
+    makes the channel TLS. Errors are `FeatureStoreError` subclasses.
+
+    `registry` and `store` are the bare generated stubs on the same channel.
+    """
+
+    def __init__(
+        self,
+        target: str = c.DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        token_callback: Callable[[], str] | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float = 10.0,
+        stream_timeout: float = 600.0,
+        retry: c.RetryPolicy | None = c.RetryPolicy(),  # noqa: B008 (frozen)
+        max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive: float | None = 30.0,
+        chunk_values: int = c.DEFAULT_CHUNK_VALUES,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if token and token_callback:
+            raise ValueError("pass token or token_callback, not both")
+        self.target = target
+        self.timeout = timeout
+        self.stream_timeout = stream_timeout
+        self.chunk_values = chunk_values
+        self.max_message_bytes = max_message_bytes
+        self._token_callback = token_callback
+        self._metadata = c.auth_metadata(token)
+        opts = c.channel_options(retry, max_message_bytes, keepalive, options)
+        creds = c.credentials(tls, root_certificates)
+        self.channel: grpc.Channel = (
+            grpc.secure_channel(target, creds, options=opts) if creds else grpc.insecure_channel(target, options=opts)
+        )
+        self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
+        self.store = feature_store_service_pb2_grpc.FeatureStoreServiceStub(self.channel)
+        self._types: dict[str, str] = {}
+
+    # -- plumbing
+
+    def close(self) -> None:
+        """Close the channel (calls in progress are cancelled)."""
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel is connected (Unavailable after `timeout` seconds)."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise FeatureStoreError(
+                f"could not connect to {self.target} within {timeout} s", code=grpc.StatusCode.UNAVAILABLE
+            ) from None
+
+    def _md(self) -> tuple[tuple[str, str], ...] | None:
+        if self._token_callback is not None:
+            return c.auth_metadata(self._token_callback())
+        return self._metadata
+
+    def _unary(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None) -> Resp:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._md())
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def _stream(
+        self, method: grpc.UnaryStreamMultiCallable[Req, Resp], request: Req, timeout: float | None
+    ) -> Iterator[Resp]:
+        call = method(request, timeout=self.stream_timeout if timeout is None else timeout, metadata=self._md())
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the stream ended; frees the call when the caller stops early
+
+    def value_types(self, names: Iterable[str], *, timeout: float | None = None) -> dict[str, str]:
+        """The value type names (`"FLOAT"`, ...) of features, read from the registry once per client."""
+        out = {}
+        for name in names:
+            if name not in self._types:
+                self._types[name] = value_type_name(self.get_feature(name, timeout=timeout).value_type)
+            out[name] = self._types[name]
+        return out
+
+    def _column_types(self, names: Sequence[str], rows: Sequence[Sequence[fs.FeatureValue]]) -> dict[str, str | None]:
+        types: dict[str, str | None] = {}
+        missing = []
+        for j, name in enumerate(names):
+            types[name] = _frames.observed_type(row[j].value for row in rows)
+            if types[name] is None:
+                missing.append(name)
+        if missing:
+            types.update(self.value_types(missing))
+        return types
+
+    # -- online
+
+    def get_features(
+        self,
+        entity_type: str,
+        entity_id: str,
+        features: str | Sequence[str] = (),
+        *,
+        groups: str | Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> c.FeatureVector:
+        """The latest values of one entity's features (and groups' features), by name."""
+        request = fs.GetFeaturesRequest(
+            entity_type=entity_type,
+            entity_id=entity_id,
+            feature_names=c.names(features),
+            feature_groups=c.names(groups),
+        )
+        response = self._unary(self.store.GetFeatures, request, timeout)
+        return c.feature_vector(response.entity_type, response.entity_id, response.features)
+
+    def batch_get_features(
+        self,
+        entity_type: str,
+        entity_ids: Sequence[str],
+        features: str | Sequence[str] = (),
+        *,
+        groups: str | Sequence[str] = (),
+        output: Output = "records",
+        include_status: bool = False,
+        include_event_time: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """The latest values of many entities, in request order.
+
+        `output="records"` gives a list of FeatureVector; `"pandas"` a DataFrame and `"arrow"`
+        a pyarrow Table with an `entity_id` column and one typed column per feature (plus
+        `<name>__status` and `<name>__event_time` columns when asked).
+        """
+        request = fs.BatchGetFeaturesRequest(
+            entity_type=entity_type,
+            entity_ids=list(entity_ids),
+            feature_names=c.names(features),
+            feature_groups=c.names(groups),
+        )
+        response = self._unary(self.store.BatchGetFeatures, request, timeout)
+        if output == "records":
+            return [c.feature_vector(response.entity_type, e.entity_id, e.features) for e in response.entities]
+        rows = [e.features for e in response.entities]
+        names = [fv.name for fv in rows[0]] if rows else [*c.names(features)]
+        columns = [_frames.Column("entity_id", "STRING", [e.entity_id for e in response.entities])]
+        columns += _frames.feature_columns(
+            names,
+            rows,
+            self._column_types(names, rows),
+            include_status=include_status,
+            include_event_time=include_event_time,
+        )
+        return _frames.to_pandas(columns) if output == "pandas" else _frames.to_arrow(columns)
+
+    # -- offline
+
+    def iter_history(
+        self,
+        entity_type: str,
+        entity_id: str,
+        features: str | Sequence[str],
+        *,
+        start: Any = None,
+        end: Any = None,
+        page_size: int = 1000,
+        timeout: float | None = None,
+    ) -> Iterator[FeatureResult]:
+        """Every value of the features in [start, end), by event time then name, following pages."""
+        request = c.history_request(entity_type, entity_id, features, start, end, page_size)
+        while True:
+            page = self._unary(self.store.GetHistoricalFeatures, request, timeout)
+            for fv in page.values:
+                yield feature_result(fv)
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def history(
+        self,
+        entity_type: str,
+        entity_id: str,
+        features: str | Sequence[str],
+        *,
+        start: Any = None,
+        end: Any = None,
+        output: Output = "pandas",
+        page_size: int = 1000,
+        timeout: float | None = None,
+    ) -> Any:
+        """The history as a list of FeatureResult, or a DataFrame / Table with one row per event time.
+
+        The frame's columns are `event_time` and one typed column per feature (missing where a
+        feature has no value at that time).
+        """
+        request = c.history_request(entity_type, entity_id, features, start, end, page_size)
+        values: list[fs.FeatureValue] = []
+        while True:
+            page = self._unary(self.store.GetHistoricalFeatures, request, timeout)
+            values.extend(page.values)
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+        if output == "records":
+            return [feature_result(fv) for fv in values]
+        wanted = c.names(features)
+        return self._history_frame(wanted, values, output)
+
+    def _history_frame(self, wanted: list[str], values: list[fs.FeatureValue], output: Output) -> Any:
+        times: dict[tuple[int, int], dict[str, fs.FeatureValue]] = {}
+        for fv in values:
+            times.setdefault((fv.event_time.seconds, fv.event_time.nanos), {})[fv.name] = fv
+        empty = fs.FeatureValue()
+        rows = [[at.get(name, empty) for name in wanted] for at in times.values()]
+        columns = [_frames.Column("event_time", "TIMESTAMP", [s * 1_000_000_000 + n for s, n in times])]
+        columns += _frames.feature_columns(wanted, rows, self._column_types(wanted, rows))
+        return _frames.to_pandas(columns) if output == "pandas" else _frames.to_arrow(columns)
+
+    def _feature_names(self, features: Sequence[str], groups: Sequence[str], timeout: float | None) -> list[str]:
+        out = list(features)
+        for group in groups:
+            out += self.get_feature_group(group, timeout=timeout).feature_names
+        return out
+
+    def iter_training_dataset(
+        self,
+        entity_type: str,
+        rows: c.Rows,
+        features: str | Sequence[str] = (),
+        *,
+        groups: str | Sequence[str] = (),
+        max_age: float | timedelta | None = None,
+        entity_column: str = "entity_id",
+        timestamp_column: str = "timestamp",
+        timeout: float | None = None,
+        _extra_types: dict[str, str | None] | None = None,
+    ) -> Iterator[fs.GetTrainingDatasetResponse]:
+        """The GetTrainingDataset responses for the entity rows, sent in requests of bounded size.
+
+        `rows` (a DataFrame, a pyarrow Table or an iterable of mappings) has an entity id and a
+        timestamp column; its other columns (labels) are passed through as extras.
+        """
+        feature_list, group_list = c.names(features), c.names(groups)
+        n_features = len(self._feature_names(feature_list, group_list, timeout))
+        chunk_rows = max(1, min(10_000, self.chunk_values // max(1, n_features)))
+        extra_types = _extra_types if _extra_types is not None else {}
+        c.declare_extra_types(rows, entity_column, timestamp_column, extra_types)
+        offset = 0
+        for chunk in c.row_chunks(rows, chunk_rows):
+            request = fs.GetTrainingDatasetRequest(
+                entity_type=entity_type,
+                feature_names=feature_list,
+                feature_groups=group_list,
+                rows=[
+                    c.training_row(row, entity_column, timestamp_column, extra_types, f"rows[{offset + i}]")
+                    for i, row in enumerate(chunk)
+                ],
+                max_age=c.duration(max_age),
+            )
+            offset += len(chunk)
+            yield from self._stream(self.store.GetTrainingDataset, request, timeout)
+
+    def training_dataset(
+        self,
+        entity_type: str,
+        rows: c.Rows,
+        features: str | Sequence[str] = (),
+        *,
+        groups: str | Sequence[str] = (),
+        max_age: float | timedelta | None = None,
+        entity_column: str = "entity_id",
+        timestamp_column: str = "timestamp",
+        output: Output = "pandas",
+        include_status: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Point-in-time correct training data: a DataFrame, a pyarrow Table, or records.
+
+        Columns: `entity_id`, `timestamp`, the rows' extra columns, then one typed column per
+        feature (`<name>__status` too with `include_status`). For datasets larger than memory
+        use `training_dataset_to_parquet`.
+        """
+        extra_types: dict[str, str | None] = {}
+        chunks = self.iter_training_dataset(
+            entity_type,
+            rows,
+            features,
+            groups=groups,
+            max_age=max_age,
+            entity_column=entity_column,
+            timestamp_column=timestamp_column,
+            timeout=timeout,
+            _extra_types=extra_types,
+        )
+        if output == "records":
+            return [c.training_record(e, include_status) for chunk in chunks for e in chunk.examples]
+        names = self._feature_names(c.names(features), c.names(groups), timeout)
+        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout))
+        merged: list[_frames.Column] | None = None
+        for chunk in chunks:
+            cols = c.training_columns(chunk.examples, extra_types, names, types, include_status)
+            if merged is None:
+                merged = cols
+            else:
+                for into, col in zip(merged, cols, strict=True):
+                    into.values.extend(col.values)
+        if merged is None:
+            merged = c.training_columns([], extra_types, names, types, include_status)
+        return _frames.to_pandas(merged) if output == "pandas" else _frames.to_arrow(merged)
+
+    def training_dataset_to_parquet(
+        self,
+        entity_type: str,
+        rows: c.Rows,
+        path: str | Path,
+        features: str | Sequence[str] = (),
+        *,
+        groups: str | Sequence[str] = (),
+        max_age: float | timedelta | None = None,
+        entity_column: str = "entity_id",
+        timestamp_column: str = "timestamp",
+        include_status: bool = True,
+        progress: c.ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Write the training dataset to a Parquet file chunk by chunk; returns the row count.
+
+        Memory stays bounded by one request's rows and one response chunk. `progress(done,
+        total)` is called after each chunk (total is -1 when `rows` has no length).
+        """
+        import pyarrow.parquet as pq
+
+        names = self._feature_names(c.names(features), c.names(groups), timeout)
+        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout))
+        extra_types: dict[str, str | None] = {}
+        total = len(rows) if hasattr(rows, "__len__") else -1
+        writer: Any = None
+        done = 0
+        try:
+            for chunk in self.iter_training_dataset(
+                entity_type,
+                rows,
+                features,
+                groups=groups,
+                max_age=max_age,
+                entity_column=entity_column,
+                timestamp_column=timestamp_column,
+                timeout=timeout,
+                _extra_types=extra_types,
+            ):
+                table = _frames.to_arrow(c.training_columns(chunk.examples, extra_types, names, types, include_status))
+                if writer is None:
+                    writer = pq.ParquetWriter(str(path), table.schema)
+                writer.write_table(table)
+                done += table.num_rows
+                if progress is not None:
+                    progress(done, total)
+            if writer is None:  # no rows: an empty file with the schema
+                table = _frames.to_arrow(c.training_columns([], extra_types, names, types, include_status))
+                writer = pq.ParquetWriter(str(path), table.schema)
+        finally:
+            if writer is not None:
+                writer.close()
+        return done
+
+    # -- writes
+
+    def _entity_rows(
+        self, entity_type: str, rows: c.Rows, entity_column: str, event_time_column: str, event_time: Any
+    ) -> Iterator[fs.EntityRow]:
+        offset = 0
+        for chunk in c.row_chunks(rows, 1000):
+            types = self.value_types(c.feature_columns_of(chunk, entity_column, event_time_column))
+            for i, row in enumerate(chunk):
+                yield c.entity_row(row, types, entity_column, event_time_column, event_time, f"rows[{offset + i}]")
+            offset += len(chunk)
+
+    def write_features(
+        self,
+        entity_type: str,
+        rows: c.Rows,
+        *,
+        entity_column: str = "entity_id",
+        event_time_column: str = "event_time",
+        event_time: Any = None,
+        timeout: float | None = None,
+    ) -> c.WriteResult:
+        """Write feature values: each row has an entity id, an event time and feature columns.
+
+        `rows` is a DataFrame, a pyarrow Table, or an iterable of mappings (or EntityRow
+        messages). Missing values (None, NaN, NA) are not written. The rows are sent in
+        requests of at most `chunk_values` values, one after the other; a failed request
+        raises, and the requests before it stay written (writing again is harmless).
+        Not retried automatically.
+        """
+        total = c.WriteResult()
+        rows_iter = self._entity_rows(entity_type, rows, entity_column, event_time_column, event_time)
+        for batch in c.batched_rows(rows_iter, self.chunk_values, self.max_message_bytes // 2):
+            request = fs.WriteFeaturesRequest(entity_type=entity_type, rows=batch)
+            response = self._unary(self.store.WriteFeatures, request, timeout)
+            total += c.WriteResult(response.written_values, response.skipped_values, 1)
+        return total
+
+    def push(self, entity_type: str, *, timeout: float | None = None) -> Pusher:
+        """A PushFeatures stream for a producer: `with client.push("customer") as p: p.send(rows)`.
+
+        Each `send` is one or more batches, applied by the server as they arrive. Leaving the
+        block closes the stream and sets `p.result` (totals); an error in the block cancels it.
+        """
+        return Pusher(self, entity_type, self.stream_timeout if timeout is None else timeout)
+
+    # -- registry
+
+    def create_feature(self, feature: pb.Feature | Mapping[str, Any], *, timeout: float | None = None) -> pb.Feature:
+        """Register a feature (a message, or its JSON fields as in the REST body)."""
+        request = rs.CreateFeatureRequest(feature=c.as_feature(feature))
+        return self._unary(self.registry.CreateFeature, request, timeout)
+
+    def get_feature(self, name: str, *, timeout: float | None = None) -> pb.Feature:
+        """One feature by name."""
+        return self._unary(self.registry.GetFeature, rs.GetFeatureRequest(name=name), timeout)
+
+    def list_features(
+        self,
+        *,
+        entity_type: str = "",
+        owner: str = "",
+        tag: str = "",
+        category: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[pb.Feature]:
+        """Every feature matching the filters, in name order, following pages."""
+        request = rs.ListFeaturesRequest(entity_type=entity_type, owner=owner, tag=tag, page_size=page_size)
+        if category:
+            request.category = pb.FeatureCategory.Value(category)
+        while True:
+            page = self._unary(self.registry.ListFeatures, request, timeout)
+            yield from page.features
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def update_feature(
+        self,
+        feature: pb.Feature | Mapping[str, Any],
+        *,
+        update_mask: Sequence[str] | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> pb.Feature:
+        """Change a feature. Without `update_mask`, the fields set change; `["*"]` replaces all.
+
+        With an `etag` (or one in the feature), the change is made only if nobody changed the
+        feature since (else EtagMismatch).
+        """
+        message = pb.Feature()
+        message.CopyFrom(c.as_feature(feature))
+        if etag is not None:
+            message.etag = etag
+        request = rs.UpdateFeatureRequest(feature=message)
+        if update_mask is not None:
+            request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+        return self._unary(self.registry.UpdateFeature, request, timeout)
+
+    def delete_feature(self, name: str, *, etag: str = "", timeout: float | None = None) -> None:
+        """Delete a feature (only if its etag still equals `etag`, when given)."""
+        self._unary(self.registry.DeleteFeature, rs.DeleteFeatureRequest(name=name, etag=etag), timeout)
+        self._types.pop(name, None)
+
+    def list_feature_revisions(
+        self, name: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[pb.Feature]:
+        """Every past and current definition of a feature, newest first."""
+        request = rs.ListFeatureRevisionsRequest(name=name, page_size=page_size)
+        while True:
+            page = self._unary(self.registry.ListFeatureRevisions, request, timeout)
+            yield from page.features
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def create_feature_group(
+        self, group: pb.FeatureGroup | Mapping[str, Any], *, timeout: float | None = None
+    ) -> pb.FeatureGroup:
+        """Register a feature group (a message, or its JSON fields)."""
+        request = rs.CreateFeatureGroupRequest(feature_group=c.as_group(group))
+        return self._unary(self.registry.CreateFeatureGroup, request, timeout)
+
+    def get_feature_group(self, name: str, *, timeout: float | None = None) -> pb.FeatureGroup:
+        """One feature group by name."""
+        return self._unary(self.registry.GetFeatureGroup, rs.GetFeatureGroupRequest(name=name), timeout)
+
+    def list_feature_groups(
+        self,
+        *,
+        entity_type: str = "",
+        owner: str = "",
+        tag: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[pb.FeatureGroup]:
+        """Every feature group matching the filters, in name order, following pages."""
+        request = rs.ListFeatureGroupsRequest(entity_type=entity_type, owner=owner, tag=tag, page_size=page_size)
+        while True:
+            page = self._unary(self.registry.ListFeatureGroups, request, timeout)
+            yield from page.feature_groups
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def update_feature_group(
+        self,
+        group: pb.FeatureGroup | Mapping[str, Any],
+        *,
+        update_mask: Sequence[str] | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> pb.FeatureGroup:
+        """Change a feature group, with the same mask and etag rules as `update_feature`."""
+        message = pb.FeatureGroup()
+        message.CopyFrom(c.as_group(group))
+        if etag is not None:
+            message.etag = etag
+        request = rs.UpdateFeatureGroupRequest(feature_group=message)
+        if update_mask is not None:
+            request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+        return self._unary(self.registry.UpdateFeatureGroup, request, timeout)
+
+    def delete_feature_group(self, name: str, *, etag: str = "", timeout: float | None = None) -> None:
+        """Delete a feature group (its features stay)."""
+        self._unary(self.registry.DeleteFeatureGroup, rs.DeleteFeatureGroupRequest(name=name, etag=etag), timeout)
+
+
+_END = object()
+
+
+class Pusher:
+    """An open PushFeatures stream (see `Client.push`)."""
+
+    def __init__(self, client: Client, entity_type: str, timeout: float) -> None:
+        self._client = client
+        self.entity_type = entity_type
+        self.result: c.WriteResult | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._sent = 0
+        self._future: grpc.Future[fs.PushFeaturesResponse] = client.store.PushFeatures.future(
+            self._requests(), timeout=timeout, metadata=client._md()
+        )
+        self._lock = threading.Lock()
+
+    def _requests(self) -> Iterator[fs.PushFeaturesRequest]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            yield item
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._future.done():
+                self._raise("the server ended the stream")
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def _raise(self, what: str) -> None:
+        try:
+            self._future.result()
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        raise FeatureStoreError(what)
+
+    def send(
+        self,
+        rows: c.Rows,
+        *,
+        entity_column: str = "entity_id",
+        event_time_column: str = "event_time",
+        event_time: Any = None,
+    ) -> None:
+        """Send rows (as `write_features` takes them), in batches of at most `chunk_values` values."""
+        client = self._client
+        entity_rows = client._entity_rows(self.entity_type, rows, entity_column, event_time_column, event_time)
+        with self._lock:
+            for batch in c.batched_rows(entity_rows, client.chunk_values, client.max_message_bytes // 2):
+                self._put(fs.PushFeaturesRequest(entity_type=self.entity_type, rows=batch))
+                self._sent += 1
+
+    def close(self) -> c.WriteResult:
+        """End the stream and wait for the server's totals."""
+        if self.result is None:
+            self._put(_END)
+            try:
+                response = self._future.result()
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from err
+            self.result = c.WriteResult(response.written_values, response.skipped_values, response.batches)
+        return self.result
+
+    def cancel(self) -> None:
+        """Abandon the stream (batches the server applied stay written)."""
+        self._future.cancel()
+
+    def __enter__(self) -> Pusher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.cancel()
