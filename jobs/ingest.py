@@ -27,6 +27,7 @@ import grpc
 from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
 
+from featurestore.registry.v1 import feature_pb2 as pb
 from jobs._ingest import IngestConfig, IngestError, bulk_ingest, read_source
 from jobs._run import worker_error
 from jobs._session import build_session
@@ -69,12 +70,18 @@ def _config(args: argparse.Namespace) -> IngestConfig:
     )
 
 
+def registered_features(args: argparse.Namespace) -> dict[str, pb.Feature]:
+    """The entity type's registered features, read as the pipelines read them (token, TLS with a CA file)."""
+    features = load_features(args.registry, [args.entity_type], args.registry_token, args.registry_ca_file)
+    return {f.name: f for f in features}
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     environ = local_environment(os.environ) | os.environ if env is None else env
     args = parser(environ).parse_args(argv)
     try:
         config = _config(args)
-        registered = {f.name: f for f in load_features(args.registry, [args.entity_type])}
+        registered = registered_features(args)
     except ValueError as err:
         print(f"featurestore-ingest: {err}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from featurestore import PermissionDenied, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.registry.v1 import registry_service_pb2_grpc as rs_grpc
+from jobs import ingest
 from jobs.batch_pipeline import load_features
 from server import auth, core
 from tests._helpers import FAST_SERVER_ARGS, SECRETS, Processes, eventually, grpcurl, health_status, reaped
@@ -595,6 +596,24 @@ def assert_no_secrets(proc: Proc, idp: Idp) -> None:
         assert secret not in text, f"a secret in {proc.log}"
         signature = secret.rsplit(".", 1)[-1]
         assert len(signature) < 16 or signature not in text, f"a token's signature in {proc.log}"
+
+
+def test_bulk_ingest_reads_the_registry_with_its_registry_token(auth_server: AuthServer, channel: grpc.Channel) -> None:
+    """featurestore-ingest takes --registry-token (FEATURESTORE_REGISTRY_TOKEN) as the pipelines do: it uses it."""
+    stub = rs_grpc.RegistryServiceStub(channel)
+    feature = pb.Feature(name="ingestauth_score", entity_type="ingestauth", value_type=pb.FLOAT, frequency=pb.DAILY)
+    stub.CreateFeature(rs.CreateFeatureRequest(feature=feature), metadata=bearer(auth_server.idp.token("editor")))
+    try:
+        env = {"FEATURESTORE_REGISTRY": auth_server.target, "FEATURESTORE_LOCAL_ENV": "/nonexistent"}
+        argv = ["--entity-type", "ingestauth", "--parquet", "unused.parquet"]
+        reader = ingest.parser(env | {"FEATURESTORE_REGISTRY_TOKEN": auth_server.idp.token("reader")})
+        assert list(ingest.registered_features(reader.parse_args(argv))) == ["ingestauth_score"]
+        with pytest.raises(grpc.RpcError) as anonymous:
+            ingest.registered_features(ingest.parser(env).parse_args(argv))
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        admin = bearer(auth_server.idp.token("admin"))
+        stub.DeleteFeature(rs.DeleteFeatureRequest(name="ingestauth_score"), metadata=admin)
 
 
 def test_the_module_servers_log_holds_no_secret(auth_server: AuthServer) -> None:
