@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
@@ -213,3 +214,27 @@ def test_thousands_of_bad_values_give_a_small_error(client: FeatureStoreClient) 
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED from oversized trailers
     assert "more)" in details.message
     assert len(details.field_violations) == 20
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize("seconds", [-(10**15), 10**15])
+def test_durations_out_of_range_over_grpc_are_invalid(client: FeatureStoreClient, seconds: int) -> None:
+    """A Duration timedelta cannot hold (protobuf's ToTimedelta overflows) names its field, as any bad value does."""
+    huge = duration_pb2.Duration(seconds=seconds)
+    cases = {
+        "feature.max_age": pb.Feature(name="f", entity_type="customer", value_type=pb.FLOAT, max_age=huge),
+        "feature.source_config.watermark": pb.Feature(
+            name="f", entity_type="customer", value_type=pb.FLOAT, source_config=pb.SourceConfig(watermark=huge)
+        ),
+        "feature.transformations[0].window": pb.Feature(
+            name="f",
+            entity_type="customer",
+            value_type=pb.FLOAT,
+            transformations=[pb.Transformation(type="aggregation", function="count", window=huge)],
+        ),
+    }
+    for field, bad in cases.items():
+        with pytest.raises(grpc.RpcError) as info:
+            client.registry.CreateFeature(rs.CreateFeatureRequest(feature=bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, info.value.details())
+        assert field in error_details(info.value).field_violations, (field, info.value.details())

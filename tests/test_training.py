@@ -214,3 +214,14 @@ def test_scan_window_covers_the_entity_type_within_bounds() -> None:
     assert scan_window(requested=1, registered=10) == 10  # up to 32 for small requests
     assert scan_window(requested=10, registered=1000) == 40  # at most 4x the request
     assert scan_window(requested=50, registered=10) == 50  # never fewer than asked
+
+
+@pytest.mark.usefixtures("pit_features")
+def test_a_max_age_beyond_a_durations_range_is_invalid(client: FeatureStoreClient) -> None:
+    """Not an internal error (protobuf's ToTimedelta overflows there): INVALID_ARGUMENT naming max_age."""
+    rows = [fs.TrainingRow(entity_id="far_age", timestamp=ts(T0))]
+    for seconds in (10**15, -(10**15)):
+        with pytest.raises(grpc.RpcError) as info:
+            dataset(client, rows, max_age=duration_pb2.Duration(seconds=seconds))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert set(error_details(info.value).field_violations) == {"max_age"}

@@ -47,6 +47,7 @@ CHUNK_CELLS = 50_000  # rows x features per query: wide feature lists get fewer 
 MESSAGE_BYTES = 4 * 1024 * 1024  # a response message's most (gRPC clients receive 4 MiB by default)
 PARALLEL_CHUNKS = 4  # queries in flight (a backend each): PostgreSQL stays busy while answers go out
 MAX_ROWS = 1_000_000
+_DURATION_MAX_SECONDS = 315_576_000_000  # a google.protobuf.Duration's range: +-10,000 years
 
 
 def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest, limits: Limits) -> Plan:
@@ -60,8 +61,12 @@ def _validate(catalog: Catalog, request: fs.GetTrainingDatasetRequest, limits: L
         violations.append(FieldViolation("feature_names", "name at least one feature or feature group"))
     if not _rows_look_valid(request.rows):
         violations += _row_problems(request.rows)
-    if request.HasField("max_age") and request.max_age.ToTimedelta().total_seconds() <= 0:
-        violations.append(FieldViolation("max_age", "must be positive"))
+    if request.HasField("max_age"):
+        # Checked before ToTimedelta, which overflows beyond a Duration's +-10,000 years.
+        if request.max_age.seconds > _DURATION_MAX_SECONDS:
+            violations.append(FieldViolation("max_age", "is out of range (a duration is at most 10,000 years)"))
+        elif request.max_age.seconds < 0 or request.max_age.ToTimedelta().total_seconds() <= 0:
+            violations.append(FieldViolation("max_age", "must be positive"))
     if violations:
         raise invalid_argument(violations)
     return plan

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from featurestore.registry.v1 import feature_pb2 as pb
+from server.core.errors import FieldViolation, invalid_argument
 from server.registry._model import EventField, Feature, FeatureGroup, Meta, SourceConfig, Transformation
 
 
@@ -17,11 +18,23 @@ def _name(enum: Any, value: int) -> str:
         return str(value)
 
 
-def _duration(msg: Any, name: str) -> timedelta | None:
-    return getattr(msg, name).ToTimedelta() if msg.HasField(name) else None
+# The range of a google.protobuf.Duration (+-10,000 years). A message may carry more (the
+# wire does not check), which ToTimedelta turns into an OverflowError: refused instead.
+_DURATION_MAX_SECONDS = 315_576_000_000
 
 
-def _source_from_proto(sc: pb.SourceConfig) -> SourceConfig:
+def _duration(msg: Any, name: str, path: str, bad: list[FieldViolation]) -> timedelta | None:
+    if not msg.HasField(name):
+        return None
+    value = getattr(msg, name)
+    if abs(value.seconds) > _DURATION_MAX_SECONDS:
+        bad.append(FieldViolation(f"feature.{path}", "is out of range (a duration is at most 10,000 years)"))
+        return None
+    result: timedelta = value.ToTimedelta()
+    return result
+
+
+def _source_from_proto(sc: pb.SourceConfig, bad: list[FieldViolation]) -> SourceConfig:
     return SourceConfig(
         table=sc.table,
         filter=sc.filter,
@@ -30,7 +43,7 @@ def _source_from_proto(sc: pb.SourceConfig) -> SourceConfig:
         stream=sc.stream,
         format=sc.format,
         fields=tuple(EventField(f.name, _name(pb.ValueType, f.type)) for f in sc.fields),
-        watermark=_duration(sc, "watermark"),
+        watermark=_duration(sc, "watermark", "source_config.watermark", bad),
     )
 
 
@@ -57,8 +70,11 @@ def _step_to_proto(t: Transformation) -> pb.Transformation:
 
 
 def feature_from_proto(msg: pb.Feature) -> Feature:
-    """The definition a client sent; server fields (times, revision, etag) are ignored."""
-    return Feature(
+    """The definition a client sent; server fields (times, revision, etag) are ignored.
+
+    INVALID_ARGUMENT (naming the fields) for a duration no timedelta holds."""
+    bad: list[FieldViolation] = []
+    feature = Feature(
         name=msg.name,
         entity_type=msg.entity_type,
         value_type=_name(pb.ValueType, msg.value_type),
@@ -68,13 +84,18 @@ def feature_from_proto(msg: pb.Feature) -> Feature:
         frequency=_name(pb.FeatureFrequency, msg.frequency),
         owner=msg.owner,
         tags=tuple(msg.tags),
-        source_config=_source_from_proto(msg.source_config),
+        source_config=_source_from_proto(msg.source_config, bad),
         transformations=tuple(
-            Transformation(t.type, t.function, t.column, t.expression, _duration(t, "window"))
-            for t in msg.transformations
+            Transformation(
+                t.type, t.function, t.column, t.expression, _duration(t, "window", f"transformations[{i}].window", bad)
+            )
+            for i, t in enumerate(msg.transformations)
         ),
-        max_age=msg.max_age.ToTimedelta() if msg.HasField("max_age") else None,
+        max_age=_duration(msg, "max_age", "max_age", bad),
     )
+    if bad:
+        raise invalid_argument(bad)
+    return feature
 
 
 def _set_meta(msg: pb.Feature | pb.FeatureGroup, name: str, meta: Meta | None) -> None:
