@@ -361,7 +361,7 @@ class AsyncClient(c.ClientBase[TokenCallback]):
             fs.WriteFeaturesRequest, entity_type, entity_rows, self.chunk_values, self.max_message_bytes
         ):
             response = await self._unary(self.store.WriteFeatures, request, timeout)
-            total += c.WriteResult(response.written_values, response.skipped_values, 1)
+            total += c.write_result(response)
         return total
 
     def push(self, entity_type: str, *, timeout: float | None = None) -> AsyncPusher:
@@ -511,7 +511,7 @@ class AsyncPusher:
             response = await self._call
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
-        self.result = c.WriteResult(response.written_values, response.skipped_values, response.batches)
+        self.result = c.write_result(response)
         return self.result
 
     async def close(self) -> c.WriteResult:

@@ -189,6 +189,12 @@ class WriteResult:
         )
 
 
+def write_result(response: fs.WriteFeaturesResponse | fs.PushFeaturesResponse) -> WriteResult:
+    """The totals of a WriteFeatures response (one request) or of a push (its batches)."""
+    requests = response.batches if isinstance(response, fs.PushFeaturesResponse) else 1
+    return WriteResult(response.written_values, response.skipped_values, requests)
+
+
 def as_feature(feature: pb.Feature | Mapping[str, Any]) -> pb.Feature:
     """A Feature from a message or from its JSON fields (the REST body: `"value_type": "FLOAT"`, ...)."""
     if isinstance(feature, pb.Feature):

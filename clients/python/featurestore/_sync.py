@@ -384,7 +384,7 @@ class Client(c.ClientBase[Callable[[], str]]):
             fs.WriteFeaturesRequest, entity_type, entity_rows, self.chunk_values, self.max_message_bytes
         ):
             response = self._unary(self.store.WriteFeatures, request, timeout)
-            total += c.WriteResult(response.written_values, response.skipped_values, 1)
+            total += c.write_result(response)
         return total
 
     def push(self, entity_type: str, *, timeout: float | None = None) -> Pusher:
@@ -566,7 +566,7 @@ class Pusher:
                 response = self._future.result()
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from err
-            self.result = c.WriteResult(response.written_values, response.skipped_values, response.batches)
+            self.result = c.write_result(response)
         return self.result
 
     def cancel(self) -> None:
