@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
@@ -86,6 +87,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     _own(p, env, "--max-events-per-batch", "0", type=_count, help="events per micro-batch at most (0: no limit)")
     _own(p, env, "--trigger-seconds", "1", type=_seconds, help="seconds between micro-batches")
     _own(p, env, "--poll-seconds", "5", type=_seconds, help="seconds between reads of the registry")
+    _own(
+        p,
+        env,
+        "--heartbeat-file",
+        "",
+        help="touch this file after every registry poll in which every query runs (for a liveness probe)",
+    )
     return p
 
 
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None, spark: An
             ),
             poll=args.poll_seconds,
             stop=stop,
+            heartbeat=Path(args.heartbeat_file) if args.heartbeat_file else None,
         )
     except KeyboardInterrupt:
         return 0
