@@ -8,6 +8,8 @@ features from generated source tables (`.state/warehouse`) at start, then
 keeps running: hourly, and within seconds of a batch feature being created or
 changed. The streaming pipeline computes the STREAMING demo features from the
 Valkey stream `purchases`, which a demo producer feeds (--events-per-second).
+Prometheus (with the rules of monitoring/prometheus) scrapes the server,
+Envoy and the pipeline; a Pushgateway takes the metrics of `make pipeline` runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 from devstack import _demo
 from devstack._auth import DevAuth, dev_auth
+from devstack._monitoring import Targets, start_prometheus, start_pushgateway
 from devstack._procs import (
     ROOT,
     Proc,
@@ -55,6 +58,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--postgres-port", type=int, default=_env_int("POSTGRES_PORT", 15432))
     parser.add_argument("--redis-port", type=int, default=_env_int("REDIS_PORT", 16379))
     parser.add_argument("--metrics-port", type=int, default=_env_int("METRICS_PORT", 9464))
+    parser.add_argument("--prometheus-port", type=int, default=_env_int("PROMETHEUS_PORT", 9090))
+    parser.add_argument("--pushgateway-port", type=int, default=_env_int("PUSHGATEWAY_PORT", 9091))
+    parser.add_argument("--pipeline-metrics-port", type=int, default=_env_int("PIPELINE_METRICS_PORT", 9465))
     parser.add_argument(
         "--events-per-second",
         type=float,
@@ -99,7 +105,8 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     procs.append(server)
     print(f"  gRPC        127.0.0.1:{server.port}")
     also = (80,) if args.http_port != 80 and can_listen(80) else ()
-    procs.append(start_envoy(state, args.http_port, server.port, also))
+    envoy = start_envoy(state, args.http_port, server.port, also)
+    procs.append(envoy)
     print(f"  REST+gRPC   http://localhost:{args.http_port}  (Envoy)")
     if also:
         print("              and http://localhost (port 80), as the seed's examples call it")
@@ -124,12 +131,15 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     )
     procs.append(streaming)
     ensure_demo_tables(state / "warehouse", state / "pipeline.log")
+    gateway = start_pushgateway(state, args.pushgateway_port)
+    procs.append(gateway)
     pipeline = start_pipeline(
         state,
         f"127.0.0.1:{server.port}",
         str(postgres.extra["dsn"]),
         str(valkey.extra["url"]),
         "customer,product",
+        metrics_port=args.pipeline_metrics_port,
         registry_token=auth.reader_token if auth else "",
     )
     procs.append(pipeline)
@@ -139,11 +149,21 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     print(
         '              append an event: .venv/bin/python -m jobs.demo_events --event \'{"customer_id": "customer123"}\''
     )
+    targets = Targets(
+        servers=[f"127.0.0.1:{args.metrics_port}"],
+        envoy_admin=f"127.0.0.1:{envoy.extra['admin_port']}",
+        pushgateway=f"127.0.0.1:{gateway.port}",
+        pipelines=[f"127.0.0.1:{args.pipeline_metrics_port}"],
+    )
+    procs.append(start_prometheus(state, args.prometheus_port, targets))
+    print(f"  Prometheus  http://localhost:{args.prometheus_port}  (scrapes the server, Envoy, the pipeline;")
+    print(f"              rules from monitoring/prometheus; Pushgateway on :{gateway.port} for `make pipeline` runs)")
     local = {
         "FEATURESTORE_REGISTRY": f"127.0.0.1:{server.port}",
         "FEATURESTORE_POSTGRES_DSN": str(postgres.extra["dsn"]),
         "FEATURESTORE_REDIS_URL": str(valkey.extra["url"]),
         "FEATURESTORE_WAREHOUSE": str(state / "warehouse"),
+        "FEATURESTORE_METRICS_PUSH_URL": f"127.0.0.1:{gateway.port}",
     } | ({"FEATURESTORE_REGISTRY_TOKEN": auth.reader_token} if auth else {})
     LOCAL_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
     LOCAL_ENV_FILE.write_text(

@@ -371,17 +371,20 @@ def start_pipeline(
     redis_url: str,
     entity_types: str,
     every: int = 3600,
+    metrics_port: int = 0,
     registry_token: str = "",
 ) -> Proc:
     """The batch pipeline kept running (--every): ready after its first run, whose summary is in extra.
 
-    `registry_token` reaches it in its environment (FEATURESTORE_REGISTRY_TOKEN), not on its command line.
+    `metrics_port`: where it serves its run metrics (0: not served). `registry_token` reaches it in
+    its environment (FEATURESTORE_REGISTRY_TOKEN), not on its command line.
     """
     log = state_dir / "pipeline.log"
     start = log.stat().st_size if log.exists() else 0
     cmd = [sys.executable, "-m", "jobs.batch_pipeline", f"--feature-types={entity_types}", "--lookback-days=30"]
     cmd += [f"--every={every}", "--master=local[2]", "--registry", registry, "--redis-url", redis_url]
     cmd += ["--postgres-dsn", postgres_dsn, "--warehouse", str(state_dir / "warehouse")]
+    cmd += ["--pipeline-metrics-port", str(metrics_port)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"} | (
         {"FEATURESTORE_REGISTRY_TOKEN": registry_token} if registry_token else {}
     )

@@ -18,17 +18,18 @@ import time
 
 from server._app import migrate_only, start
 from server._settings import Settings, local_environment
+from server._tracing import JsonFormatter, TracingSettings
 from server.auth import audit_to_stderr
 
 _log = logging.getLogger("server")
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings, tracing: TracingSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = await start(settings)
+    app = await start(settings, tracing)
     _settle_garbage_collector()
     await stop.wait()
     _log.info("draining (grace %.1fs)", settings.shutdown_grace)
@@ -78,9 +79,22 @@ class _Supervisor:
         return max(worker.wait() for worker in self._workers)
 
 
+def _configure_logging(settings: Settings) -> None:
+    """JSON lines carrying the current trace id (log_format json), or plain text lines."""
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    elif settings.log_format == "text":
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    else:
+        raise SystemExit(f"log_format {settings.log_format!r} is not json or text")
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
+
+
 def main() -> None:
     settings = Settings.load(sys.argv[1:], local_environment(os.environ) | os.environ)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    tracing = TracingSettings.from_environ(os.environ)
+    _configure_logging(settings)
     audit_to_stderr()
     if settings.migrate_only:
         asyncio.run(migrate_only(settings))
@@ -93,9 +107,9 @@ def main() -> None:
     if settings.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(_run(settings))
+        uvloop.run(_run(settings, tracing))
     else:
-        asyncio.run(_run(settings))
+        asyncio.run(_run(settings, tracing))
 
 
 if __name__ == "__main__":

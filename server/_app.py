@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,11 +12,14 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf import descriptor
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 
-from server import _freshness, _metrics, auth, core, offline, online
+from server import _freshness, _metrics, _tracing, auth, core, offline, online
 from server._health import HealthMonitor
 from server._rpc import service_handler, unary_methods
 from server._settings import Settings
@@ -41,11 +43,15 @@ class App:
     online_store: online.RedisOnlineStore
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tracer_provider: TracerProvider | None = None
+    probes: grpc.aio.Server | None = None  # the plaintext health port (health_port), if any
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, release the stores."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.probes is not None:
+            await self.probes.stop(0)
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -53,13 +59,13 @@ class App:
         await self.online_store.close()
         for pool in self.pools:
             await pool.close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # exports what is still buffered
 
 
-def _server(settings: Settings, interceptors: Sequence[auth.AuthInterceptor]) -> grpc.aio.Server:
+def _server(settings: Settings) -> grpc.aio.Server:
     most = settings.max_concurrent_rpcs or None  # beyond it gRPC answers RESOURCE_EXHAUSTED
-    return grpc.aio.server(
-        options=_server_options(settings), maximum_concurrent_rpcs=most, interceptors=interceptors or None
-    )
+    return grpc.aio.server(options=_server_options(settings), maximum_concurrent_rpcs=most)
 
 
 _AUTH_MODES = ("off", "optional", "required")
@@ -83,18 +89,28 @@ def _authenticator(settings: Settings) -> auth.Authenticator | None:
             settings.auth_audience,
             leeway=settings.auth_leeway,
             roles_claim=settings.auth_roles_claim,
-            cache_size=auth.CACHE_SIZE,
         )
     api_keys = auth.ApiKeys(Path(settings.auth_api_keys_file)) if settings.auth_api_keys_file else None
     return auth.Authenticator(jwts, api_keys)
 
 
-def _auth_interceptor(settings: Settings, authenticator: auth.Authenticator) -> auth.AuthInterceptor:
+def _auth_guard(settings: Settings, authenticator: auth.Authenticator) -> auth.Guard:
     anonymous = auth.ROLES.get(settings.auth_anonymous_role)
     if anonymous is None:
         raise SystemExit(f"auth_anonymous_role {settings.auth_anonymous_role!r} is not one of {', '.join(auth.ROLES)}")
     required = settings.auth_mode == "required"
-    return auth.AuthInterceptor(authenticator, auth.METHOD_ROLES, required=required, anonymous=anonymous)
+    return auth.Guard(authenticator, auth.METHOD_ROLES, required=required, anonymous=anonymous)
+
+
+def _guarded(
+    guard: auth.Guard | None,
+    service: descriptor.ServiceDescriptor,
+    methods: dict[str, grpc.RpcMethodHandler],  # type: ignore[type-arg]
+) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """The service's handler, each method checked by `guard` (auth off: None, unchecked)."""
+    if guard is not None:
+        methods = {name: guard.wrap(f"/{service.full_name}/{name}", handler) for name, handler in methods.items()}
+    return service_handler(service, methods)
 
 
 def _tls(settings: Settings) -> grpc.ServerCredentials | None:
@@ -116,11 +132,19 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def _observe_query(query: str, seconds: float, error: BaseException | None) -> None:
+    _metrics.observe_postgres(query, seconds, error)
+    _tracing.record_postgres(query, seconds, error)
+
+
 def _pool_hooks(settings: Settings, pool: str) -> dict[str, Any]:
-    """The pool's metrics hooks (statement times and errors, waits for a connection), if metrics are on."""
-    if not settings.metrics:
-        return {}
-    return {"on_query": _metrics.observe_postgres, "on_wait": _metrics.POOL_WAIT_SECONDS.labels(pool).observe}
+    """The pool's hooks: statement times and errors (metrics, spans), waits for a connection (metrics)."""
+    hooks: dict[str, Any] = {}
+    if settings.metrics or _tracing.enabled:
+        hooks["on_query"] = _observe_query
+    if settings.metrics:
+        hooks["on_wait"] = _metrics.POOL_WAIT_SECONDS.labels(pool).observe
+    return hooks
 
 
 async def _registry(settings: Settings) -> tuple[asyncpg.Pool, PostgresRegistryStore]:
@@ -227,12 +251,21 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
     )
 
 
-async def start(settings: Settings) -> App:
-    """Connect the stores, register the services and start listening."""
+async def start(
+    settings: Settings,
+    tracing: _tracing.TracingSettings | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> App:
+    """Connect the stores, register the services and start listening.
+
+    `tracing`: what the OTEL_* variables ask for (off if None); `span_exporter` turns tracing
+    on with that exporter instead (tests: an in-memory one).
+    """
     limits = _limits(settings)
     _metrics.set_enabled(settings.metrics)
+    provider = _tracing.configure(tracing or _tracing.TracingSettings(), span_exporter)
     authenticator = _authenticator(settings)  # before any store: a bad setting stops the start at once
-    interceptors = [_auth_interceptor(settings, authenticator)] if authenticator else []
+    guard = _auth_guard(settings, authenticator) if authenticator else None
     credentials = _tls(settings)
     pool, registry_store = await _registry(settings)
     read_pool = await _read_pool(settings)
@@ -241,14 +274,14 @@ async def start(settings: Settings) -> App:
     refresher = online.CatalogRefresher(catalog, registry_store, settings.registry_refresh_interval)
     await refresher.refresh()
 
-    server = _server(settings, interceptors)
+    server = _server(settings)
     registry = RegistryServicer(registry_store, after_write=refresher.refresh_quietly)
     history = offline.PostgresHistoryStore(
         pool, read_pool, max_new_partitions=settings.max_new_partitions, statement_timeout=settings.postgres_timeout
     )
     await history.create_upcoming_partitions()
     freshness = _freshness.FreshnessTracker(pool, catalog, settings.freshness_interval)
-    sink = _freshness.NotingSink(history, freshness) if settings.metrics else history
+    sink = _freshness.NotingSink(history, freshness) if settings.metrics or _tracing.enabled else history
     online_servicer = online.OnlineServicer(catalog, online_store, sink, limits)
     history_servicer = offline.HistoryServicer(catalog, history, limits)
     training_servicer = offline.TrainingServicer(
@@ -261,8 +294,8 @@ async def start(settings: Settings) -> App:
     }
     server.add_generic_rpc_handlers(
         (
-            service_handler(core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
-            service_handler(core.FEATURE_STORE_SERVICE, feature_store),
+            _guarded(guard, core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
+            _guarded(guard, core.FEATURE_STORE_SERVICE, feature_store),
         )
     )
     health = health_aio.HealthServicer()
@@ -290,6 +323,7 @@ async def start(settings: Settings) -> App:
     await server.start()
     transport = ("mTLS" if settings.tls_client_ca_file else "TLS") if credentials else "plaintext"
     _log.info("serving gRPC on %s:%d (%s, auth %s)", settings.host, port, transport, settings.auth_mode)
+    probes = await _probe_server(settings, health) if settings.health_port else None
     tasks = [
         asyncio.create_task(monitor.run()),
         asyncio.create_task(refresher.run()),
@@ -302,4 +336,14 @@ async def start(settings: Settings) -> App:
     if settings.history_retention_days > 0:
         retention = timedelta(days=settings.history_retention_days)
         tasks.append(asyncio.create_task(history.enforce_retention(retention)))
-    return App(server, health, [pool, read_pool], online_store, port, tasks)
+    return App(server, health, [pool, read_pool], online_store, port, tasks, provider, probes)
+
+
+async def _probe_server(settings: Settings, health: health_aio.HealthServicer) -> grpc.aio.Server:
+    """grpc.health.v1 alone, plaintext, on health_port: the kubelet's gRPC probes speak no TLS."""
+    probes = grpc.aio.server(options=[("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=16)
+    health_pb2_grpc.add_HealthServicer_to_server(health, probes)
+    port = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    await probes.start()
+    _log.info("serving gRPC health alone on %s:%d (plaintext, for probes)", settings.host, port)
+    return probes

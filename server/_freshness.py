@@ -23,7 +23,7 @@ import asyncpg
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server import offline, online
+from server import _tracing, offline, online
 from server._metrics import REGISTRY, store_timer
 from server.core import HistoryRecord
 
@@ -117,15 +117,24 @@ class NotingSink:
         self._tracker = tracker
 
     async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
+        span = _tracing.start_call("postgresql history_append", _append_attributes(rows)) if _tracing.enabled else None
         started = time.perf_counter()
         try:
             await self._history.append(rows, timeout)
-        except Exception:
+        except Exception as exc:
             _APPEND_ERRORS()
+            if span is not None:
+                _tracing.failed(span, exc)
             raise
         finally:
             _APPEND_SECONDS(time.perf_counter() - started)
+            if span is not None:
+                span.end()
         self._tracker.note(rows)
+
+
+def _append_attributes(rows: Sequence[HistoryRecord]) -> dict[str, str | int]:
+    return {"db.system": "postgresql", "db.operation": "COPY", "rows": len(rows)}
 
 
 def register(tracker: FreshnessTracker) -> None:

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from server import _metrics
+from server import _metrics, _tracing
 from server._metrics import RPC_ERRORS, RPC_SECONDS
 from server.core.errors import FieldViolation, ServiceError, invalid_argument
 
@@ -125,16 +125,23 @@ def rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
     @functools.wraps(method)
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         started = time.perf_counter()
+        traced = _tracing.start_rpc(name, context.invocation_metadata()) if _tracing.enabled else None
+        code: str | None = "UNKNOWN"
         try:
             if type(request) is Undecodable:
                 raise request.error()  # type: ignore[attr-defined]
-            return await method(self, request, context)
+            response = await method(self, request, context)
+            code = None
+            return response
         except ServiceError as err:
+            code = err.code.name
             await context.abort_with_status(_report(name, err))  # type: ignore[attr-defined]
             raise AssertionError("abort_with_status returned") from err  # pragma: no cover
         finally:
             if _metrics.enabled:
                 observe(time.perf_counter() - started)
+            if traced is not None:
+                _tracing.end_rpc(*traced, code)
 
     return wrapper
 

@@ -141,10 +141,18 @@ class Settings:
         default="",
         metadata={"help": "PEM CA: clients must present a certificate it signed (mTLS); needs tls_cert_file"},
     )
+    health_port: int = field(
+        default=0,
+        metadata={
+            "help": "a second port serving grpc.health.v1 alone, in plaintext (the kubelet's gRPC probes speak "
+            "no TLS); 0 = none"
+        },
+    )
     reflection: bool = field(
         default=True, metadata={"help": "serve gRPC reflection (the API's schema, to anyone); production: false"}
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_format: str = field(default="json", metadata={"help": "json (one object per line, with the trace id) or text"})
     migrate_only: bool = field(default=False, metadata={"help": "apply pending SQL migrations, then exit"})
 
     @classmethod

@@ -127,3 +127,25 @@ def test_metrics_off_records_and_serves_nothing(processes: Processes, postgres_d
         client.registry.ListFeatures(rs.ListFeaturesRequest())
     with pytest.raises(urllib.error.URLError):
         scrape(_port(server))
+
+
+def test_every_worker_serves_its_own_metrics_and_together_they_count_every_call(
+    processes: Processes, postgres_dsn: str, redis_url: str
+) -> None:
+    server = processes.server(postgres_dsn, redis_url, [*FAST_SERVER_ARGS, "--workers", "2"])
+    ports = [_port(server), _port(server) + 1]
+    eventually(lambda: all(_answers(port) for port in ports))
+    calls = "featurestore_rpc_duration_seconds_count"
+    before = sum(value(scrape(port), calls, method="ListFeatures") for port in ports)
+    for _ in range(6):  # a channel each: the kernel spreads connections over the workers
+        with FeatureStoreClient(f"127.0.0.1:{server.port}") as client:
+            client.registry.ListFeatures(rs.ListFeaturesRequest())
+    eventually(lambda: sum(value(scrape(port), calls, method="ListFeatures") for port in ports) - before == 6)
+
+
+def _answers(port: int) -> bool:
+    try:
+        scrape(port)
+    except urllib.error.URLError:
+        return False
+    return True

@@ -18,6 +18,9 @@ from typing import Any
 import asyncpg
 import pytest
 from google.protobuf import json_format
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 from pyspark.sql import SparkSession
 
@@ -517,6 +520,7 @@ def test_a_run_records_freshness_and_pushes_its_metrics(
     gateway = processes.add(start_pushgateway(tmp_path, free_port()))
     url = f"127.0.0.1:{gateway.port}"
     metrics = PipelineMetrics("batch")
+    run_sql(postgres_dsn, "DELETE FROM feature_freshness")  # earlier runs in this module wrote newer event times
     report = run(spark, rfm, config(redis_url, postgres_dsn), progress=lambda _: None, metrics=metrics)
     assert report.failed == {}
     metrics.push(url)
@@ -552,3 +556,20 @@ def _pushed(url: str) -> dict[str, float]:
         for s in family.samples
         if s.labels.get("job") == "featurestore_pipeline" and s.labels.get("pipeline") == "batch"
     }
+
+
+def test_a_run_is_one_trace_with_a_span_per_source(
+    spark: SparkSession, rfm: list[pb.Feature], redis_url: str, postgres_dsn: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    report = run(spark, rfm, config(redis_url, postgres_dsn), lambda _: None, tracer=provider.get_tracer("test"))
+    spans = exporter.get_finished_spans()
+    [root] = [s for s in spans if s.name == "batch pipeline run"]
+    sources = {s.name: s for s in spans if s.name.startswith("source ")}
+    assert set(sources) == {"source customer_purchases", "source products"}
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}
+    assert all(s.parent is not None and s.parent.span_id == root.context.span_id for s in sources.values())
+    written = [s.attributes["values_written"] for s in sources.values() if s.attributes]
+    assert sum(int(str(n)) for n in written) == report.values

@@ -75,7 +75,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from server import _metrics
+from server import _metrics, _tracing
 from server.core import KeyWrite
 from server.core.codec import FIELDS_PER_VALUE, TIME_BYTES
 from server.core.errors import ServiceError, translated, unavailable
@@ -426,6 +426,16 @@ class _Clustered:
 
 
 _READ_SECONDS, _READ_ERRORS = _metrics.store_timer("redis", "read")
+
+
+def _span_attributes(keys: Sequence[bytes], fields: Sequence[bytes]) -> dict[str, str | int]:
+    return {
+        "db.system": "redis",
+        "db.operation": "HMGET" if len(keys) == 1 else "EVALSHA",
+        "values": len(keys) * len(fields),
+    }
+
+
 _WRITE_SECONDS, _WRITE_ERRORS = _metrics.store_timer("redis", "write")
 
 
@@ -463,16 +473,21 @@ class RedisOnlineStore:
     @_translated
     async def read(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
         """Values of `fields` for each key, flat and key-major; None where nothing is stored."""
-        if not _metrics.enabled:
+        if not _metrics.enabled and not _tracing.enabled:
             return await self._transport.read(keys, fields)
+        span = _tracing.start_call("redis read", _span_attributes(keys, fields)) if _tracing.enabled else None
         started = time.perf_counter()
         try:
             return await self._transport.read(keys, fields)
-        except Exception:
+        except Exception as exc:
             _READ_ERRORS()
+            if span is not None:
+                _tracing.failed(span, exc)
             raise
         finally:
             _READ_SECONDS(time.perf_counter() - started)
+            if span is not None:
+                span.end()
 
     @_translated
     async def write(self, writes: Sequence[KeyWrite]) -> int:
@@ -483,11 +498,20 @@ class RedisOnlineStore:
         """
         if not writes:
             return 0
+        span = (
+            _tracing.start_call("redis write", {"db.system": "redis", "entities": len(writes)})
+            if _tracing.enabled
+            else None
+        )
         started = time.perf_counter()
         try:
             return await self._transport.write(writes, self._ttl)
-        except Exception:
+        except Exception as exc:
             _WRITE_ERRORS()
+            if span is not None:
+                _tracing.failed(span, exc)
             raise
         finally:
             _WRITE_SECONDS(time.perf_counter() - started)
+            if span is not None:
+                span.end()
