@@ -17,7 +17,7 @@ AIRFLOW_VERSION := 3.3.2
 # more flags with ARGS="--as-of=... --dry-run".
 PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30
 
-.PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline bench-metrics test-airflow
+.PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline bench-metrics bench-write redis-benchmark test-airflow
 
 venv: $(STAMP)
 
@@ -91,13 +91,20 @@ buf-breaking: $(BUF)
 api-baseline: $(BUF)
 	$(BUF) build --exclude-source-info -o $(API_BASELINE)
 
-bench: venv
+# Valkey's own capacity (the C client ceiling of the online and write benchmarks), from Debian.
+redis-benchmark:
+	@command -v valkey-benchmark >/dev/null || command -v redis-benchmark >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-tools)
+
+bench: venv redis-benchmark
 	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
 	$(BIN)/python bench/online_bench.py
 
 bench-metrics: venv
 	@command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
 	$(BIN)/python bench/metrics_bench.py
+
+bench-write: venv redis-benchmark
+	$(BIN)/python bench/write_bench.py
 
 bench-offline: venv
 	$(BIN)/python bench/offline_bench.py

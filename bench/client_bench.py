@@ -8,11 +8,14 @@ mixed value types (4 FLOAT, 3 INT64, a STRING, a BOOL, an 8-float EMBEDDING) and
 
 - **get_features, c=1**: `Client.get_features` (typed FeatureVector) against the bare stub
   `client.store.GetFeatures` on the same channel, in blocks of 100 calls in a rotating
-  order so all see the same machine; also the bare stub on a channel without the retry service config. Median and
-  p99 latency per call; the check is facade / bare stub (target <= 1.15).
+  order so all see the same machine; also the bare stub on a channel without the retry
+  service config, and `AsyncClient.get_features` against its bare grpc.aio stub. Median
+  and p99 latency per call; the check is facade / bare stub (target <= 1.15).
 - **batch_get_features -> DataFrame, 1,000 entities x 10 features**: the whole call
   (RPC + conversion) with `output="pandas"` and `output="arrow"`, the bare RPC alone, and
-  `output="records"` (FeatureVectors). Medians; the target is < 10 ms for the DataFrame.
+  `output="records"` (FeatureVectors). Medians of wall time, and of this process's CPU time
+  per call (what the conversion costs, whatever the load); the target is < 10 ms for the
+  DataFrame.
 
 The machine is shared: only ratios within one run mean much. Results go to
 bench/results/client.json (not committed).
@@ -21,12 +24,13 @@ bench/results/client.json (not committed).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from _report import print_checks, write_json  # noqa: E402
 
 from devstack import free_port, start_postgres, start_server, start_valkey  # noqa: E402
-from featurestore import Client, FeatureStoreClient  # noqa: E402
+from featurestore import AsyncClient, Client, FeatureStoreClient  # noqa: E402
 from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
 
 TYPES = ["FLOAT"] * 4 + ["INT64"] * 3 + ["STRING", "BOOL", "EMBEDDING"]
@@ -68,12 +72,15 @@ def setup(client: Client) -> list[str]:
     return ids
 
 
-def timed(fn: Callable[[], object], n: int) -> list[float]:
+def timed(fn: Callable[[], object], n: int, cpu: list[float] | None = None) -> list[float]:
+    """Wall seconds per call; with `cpu`, this process's CPU seconds per call are appended there."""
     out = []
     for _ in range(n):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         out.append(time.perf_counter() - start)
+        if cpu is not None:
+            cpu.append(time.process_time() - start_cpu)
     return out
 
 
@@ -84,6 +91,35 @@ def summary(samples: list[float]) -> dict[str, float]:
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
     }
+
+
+async def run_async(target: str, calls: int) -> dict[str, Any]:
+    """get_features through AsyncClient against its bare grpc.aio stub, c=1, rotating blocks."""
+    async with AsyncClient(target) as client:
+        await client.wait_ready()
+        request = fs.GetFeaturesRequest(entity_type="user", entity_id="u1", feature_names=NAMES)
+
+        async def facade() -> object:
+            return await client.get_features("user", "u1", NAMES)
+
+        async def bare() -> object:
+            return await client.store.GetFeatures(request, timeout=10)
+
+        variants: dict[str, Callable[[], Awaitable[object]]] = {"facade": facade, "bare_stub_same_channel": bare}
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for fn in variants.values():
+            for _ in range(200):
+                await fn()
+        block = 100
+        for round_ in range(max(1, calls // block)):
+            order = list(variants.items())
+            shift = round_ % len(order)
+            for name, fn in order[shift:] + order[:shift]:
+                for _ in range(block):
+                    start = time.perf_counter()
+                    await fn()
+                    samples[name].append(time.perf_counter() - start)
+    return {name: summary(v) for name, v in samples.items()}
 
 
 def run(target: str, calls: int, batches: int) -> dict[str, Any]:
@@ -119,16 +155,18 @@ def run(target: str, calls: int, batches: int) -> dict[str, Any]:
             "records": lambda: client.batch_get_features("user", ids, NAMES),
         }
         results: dict[str, list[float]] = {name: [] for name in reads}
+        cpu: dict[str, list[float]] = {name: [] for name in reads}
         for fn in reads.values():
             timed(fn, 3)
         for round_ in range(batches):
             order = list(reads.items())
             shift = round_ % len(order)
             for name, fn in order[shift:] + order[:shift]:
-                results[name] += timed(fn, 1)
+                results[name] += timed(fn, 1, cpu[name])
     return {
         "get_features": {name: summary(v) for name, v in samples.items()},
         "batch_1000x10": {k: summary(v) for k, v in results.items()},
+        "batch_1000x10_client_cpu": {k: summary(v) for k, v in cpu.items()},
     }
 
 
@@ -146,12 +184,14 @@ def main() -> None:
     server = start_server(state, free_port(), dsn, url, ["--log-level", "WARNING"])
     try:
         report = run(f"127.0.0.1:{server.port}", args.calls, args.batches)
+        report["get_features_async"] = asyncio.run(run_async(f"127.0.0.1:{server.port}", args.calls))
     finally:
         for proc in (server, valkey, pg):
             proc.stop()
         shutil.rmtree(state, ignore_errors=True)
 
-    online, batch = report["get_features"], report["batch_1000x10"]
+    online, batch, cpu = report["get_features"], report["batch_1000x10"], report["batch_1000x10_client_cpu"]
+    aio = report["get_features_async"]
     checks = [
         ("get_features 1x10 c=1, bare stub p50 ms", online["bare_stub_same_channel"]["p50_ms"], "-"),
         ("  bare stub, channel without retry config p50 ms", online["bare_stub_plain_channel"]["p50_ms"], "-"),
@@ -162,11 +202,20 @@ def main() -> None:
             "<= 1.15",
         ),
         ("  facade / bare stub, p99", online["facade"]["p99_ms"] / online["bare_stub_same_channel"]["p99_ms"], "-"),
+        ("get_features 1x10 c=1 asyncio, bare stub p50 ms", aio["bare_stub_same_channel"]["p50_ms"], "-"),
+        (
+            "  AsyncClient / bare stub, p50",
+            aio["facade"]["p50_ms"] / aio["bare_stub_same_channel"]["p50_ms"],
+            "<= 1.15",
+        ),
         ("batch 1000x10, bare RPC p50 ms", batch["rpc"]["p50_ms"], "-"),
         ("  -> records (FeatureVectors) p50 ms", batch["records"]["p50_ms"], "-"),
         ("  -> pyarrow Table p50 ms", batch["arrow"]["p50_ms"], "-"),
         ("  -> pandas DataFrame p50 ms", batch["pandas"]["p50_ms"], "< 10"),
-        ("  DataFrame conversion alone (p50 difference) ms", batch["pandas"]["p50_ms"] - batch["rpc"]["p50_ms"], "-"),
+        ("  DataFrame / bare RPC, p50", batch["pandas"]["p50_ms"] / batch["rpc"]["p50_ms"], "-"),
+        ("  client CPU ms per call: bare RPC", cpu["rpc"]["p50_ms"], "-"),
+        ("  client CPU ms per call: -> DataFrame", cpu["pandas"]["p50_ms"], "-"),
+        ("  client CPU ms of the conversion alone", cpu["pandas"]["p50_ms"] - cpu["rpc"]["p50_ms"], "-"),
     ]
     print_checks(checks)
     write_json(args.out, report)

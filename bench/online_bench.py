@@ -8,8 +8,10 @@ group through WriteFeatures, then drives load with h2load (a C HTTP/2 client,
 not the bottleneck) using pre-encoded gRPC frames. Shapes: 1 entity x 10
 features, 100 x 10, 1 x 250; transports: gRPC direct and REST through Envoy;
 concurrency 1 and 64. Ceilings: a no-op RPC on the same server (the health
-check) and raw Redis reads of the same keys from Python (redis.asyncio +
-hiredis, pipelined). Prints a table and the target checks, writes JSON.
+check), raw Redis reads of the same keys from Python (redis.asyncio +
+hiredis, pipelined) and Valkey's own capacity for the same HMGETs measured
+with a C client (redis-benchmark, bench/_valkey_c.py). Prints a table and the
+target checks, writes JSON.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import redis.asyncio as aioredis  # noqa: E402
 from _grpcio_driver import drive  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
 from _serving import cpu_seconds, wait_servable  # noqa: E402
+from _valkey_c import hmget_capacity, hset_capacity, require_tool  # noqa: E402
 from google.protobuf.message import Message  # noqa: E402
 
 from devstack import free_port, start_envoy, start_postgres, start_server, start_valkey  # noqa: E402
@@ -186,6 +189,7 @@ def main() -> int:
     args = parser.parse_args()
     if not shutil.which("h2load"):
         sys.exit("h2load is missing: apt-get install nghttp2-client")
+    require_tool()
 
     state = Path(tempfile.mkdtemp(prefix="fs-bench-"))
     pg = start_postgres(state / "postgres", free_port(), durable=False)
@@ -295,7 +299,7 @@ def run(args: argparse.Namespace, grpc_port: int, http_port: int, redis_url: str
     for name, (n_keys, fields) in {"1x10": (1, 10), "100x10": (100, 10), "1x250": (1, 250)}.items():
         keys = [f"f:user:u{i}".encode() for i in range(n_keys)]
         group = GROUP_10 if fields == 10 else GROUP_250
-        field_names = [f"{group}_f{i}".encode() for i in range(fields)]
+        field_names = [f"{group}_f{i}#1".encode() for i in range(fields)]  # the stored fields: FLOAT is kind 1
         for concurrency in (1, 64):
             raw = asyncio.run(raw_redis(redis_url, keys, field_names, concurrency, min(args.seconds, 3)))
             results.append(
@@ -312,9 +316,41 @@ def run(args: argparse.Namespace, grpc_port: int, http_port: int, redis_url: str
                 )
             )
 
+    results += valkey_capacity(redis_url)
     results += real_clients(args, grpc_port, server_pid, shapes["1x10"])
     report(results, args.out)
     return 0
+
+
+def valkey_capacity(url: str) -> list[Result]:
+    """Valkey's own values/s for HMGET of 10 and of 250 fields per key (a C client, pipelined): one row per
+    shape, 100x10 being 10-field HMGETs too. Keys of the stored values' sizes, filled first (and then deleted)."""
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        proto, as_json = r.hmget("f:user:u1", f"{GROUP_10}_f0#1", f"{GROUP_10}_f0:j#1")
+        assert proto is not None
+        assert as_json is not None
+        sizes = (len(proto), len(as_json))
+    out = []
+    for shape, fields, keys in (("1x10", 10, 20_000), ("1x250", 250, 1_000)):
+        names = [f"cbench{fields}_f{i}" for i in range(fields)]
+        hset_capacity(url, names, sizes, keys, requests=5 * keys)  # fills ~99% of the keys
+        per_s = hmget_capacity(url, names, keys, requests=max(20_000, 4_000_000 // fields))
+        out.append(Result(shape, "valkey-c", 50, per_s / fields, per_s, float("nan"), float("nan"), 0, 0))
+        if shape == "1x10":
+            out.append(Result("100x10", "valkey-c", 50, per_s / 1000, per_s, float("nan"), float("nan"), 0, 0))
+        _delete_capacity_keys(url)
+    return out
+
+
+def _delete_capacity_keys(url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        keys = list(r.scan_iter(match="f:cbench:*", count=10_000))
+        for i in range(0, len(keys), 10_000):
+            r.delete(*keys[i : i + 10_000])
 
 
 def _measured(
@@ -372,6 +408,10 @@ def report(results: list[Result], out: Path) -> None:
     checks.append(("100x10 gRPC values/s (best)", best_batch, ">= 1,000,000"))
     checks.append(("100x10 gRPC vs raw Redis from Python, values/s", best_batch / raw_batch, "(ratio)"))
     checks.append(("100x10 gRPC p99 ms, c=1", _find(results, "100x10", "grpc", 1).p99_ms, "< 3.0"))
+    for shape in ("1x10", "100x10", "1x250"):
+        best = max(_find(results, shape, "grpc", c).values_per_s for c in (1, 64))
+        capacity = _find(results, shape, "valkey-c", 50).values_per_s
+        checks.append((f"{shape} gRPC values/s / Valkey's HMGET capacity (C client)", best / capacity, "(ratio)"))
     checks.append(("1x250 gRPC p99 ms, c=1", _find(results, "1x250", "grpc", 1).p99_ms, "< 1.5"))
     for shape in ("1x10", "100x10", "1x250"):
         for c in (1, 64):

@@ -12,7 +12,13 @@ loopback, registers a 10-feature group and measures, each phase on empty stores:
   combined ceiling is 1 / (1/redis + 1/copy) values/s;
 - WriteFeatures: 100,000 entities x 10 features in 1,000-row requests, 4 in flight,
   from one client process (requests are serialized before the clock starts);
-- PushFeatures: the same rows as 4 concurrent streams of 25 messages each.
+- PushFeatures: the same rows as 4 concurrent streams of 25 messages each;
+- bulk ingest (`jobs.bulk_ingest`, what `featurestore-ingest` runs) of the same rows
+  from Parquet, on a local[2] Spark started (and warmed up) before the clock starts.
+
+Valkey's own capacity for the same HSETs (every value's two fields per entity, values
+of the stored sizes) is measured with a C client too (redis-benchmark, see
+bench/_valkey_c.py), and each write phase's values/s is printed as a fraction of it.
 
 During each write phase a second process reads 1 entity x 10 features (GetFeatures,
 one at a time) and reports the latency percentiles; the same reader runs alone first
@@ -49,6 +55,7 @@ import grpc  # noqa: E402
 import redis  # noqa: E402
 from _report import print_checks, write_json  # noqa: E402
 from _serving import cpu_seconds, wait_servable  # noqa: E402
+from _valkey_c import hset_capacity, require_tool  # noqa: E402
 
 from devstack import SERVER_SETTINGS, free_port, start_postgres, start_server, start_valkey  # noqa: E402
 from featurestore import FeatureStoreClient  # noqa: E402
@@ -268,14 +275,65 @@ class Reader:
 # -- main ------------------------------------------------------------------------------------
 
 
-def register(client: FeatureStoreClient) -> None:
-    names = feature_names()
+def register(client: FeatureStoreClient) -> dict[str, pb.Feature]:
+    names, registered = feature_names(), {}
     for name in names:
         feature = pb.Feature(name=name, entity_type="user", value_type=pb.FLOAT, frequency=pb.DAILY)
-        client.registry.CreateFeature(rs.CreateFeatureRequest(feature=feature))
+        registered[name] = client.registry.CreateFeature(rs.CreateFeatureRequest(feature=feature))
     group = pb.FeatureGroup(name=GROUP, entity_type="user", feature_names=names)
     client.registry.CreateFeatureGroup(rs.CreateFeatureGroupRequest(feature_group=group))
     wait_servable(client, GROUP)
+    return registered
+
+
+# -- bulk ingest -------------------------------------------------------------------------------
+
+
+def write_parquet(folder: Path, rows: list[fs.EntityRow], when: datetime, files: int = 4) -> None:
+    """The rows as a Parquet table (entity_id, event_time, one double column per feature), in `files` files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = feature_names()
+    folder.mkdir(parents=True)
+    step = -(-len(rows) // files)
+    for n, start in enumerate(range(0, len(rows), step)):
+        part = rows[start : start + step]
+        columns = {
+            "entity_id": pa.array([r.entity_id for r in part], pa.string()),
+            "event_time": pa.array([when] * len(part), pa.timestamp("us", tz="UTC")),
+        }
+        for name in names:
+            columns[name] = pa.array([r.values[name].float_value for r in part], pa.float64())
+        pq.write_table(pa.table(columns), folder / f"part-{n}.parquet")
+
+
+class Ingest:
+    """A local[2] Spark session and bulk ingest of a Parquet folder into the benchmark's stores."""
+
+    def __init__(self, state: Path, dsn: str, url: str, registered: dict[str, pb.Feature]) -> None:
+        from jobs import IngestConfig, SessionConfig, build_session
+
+        conf = {"spark.ui.enabled": "false", "spark.driver.port": str(free_port())}
+        session = SessionConfig(master="local[2]", warehouse=str(state / "warehouse"), conf=conf)
+        self.spark = build_session(session, "write-bench")
+        self.registered = registered
+        self.config = IngestConfig(
+            entity_type="user",
+            entity_column="entity_id",
+            event_time_column="event_time",
+            redis_url=url,
+            redis_cluster=False,
+            postgres_dsn=dsn,
+        )
+
+    def run(self, folder: Path) -> int:
+        from jobs import bulk_ingest
+
+        return bulk_ingest(self.spark.read.parquet(str(folder)), self.config, self.registered).values
+
+    def close(self) -> None:
+        self.spark.stop()
 
 
 def _py_spy(folder: Path | None, name: str, pid: int) -> subprocess.Popen[bytes] | None:
@@ -320,6 +378,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "write.json")
     args = parser.parse_args()
 
+    require_tool()
     state = Path(tempfile.mkdtemp(prefix="fs-bench-write-"))
     pg = start_postgres(state / "postgres", free_port(), durable=False, settings=SERVER_SETTINGS)
     valkey = start_valkey(state / "valkey", free_port(), durable=False)
@@ -327,14 +386,15 @@ def main() -> int:
     server = start_server(state, free_port(), dsn, url, ["--log-level", "WARNING", *args.server_args.split()])
     target = f"127.0.0.1:{server.port}"
     try:
-        report = run(args, target, dsn, url, Cpu(server.popen.pid, pg.popen.pid, valkey.popen.pid))
+        report = run(args, state, target, dsn, url, Cpu(server.popen.pid, pg.popen.pid, valkey.popen.pid))
     finally:
         for proc in (server, valkey, pg):
             proc.stop()
         shutil.rmtree(state, ignore_errors=True)
     values = report["values"]
     ceiling = report["ceiling_both_values_per_s"]
-    write, push = report["write_features"], report["push_features"]
+    write, push, bulk = report["write_features"], report["push_features"], report["bulk_ingest"]
+    capacity = report["valkey_hset_capacity_values_per_s"]
     checks = [
         ("raw pipelined HSET, values/s (ceiling)", values / report["raw_hset_seconds"], "-"),
         ("raw binary COPY, rows/s (ceiling)", values / report["raw_copy_seconds"], "-"),
@@ -347,7 +407,15 @@ def main() -> int:
         ("  / ceiling", push["values_per_s"] / ceiling, ">= 0.50"),
         ("  server CPU us per value", push["cpu_s"]["server"] / values * 1e6, "-"),
         ("  1x10 read p99 ms while writing", push["read_1x10_during"]["p99_ms"], "<= 5"),
+        ("Bulk ingest from Parquet values/s", bulk["values_per_s"], "-"),
+        ("  / ceiling", bulk["values_per_s"] / ceiling, ">= 0.70"),
+        ("  1x10 read p99 ms while writing", bulk["read_1x10_during"]["p99_ms"], "-"),
         ("1x10 read p99 ms, no writes", report["read_1x10_idle"]["p99_ms"], "-"),
+        ("Valkey's HSET capacity, C client, values/s", capacity, "-"),
+        ("  raw pipelined HSET from Python / it", values / report["raw_hset_seconds"] / capacity, "-"),
+        ("  WriteFeatures / it", write["values_per_s"] / capacity, "-"),
+        ("  PushFeatures / it", push["values_per_s"] / capacity, "-"),
+        ("  bulk ingest / it", bulk["values_per_s"] / capacity, "-"),
     ]
     print()
     print_checks(checks)
@@ -357,17 +425,20 @@ def main() -> int:
     return 0
 
 
-def run(args: argparse.Namespace, target: str, dsn: str, url: str, cpu: Cpu) -> dict[str, Any]:
+def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, cpu: Cpu) -> dict[str, Any]:
     with FeatureStoreClient(target) as client:
-        register(client)
+        registered = register(client)
     now = datetime.now(UTC).replace(microsecond=0)
-    first, second = now - timedelta(minutes=2), now - timedelta(minutes=1)
-    print("building requests...", flush=True)
+    first, second, third = now - timedelta(minutes=2), now - timedelta(minutes=1), now - timedelta(seconds=30)
+    print("building requests and the Parquet table...", flush=True)
     rows = build_rows(args.entities)
     write_bodies = requests(rows, first, args.batch_rows)
     online, history = stored_forms(rows)
     push_bodies = requests(rows, second, args.batch_rows)
+    write_parquet(state / "bulk", rows, third)
+    write_parquet(state / "warm-up", rows[:1000], third - timedelta(seconds=1), files=2)
     values = args.entities * FEATURES
+    sizes = (len(online[0][1][b"wbench_f0#1"]), len(online[0][1][b"wbench_f0:j#1"]))
     del rows
 
     before = cpu.sample()
@@ -376,6 +447,8 @@ def run(args: argparse.Namespace, target: str, dsn: str, url: str, cpu: Cpu) -> 
     raw_cpu = Cpu.diff(cpu.sample(), before)
     del online, history
     print(f"raw HSET {values / hset:,.0f} values/s, raw COPY {values / copy:,.0f} rows/s ({raw_cpu})", flush=True)
+    capacity = hset_capacity(url, feature_names(), sizes, keys=20_000, requests=200_000)
+    print(f"Valkey's HSET capacity (C client): {capacity:,.0f} values/s", flush=True)
     asyncio.run(empty_stores(dsn, url))
     with Reader(target, args.entities) as idle:
         time.sleep(2)
@@ -400,8 +473,17 @@ def run(args: argparse.Namespace, target: str, dsn: str, url: str, cpu: Cpu) -> 
         values,
         args.profile,
     )
+    ingest = Ingest(state, dsn, url, registered)
+    try:
+        ingest.run(state / "warm-up")  # Spark's Python workers started before the clock
+        asyncio.run(empty_stores(dsn, url))
+        bulk = phase("BulkIngest", cpu, target, args.entities, lambda: ingest.run(state / "bulk"), values, args.profile)
+    finally:
+        ingest.close()
     return {
         "values": values,
+        "valkey_hset_capacity_values_per_s": round(capacity),
+        "bulk_ingest": bulk,
         "raw_hset_seconds": round(hset, 3),
         "raw_copy_seconds": round(copy, 3),
         "raw_cpu_s": raw_cpu,

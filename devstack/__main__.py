@@ -6,7 +6,9 @@ and survive restarts. The demo definitions are loaded on every start
 (existing ones are left alone). The batch pipeline computes the demo
 features from generated source tables (`.state/warehouse`) at start, then
 keeps running: hourly, and within seconds of a batch feature being created or
-changed. Prometheus (with the rules of monitoring/prometheus) scrapes the server,
+changed. The streaming pipeline computes the STREAMING demo features from the
+Valkey stream `purchases`, which a demo producer feeds (--events-per-second).
+Prometheus (with the rules of monitoring/prometheus) scrapes the server,
 Envoy and the pipeline; a Pushgateway takes the metrics of `make pipeline` runs.
 """
 
@@ -32,10 +34,13 @@ from devstack._procs import (
     can_listen,
     ensure_demo_tables,
     start_envoy,
+    start_event_producer,
     start_pipeline,
     start_postgres,
     start_server,
+    start_streaming_pipeline,
     start_valkey,
+    wait_streaming,
 )
 from server import LOCAL_ENV_FILE
 
@@ -56,6 +61,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prometheus-port", type=int, default=_env_int("PROMETHEUS_PORT", 9090))
     parser.add_argument("--pushgateway-port", type=int, default=_env_int("PUSHGATEWAY_PORT", 9091))
     parser.add_argument("--pipeline-metrics-port", type=int, default=_env_int("PIPELINE_METRICS_PORT", 9465))
+    parser.add_argument(
+        "--events-per-second",
+        type=float,
+        default=float(os.environ.get("DEMO_EVENTS_RATE", "5")),
+        help="rate of the demo purchase events the streaming pipeline reads (0: no producer)",
+    )
     parser.add_argument(
         "--auth",
         choices=["off", "on"],
@@ -105,7 +116,20 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     token = auth.admin_token if auth else ""
     created = _demo.load(f"127.0.0.1:{server.port}", token)
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
+    streaming_created = _demo.load_streaming(f"127.0.0.1:{server.port}", token)
+    print(f"  streaming   {', '.join(streaming_created) if streaming_created else 'demo features already loaded'}")
     _demo.load_history(f"127.0.0.1:{server.port}", token=token)
+    if args.events_per_second > 0:
+        procs.append(start_event_producer(state, str(valkey.extra["url"]), args.events_per_second))
+        print(f"  events      {args.events_per_second:g} demo purchases/s into the Valkey stream `purchases`")
+    streaming = start_streaming_pipeline(
+        state,
+        f"127.0.0.1:{server.port}",
+        str(postgres.extra["dsn"]),
+        str(valkey.extra["url"]),
+        registry_token=auth.reader_token if auth else "",
+    )
+    procs.append(streaming)
     ensure_demo_tables(state / "warehouse", state / "pipeline.log")
     gateway = start_pushgateway(state, args.pushgateway_port)
     procs.append(gateway)
@@ -121,6 +145,10 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     procs.append(pipeline)
     print(f"  pipeline    {pipeline.extra['summary']}")
     print("              (recomputes hourly, and new or changed batch features within seconds)")
+    print(f"  streaming   {wait_streaming(streaming)[:110]}")
+    print(
+        '              append an event: .venv/bin/python -m jobs.demo_events --event \'{"customer_id": "customer123"}\''
+    )
     targets = Targets(
         servers=[f"127.0.0.1:{args.metrics_port}"],
         envoy_admin=f"127.0.0.1:{envoy.extra['admin_port']}",

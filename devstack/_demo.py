@@ -24,6 +24,9 @@ DEFINITIONS = Path(__file__).resolve().parent.parent / "definitions" / "demo"
 _DEMO = load_definitions(DEFINITIONS)
 FEATURES: list[pb.Feature] = _DEMO.features
 GROUPS: list[pb.FeatureGroup] = _DEMO.groups
+# The streaming demo (definitions/streaming/): features of the `purchases` event stream.
+_STREAMING = load_definitions(DEFINITIONS.parent / "streaming")
+STREAMING_FEATURES: list[pb.Feature] = _STREAMING.features
 
 
 def _bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -41,6 +44,13 @@ def load(target: str, token: str = "") -> list[str]:
         client.wait_ready()
         plan = plan_definitions(client, _DEMO, updates=False)
         return [change.name for change in apply_plan(client, plan)]
+
+
+def load_streaming(target: str, token: str = "") -> list[str]:
+    """Create the streaming demo features that do not exist yet (as `load` does); the names created."""
+    with Client(target, token=token or None) as client:
+        client.wait_ready()
+        return [change.name for change in apply_plan(client, plan_definitions(client, _STREAMING, updates=False))]
 
 
 def _row(entity: str, when: timestamp_pb2.Timestamp, values: dict[str, int]) -> fs.EntityRow:

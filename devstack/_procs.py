@@ -400,3 +400,42 @@ def start_pipeline(
         time.sleep(0.2)
     proc.stop()
     raise TimeoutError(f"the pipeline's first run did not finish within 300s:\n{proc.log_tail()}")
+
+
+def start_streaming_pipeline(
+    state_dir: Path, registry: str, postgres_dsn: str, redis_url: str, registry_token: str = ""
+) -> Proc:
+    """The streaming pipeline over the customer features of the stack's Valkey streams (not waited for:
+    `wait_streaming` waits for its first query). Its checkpoints live in the state folder."""
+    cmd = [sys.executable, "-m", "jobs.streaming_pipeline", "--feature-types=customer", "--master=local[2]"]
+    cmd += ["--registry", registry, "--redis-url", redis_url, "--postgres-dsn", postgres_dsn]
+    cmd += [f"--checkpoint-dir={state_dir / 'checkpoints'}", "--conf=spark.sql.shuffle.partitions=2"]
+    cmd += ["--conf=spark.ui.enabled=false"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"} | (
+        {"FEATURESTORE_REGISTRY_TOKEN": registry_token} if registry_token else {}
+    )
+    log = state_dir / "streaming.log"
+    start = log.stat().st_size if log.exists() else 0
+    proc = _spawn("streaming", cmd, log, 0, cwd=ROOT, env=env)
+    proc.extra["log_start"] = start
+    return proc
+
+
+def wait_streaming(proc: Proc, timeout: float = 300) -> str:
+    """The streaming pipeline's first micro-batch report (after Spark and its queries started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.running():
+            raise RuntimeError(f"the streaming pipeline exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        text = proc.log.read_text(errors="replace")[int(str(proc.extra["log_start"])) :]
+        reports = [line for line in text.splitlines() if line.startswith("streaming ") and " batch " in line]
+        if reports:
+            return reports[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"the streaming pipeline ran no micro-batch within {timeout}s:\n{proc.log_tail()}")
+
+
+def start_event_producer(state_dir: Path, redis_url: str, rate: float) -> Proc:
+    """The demo purchase events (jobs.demo_events), `rate` per second."""
+    cmd = [sys.executable, "-m", "jobs.demo_events", "--redis-url", redis_url, f"--rate={rate}"]
+    return _spawn("events", cmd, state_dir / "events.log", 0, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})

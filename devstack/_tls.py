@@ -16,6 +16,7 @@ from typing import Any
 
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 _SECRET = _TLS + "Secret"
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 Config = dict[str, Any]
 
 
@@ -30,6 +31,7 @@ class EnvoyTls:
     upstream_cert_file: str = ""  # and Envoy presents this client certificate (mTLS)
     upstream_key_file: str = ""
     upstream_server_name: str = "localhost"  # the name (SNI, DNS SAN) the server's certificate carries
+    probe_port: int = 0  # a plaintext listener for the kubelet's gRPC probes: health checks only; 0 = none
 
 
 def _sds(name: str, path: str) -> Config:
@@ -49,8 +51,41 @@ def _certificate(name: str, cert_file: str, key_file: str) -> Config:
     }
 
 
+def _probe_listener(port: int) -> Config:
+    """Plaintext, answering grpc.health.v1 Check alone (the kubelet's gRPC probes speak no TLS); the rest 404."""
+    routes = [
+        {
+            "match": {"path": "/grpc.health.v1.Health/Check"},
+            "route": {"cluster": "featurestore_grpc", "timeout": "5s"},
+        },
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+    manager = {
+        "@type": _HCM,
+        "stat_prefix": "probes",
+        "codec_type": "AUTO",
+        "route_config": {"name": "probes", "virtual_hosts": [{"name": "probes", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    return {
+        "name": "probes",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},  # the kubelet dials the pod IP
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
 def with_tls(config: Config, tls: EnvoyTls) -> tuple[Config, dict[str, Config]]:
-    """`config` with TLS on every listener (and to the server if asked); and the SDS files: name -> contents."""
+    """`config` with TLS on every listener (and to the server if asked; a plaintext probe listener if asked).
+
+    Returns it and the SDS files it reads: name -> contents.
+    """
     config = copy.deepcopy(config)
     config.setdefault("node", {"id": "featurestore-envoy", "cluster": "featurestore"})  # SDS needs a node
     sds_dir = Path(tls.sds_dir)
@@ -71,6 +106,8 @@ def with_tls(config: Config, tls: EnvoyTls) -> tuple[Config, dict[str, Config]]:
     for listener in config["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             chain["transport_socket"] = copy.deepcopy(downstream)
+    if tls.probe_port:
+        config["static_resources"]["listeners"].append(_probe_listener(tls.probe_port))
     if tls.upstream_ca_file:
         validation = {
             "trusted_ca": {"filename": tls.upstream_ca_file},

@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -105,6 +106,7 @@ def add_spark_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> N
         help="bearer token (a reader's) for a registry with auth on; give it by FEATURESTORE_REGISTRY_TOKEN "
         "rather than the flag, which other users see in the process list",
     )
+    _own(p, env, "--registry-ca-file", "", help="PEM CA of the registry's TLS certificate: connect with TLS")
     add_arguments(p, ["redis_url", "redis_cluster", "postgres_dsn", "online_ttl"], env)
     _own(
         p,
@@ -136,11 +138,14 @@ def add_spark_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> N
     )
 
 
-def load_features(target: str, entity_types: Sequence[str], token: str = "") -> list[pb.Feature]:
-    """Every feature of `entity_types` in the registry, all pages (as `token`'s caller, if given)."""
+def load_features(target: str, entity_types: Sequence[str], token: str = "", ca_file: str = "") -> list[pb.Feature]:
+    """Every feature of `entity_types` in the registry, all pages (as `token`'s caller; over TLS with `ca_file`)."""
     features: list[pb.Feature] = []
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with FeatureStoreClient(target) as client:
+    channel = None
+    if ca_file:
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(Path(ca_file).read_bytes()))
+    with FeatureStoreClient(target, channel=channel) as client:
         for entity_type in entity_types:
             token = ""
             while True:
@@ -154,7 +159,7 @@ def load_features(target: str, entity_types: Sequence[str], token: str = "") -> 
 
 
 def _batch_features(args: argparse.Namespace) -> list[pb.Feature]:
-    features = load_features(args.registry, args.feature_types, args.registry_token)
+    features = load_features(args.registry, args.feature_types, args.registry_token, args.registry_ca_file)
     return select(features, args.feature_types, args.features)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.protobuf import descriptor
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -44,11 +44,14 @@ class App:
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     tracer_provider: TracerProvider | None = None
+    probes: grpc.aio.Server | None = None  # the plaintext health port (health_port), if any
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, release the stores."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.probes is not None:
+            await self.probes.stop(0)
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -60,11 +63,9 @@ class App:
             self.tracer_provider.shutdown()  # exports what is still buffered
 
 
-def _server(settings: Settings, interceptors: Sequence[auth.AuthInterceptor]) -> grpc.aio.Server:
+def _server(settings: Settings) -> grpc.aio.Server:
     most = settings.max_concurrent_rpcs or None  # beyond it gRPC answers RESOURCE_EXHAUSTED
-    return grpc.aio.server(
-        options=_server_options(settings), maximum_concurrent_rpcs=most, interceptors=interceptors or None
-    )
+    return grpc.aio.server(options=_server_options(settings), maximum_concurrent_rpcs=most)
 
 
 _AUTH_MODES = ("off", "optional", "required")
@@ -88,18 +89,28 @@ def _authenticator(settings: Settings) -> auth.Authenticator | None:
             settings.auth_audience,
             leeway=settings.auth_leeway,
             roles_claim=settings.auth_roles_claim,
-            cache_size=auth.CACHE_SIZE,
         )
     api_keys = auth.ApiKeys(Path(settings.auth_api_keys_file)) if settings.auth_api_keys_file else None
     return auth.Authenticator(jwts, api_keys)
 
 
-def _auth_interceptor(settings: Settings, authenticator: auth.Authenticator) -> auth.AuthInterceptor:
+def _auth_guard(settings: Settings, authenticator: auth.Authenticator) -> auth.Guard:
     anonymous = auth.ROLES.get(settings.auth_anonymous_role)
     if anonymous is None:
         raise SystemExit(f"auth_anonymous_role {settings.auth_anonymous_role!r} is not one of {', '.join(auth.ROLES)}")
     required = settings.auth_mode == "required"
-    return auth.AuthInterceptor(authenticator, auth.METHOD_ROLES, required=required, anonymous=anonymous)
+    return auth.Guard(authenticator, auth.METHOD_ROLES, required=required, anonymous=anonymous)
+
+
+def _guarded(
+    guard: auth.Guard | None,
+    service: descriptor.ServiceDescriptor,
+    methods: dict[str, grpc.RpcMethodHandler],  # type: ignore[type-arg]
+) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """The service's handler, each method checked by `guard` (auth off: None, unchecked)."""
+    if guard is not None:
+        methods = {name: guard.wrap(f"/{service.full_name}/{name}", handler) for name, handler in methods.items()}
+    return service_handler(service, methods)
 
 
 def _tls(settings: Settings) -> grpc.ServerCredentials | None:
@@ -254,7 +265,7 @@ async def start(
     _metrics.set_enabled(settings.metrics)
     provider = _tracing.configure(tracing or _tracing.TracingSettings(), span_exporter)
     authenticator = _authenticator(settings)  # before any store: a bad setting stops the start at once
-    interceptors = [_auth_interceptor(settings, authenticator)] if authenticator else []
+    guard = _auth_guard(settings, authenticator) if authenticator else None
     credentials = _tls(settings)
     pool, registry_store = await _registry(settings)
     read_pool = await _read_pool(settings)
@@ -263,7 +274,7 @@ async def start(
     refresher = online.CatalogRefresher(catalog, registry_store, settings.registry_refresh_interval)
     await refresher.refresh()
 
-    server = _server(settings, interceptors)
+    server = _server(settings)
     registry = RegistryServicer(registry_store, after_write=refresher.refresh_quietly)
     history = offline.PostgresHistoryStore(
         pool, read_pool, max_new_partitions=settings.max_new_partitions, statement_timeout=settings.postgres_timeout
@@ -283,8 +294,8 @@ async def start(
     }
     server.add_generic_rpc_handlers(
         (
-            service_handler(core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
-            service_handler(core.FEATURE_STORE_SERVICE, feature_store),
+            _guarded(guard, core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
+            _guarded(guard, core.FEATURE_STORE_SERVICE, feature_store),
         )
     )
     health = health_aio.HealthServicer()
@@ -312,6 +323,7 @@ async def start(
     await server.start()
     transport = ("mTLS" if settings.tls_client_ca_file else "TLS") if credentials else "plaintext"
     _log.info("serving gRPC on %s:%d (%s, auth %s)", settings.host, port, transport, settings.auth_mode)
+    probes = await _probe_server(settings, health) if settings.health_port else None
     tasks = [
         asyncio.create_task(monitor.run()),
         asyncio.create_task(refresher.run()),
@@ -324,4 +336,14 @@ async def start(
     if settings.history_retention_days > 0:
         retention = timedelta(days=settings.history_retention_days)
         tasks.append(asyncio.create_task(history.enforce_retention(retention)))
-    return App(server, health, [pool, read_pool], online_store, port, tasks, provider)
+    return App(server, health, [pool, read_pool], online_store, port, tasks, provider, probes)
+
+
+async def _probe_server(settings: Settings, health: health_aio.HealthServicer) -> grpc.aio.Server:
+    """grpc.health.v1 alone, plaintext, on health_port: the kubelet's gRPC probes speak no TLS."""
+    probes = grpc.aio.server(options=[("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=16)
+    health_pb2_grpc.add_HealthServicer_to_server(health, probes)
+    port = probes.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    await probes.start()
+    _log.info("serving gRPC health alone on %s:%d (plaintext, for probes)", settings.host, port)
+    return probes

@@ -141,6 +141,13 @@ class Settings:
         default="",
         metadata={"help": "PEM CA: clients must present a certificate it signed (mTLS); needs tls_cert_file"},
     )
+    health_port: int = field(
+        default=0,
+        metadata={
+            "help": "a second port serving grpc.health.v1 alone, in plaintext (the kubelet's gRPC probes speak "
+            "no TLS); 0 = none"
+        },
+    )
     reflection: bool = field(
         default=True, metadata={"help": "serve gRPC reflection (the API's schema, to anyone); production: false"}
     )

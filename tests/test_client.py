@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from google.protobuf import any_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -51,6 +53,7 @@ from featurestore import (
 )
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import feature_store_service_pb2_grpc
+from featurestore.serving.v1 import value_pb2 as vpb
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -178,6 +181,12 @@ def test_registry_crud_pages_etags_and_revisions(fsc: Client) -> None:
     assert str(bad.value).startswith("INVALID_ARGUMENT: ")
 
 
+def _ts(when: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(when)
+    return out
+
+
 def _rows(prefix: str = "") -> list[dict[str, Any]]:
     """customer1 has a value of every type; customer2 only an int (the extreme low) and a NaN float.
 
@@ -250,8 +259,24 @@ def test_dataframe_and_arrow_dtypes(fsc: Client) -> None:
         "c_embedding": "list<item: float>",
     }
     assert table.column("c_int").to_pylist() == [INT_MAX, INT_MIN, None]
+    assert table.column("c_embedding").to_pylist() == [[0.25, -1.5, 3.0], None, None]
+    assert table.column("c_bools").to_pylist() == [[True, False], None, None]
+    assert table.column("c_floats").to_pylist() == [[1.0, 2.5], None, None]
+    assert df["c_bools"].iloc[0].tolist() == [True, False]
+    assert df["c_floats"].iloc[0].dtype.name == "float64"
     assert table.column("c_float").null_count == 2  # NaN was not written: missing, not NaN
     assert table.column("c_int__event_time").to_pylist()[0] == T0
+
+    # A stored NaN (sent as a Value: a NaN in rows means "no value") is a NaN, PRESENT; Arrow
+    # keeps it apart from a missing value.
+    nan_row = fs.EntityRow(entity_id="nan1", event_time=_ts(T0), values={"c_float": vpb.Value(float_value=math.nan)})
+    fsc.write_features("customer", [nan_row])
+    stored = fsc.batch_get_features("customer", ["nan1", "nobody"], ["c_float"], output="pandas", include_status=True)
+    assert math.isnan(stored["c_float"].iloc[0])
+    assert stored["c_float__status"].tolist() == ["PRESENT", "NOT_FOUND"]
+    arrow = fsc.batch_get_features("customer", ["nan1", "nobody"], ["c_float"], output="arrow").column("c_float")
+    assert math.isnan(arrow[0].as_py())
+    assert arrow.null_count == 1
 
     # A column with no value at all still gets its type (from the registry).
     empty = fsc.batch_get_features("customer", ["nobody"], ["c_int", "c_time"], output="pandas")
@@ -288,6 +313,8 @@ def test_training_dataset_in_chunks_to_frame_and_parquet(grpc_target: str, fsc: 
             "entity_id": [f"e{i}" for i in range(30)] + ["nobody"],
             "timestamp": [T0 + timedelta(hours=1)] * 30 + [T0],
             "label": pd.array([i % 2 for i in range(30)] + [None], dtype="Int64"),
+            "churned": [i % 3 == 0 for i in range(31)],  # numpy bools
+            "score": np.linspace(0, 1, 31, dtype=np.float32),
         }
     )
     # chunk_values=10 and two features: requests of 5 rows, 7 of them.
@@ -306,6 +333,8 @@ def test_training_dataset_in_chunks_to_frame_and_parquet(grpc_target: str, fsc: 
         "entity_id",
         "timestamp",
         "label",
+        "churned",
+        "score",
         "c_int",
         "c_int__status",
         "c_embedding",
@@ -317,6 +346,8 @@ def test_training_dataset_in_chunks_to_frame_and_parquet(grpc_target: str, fsc: 
     assert str(df["label"].dtype) == "Int64"
     assert df["label"].isna().tolist()[-1]
     assert df["c_embedding"].iloc[3].tolist() == [3.0, 0.5]
+    assert (str(df["churned"].dtype), str(df["score"].dtype)) == ("boolean", "float64")
+    assert df["churned"].tolist()[:4] == [True, False, False, True]
     assert count == 31
     assert progress[-1] == (31, 31)
     assert len(progress) >= 7
@@ -364,6 +395,8 @@ def test_async_client_same_surface(grpc_target: str, tmp_path: Path) -> None:
             out["batch"] = await client.batch_get_features(
                 "customer", ["a-customer1", "a-customer2"], ["c_int"], output="arrow"
             )
+            created = await client.create_feature({"name": "c_extra", "entity_type": "customer", "value_type": "FLOAT"})
+            out["created"] = created.revision
             out["features"] = [f.name async for f in client.list_features(page_size=3)]
             group = await client.create_feature_group(
                 {"name": "g", "entity_type": "customer", "feature_names": ["c_int", "c_string"]}
@@ -398,7 +431,8 @@ def test_async_client_same_surface(grpc_target: str, tmp_path: Path) -> None:
     assert out["written"] == len(TYPED) + 1
     assert out["one"] == {"c_int": INT_MAX, "c_time": TYPED["c_time"][1]}
     assert out["batch"].column("c_int").to_pylist() == [INT_MAX, INT_MIN]
-    assert out["features"] == sorted(TYPED)
+    assert out["created"] == 1
+    assert out["features"] == sorted([*TYPED, "c_extra"])
     assert out["groups"] == [2]
     assert out["grouped"] == {"c_int": INT_MAX, "c_string": "gold"}
     assert out["revisions"] == [2, 1]
@@ -623,3 +657,18 @@ def test_user_code_type_checks_strictly(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "mypy", "--no-incremental", "--config-file", str(config), str(code)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_wait_ready_on_nothing_is_unavailable() -> None:
+    from devstack import free_port
+
+    target = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with Client(target) as client, pytest.raises(Unavailable, match="could not connect"):
+        client.wait_ready(timeout=0.5)
+
+    async def scenario() -> None:
+        async with AsyncClient(target) as client:
+            await client.wait_ready(timeout=0.5)
+
+    with pytest.raises(Unavailable):
+        asyncio.run(scenario())

@@ -224,6 +224,12 @@ def test_read_commands(grpc_target: str, defs: Path, tmp_path: Path, capsys: pyt
     assert "[##############################] 2/2 rows" in capsys.readouterr().err
     assert pq.read_table(train).to_pydict()["customer_purchase_frequency_30d"] == [1, None]
 
+    # Errors: the server's message once (the field violations it already names are not repeated).
+    assert run(grpc_target, "get", "--entity-type", "customer", "--entity", "c1", "--features", "nope")[0] == 1
+    assert capsys.readouterr().err == (
+        "error: INVALID_ARGUMENT: invalid request: feature_names[0]: feature 'nope' does not exist\n"
+    )
+
     # The console script: a non-zero exit with the server's message.
     script = Path(sys.executable).parent / "featurestore"
     env = {**os.environ, "FEATURESTORE_TARGET": grpc_target}
@@ -274,3 +280,33 @@ transformations:
         0,
         "No changes: the registry matches the definitions.\n",
     )
+
+
+def test_the_seed_definitions_are_the_seeds_examples() -> None:
+    from google.protobuf import json_format
+
+    from tests._seed import curls
+
+    bodies = {}
+    for curl in curls():
+        if curl.method == "POST" and curl.path.startswith("/api/feature-registry/"):
+            bodies[curl.body()["name"]] = curl.body()
+    shipped = load_definitions(ROOT / "definitions" / "seed")
+    as_json = {m.name: json_format.MessageToDict(m, preserving_proto_field_name=True) for m in shipped.features}
+    as_json.update({g.name: json_format.MessageToDict(g, preserving_proto_field_name=True) for g in shipped.groups})
+    assert set(bodies) == {"customer_total_purchases_30d", "customer_rfm_features"}
+    for name, body in bodies.items():
+        assert as_json[name] == body, name
+    assert "customer_average_purchase_amount" in as_json  # the seed's Python example
+
+
+COMMANDS = ["", "features", "features list", "features get", "features revisions", "groups list", "groups get"]
+COMMANDS += ["get", "history", "training-dataset", "plan", "apply"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0
+    assert "--target" in capsys.readouterr().out

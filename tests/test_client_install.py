@@ -206,6 +206,22 @@ def test_calls_the_server(old_venv: OldVenv, client: FeatureStoreClient, grpc_ta
     assert out["when"] == "2023-11-14T22:13:20.123456+00:00"
     assert out["utc"] is True
 
+    # The console script, without any extra: reads work, and YAML definitions ask for the `cli` extra.
+    cli = str(old_venv.python.parent / "featurestore")
+    listed = _check([cli, "--target", grpc_target, "-o", "json", "features", "list"], old_venv.workdir, 60)
+    assert [f["name"] for f in json.loads(listed)] == [created.name]
+    (old_venv.workdir / "defs.yaml").write_text("name: x\nentity_type: customer\nvalue_type: FLOAT\n")
+    plan = subprocess.run(
+        [cli, "--target", grpc_target, "plan", "-f", str(old_venv.workdir / "defs.yaml")],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert plan.returncode == 1
+    assert "pip install 'featurestore-client[cli]'" in plan.stderr
+
 
 PARQUET = """
 import json, sys

@@ -4,8 +4,9 @@ Every document of kubernetes/**/*.yaml is valid against the Kubernetes schema (k
 strict: unknown fields fail) and clean under checkov's Kubernetes and Dockerfile checks (a skipped
 check must carry its reason). Each probe is aimed at what its container binds: the server's bind
 address and port come from the server's own settings parser fed the manifest's args and env, Envoy's
-listeners from gateway/envoy.yaml. The probes the kubelet would send are then sent to the real
-servers (the server and Envoy of the test stack).
+listeners from gateway/envoy-tls.yaml (what the manifest mounts). The server runs with auth required,
+reflection off and TLS, its files on the volumes mounted; the probes the kubelet would send are then
+sent to a server and an Envoy started as the manifest configures them (TLS, mTLS, plaintext probe ports).
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack import Proc
+from devstack import EnvoyTls, free_port, start_envoy
 from jobs.batch_pipeline import parser as pipeline_parser
 from server import core
 from server._app import REGISTRY_SERVICE
 from server._settings import Settings
+from tests._helpers import FAST_SERVER_ARGS, Processes, reaped
+from tests._pki import Authority
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "kubernetes").rglob("*.yaml"))
-ENVOY_CONFIG = ROOT / "gateway" / "envoy.yaml"
+ENVOY_CONFIG = ROOT / "gateway" / "envoy-tls.yaml"  # what the featurestore-envoy ConfigMap holds
 # Created by `make pytest` (Makefile target $(CHECKOV)): checkov's pins conflict with the project's.
 CHECKOV = ROOT / ".tools" / "checkov-venv" / "bin" / "checkov"
 # The oldest Kubernetes the manifests support (preStop `sleep` is on by default from 1.30) and the
@@ -233,8 +236,14 @@ def test_server_probes_reach_the_address_and_port_it_binds() -> None:
     # The kubelet dials the pod IP: a loopback-bound server never answers its probes.
     assert settings.host in ANY_ADDRESS, f"server binds {settings.host}"
     assert [p["containerPort"] for p in server["ports"] if p["name"] == "grpc"] == [settings.port]
-    for key in PROBES:
+    for key in ("startupProbe", "livenessProbe"):
         assert _probe_port(server, server[key]) == settings.port, key
+    # The main port serves TLS only, and the kubelet's gRPC probes speak no TLS: readiness asks the
+    # plaintext health port, bound on the same address.
+    assert settings.tls_cert_file
+    assert settings.health_port
+    assert _probe_port(server, server["readinessProbe"]) == settings.health_port
+    assert [p["containerPort"] for p in server["ports"] if p["name"] == "health"] == [settings.health_port]
     # Its gRPC health statuses follow PostgreSQL/Redis (server/_health.py): they decide readiness,
     # and must not decide liveness, or a store outage restarts every pod.
     for key in ("startupProbe", "livenessProbe"):
@@ -256,9 +265,9 @@ def test_envoy_probes_reach_a_listener_envoy_binds_on_the_pod_ip() -> None:
     # Readiness goes through Envoy's listener to the server: both services' health gate the pod.
     assert envoy["readinessProbe"]["grpc"]["service"] == REGISTRY_SERVICE
     assert "tcpSocket" in envoy["livenessProbe"]
-    http = [p["containerPort"] for p in envoy["ports"] if p["name"] == "http"]
-    assert len(http) == 1
-    assert listeners.get(http[0]) in ANY_ADDRESS
+    https = [p["containerPort"] for p in envoy["ports"] if p["name"] == "https"]
+    assert len(https) == 1
+    assert listeners.get(https[0]) in ANY_ADDRESS
 
 
 def _connection_managers(config: Doc) -> Iterator[Doc]:
@@ -316,7 +325,7 @@ def test_service_and_network_policies_expose_only_envoy() -> None:
     listeners = _envoy_listeners()
     envoy = _container(_pod_spec(_find("Deployment", "feature-store")), "envoy")
     service = _find("Service", "feature-store")
-    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {80: "http", 8080: "http"}
+    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {443: "https", 8080: "https"}
 
     labels = _pod_labels(_find("Deployment", "feature-store"))
     policies = [doc for _, doc in DOCUMENTS if doc["kind"] == "NetworkPolicy"]
@@ -333,7 +342,7 @@ def test_service_and_network_policies_expose_only_envoy() -> None:
                 assert rule.get("ports"), f"{policy['metadata']['name']} admits every port"
                 ingress_ports |= {int(p["port"]) for p in rule["ports"]}
     # Only the port the Service sends to: Envoy's listener (any other listener stays pod-internal).
-    service_port = _probe_port(envoy, {"tcpSocket": {"port": "http"}})
+    service_port = _probe_port(envoy, {"tcpSocket": {"port": "https"}})
     assert listeners.get(service_port) in ANY_ADDRESS
     assert ingress_ports == {service_port}
 
@@ -404,6 +413,63 @@ def test_cronjob_passes_the_scheduled_day_as_as_of(tmp_path: Path) -> None:
     assert latest_start + timedelta(seconds=spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]) < timedelta(days=1)
 
 
+# -- identity and TLS: what the server and Envoy read, from which volumes ------------------
+
+
+def _mounted(pod: Doc, container: Doc, path: str) -> Doc:
+    """The volume whose mount in `container` holds `path` (a file of it, by its key)."""
+    for mount in container.get("volumeMounts", []):
+        if Path(path).is_relative_to(mount["mountPath"]):
+            volume: Doc = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            return volume
+    raise AssertionError(f"{container['name']} mounts nothing at {path}")
+
+
+def test_the_server_requires_tokens_serves_no_schema_and_only_tls() -> None:
+    pod = _pod_spec(_find("Deployment", "feature-store"))
+    server = _container(pod, "server")
+    settings = _server_settings()
+    assert settings.auth_mode == "required"
+    assert settings.reflection is False
+    assert settings.auth_issuer
+    assert settings.auth_audience
+    # Every file the server reads comes from a mounted Secret (keys) or ConfigMap (the JWKS).
+    files = {
+        settings.tls_cert_file: "secret",
+        settings.tls_key_file: "secret",
+        settings.tls_client_ca_file: "secret",
+        settings.auth_api_keys_file: "secret",
+        settings.auth_jwks_file: "configMap",
+    }
+    for path, kind in files.items():
+        assert path, "a TLS or auth file setting is empty"
+        volume = _mounted(pod, server, path)
+        assert kind in volume, f"{path} is not on a {kind} volume"
+        assert volume[kind].get("defaultMode", 0o644) & 0o007 == 0 or kind == "configMap", f"{path}: world-readable"
+
+
+def test_envoy_reads_its_certificates_from_mounted_secrets() -> None:
+    pod = _pod_spec(_find("Deployment", "feature-store"))
+    envoy = _container(pod, "envoy")
+    config = _envoy_config()
+    for listener in config["static_resources"]["listeners"]:
+        if listener["name"] != "probes":
+            assert listener["filter_chains"][0]["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+    assert config["static_resources"]["clusters"][0]["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+    # The SDS files are items of the config volume; the certificates they name, of Secret volumes.
+    config_volume = _mounted(pod, envoy, "/etc/envoy/envoy.yaml")
+    items = {Path("/etc/envoy") / item["path"] for item in config_volume["configMap"]["items"]}
+    sds = sorted((ROOT / "gateway" / "sds").glob("*.json"))
+    assert sds
+    for file in sds:
+        assert Path("/etc/envoy/sds") / file.name in items, f"{file.name} is not mounted"
+        for resource in json.loads(file.read_text())["resources"]:
+            named = resource.get("tls_certificate") or resource["validation_context"]
+            for key in ("certificate_chain", "private_key", "trusted_ca"):
+                if key in named:
+                    assert "secret" in _mounted(pod, envoy, named[key]["filename"]), named[key]
+
+
 # -- the kubelet's probes, sent to the real servers ----------------------------------
 
 
@@ -413,16 +479,37 @@ def _health(target: str, service: str) -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
 
 
-def test_kubelet_probes_pass_against_the_running_server_and_envoy(server: Proc, envoy: Proc) -> None:
+def test_kubelet_probes_pass_against_a_server_and_envoy_configured_as_the_manifest(
+    processes: Processes, postgres_dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    """TLS, mTLS and the plaintext probe ports as in the pod; each port of the manifest mapped to a free one."""
     pod = _pod_spec(_find("Deployment", "feature-store"))
-    # The test stack runs on free loopback ports; the manifest's port of each container maps to them.
-    ports = {"server": server.port, "envoy": envoy.port}
-    for name, port in ports.items():
+    ca = Authority(tmp_path / "pki", "featurestore-test")
+    server_tls, edge, client = ca.issue("server"), ca.issue("edge"), ca.issue("envoy", client=True)
+    settings = _server_settings()
+    ports = {settings.port: free_port(), settings.health_port: free_port(), 8081: free_port()}
+    args = [*FAST_SERVER_ARGS, "--health-port", str(ports[settings.health_port]), "--reflection", "false"]
+    args += ["--tls-cert-file", str(server_tls.cert), "--tls-key-file", str(server_tls.key)]
+    args += ["--tls-client-ca-file", str(ca.ca_file)]
+    server = processes.server(postgres_dsn, redis_url, args, port=ports[settings.port])
+    tls = EnvoyTls(
+        str(edge.cert),
+        str(edge.key),
+        str(tmp_path / "sds"),
+        upstream_ca_file=str(ca.ca_file),
+        upstream_cert_file=str(client.cert),
+        upstream_key_file=str(client.key),
+        probe_port=ports[8081],
+    )
+    envoy = processes.add(reaped(lambda: start_envoy(tmp_path, free_port(), server.port, tls=tls)))
+    ports[8080] = envoy.port
+    for name in ("server", "envoy"):
         container = _container(pod, name)
         for key in PROBES:
             if key not in container:
                 continue
             probe = container[key]
+            port = ports[_probe_port(container, probe)]
             if "tcpSocket" in probe:
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
             else:

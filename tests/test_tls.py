@@ -8,101 +8,29 @@ connection without a restart, by the server and by Envoy (SDS from files).
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import json
-import os
 import socket
 import ssl
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack import EnvoyTls, Proc, free_port, start_envoy
-from tests._helpers import FAST_SERVER_ARGS, SECRETS, Processes, eventually, reaped
+from featurestore.registry.v1 import registry_service_pb2 as rs
+from featurestore.registry.v1 import registry_service_pb2_grpc as rs_grpc
+from jobs.batch_pipeline import load_features
+from tests._helpers import FAST_SERVER_ARGS, Processes, eventually, reaped
+from tests._pki import Authority, Issued, replace
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Issued:
-    cert: Path
-    key: Path
-    serial: int
-
-
-class Authority:
-    """A CA writing the certificates it signs into `directory` (replaced whole, as a Secret update does)."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.directory, self.name = directory, name
-        directory.mkdir(parents=True, exist_ok=True)
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-        self.ca_file = directory / f"{name}-ca.crt"
-        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-
-    def issue(self, name: str, *, client: bool = False, folder: str = "") -> Issued:
-        """A certificate for `localhost` and 127.0.0.1 (server) or `name` (client), in `folder`/tls.crt, tls.key."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        serial = x509.random_serial_number()
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        names: list[x509.GeneralName] = [x509.DNSName(name)]
-        if not client:
-            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        where = self.directory / (folder or name)
-        where.mkdir(parents=True, exist_ok=True)
-        pem_key = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        SECRETS.add(pem_key.decode())
-        SECRETS.add(pem_key.decode().splitlines()[1])  # a line of the key alone must not show either
-        issued = Issued(where / "tls.crt", where / "tls.key", serial)
-        _replace(issued.key, pem_key)
-        _replace(issued.cert, cert.public_bytes(serialization.Encoding.PEM))
-        return issued
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @pytest.fixture
@@ -115,10 +43,23 @@ def rogue(tmp_path: Path) -> Authority:
     return Authority(tmp_path / "rogue", "rogue")
 
 
-def tls_server(processes: Processes, dsn: str, url: str, server: Issued, client_ca: Path | None = None) -> Proc:
+def tls_server(
+    processes: Processes, dsn: str, url: str, server: Issued, client_ca: Path | None = None, health_port: int = 0
+) -> Proc:
     args = [*FAST_SERVER_ARGS, "--tls-cert-file", str(server.cert), "--tls-key-file", str(server.key)]
     args += ["--tls-client-ca-file", str(client_ca)] if client_ca else []
+    args += ["--health-port", str(health_port)] if health_port else []
     return processes.server(dsn, url, args)
+
+
+def list_features(target: str) -> grpc.StatusCode:
+    """ListFeatures over plaintext: its status code."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            rs_grpc.RegistryServiceStub(channel).ListFeatures(rs.ListFeaturesRequest(), timeout=5)
+        except grpc.RpcError as err:
+            return err.code()
+    return grpc.StatusCode.OK
 
 
 def health(target: str, credentials: grpc.ChannelCredentials | None) -> int:
@@ -175,12 +116,16 @@ def test_the_server_serves_tls_only(
 def test_mtls_needs_a_client_certificate_of_the_clients_ca(
     processes: Processes, postgres_dsn: str, redis_url: str, ca: Authority, rogue: Authority
 ) -> None:
-    server = tls_server(processes, postgres_dsn, redis_url, ca.issue("server"), client_ca=ca.ca_file)
+    probes = free_port()
+    server = tls_server(processes, postgres_dsn, redis_url, ca.issue("server"), ca.ca_file, health_port=probes)
     target = f"127.0.0.1:{server.port}"
     assert health(target, creds(ca.ca_file, ca.issue("envoy", client=True))) == SERVING
     assert refused(target, creds(ca.ca_file)), "no client certificate, accepted"
     assert refused(target, creds(ca.ca_file, rogue.issue("mallory", client=True))), "a rogue client, accepted"
     assert refused(target, None)
+    # The probes' port: health alone, in plaintext.
+    assert health(f"127.0.0.1:{probes}", None) == SERVING
+    assert list_features(f"127.0.0.1:{probes}") == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_a_rotated_certificate_is_served_without_a_restart(
@@ -193,7 +138,7 @@ def test_a_rotated_certificate_is_served_without_a_restart(
     eventually(lambda: served_serial(server.port, ca.ca_file) == second.serial, timeout=10)
     assert health(f"127.0.0.1:{server.port}", creds(ca.ca_file)) == SERVING
 
-    _replace(
+    replace(
         second.key,
         ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -255,11 +200,17 @@ def test_envoy_terminates_tls_and_speaks_mtls_to_the_server(
         upstream_ca_file=str(ca.ca_file),
         upstream_cert_file=str(client.cert),
         upstream_key_file=str(client.key),
+        probe_port=free_port(),
     )
     envoy = processes.add(reaped(lambda: start_envoy(processes.directory, free_port(), server.port, tls=tls)))
 
     status, body = https(envoy.port, ca.ca_file, "/api/feature-registry/features")
     assert status == 200, body
+    assert isinstance(load_features(f"localhost:{envoy.port}", ["customer"], ca_file=str(ca.ca_file)), list)
+    with pytest.raises(grpc.RpcError):  # the pipeline without the CA: plaintext, refused
+        load_features(f"localhost:{envoy.port}", ["customer"])
+    assert health(f"127.0.0.1:{tls.probe_port}", None) == SERVING  # the kubelet's probe, plaintext, through mTLS
+    assert list_features(f"127.0.0.1:{tls.probe_port}") != grpc.StatusCode.OK  # and nothing else there
     assert health(f"localhost:{envoy.port}", creds(ca.ca_file)) == SERVING  # native gRPC over TLS, through
     assert plaintext_http_fails(envoy.port), "plaintext HTTP accepted on the TLS listener"
     assert refused(f"127.0.0.1:{envoy.port}", None)
@@ -296,11 +247,11 @@ def test_the_production_tls_config_is_valid_for_envoy(tmp_path: Path, ca: Author
     """gateway/envoy-tls.yaml and its SDS files, with the mounted paths moved under tmp_path: Envoy accepts them."""
     edge, client = ca.issue("edge"), ca.issue("envoy", client=True)
     mounted = {
-        "/etc/envoy/tls/tls.crt": edge.cert,
-        "/etc/envoy/tls/tls.key": edge.key,
-        "/etc/envoy/upstream-tls/ca.crt": ca.ca_file,
-        "/etc/envoy/upstream-tls/tls.crt": client.cert,
-        "/etc/envoy/upstream-tls/tls.key": client.key,
+        "/etc/envoy-tls/edge/tls.crt": edge.cert,
+        "/etc/envoy-tls/edge/tls.key": edge.key,
+        "/etc/envoy-tls/upstream/ca.crt": ca.ca_file,
+        "/etc/envoy-tls/upstream/tls.crt": client.cert,
+        "/etc/envoy-tls/upstream/tls.key": client.key,
     }
     for path, source in mounted.items():
         (tmp_path / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)

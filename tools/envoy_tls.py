@@ -23,13 +23,14 @@ from devstack import EnvoyTls, with_tls  # noqa: E402
 # Secrets mounted into the Envoy container: the public certificate (a kubernetes.io/tls Secret),
 # and Envoy's client certificate for the server with the CA of the server's certificate.
 PRODUCTION = EnvoyTls(
-    cert_file="/etc/envoy/tls/tls.crt",
-    key_file="/etc/envoy/tls/tls.key",
+    cert_file="/etc/envoy-tls/edge/tls.crt",
+    key_file="/etc/envoy-tls/edge/tls.key",
     sds_dir="/etc/envoy/sds",
-    upstream_ca_file="/etc/envoy/upstream-tls/ca.crt",
-    upstream_cert_file="/etc/envoy/upstream-tls/tls.crt",
-    upstream_key_file="/etc/envoy/upstream-tls/tls.key",
+    upstream_ca_file="/etc/envoy-tls/upstream/ca.crt",
+    upstream_cert_file="/etc/envoy-tls/upstream/tls.crt",
+    upstream_key_file="/etc/envoy-tls/upstream/tls.key",
     upstream_server_name="localhost",
+    probe_port=8081,
 )
 HEADER = "# Generated from gateway/envoy.yaml by tools/envoy_tls.py (make gen): do not edit; see docs/security.md.\n"
 

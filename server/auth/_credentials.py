@@ -1,7 +1,7 @@
 """Bearer credentials: JWTs verified against a JWKS file, and static API keys from a file of hashes.
 
 Both files are re-read when they change (`refresh`, called every few seconds by the
-interceptor's watcher), so keys rotate and API keys are revoked without a restart. A file
+authenticator's watcher), so keys rotate and API keys are revoked without a restart. A file
 that becomes unreadable or invalid keeps the last good contents (and says so in the log).
 No message here, raised or logged, ever holds a token, a key or a file's contents.
 """
@@ -92,31 +92,21 @@ def _parse_jwks(data: bytes) -> dict[str, dict[str, Any]]:
 
 
 class JwtVerifier:
-    """Verifies JWTs (signature, issuer, audience, exp, nbf) and remembers good ones until they expire."""
+    """Verifies JWTs (signature, issuer, audience, exp, nbf) against the JWKS file's keys."""
 
-    def __init__(
-        self, jwks_file: Path, issuer: str, audience: str, *, leeway: float, roles_claim: str, cache_size: int
-    ) -> None:
+    def __init__(self, jwks_file: Path, issuer: str, audience: str, *, leeway: float, roles_claim: str) -> None:
         self._jwks = _Watched(jwks_file, _parse_jwks)
         self._issuer, self._audience, self._leeway = issuer, audience, leeway
-        self._roles_claim, self._cache_size = roles_claim, cache_size
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._roles_claim = roles_claim
 
-    def verify(self, token: str, now: float) -> Principal:
-        """The token's principal; a cached token costs a dictionary lookup."""
-        hit = self._cache.get(token)
-        if hit is not None and now < hit[1]:
-            return hit[0]
+    def verify(self, token: str, now: float) -> tuple[Principal, float]:
+        """The token's principal, and until when it stays valid (its exp, plus the leeway)."""
         principal, expires = self._verify(token)
-        if len(self._cache) >= self._cache_size:
-            del self._cache[next(iter(self._cache))]  # the oldest
-        self._cache[token] = (principal, expires)
-        return principal
+        return principal, expires + self._leeway
 
-    def refresh(self) -> None:
-        """Pick up a changed JWKS; tokens verified with the old keys are verified again."""
-        if self._jwks.refresh():
-            self._cache.clear()
+    def refresh(self) -> bool:
+        """Pick up a changed JWKS; whether it changed (tokens verified with the old keys must be verified again)."""
+        return self._jwks.refresh()
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         try:
@@ -211,5 +201,6 @@ class ApiKeys:
             raise CredentialError("unknown API key")
         return found
 
-    def refresh(self) -> None:
-        self._file.refresh()
+    def refresh(self) -> bool:
+        """Pick up a changed key file; whether it changed (a revoked key must be refused from now)."""
+        return self._file.refresh()

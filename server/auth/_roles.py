@@ -21,7 +21,8 @@ ROLES = {role.name.lower(): role for role in Role}
 _REGISTRY = "/featurestore.registry.v1.RegistryService/"
 _STORE = "/featurestore.serving.v1.FeatureStoreService/"
 
-# Every RPC the server answers, by full method name, and the least role that may call it;
+# Every RPC the server answers, by full method name, and the least role that may call it
+# (server/_app.py wraps every handler of both services with Guard.wrap, which reads this);
 # None: open to anyone, even without a token (health probes, the API's schema by reflection,
 # which production turns off with `reflection=false`). A method missing here needs ADMIN;
 # tests/test_auth.py fails when a method of the services has no entry.

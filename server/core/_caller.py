@@ -1,6 +1,6 @@
 """Who is making the current call: the authenticated subject, for the records a call leaves.
 
-The auth interceptor sets it around a registry change (`acting_as`), in the call's own task;
+The auth guard sets it around a registry change (`acting_as`), in the call's own task;
 the registry reads it (`caller_subject`) to record who made each revision. Without
 authentication (auth_mode off) it is empty.
 """

@@ -15,7 +15,7 @@ from grpc import aio
 
 from featurestore import _common as c
 from featurestore import _frames
-from featurestore._errors import FeatureStoreError, from_rpc_error
+from featurestore._errors import Unavailable, from_rpc_error
 from featurestore._values import FeatureResult, feature_result, value_type_name
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
@@ -95,9 +95,7 @@ class AsyncClient:
         try:
             await asyncio.wait_for(self.channel.channel_ready(), timeout)
         except asyncio.TimeoutError:
-            raise FeatureStoreError(
-                f"could not connect to {self.target} within {timeout} s", code=grpc.StatusCode.UNAVAILABLE
-            ) from None
+            raise Unavailable(f"could not connect to {self.target} within {timeout} s") from None
 
     async def _md(self) -> tuple[tuple[str, str], ...] | None:
         if self._token_callback is not None:
@@ -126,11 +124,13 @@ class AsyncClient:
         finally:
             call.cancel()
 
-    async def value_types(self, names: Iterable[str], *, timeout: float | None = None) -> dict[str, str]:
-        """The value type names of features, read from the registry once per client."""
+    async def value_types(
+        self, names: Iterable[str], *, timeout: float | None = None, fresh: bool = False
+    ) -> dict[str, str]:
+        """The value type names of features, read from the registry once per client (`fresh=True`: again)."""
         out = {}
         for name in names:
-            if name not in self._types:
+            if fresh or name not in self._types:
                 self._types[name] = value_type_name((await self.get_feature(name, timeout=timeout)).value_type)
             out[name] = self._types[name]
         return out
@@ -394,7 +394,7 @@ class AsyncClient:
         if output == "records":
             return [c.training_record(e, include_status) async for chunk in chunks for e in chunk.examples]
         names = await self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(await self.value_types(names, timeout=timeout))
+        types: dict[str, str | None] = dict(await self.value_types(names, timeout=timeout, fresh=True))
         merged: list[_frames.Column] | None = None
         async for chunk in chunks:
             cols = c.training_columns(chunk.examples, extra_types, names, types, include_status)
@@ -426,7 +426,7 @@ class AsyncClient:
         import pyarrow.parquet as pq
 
         names = await self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(await self.value_types(names, timeout=timeout))
+        types: dict[str, str | None] = dict(await self.value_types(names, timeout=timeout, fresh=True))
         extra_types: dict[str, str | None] = {}
         total = len(rows) if hasattr(rows, "__len__") else -1
         writer: Any = None

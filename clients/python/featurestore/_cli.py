@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -244,6 +244,14 @@ def _cmd_plan(args: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
+def _iso_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """The connection and output options, accepted before and after the command."""
 
@@ -254,7 +262,7 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument(
         "--target",
         default=default(os.environ.get("FEATURESTORE_TARGET", DEFAULT_TARGET)),
-        help="server host:port (env FEATURESTORE_TARGET; default %(default)s)",
+        help=f"server host:port (env FEATURESTORE_TARGET; default {DEFAULT_TARGET})",
     )
     group.add_argument(
         "--token",
@@ -309,8 +317,8 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("--entity-type", required=True)
     history.add_argument("--entity", required=True)
     history.add_argument("--features", required=True, help="feature names, comma-separated")
-    history.add_argument("--start", help="ISO 8601 time, inclusive")
-    history.add_argument("--end", help="ISO 8601 time, exclusive")
+    history.add_argument("--start", type=_iso_time, help="ISO 8601 time, inclusive (e.g. 2023-01-01T00:00:00Z)")
+    history.add_argument("--end", type=_iso_time, help="ISO 8601 time, exclusive")
     history.set_defaults(run=_cmd_history)
 
     training = sub.add_parser(
@@ -352,7 +360,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except FeatureStoreError as err:
         sys.stderr.write(f"error: {err}\n")
         for path, problem in err.field_violations.items():
-            sys.stderr.write(f"  {path}: {problem}\n")
+            if f"{path}: {problem}" not in err.message:  # the message names the first few
+                sys.stderr.write(f"  {path}: {problem}\n")
         return EXIT_ERROR
     except (DefinitionError, OSError, ValueError) as err:
         sys.stderr.write(f"error: {err}\n")

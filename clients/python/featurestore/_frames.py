@@ -29,13 +29,35 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
 
 _NAT = -(2**63)
+_HAS_VALUE = frozenset({fs.PRESENT, fs.EXPIRED})
+# List types whose packed wire form is a plain little-endian array: element dtype, size.
+_PACKED = {"FLOAT_LIST": ("<f8", 8), "EMBEDDING": ("<f4", 4), "BOOL_LIST": ("u1", 1)}
+
+
+def _payload(message: Any) -> bytes:
+    """The elements of a one-field list message (DoubleList, FloatVector, BoolList) as packed bytes."""
+    blob: bytes = message.SerializeToString()
+    if not blob:
+        return b""
+    i = 1  # the field's tag; then the payload's length as a varint
+    while blob[i] & 0x80:
+        i += 1
+    return blob[i + 1 :]
+
+
+def _list_values(containers: Iterable[Any], value_type: str) -> list[Any]:
+    if value_type in _PACKED:
+        return [None if x is None else _payload(x) for x in containers]
+    return [None if x is None else list(x.values) for x in containers]
 
 
 @dataclass
 class Column:
     """One column: its name, value type name (None if unknown) and plain values (None = missing).
 
-    TIMESTAMP values are integers of nanoseconds since the epoch; list values are lists.
+    TIMESTAMP values are integers of nanoseconds since the epoch. FLOAT_LIST, BOOL_LIST and
+    EMBEDDING values are their elements' little-endian bytes (as protobuf packs them), turned
+    into arrays all at once; INT64_LIST and STRING_LIST values are lists.
     """
 
     name: str
@@ -58,7 +80,8 @@ def extract(values: Iterable[value_pb2.Value | None], value_type: str | None) ->
                 out.append(ts.seconds * 1_000_000_000 + ts.nanos)
         return out
     if value_type.endswith("_LIST") or value_type == "EMBEDDING":
-        return [None if v is None or v.WhichOneof("kind") != kind else list(getattr(v, kind).values) for v in values]
+        containers = [None if v is None or v.WhichOneof("kind") != kind else getattr(v, kind) for v in values]
+        return _list_values(containers, value_type)
     return [None if v is None or v.WhichOneof("kind") != kind else getattr(v, kind) for v in values]
 
 
@@ -78,10 +101,12 @@ def feature_columns(
     kinds = [TYPE_KINDS.get(types.get(name) or "", "-") for name in names]
     raw: list[list[Any]] = [[] for _ in names]
     appends = [r.append for r in raw]
+    # A served value is set exactly when its status is PRESENT or EXPIRED, and is of its
+    # feature's type: reading the status is cheaper than asking the Value which field is set.
+    has_value = _HAS_VALUE
     for row in rows:
         for append, kind, fv in zip(appends, kinds, row, strict=True):
-            v = fv.value
-            append(getattr(v, kind) if v.WhichOneof("kind") == kind else None)
+            append(getattr(fv.value, kind) if fv.status in has_value and kind != "-" else None)
     columns = []
     for j, name in enumerate(names):
         vt = types.get(name)
@@ -89,7 +114,7 @@ def feature_columns(
         if vt == "TIMESTAMP":
             values = [None if t is None else t.seconds * 1_000_000_000 + t.nanos for t in values]
         elif vt is not None and (vt.endswith("_LIST") or vt == "EMBEDDING"):
-            values = [None if x is None else list(x.values) for x in values]
+            values = _list_values(values, vt)
         columns.append(Column(name, vt, values))
         if include_status:
             columns.append(Column(f"{name}__status", "STRING", [STATUS_NAMES.get(row[j].status) for row in rows]))
@@ -139,16 +164,31 @@ def _pandas_column(column: Column) -> Any:
         ns = np.fromiter((_NAT if v is None else v for v in vals), dtype=np.int64, count=n)
         return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
     out = np.empty(n, dtype=object)
-    element = {"FLOAT_LIST": np.float64, "INT64_LIST": np.int64, "BOOL_LIST": bool, "EMBEDDING": np.float32}.get(
-        vt or ""
-    )
-    if element is not None:
+    if vt in _PACKED:
+        flat, offsets = _unpack(vals, vt)
+        if vt == "BOOL_LIST":
+            flat = flat.astype(bool)
         for i, v in enumerate(vals):
-            out[i] = None if v is None else np.asarray(v, dtype=element)
+            out[i] = None if v is None else flat[offsets[i] : offsets[i + 1]]
+    elif vt == "INT64_LIST":
+        for i, v in enumerate(vals):
+            out[i] = None if v is None else np.asarray(v, dtype=np.int64)
     else:
         for i, v in enumerate(vals):
             out[i] = v
     return out
+
+
+def _unpack(payloads: Sequence[bytes | None], value_type: str) -> tuple[Any, Any]:
+    """All rows' elements as one array, and each row's start offset (n + 1 of them)."""
+    import numpy as np
+
+    dtype, size = _PACKED[value_type]
+    lengths = np.fromiter((0 if p is None else len(p) // size for p in payloads), dtype=np.int64, count=len(payloads))
+    offsets = np.zeros(len(payloads) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.frombuffer(b"".join(p for p in payloads if p), dtype=dtype)
+    return flat, offsets
 
 
 def arrow_type(value_type: str | None) -> Any:
@@ -178,6 +218,13 @@ def to_arrow(columns: Sequence[Column]) -> Any:
     arrays = []
     for c in columns:
         vals = c.values
+        if c.value_type in _PACKED:
+            flat, offsets = _unpack(vals, c.value_type)
+            mask = pa.array([v is None for v in vals], type=pa.bool_())
+            element = arrow_type(c.value_type).value_type
+            values = pa.array(flat.astype(bool) if c.value_type == "BOOL_LIST" else flat, type=element)
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values, mask=mask))
+            continue
         if c.value_type == "TIMESTAMP":
             vals = [None if v is None else v // 1000 for v in vals]
         arrays.append(pa.array(vals, type=arrow_type(c.value_type)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -15,7 +16,7 @@ from google.protobuf import field_mask_pb2
 
 from featurestore import _common as c
 from featurestore import _frames
-from featurestore._errors import FeatureStoreError, from_rpc_error
+from featurestore._errors import FeatureStoreError, Unavailable, from_rpc_error
 from featurestore._values import FeatureResult, feature_result, value_type_name
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
@@ -97,9 +98,7 @@ class Client:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise FeatureStoreError(
-                f"could not connect to {self.target} within {timeout} s", code=grpc.StatusCode.UNAVAILABLE
-            ) from None
+            raise Unavailable(f"could not connect to {self.target} within {timeout} s") from None
 
     def _md(self) -> tuple[tuple[str, str], ...] | None:
         if self._token_callback is not None:
@@ -123,11 +122,15 @@ class Client:
         finally:
             call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the stream ended; frees the call when the caller stops early
 
-    def value_types(self, names: Iterable[str], *, timeout: float | None = None) -> dict[str, str]:
-        """The value type names (`"FLOAT"`, ...) of features, read from the registry once per client."""
+    def value_types(self, names: Iterable[str], *, timeout: float | None = None, fresh: bool = False) -> dict[str, str]:
+        """The value type names (`"FLOAT"`, ...) of features, read from the registry once per client.
+
+        `fresh=True` reads them again (a feature may have been deleted and recreated with
+        another type since): training sets do, since they type columns before any value arrives.
+        """
         out = {}
         for name in names:
-            if name not in self._types:
+            if fresh or name not in self._types:
                 self._types[name] = value_type_name(self.get_feature(name, timeout=timeout).value_type)
             out[name] = self._types[name]
         return out
@@ -401,7 +404,7 @@ class Client:
         if output == "records":
             return [c.training_record(e, include_status) for chunk in chunks for e in chunk.examples]
         names = self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout))
+        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout, fresh=True))
         merged: list[_frames.Column] | None = None
         for chunk in chunks:
             cols = c.training_columns(chunk.examples, extra_types, names, types, include_status)
@@ -437,7 +440,7 @@ class Client:
         import pyarrow.parquet as pq
 
         names = self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout))
+        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout, fresh=True))
         extra_types: dict[str, str | None] = {}
         total = len(rows) if hasattr(rows, "__len__") else -1
         writer: Any = None
@@ -672,7 +675,13 @@ class Pusher:
             except queue.Full:
                 continue
 
+    def _release(self) -> None:
+        """Let the thread that feeds the stream end, should it be waiting for a batch."""
+        with contextlib.suppress(queue.Full):  # full: it is not waiting
+            self._queue.put_nowait(_END)
+
     def _raise(self, what: str) -> None:
+        self._release()
         try:
             self._future.result()
         except grpc.RpcError as err:
@@ -709,6 +718,7 @@ class Pusher:
     def cancel(self) -> None:
         """Abandon the stream (batches the server applied stay written)."""
         self._future.cancel()
+        self._release()
 
     def __enter__(self) -> Pusher:
         return self

@@ -60,6 +60,7 @@ def timestamp_of(when: Any) -> timestamp_pb2.Timestamp:
     if isinstance(when, timestamp_pb2.Timestamp):
         ts.CopyFrom(when)
         return ts
+    when = plain(when)
     if isinstance(when, str):
         when = datetime.fromisoformat(when.replace("Z", "+00:00"))
     if not isinstance(when, datetime):
@@ -87,6 +88,15 @@ def is_missing(x: Any) -> bool:
         return False
 
 
+def plain(x: Any) -> Any:
+    """A numpy scalar as the Python object it holds (np.bool_ -> bool, np.int64 -> int, ...)."""
+    if type(x).__module__ != "numpy" or getattr(x, "ndim", None) != 0:
+        return x
+    if type(x).__name__ == "datetime64":
+        return x.astype("datetime64[us]").item()  # nanoseconds would come back as an int
+    return x.item()
+
+
 def _elements(x: Any) -> list[Any]:
     tolist = getattr(x, "tolist", None)
     return list(tolist() if tolist is not None else x)
@@ -100,6 +110,7 @@ def to_value(value_type: str, x: Any) -> value_pb2.Value:
     """
     if isinstance(x, value_pb2.Value):
         return x
+    x = plain(x)
     if value_type == "FLOAT":
         if isinstance(x, bool):
             raise TypeError("a bool is not a FLOAT")
@@ -111,7 +122,7 @@ def to_value(value_type: str, x: Any) -> value_pb2.Value:
             raise TypeError(f"expected a str for STRING, got {type(x).__name__}")
         return value_pb2.Value(string_value=x)
     if value_type == "BOOL":
-        if type(x).__name__ not in {"bool", "bool_"}:
+        if not isinstance(x, bool):
             raise TypeError(f"expected a bool for BOOL, got {type(x).__name__}")
         return value_pb2.Value(bool_value=bool(x))
     if value_type == "BYTES":
@@ -132,7 +143,8 @@ def to_value(value_type: str, x: Any) -> value_pb2.Value:
 
 
 def _int(x: Any) -> int:
-    if isinstance(x, bool) or type(x).__name__ == "bool_":
+    x = plain(x)
+    if isinstance(x, bool):
         raise TypeError("a bool is not an INT64")
     if isinstance(x, float):
         if not x.is_integer():
@@ -148,18 +160,18 @@ def infer_type(x: Any) -> str:
         if kind is None:
             raise ValueError("an empty Value has no type")
         return KIND_TYPES[kind]
-    name = type(x).__name__
-    if isinstance(x, bool) or name == "bool_":
+    x = plain(x)
+    if isinstance(x, bool):
         return "BOOL"
-    if isinstance(x, int) or name.startswith(("int", "uint")):
+    if isinstance(x, int):
         return "INT64"
-    if isinstance(x, float) or name.startswith("float"):
+    if isinstance(x, float):
         return "FLOAT"
     if isinstance(x, str):
         return "STRING"
     if isinstance(x, bytes):
         return "BYTES"
-    if isinstance(x, datetime) or name in {"Timestamp", "datetime64"}:
+    if isinstance(x, datetime):
         return "TIMESTAMP"
     if isinstance(x, Iterable) or hasattr(x, "tolist"):
         elements = _elements(x)

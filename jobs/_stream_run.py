@@ -1,0 +1,265 @@
+"""One streaming query per (entity type, stream): micro-batches from events to online and offline values.
+
+Each micro-batch (`MicroBatch`, Spark's foreachBatch) of a query:
+
+1. reads the stream clock: the greatest event time of the batches before it
+   (kept in Valkey per query and batch id, so a replayed batch sees the same);
+   the watermark is that time minus the stream's `watermark`;
+2. dead-letters the malformed events (reason and original bytes) to
+   `<stream>:dead-letter` with ids derived from the batch id (a replay adds nothing);
+3. drops and counts the events older than the watermark;
+4. aggregates the others into tiles, merges them into the tile store (once per
+   batch id per entity), combines each touched entity's tiles into its windows as
+   of the new stream time, and writes the values through the batch pipeline's
+   sink (the same encoder, history first, only-newer online writes), with the
+   stream time as event time: a replay writes the same rows again.
+
+A kill -9 anywhere replays the unfinished batch with the same offsets (Spark's
+checkpoint), and every step above is idempotent per batch id: nothing is lost,
+nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from pyspark.errors import PySparkException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming.query import StreamingQuery
+
+from jobs import _tiles
+from jobs._events import ERROR, KEY, OFFSET, RAW
+from jobs._guard import disallowed_expressions
+from jobs._metrics import PipelineMetrics
+from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
+from jobs._stream_plan import StreamPlan
+from jobs._valkey_source import NAME as VALKEY_SOURCE
+from jobs._valkey_source import ValkeyStreams
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _moment(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """Where a streaming query reads and writes."""
+
+    redis_url: str  # the online store (and the tile store beside it)
+    postgres_dsn: str
+    source_url: str  # the Valkey/Redis holding the event streams
+    checkpoint_dir: str
+    partitions: int = 1  # stream keys per stream
+    max_events_per_batch: int = 0  # 0 = everything available
+    trigger_seconds: float = 1.0
+    online_ttl: int = 0
+    redis_cluster: bool = False
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one micro-batch did."""
+
+    query: str
+    batch_id: int
+    rows: int = 0
+    dead_lettered: int = 0
+    late_dropped: int = 0
+    entities: int = 0
+    values: int = 0
+    seconds: float = 0.0
+    watermark: datetime | None = None
+    stream_time: datetime | None = None
+
+    def line(self) -> str:
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        wm = self.watermark.isoformat() if self.watermark else "-"
+        lag = f"{(datetime.now(UTC) - self.stream_time).total_seconds():.1f}s" if self.stream_time else "-"
+        return (
+            f"streaming {self.query} batch {self.batch_id}: {self.rows} events in {self.seconds:.2f}s "
+            f"({rate:.0f}/s), {self.dead_lettered} dead-lettered, {self.late_dropped} late dropped, "
+            f"{self.entities} entities -> {self.values} values, watermark {wm}, "
+            f"stream time {self.stream_time.isoformat() if self.stream_time else '-'} (lag {lag})"
+        )
+
+
+def query_id(checkpoint: Path) -> str:
+    """The query's id, kept in its checkpoint: a new checkpoint starts from fresh tiles and clock."""
+    return str(json.loads((checkpoint / "metadata").read_text())["id"])
+
+
+def dead_letter_key(stream: str) -> str:
+    return f"{stream}:dead-letter"
+
+
+class _Clock:
+    """The greatest event time seen before and after each batch, per query (replays see the same)."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self.client, self.key = client, key
+
+    def before(self, batch_id: int) -> int | None:
+        stored = self.client.hgetall(self.key)
+        if stored and int(stored[b"batch"]) == batch_id:  # a replay: the time it saw the first time
+            raw = stored[b"before"]
+        else:
+            raw = stored.get(b"after", b"") if stored else b""
+        return int(raw) if raw else None
+
+    def commit(self, batch_id: int, before: int | None, after: int | None) -> None:
+        self.client.hset(
+            self.key,
+            mapping={"batch": batch_id, "before": "" if before is None else before, "after": after or ""},
+        )
+
+
+def guard_problems(spark: SparkSession, plan: StreamPlan) -> dict[str, str]:
+    """The features whose computation Spark does not accept, or whose analyzed plan is not allow-listed."""
+    events = spark.createDataFrame([], plan.schema.sql())
+    now = datetime.now(UTC)
+    failed = {}
+    for feature in plan.features:
+        try:
+            computed = events.select(_tiles.feature_input(feature, now))
+            value = spark.range(0).select(F.lit(None).cast("double").alias(feature.name))
+            single = StreamPlan(plan.entity_type, plan.stream, plan.schema, plan.watermark_seconds, (feature,))
+            refused = disallowed_expressions(computed) + disallowed_expressions(_tiles.finish(value, single, now))
+        except (PySparkException, ValueError) as err:
+            failed[feature.name] = str(err).strip().splitlines()[0]
+            continue
+        if refused:
+            failed[feature.name] = f"refused: its computation uses {', '.join(sorted(set(refused)))}"
+    return failed
+
+
+@dataclass
+class MicroBatch:
+    """The foreachBatch function of one query; `plan` may be swapped while it runs (new features)."""
+
+    plan: StreamPlan
+    config: StreamConfig
+    checkpoint: Path
+    progress: Callable[[str], None] = print
+    reports: list[BatchReport] = field(default_factory=list)
+    metrics: PipelineMetrics | None = None  # each micro-batch is a run: rows read, values written
+    _query_id: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def update(self, plan: StreamPlan) -> None:
+        with self._lock:
+            self.plan = plan
+
+    def __call__(self, df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        with self._lock:
+            plan = self.plan
+        if self._query_id is None:
+            self._query_id = query_id(self.checkpoint)
+        report = BatchReport(plan.query_name, batch_id)
+        if self.metrics is not None:
+            self.metrics.started()
+        online = redis.Redis.from_url(self.config.redis_url, socket_timeout=30)
+        source = redis.Redis.from_url(self.config.source_url, socket_timeout=30)
+        df = df.persist()
+        try:
+            self._process(df, batch_id, plan, report, online, source)
+        finally:
+            df.unpersist()
+            online.close()
+            source.close()
+        report.seconds = time.monotonic() - started
+        self.reports.append(report)
+        del self.reports[:-100]
+        self.progress(report.line())
+        if self.metrics is not None:
+            self.metrics.finished(rows_read=report.rows, values_written=report.values, failed_features=0)
+
+    def _process(
+        self, df: DataFrame, batch_id: int, plan: StreamPlan, report: BatchReport, online: Any, source: Any
+    ) -> None:
+        clock = _Clock(online, f"fs:stream-clock:{self._query_id}")
+        before = clock.before(batch_id)
+        watermark = None if before is None else before - plan.watermark_seconds * 1_000_000
+        ts, good = F.unix_micros(F.col(plan.schema.time)), F.col(ERROR).isNull()
+        late = (good & (ts < F.lit(watermark))) if watermark is not None else F.lit(False)
+        stats = df.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(ERROR).alias("bad"),
+            F.max(F.when(good, ts)).alias("newest"),
+            F.count(F.when(late, 1)).alias("late"),
+        ).first()
+        assert stats is not None
+        report.rows, report.late_dropped = stats["rows"], stats["late"]
+        report.watermark = _moment(watermark) if watermark is not None else None
+        if stats["bad"]:
+            report.dead_lettered = self._dead_letter(df, batch_id, plan, source)
+        newest = stats["newest"]
+        after = max(x for x in (before, newest) if x is not None) if (before, newest) != (None, None) else None
+        clock.commit(batch_id, before, after)
+        report.stream_time = _moment(after) if after is not None else None
+        if after is None or stats["rows"] - stats["bad"] - stats["late"] <= 0:
+            return
+        as_of = _moment(after)
+        inputs = _tiles.transform_inputs(df.where(good & ~late), plan, as_of)
+        window = _tiles.window_partition(self.config.redis_url, self._query_id or "", batch_id, plan, after)
+        values = _tiles.finish(
+            inputs.repartition(_tiles.ENTITY_ID).mapInArrow(window, _tiles.output_ddl(plan)), plan, as_of
+        )
+        sink = SinkConfig(
+            redis_url=self.config.redis_url,
+            redis_cluster=self.config.redis_cluster,
+            postgres_dsn=self.config.postgres_dsn,
+            entity_type=plan.entity_type,
+            features=tuple((f.name, f.value_kind) for f in plan.features),
+            event_micros=after,
+            online_ttl=self.config.online_ttl,
+        )
+        totals = values.mapInArrow(partition_writer(sink), RESULT_SCHEMA).collect()
+        report.values = sum(int(row["values"]) for row in totals)
+        report.entities = sum(int(row["entities"]) for row in totals)
+
+    def _dead_letter(self, df: DataFrame, batch_id: int, plan: StreamPlan, source: Any) -> int:
+        bad = df.where(F.col(ERROR).isNotNull()).select(KEY, OFFSET, ERROR, RAW).collect()
+        bad.sort(key=lambda r: (r[KEY], *(int(p) for p in r[OFFSET].split("-"))))
+        pipe = source.pipeline(transaction=False)
+        for seq, row in enumerate(bad, start=1):
+            entry = {"reason": row[ERROR], "source": row[KEY], "offset": row[OFFSET], "batch": batch_id}
+            entry["data"] = bytes(row[RAW] or b"")
+            pipe.xadd(dead_letter_key(plan.stream), entry, id=f"{batch_id + 1}-{seq}")
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
+                raise result
+        return len(bad)
+
+
+def start_query(spark: SparkSession, batch: MicroBatch) -> StreamingQuery:
+    """Start (or resume from its checkpoint) the query computing `batch.plan`."""
+    plan, config = batch.plan, batch.config
+    spark.dataSource.register(ValkeyStreams)
+    reader = (
+        spark.readStream.format(VALKEY_SOURCE)
+        .option("url", config.source_url)
+        .option("stream", plan.stream)
+        .option("partitions", str(config.partitions))
+        .option("schema", plan.schema.to_json())
+        .option("max_events_per_batch", str(config.max_events_per_batch))
+    )
+    writer = (
+        reader.load()
+        .writeStream.queryName(plan.query_name)
+        .foreachBatch(batch)
+        .option("checkpointLocation", str(batch.checkpoint))
+        .trigger(processingTime=f"{config.trigger_seconds} seconds")
+    )
+    return writer.start()

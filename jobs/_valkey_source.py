@@ -1,0 +1,170 @@
+"""Valkey/Redis Streams as a Spark streaming source (PySpark's Python Data Source API).
+
+A logical stream is N stream keys (`<stream>` when N = 1, else `<stream>:0` ...
+`<stream>:<N-1>`); a producer appends an entity's events to key
+`stream_key(stream, entity_id, N)`, so one entity's events stay in order in one
+key and the keys are read in parallel, one Spark partition each. An event is a
+stream entry whose field `data` holds the JSON document.
+
+Offsets are {key: last entry id read}; Spark checkpoints them, and a restarted
+query replays a batch with the same offsets (the sink is idempotent per batch).
+A checkpointed offset beyond a key's data (the key was deleted or recreated) or
+entries trimmed before they were read fail the query loudly instead of skipping.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
+from pyspark.sql.types import StructType
+
+from jobs._events import EventSchema, to_batch
+
+NAME = "valkey_streams"
+EVENT_FIELD = b"data"
+_READ_COUNT = 5_000  # entries per XRANGE call
+
+
+def stream_keys(stream: str, partitions: int) -> list[str]:
+    return [stream] if partitions == 1 else [f"{stream}:{i}" for i in range(partitions)]
+
+
+def stream_key(stream: str, entity_id: str, partitions: int) -> str:
+    """The key an entity's events go to: a stable hash of its id over the stream's keys."""
+    return stream_keys(stream, partitions)[zlib.crc32(entity_id.encode()) % partitions]
+
+
+def _id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+class SourceDataLoss(RuntimeError):
+    """The checkpointed position is not in the stream any more: reading on would lose or skip events."""
+
+
+class _Range(InputPartition):
+    def __init__(self, key: str, start: str, end: str) -> None:
+        self.key, self.start, self.end = key, start, end
+
+
+def _connect(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=30)
+
+
+class ValkeyStreamReader(DataSourceStreamReader):
+    def __init__(self, options: dict[str, str]) -> None:
+        self.url = options["url"]
+        self.keys = stream_keys(options["stream"], int(options.get("partitions", "1")))
+        self.schema = EventSchema.from_json(options["schema"])
+        self.max_rows = int(options.get("max_events_per_batch", "0"))
+        self._client: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled to the Python workers without its connection
+        return {k: v for k, v in self.__dict__.items() if k != "_client"} | {"_client": None}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _connect(self.url)
+        return self._client
+
+    def initialOffset(self) -> dict[str, str]:
+        return dict.fromkeys(self.keys, "0-0")
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        return ReadMaxRows(self.max_rows) if self.max_rows > 0 else ReadAllAvailable()
+
+    def _check(self, key: str, start: str, info: dict[Any, Any] | None) -> None:
+        if start == "0-0":
+            return
+        last = _text(info["last-generated-id"]) if info else "0-0"
+        if _id(last) < _id(start):
+            raise SourceDataLoss(
+                f"stream {key}: checkpointed offset {start} is beyond the stream's last entry {last} "
+                "(was the key deleted or recreated?); refusing to continue"
+            )
+        deleted = _text(info.get("max-deleted-entry-id", "0-0")) if info else "0-0"
+        first = info.get("first-entry") if info else None
+        first_id = _text(first[0]) if first else last
+        if _id(deleted) > _id(start) and _id(first_id) > _id(start):
+            raise SourceDataLoss(f"stream {key}: entries after offset {start} were trimmed before they were read")
+
+    def _info(self, key: str) -> dict[Any, Any] | None:
+        import redis
+
+        try:
+            return dict(self.client.xinfo_stream(key))
+        except redis.ResponseError:  # no such key
+            return None
+
+    def latestOffset(self, start: dict[str, str], limit: ReadLimit) -> dict[str, str]:
+        end = {}
+        budget = limit.max_rows if isinstance(limit, ReadMaxRows) else 0
+        per_key = max(1, budget // len(self.keys)) if budget else 0
+        for key in self.keys:
+            begin = start.get(key, "0-0")
+            info = self._info(key)
+            self._check(key, begin, info)
+            last = _text(info["last-generated-id"]) if info else begin
+            if per_key and _id(last) > _id(begin):
+                ids = self.client.xrange(key, min=f"({begin}", max="+", count=per_key)
+                last = _text(ids[-1][0]) if ids else begin
+            end[key] = last if _id(last) > _id(begin) else begin
+        return end
+
+    def partitions(self, start: dict[str, str], end: dict[str, str]) -> Sequence[InputPartition]:
+        return [
+            _Range(key, start.get(key, "0-0"), end[key])
+            for key in self.keys
+            if _id(end[key]) > _id(start.get(key, "0-0"))
+        ]
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        assert isinstance(partition, _Range)
+        client = _connect(self.url)
+        try:
+            begin = partition.start
+            while _id(begin) < _id(partition.end):
+                entries = client.xrange(partition.key, min=f"({begin}", max=partition.end, count=_READ_COUNT)
+                if not entries:
+                    raise SourceDataLoss(f"stream {partition.key}: entries up to {partition.end} are gone")
+                yield to_batch(
+                    self.schema,
+                    ((partition.key, _text(i), fields.get(EVENT_FIELD, b"")) for i, fields in entries),
+                )
+                begin = _text(entries[-1][0])
+        finally:
+            client.close()
+
+    def commit(self, end: dict[str, str]) -> None:
+        pass  # the stream keeps its entries (trim them with XTRIM MINID behind every consumer)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+class ValkeyStreams(DataSource):
+    """`spark.readStream.format("valkey_streams")`: options url, stream, partitions, schema, max_events_per_batch."""
+
+    @classmethod
+    def name(cls) -> str:
+        return NAME
+
+    def schema(self) -> str:
+        return EventSchema.from_json(self.options["schema"]).sql()
+
+    def streamReader(self, schema: StructType) -> DataSourceStreamReader:
+        return ValkeyStreamReader(dict(self.options))
