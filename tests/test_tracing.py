@@ -93,16 +93,25 @@ def test_a_traceparent_through_envoy_continues_into_rpc_redis_and_postgresql_spa
     with urllib.request.urlopen(urllib.request.Request(url, headers={"traceparent": TRACEPARENT}), timeout=10):
         pass
 
-    eventually(lambda: {"GetFeaturesJson", "GetFeature"} <= {s.name for s in _in_trace(exporter)})
+    with FeatureStoreClient(f"127.0.0.1:{server.app.port}") as client:
+        history = fs.GetHistoricalFeaturesRequest(entity_type="customer", entity_id="t1", feature_names=["traced_f"])
+        history.start_time.FromDatetime(ago(hours=1))
+        history.end_time.FromDatetime(ago(minutes=0))
+        pages = list(client.store.StreamHistoricalFeatures(history, metadata=(("traceparent", TRACEPARENT),)))
+        assert sum(len(p.values) for p in pages) == 1
+
+    expected = {"GetFeaturesJson", "GetFeature", "StreamHistoricalFeatures"}
+    eventually(lambda: expected <= {s.name for s in _in_trace(exporter)})
     spans = _in_trace(exporter)
     rpcs = {s.name: s for s in spans if s.parent is not None and format(s.parent.span_id, "016x") == PARENT_ID}
-    assert {"WriteFeatures", "GetFeaturesJson", "GetFeature"} <= set(rpcs)
+    assert {"WriteFeatures", "GetFeaturesJson", "GetFeature", "StreamHistoricalFeatures"} <= set(rpcs)
     children = {
         name: {c.name for c in spans if c.parent is not None and c.parent.span_id == rpc.context.span_id}
         for name, rpc in rpcs.items()
     }
     assert "redis read" in children["GetFeaturesJson"]
     assert "postgresql select" in children["GetFeature"]
+    assert "postgresql select" in children["StreamHistoricalFeatures"]
     assert {"postgresql history_append", "redis write"} <= children["WriteFeatures"]
     assert rpcs["GetFeaturesJson"].attributes is not None
     assert rpcs["GetFeaturesJson"].attributes["rpc.method"] == "GetFeaturesJson"
