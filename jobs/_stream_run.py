@@ -39,6 +39,8 @@ from pyspark.sql.streaming.query import StreamingQuery
 from jobs import _tiles
 from jobs._events import ERROR, KEY, OFFSET, RAW
 from jobs._guard import disallowed_expressions
+from jobs._kafka_source import NAME as KAFKA_SOURCE
+from jobs._kafka_source import KafkaEvents, parse_records
 from jobs._metrics import PipelineMetrics
 from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
 from jobs._stream_plan import StreamPlan
@@ -65,6 +67,10 @@ class StreamConfig:
     trigger_seconds: float = 1.0
     online_ttl: int = 0
     redis_cluster: bool = False
+    source: str = "valkey"  # or "kafka"
+    kafka_bootstrap: str = ""
+    kafka_reader: str = "python"  # or "native": Spark's Kafka connector (format "kafka") when on the classpath
+    kafka_options: tuple[tuple[str, str], ...] = ()  # librdkafka / Kafka client settings (SASL, SSL, ...)
 
 
 @dataclass(slots=True)
@@ -243,20 +249,47 @@ class MicroBatch:
         return len(bad)
 
 
+def _events(spark: SparkSession, plan: StreamPlan, config: StreamConfig) -> DataFrame:
+    """The stream's event rows (jobs/_events.py) from the configured source."""
+    if config.source == "kafka" and config.kafka_reader == "native":
+        reader = (
+            spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", config.kafka_bootstrap)
+            .option("subscribe", plan.stream)
+            .option("startingOffsets", "earliest")
+            .option("failOnDataLoss", "true")
+        )
+        for key, value in config.kafka_options:
+            reader = reader.option(f"kafka.{key}", value)
+        if config.max_events_per_batch:
+            reader = reader.option("maxOffsetsPerTrigger", str(config.max_events_per_batch))
+        records = reader.load().select("topic", "partition", "offset", "value")
+        return records.mapInArrow(parse_records(plan.schema), plan.schema.sql())
+    if config.source == "kafka":
+        spark.dataSource.register(KafkaEvents)
+        reader = (
+            spark.readStream.format(KAFKA_SOURCE)
+            .option("bootstrap", config.kafka_bootstrap)
+            .option("topic", plan.stream)
+            .option("kafka_config", json.dumps(dict(config.kafka_options)))
+        )
+    else:
+        spark.dataSource.register(ValkeyStreams)
+        reader = (
+            spark.readStream.format(VALKEY_SOURCE)
+            .option("url", config.source_url)
+            .option("stream", plan.stream)
+            .option("partitions", str(config.partitions))
+        )
+    reader = reader.option("schema", plan.schema.to_json())
+    return reader.option("max_events_per_batch", str(config.max_events_per_batch)).load()
+
+
 def start_query(spark: SparkSession, batch: MicroBatch) -> StreamingQuery:
     """Start (or resume from its checkpoint) the query computing `batch.plan`."""
     plan, config = batch.plan, batch.config
-    spark.dataSource.register(ValkeyStreams)
-    reader = (
-        spark.readStream.format(VALKEY_SOURCE)
-        .option("url", config.source_url)
-        .option("stream", plan.stream)
-        .option("partitions", str(config.partitions))
-        .option("schema", plan.schema.to_json())
-        .option("max_events_per_batch", str(config.max_events_per_batch))
-    )
     writer = (
-        reader.load()
+        _events(spark, plan, config)
         .writeStream.queryName(plan.query_name)
         .foreachBatch(batch)
         .option("checkpointLocation", str(batch.checkpoint))

@@ -115,8 +115,13 @@ def watch_streams(
     *,
     poll: float = 5.0,
     stop: threading.Event | None = None,
+    heartbeat: Path | None = None,
 ) -> None:
-    """Run until `stop` is set (or a query fails: QueryFailed), re-reading the definitions every `poll` s."""
+    """Run until `stop` is set (or a query fails: QueryFailed), re-reading the definitions every `poll` s.
+
+    `heartbeat`: a file touched after every round in which every query was running (a liveness probe
+    checks its age).
+    """
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
@@ -124,4 +129,6 @@ def watch_streams(
         except grpc.RpcError as err:
             streams.progress(f"streaming: registry unavailable ({err.code().name}); retrying")
         streams.check()
+        if heartbeat is not None:
+            heartbeat.touch()
         stop.wait(poll)

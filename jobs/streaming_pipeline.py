@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
@@ -29,6 +30,7 @@ from jobs._stream_plan import select_streaming
 from jobs._stream_run import StreamConfig
 from jobs._stream_watch import QueryFailed, Streams, watch_streams
 from jobs.batch_pipeline import (
+    _conf,
     _csv,
     _own,
     _positive,
@@ -61,12 +63,37 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streaming_pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("--feature-types", type=_csv, required=True, help="entity types, comma-separated: customer,product")
     add_spark_arguments(p, env)  # registry, stores, metrics and Spark: the batch pipeline's flags
+    _own(p, env, "--source", "valkey", choices=["valkey", "kafka"], help="where the event streams are")
     _own(p, env, "--source-url", "", help="Valkey/Redis URL of the event streams (default: --redis-url)")
+    _own(p, env, "--kafka-bootstrap", "", help="Kafka bootstrap servers host:port,... (--source=kafka)")
+    _own(
+        p,
+        env,
+        "--kafka-reader",
+        "python",
+        choices=["python", "native"],
+        help="python: confluent-kafka in a Spark Python data source; native: Spark's Kafka connector "
+        "(format kafka), which must be on the classpath (production images)",
+    )
+    p.add_argument(
+        "--kafka-option",
+        type=_conf,
+        action="append",
+        default=[],
+        help="a Kafka client setting key=value (security.protocol=SASL_SSL, sasl.mechanism=..., ...), repeatable",
+    )
     _own(p, env, "--checkpoint-dir", "checkpoints/streaming", help="where the queries keep their checkpoints")
     _own(p, env, "--stream-partitions", "1", type=_positive, help="stream keys per stream (<stream>:0 ...)")
     _own(p, env, "--max-events-per-batch", "0", type=_count, help="events per micro-batch at most (0: no limit)")
     _own(p, env, "--trigger-seconds", "1", type=_seconds, help="seconds between micro-batches")
     _own(p, env, "--poll-seconds", "5", type=_seconds, help="seconds between reads of the registry")
+    _own(
+        p,
+        env,
+        "--heartbeat-file",
+        "",
+        help="touch this file after every registry poll in which every query runs (for a liveness probe)",
+    )
     return p
 
 
@@ -81,6 +108,10 @@ def config(args: argparse.Namespace) -> StreamConfig:
         trigger_seconds=args.trigger_seconds,
         online_ttl=args.online_ttl,
         redis_cluster=args.redis_cluster,
+        source=args.source,
+        kafka_bootstrap=args.kafka_bootstrap,
+        kafka_reader=args.kafka_reader,
+        kafka_options=tuple(args.kafka_option),
     )
 
 
@@ -104,6 +135,7 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None, spark: An
             ),
             poll=args.poll_seconds,
             stop=stop,
+            heartbeat=Path(args.heartbeat_file) if args.heartbeat_file else None,
         )
     except KeyboardInterrupt:
         return 0
@@ -121,7 +153,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     environ = local_environment(os.environ) | os.environ if env is None else env
     args = parser(environ).parse_args(argv)
     _stop_on_sigterm()
-    print(f"streaming pipeline: {', '.join(args.feature_types)} from {args.source_url or args.redis_url}", flush=True)
+    source = args.kafka_bootstrap if args.source == "kafka" else args.source_url or args.redis_url
+    print(f"streaming pipeline: {', '.join(args.feature_types)} from {args.source} {source}", flush=True)
     return run(args)
 
 

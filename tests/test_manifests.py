@@ -12,9 +12,11 @@ sent to a server and an Envoy started as the manifest configures them (TLS, mTLS
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -348,7 +350,8 @@ def test_service_and_network_policies_expose_only_envoy() -> None:
 
     # Every pod of ours is covered by a deny-all for both directions; only the server pods and the
     # jobs may open connections to PostgreSQL (5432) and Redis (6379).
-    allowed = {5432: {"feature-store", "batch-pipeline", "feature-registry"}, 6379: {"feature-store", "batch-pipeline"}}
+    pipelines = {"batch-pipeline", "streaming-pipeline"}
+    allowed = {5432: {"feature-store", "feature-registry", *pipelines}, 6379: {"feature-store", *pipelines}}
     for name, doc in _workloads():
         pod_labels = _pod_labels(doc)
         mine = [p for p in policies if selects(p, pod_labels)]
@@ -515,3 +518,35 @@ def test_kubelet_probes_pass_against_a_server_and_envoy_configured_as_the_manife
             else:
                 status = _health(f"127.0.0.1:{port}", probe["grpc"]["service"])
                 assert status == health_pb2.HealthCheckResponse.SERVING, f"{name} {key}"
+
+
+def test_the_streaming_deployment_runs_the_pipelines_flags_and_probes_its_heartbeat(tmp_path: Path) -> None:
+    from jobs.streaming_pipeline import parser as streaming_parser
+
+    deployment = _find("Deployment", "streaming-feature-engineering")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = _pod_spec(deployment)
+    container = _container(pod, "streaming-pipeline")
+    config = _find("ConfigMap", "streaming-feature-engineering")["data"]
+    args = streaming_parser(dict(config)).parse_args(container["args"])  # the pipeline's own parser
+    assert (args.source, args.kafka_reader) == ("kafka", "native")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "persistentVolumeClaim" in volumes[mounts[args.checkpoint_dir]], "checkpoints on a persistent volume"
+    assert Path(args.heartbeat_file).parent == Path("/tmp")
+    # The probes, run here against a fresh and a stale heartbeat file.
+    heartbeat = tmp_path / "heartbeat"
+
+    def probe(name: str) -> int:
+        command = [c.replace(args.heartbeat_file, str(heartbeat)) for c in container[name]["exec"]["command"]]
+        command[0] = sys.executable if command[0] == "python" else command[0]
+        return subprocess.run(command, timeout=30, check=False).returncode
+
+    assert probe("startupProbe") != 0
+    heartbeat.touch()
+    assert [probe(p) for p in PROBES] == [0, 0, 0]
+    stale = datetime.now(UTC).timestamp() - 600
+    os.utime(heartbeat, (stale, stale))
+    assert probe("livenessProbe") != 0
+    assert probe("readinessProbe") != 0

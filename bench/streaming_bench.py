@@ -1,0 +1,222 @@
+"""Streaming pipeline benchmark: drain rate of a backlog, and event-to-servable latency at a steady rate.
+
+    .venv/bin/python bench/streaming_bench.py --backlog 200000 --rate 5000 --seconds 60
+
+Starts PostgreSQL, Valkey and the server on loopback, registers the three streaming demo
+features, and runs the streaming pipeline (jobs.streaming_pipeline's Streams) in a local[2]
+Spark in this process. Then, in one run:
+
+1. **drain**: --backlog demo purchases are appended to the Valkey stream before the query
+   starts; the micro-batches (--max-events-per-batch) are timed and the events/s of the
+   batches after the first (Python workers warm) are reported: the sustained rate the
+   pipeline keeps up with is at most this.
+2. **ceiling**: the same events read back with redis-py XRANGE and parsed by the same
+   parser (jobs._events), in this process: the source side alone.
+3. **latency**: a producer appends --rate events/s (event time = now) for --seconds; a probe
+   customer gets one event per second, and a reader polls GetFeatures (gRPC) for its
+   `customer_purchase_count_1h` every 20 ms: the latency of probe event k is when the count
+   first reaches k minus its event time. p50/p99 are reported, and whether the stream's lag
+   grew (the producer's last entry vs the pipeline's stream time at the end).
+
+The machine is shared and small: compare ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: Spark forks its JVM
+
+from devstack import STREAMING_DEMO_FEATURES, free_port, start_postgres, start_server, start_valkey  # noqa: E402
+from featurestore import FeatureStoreClient  # noqa: E402
+from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
+from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
+from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
+from jobs import SessionConfig, build_session  # noqa: E402
+from jobs._events import EventSchema, to_batch  # noqa: E402
+from jobs._stream_plan import select_streaming  # noqa: E402
+from jobs._stream_run import StreamConfig  # noqa: E402
+from jobs._stream_watch import Streams, watch_streams  # noqa: E402
+from jobs._valkey_source import EVENT_FIELD  # noqa: E402
+from jobs.batch_pipeline import load_features  # noqa: E402
+from jobs.demo_events import random_event  # noqa: E402
+
+STREAM = "purchases"
+
+
+def append(client: Any, n: int, rng: random.Random, customers: int) -> None:
+    for start in range(0, n, 5000):
+        pipe = client.pipeline(transaction=False)
+        now = datetime.now(UTC)
+        for _ in range(min(5000, n - start)):
+            pipe.xadd(STREAM, {EVENT_FIELD: json.dumps(random_event(rng, customers, now)).encode()})
+        pipe.execute()
+
+
+def parse_ceiling(client: Any, n: int) -> float:
+    """Events/s of reading and parsing the backlog with one Python process (the source side alone)."""
+    feature = STREAMING_DEMO_FEATURES[0]
+    fields = tuple((f.name, pb.ValueType.Name(f.type)) for f in feature.source_config.fields)
+    schema = EventSchema(fields, "customer_id", "event_time")
+    started, begin, read = time.perf_counter(), "-", 0
+    while read < n:
+        entries = client.xrange(STREAM, min=begin, max="+", count=5000)
+        if not entries:
+            break
+        to_batch(schema, ((STREAM, i.decode(), f.get(EVENT_FIELD, b"")) for i, f in entries))
+        read += len(entries)
+        begin = "(" + entries[-1][0].decode()
+    return read / (time.perf_counter() - started)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backlog", type=int, default=200_000)
+    p.add_argument("--max-events-per-batch", type=int, default=50_000)
+    p.add_argument("--rate", type=int, default=5000)
+    p.add_argument("--seconds", type=int, default=60)
+    p.add_argument("--customers", type=int, default=100_000)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="streaming-bench-"))
+    procs = []
+    try:
+        pg = start_postgres(tmp / "pg", free_port(), durable=False)
+        procs.append(pg)
+        valkey = start_valkey(tmp / "valkey", free_port(), durable=False)
+        procs.append(valkey)
+        server = start_server(tmp, free_port(), str(pg.extra["dsn"]), str(valkey.extra["url"]))  # it migrates
+        procs.append(server)
+        target = f"127.0.0.1:{server.port}"
+        client = FeatureStoreClient(target)
+        for f in STREAMING_DEMO_FEATURES:
+            client.registry.CreateFeature(rs.CreateFeatureRequest(feature=f))
+        r = redis.Redis.from_url(str(valkey.extra["url"]))
+        rng = random.Random(1)
+        t0 = time.perf_counter()
+        append(r, args.backlog, rng, args.customers)
+        print(f"backlog: {args.backlog} events appended in {time.perf_counter() - t0:.1f}s")
+        ceiling = parse_ceiling(r, args.backlog)
+        print(f"ceiling: XRANGE + parse in one process: {ceiling:,.0f} events/s")
+
+        spark = build_session(
+            SessionConfig(master="local[2]", shuffle_partitions=2, conf={"spark.ui.enabled": "false"}),
+            "streaming-bench",
+        )
+        config = StreamConfig(
+            redis_url=str(valkey.extra["url"]),
+            postgres_dsn=str(pg.extra["dsn"]),
+            source_url=str(valkey.extra["url"]),
+            checkpoint_dir=str(tmp / "checkpoints"),
+            max_events_per_batch=args.max_events_per_batch,
+            trigger_seconds=0.5,
+        )
+        lines: list[str] = []
+        streams = Streams(spark, config, lines.append)
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=watch_streams,
+            args=(streams, lambda: select_streaming(load_features(target, ["customer"]), ["customer"])),
+            kwargs={"poll": 2.0, "stop": stop},
+            daemon=True,
+        )
+        watcher.start()
+
+        def reports() -> list[Any]:
+            return [x for running in list(streams.running.values()) for x in running.batch.reports]
+
+        while sum(x.rows for x in reports()) < args.backlog:
+            time.sleep(0.5)
+        drained = reports()
+        warm = drained[1:] or drained
+        rows, seconds = sum(x.rows for x in warm), sum(x.seconds for x in warm)
+        drain = rows / seconds if seconds else 0.0
+        print(f"drain: {len(drained)} batches; warm batches {rows:,} events in {seconds:.1f}s = {drain:,.0f} events/s")
+        for line in lines[-3:]:
+            print("   ", line[:200])
+
+        # Latency at a steady rate.
+        latencies: list[float] = []
+        sent: dict[int, float] = {}
+        done = threading.Event()
+
+        def produce() -> None:
+            prng = random.Random(2)
+            tick, n, k = time.monotonic(), 0, 0
+            while not done.is_set():
+                due = int((time.monotonic() - tick) * args.rate) - n
+                if due > 0:
+                    pipe = r.pipeline(transaction=False)
+                    now = datetime.now(UTC)
+                    for _ in range(due):
+                        pipe.xadd(STREAM, {EVENT_FIELD: json.dumps(random_event(prng, args.customers, now)).encode()})
+                    if int(time.monotonic() - tick) >= k:
+                        k += 1
+                        probe = {"customer_id": "probe", "purchase_amount": 1.0, "event_time": now.isoformat()}
+                        pipe.xadd(STREAM, {EVENT_FIELD: json.dumps(probe).encode()})
+                        sent[k] = now.timestamp()
+                    pipe.execute()
+                    n += due
+                time.sleep(0.005)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        before = sum(x.rows for x in reports())
+        producer.start()
+        request = fs.GetFeaturesRequest(
+            entity_type="customer", entity_id="probe", feature_names=["customer_purchase_count_1h"]
+        )
+        seen = 0
+        end = time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            reply = client.store.GetFeatures(request)
+            value = reply.features[0]
+            count = value.value.int64_value if value.status == fs.PRESENT else 0
+            now = time.time()
+            for k in range(seen + 1, count + 1):
+                if k in sent:
+                    latencies.append(now - sent[k])
+            seen = max(seen, count)
+            time.sleep(0.02)
+        done.set()
+        producer.join()
+        last = reports()[-1] if reports() else None
+        lag = (datetime.now(UTC) - last.stream_time).total_seconds() if last and last.stream_time else float("nan")
+        processed = sum(x.rows for x in reports()) - before
+        print(
+            f"latency run: {args.rate} events/s for {args.seconds}s; {processed:,} events processed; "
+            f"lag at the end {lag:.1f}s; probe events servable: {len(latencies)} of {len(sent)}"
+        )
+        if latencies:
+            ordered = sorted(latencies)
+            p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+            print(f"event-to-servable: p50 {statistics.median(ordered):.2f}s, p99 {p99:.2f}s (target p99 <= 3 s)")
+        print(
+            f"targets: >= 30,000 events/s sustained: drain {drain:,.0f}/s ({drain / 30000:.2f} of target); "
+            f"source ceiling {ceiling:,.0f}/s"
+        )
+        stop.set()
+        watcher.join(30)
+        streams.stop()
+        spark.stop()
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Kafka as a Spark streaming source (PySpark's Python Data Source API, confluent-kafka).
+
+A topic's partitions are the Spark partitions; producers key events by entity id,
+so one entity's events stay in order in one partition. Offsets are
+{partition: next offset to read}, checkpointed by Spark. The end of a partition
+is found by reading to end-of-partition (some brokers' ListOffsets "latest"
+lags the real end), at most `max_events_per_batch` spread over the partitions.
+A checkpointed offset below the partition's first retained offset (deleted by
+retention) or above its end (the topic was recreated) fails the query loudly.
+
+Where Spark's own Kafka connector is on the classpath (production images),
+`--kafka-reader=native` reads with `format("kafka")` instead and `parse_records`
+turns its rows into the same event rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
+from pyspark.sql.types import StructType
+
+from jobs._events import EventSchema, to_batch
+from jobs._valkey_source import SourceDataLoss
+
+NAME = "kafka_events"
+_POLL_SECONDS = 0.1
+_IDLE_POLLS_MAX = 600  # a minute without a message or end-of-partition: the broker lost the range
+
+
+def _consumer(config: dict[str, str]) -> Any:
+    from confluent_kafka import Consumer
+
+    settings = {
+        "group.id": "featurestore-streaming",  # never committed: Spark's checkpoint holds the offsets
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "session.timeout.ms": 6000,
+        "fetch.wait.max.ms": 20,  # a micro-batch waits for end-of-partition, not for a full fetch
+        **config,
+    }
+    return Consumer(settings)
+
+
+class _Range(InputPartition):
+    def __init__(self, partition: int, start: int, end: int) -> None:
+        self.partition, self.start, self.end = partition, start, end
+
+
+def _read(
+    consumer: Any, topic: str, partition: int, start: int, end: int | None, *, exact: bool
+) -> Iterator[list[Any]]:
+    """Messages of one partition from `start`, in chunks, up to `end` (exclusive) or end-of-partition.
+
+    `exact`: the range is known to exist (a planned batch), so reaching end-of-partition before
+    `end` means the events are gone: SourceDataLoss.
+    """
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer.assign([TopicPartition(topic, partition, start)])
+    at, idle = start, 0
+    while end is None or at < end:
+        messages = consumer.consume(num_messages=5000, timeout=_POLL_SECONDS)
+        chunk, eof = [], False
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"kafka {topic}[{partition}]: {error}")
+                eof = True
+                continue
+            if end is not None and m.offset() >= end:
+                break
+            chunk.append(m)
+            at = m.offset() + 1
+        if chunk:
+            yield chunk
+        idle = 0 if messages else idle + 1
+        if (eof and end is not None and at < end and exact) or idle > _IDLE_POLLS_MAX:
+            raise SourceDataLoss(f"kafka {topic}[{partition}]: offsets {at} to {end} are gone")
+        if eof and not exact:
+            return
+
+
+class KafkaStreamReader(DataSourceStreamReader):
+    def __init__(self, options: dict[str, str]) -> None:
+        self.topic = options["topic"]
+        self.config = {"bootstrap.servers": options["bootstrap"], **json.loads(options.get("kafka_config", "{}"))}
+        self.schema = EventSchema.from_json(options["schema"])
+        self.max_rows = int(options.get("max_events_per_batch", "0"))
+
+    def _partitions(self, consumer: Any) -> list[int]:
+        topics = consumer.list_topics(self.topic, timeout=30).topics
+        meta = topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"kafka topic {self.topic} not found")
+        return sorted(meta.partitions)
+
+    def initialOffset(self) -> dict[str, int]:
+        from confluent_kafka import TopicPartition
+
+        consumer = _consumer(self.config)
+        try:
+            return {
+                str(p): consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)[0]
+                for p in self._partitions(consumer)
+            }
+        finally:
+            consumer.close()
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        return ReadMaxRows(self.max_rows) if self.max_rows > 0 else ReadAllAvailable()
+
+    def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
+
+        consumer = _consumer(self.config)
+        try:
+            partitions = self._partitions(consumer)
+            budget = limit.max_rows if isinstance(limit, ReadMaxRows) else 0
+            begins = {p: int(start.get(str(p), 0)) for p in partitions}
+            shares = self._shares(consumer, begins, budget)
+            end = {}
+            for p in partitions:
+                begin = begins[p]
+                at = begin
+                stop = begin + shares[p] if budget else None
+                for chunk in _read(consumer, self.topic, p, begin, stop, exact=False):
+                    at = chunk[-1].offset() + 1
+                if at == begin and begin > 0:
+                    self._check_not_beyond(consumer, p, begin)
+                end[str(p)] = at
+            return end
+        finally:
+            consumer.close()
+
+    def _shares(self, consumer: Any, begins: dict[int, int], budget: int) -> dict[int, int]:
+        """Each partition's part of a batch's budget, in proportion to its backlog (as Spark's Kafka source
+        does), so that partitions progress alike in event time; fails on offsets before the retained data."""
+        from confluent_kafka import TopicPartition
+
+        backlog = {}
+        for p, begin in begins.items():
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)
+            if begin < low:
+                raise SourceDataLoss(
+                    f"kafka {self.topic}[{p}]: checkpointed offset {begin} is before the first retained "
+                    f"offset {low}: events were deleted before they were read; refusing to continue"
+                )
+            backlog[p] = max(0, high - begin)
+        total = sum(backlog.values())
+        if not budget or not total:
+            return {p: budget // max(1, len(begins)) or 1 for p in begins}
+        return {p: max(1, budget * n // total) if n else 1 for p, n in backlog.items()}
+
+    def _check_not_beyond(self, consumer: Any, partition: int, begin: int) -> None:
+        """Nothing new after `begin`: fail loudly if the partition does not even reach it (recreated)."""
+        from confluent_kafka import TopicPartition
+
+        _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=30, cached=True)
+        if high >= 0 and high < begin:
+            raise SourceDataLoss(
+                f"kafka {self.topic}[{partition}]: checkpointed offset {begin} is beyond the partition's end "
+                f"{high} (was the topic recreated?); refusing to continue"
+            )
+
+    def partitions(self, start: dict[str, int], end: dict[str, int]) -> Sequence[InputPartition]:
+        return [
+            _Range(int(p), int(start.get(p, 0)), int(stop))
+            for p, stop in end.items()
+            if int(stop) > int(start.get(p, 0))
+        ]
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        assert isinstance(partition, _Range)
+        consumer = _consumer(self.config)
+        key = f"{self.topic}:{partition.partition}"
+        try:
+            for chunk in _read(consumer, self.topic, partition.partition, partition.start, partition.end, exact=True):
+                yield to_batch(self.schema, ((key, str(m.offset()), m.value() or b"") for m in chunk))
+        finally:
+            consumer.close()
+
+    def commit(self, end: dict[str, int]) -> None:
+        pass
+
+
+class KafkaEvents(DataSource):
+    """`spark.readStream.format("kafka_events")`: bootstrap, topic, schema, kafka_config, max_events_per_batch."""
+
+    @classmethod
+    def name(cls) -> str:
+        return NAME
+
+    def schema(self) -> str:
+        return EventSchema.from_json(self.options["schema"]).sql()
+
+    def streamReader(self, schema: StructType) -> DataSourceStreamReader:
+        return KafkaStreamReader(dict(self.options))
+
+
+def parse_records(schema: EventSchema) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow over Spark's Kafka rows (topic, partition, offset, value): the event rows."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            topics, partitions = batch.column("topic").to_pylist(), batch.column("partition").to_pylist()
+            offsets, values = batch.column("offset").to_pylist(), batch.column("value").to_pylist()
+            records = zip(topics, partitions, offsets, values, strict=True)
+            yield to_batch(schema, ((f"{t}:{p}", str(o), v or b"") for t, p, o, v in records))
+
+    return run
