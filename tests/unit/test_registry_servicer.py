@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -170,3 +172,21 @@ def test_groups_are_validated_and_stored(registry: Registry) -> None:
     with pytest.raises(Aborted) as info:
         unary(registry.servicer.CreateFeatureGroup, rs.CreateFeatureGroupRequest(feature_group=bad))
     assert info.value.field_violations == {"feature_group.feature_names": "must not repeat a feature"}
+
+
+class _BrokenRegistry(FakeRegistry):
+    async def get_feature(self, name: str) -> Any:
+        raise RuntimeError("connection to postgresql://featurestore:hunter2@db-7.internal failed")
+
+
+def test_an_unexpected_exception_is_internal_without_its_text() -> None:
+    """A bug's exception is logged, never sent: gRPC's default answer (UNKNOWN) carries its type and message."""
+
+    async def after_write() -> None:
+        pass
+
+    servicer = RegistryServicer(_BrokenRegistry(), after_write)
+    with pytest.raises(Aborted) as aborted:
+        unary(servicer.GetFeature, rs.GetFeatureRequest(name="clicks"))
+    assert aborted.value.code == grpc.StatusCode.INTERNAL
+    assert aborted.value.status.details == "internal error (the server logged it)"
