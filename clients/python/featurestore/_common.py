@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -105,6 +106,31 @@ def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCrede
     if not tls and root_certificates is None:
         return None
     return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+
+
+def _is_local(target: str) -> bool:
+    """Whether a gRPC target names this machine (loopback or a Unix socket)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.rsplit("/", 1)[-1]  # dns:///host:port, ipv4:host:port
+    host = host.removeprefix("ipv4:").removeprefix("ipv6:")
+    host = host[1 : host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token_channel(target: str, has_token: bool, creds: grpc.ChannelCredentials | None) -> None:
+    """Refuse to send a bearer token in the clear to another machine (gRPC's own call credentials
+    refuse it too): with a token, a non-loopback target needs `tls=True` or `root_certificates`."""
+    if has_token and creds is None and not _is_local(target):
+        raise ValueError(
+            f"a token would travel in the clear to {target!r}: pass tls=True or root_certificates "
+            "(plaintext is allowed with a token only on loopback)"
+        )
 
 
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -437,9 +463,9 @@ class ClientBase(Generic[TokenCallbackT]):
         self._token_callback = token_callback
         self._metadata = auth_metadata(token)
         self._types: dict[str, str] = {}
-        self._connect(
-            credentials(tls, root_certificates), channel_options(retry, max_message_bytes, keepalive, options)
-        )
+        creds = credentials(tls, root_certificates)
+        check_token_channel(target, bool(token or token_callback), creds)
+        self._connect(creds, channel_options(retry, max_message_bytes, keepalive, options))
 
     def _connect(self, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
         raise NotImplementedError
