@@ -97,7 +97,7 @@ class Pipeline:
 def pipeline(
     spark: SparkSession, grpc_target: str, redis_url: str, postgres_dsn: str, tmp_path: Path
 ) -> Iterator[Pipeline]:
-    run_sql(postgres_dsn, "DELETE FROM feature_history; SELECT 1")
+    run_sql(postgres_dsn, "DELETE FROM feature_history; DELETE FROM feature_freshness; SELECT 1")
     config = StreamConfig(
         redis_url=redis_url,
         postgres_dsn=postgres_dsn,
@@ -197,6 +197,12 @@ def test_every_aggregation_and_window_equals_the_reference_with_late_and_malform
     )
     latest = {(row["entity_id"], row["feature_name"]): micros(row["event_time"]) for row in rows}
     assert latest == {(e, name): at for e in entities for name, (_, at) in got[e].items()}
+    # The freshness summary (the server's freshness gauges) holds the stream time of every feature.
+    summary = run_sql(postgres_dsn, "SELECT feature_name, newest_event_time, writer FROM feature_freshness")
+    stream_time = max(at for values in got.values() for _, at in values.values())
+    assert {(r["feature_name"], micros(r["newest_event_time"]), r["writer"]) for r in summary} == {
+        (c.feature.name, stream_time, "streaming_pipeline") for c in all_checks
+    }
 
     # A feature registered while the pipeline runs is computed from the events read after it.
     extra = Check(streaming_feature("c_sum_10m", pb.FLOAT, "sum", "purchase_amount", 10), "sum", "purchase_amount", 600)
