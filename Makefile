@@ -9,12 +9,15 @@ API_BASELINE := protos/baseline/featurestore-v1.binpb
 # checkov (tests/test_manifests.py) in a virtualenv of its own: its pins conflict with the project's.
 CHECKOV_VENV := .tools/checkov-venv
 CHECKOV      := $(CHECKOV_VENV)/bin/checkov
+# Apache Airflow (dags/tests) in a virtualenv of its own: its pins must not reach the server's.
+AIRFLOW_VENV    := .airflow-venv
+AIRFLOW_VERSION := 3.3.2
 
 # The seed's pipeline command, verbatim, against `make up`'s stack (found through .state/local.env);
 # more flags with ARGS="--as-of=... --dry-run".
 PIPELINE_ARGS := --feature-types=customer,product --lookback-days=30
 
-.PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline bench-metrics bench-write redis-benchmark
+.PHONY: pipeline up test pytest lint gen check-gen buf-lint buf-breaking api-baseline venv clean bench bench-offline bench-pipeline bench-metrics bench-write redis-benchmark test-airflow
 
 venv: $(STAMP)
 
@@ -40,6 +43,15 @@ $(CHECKOV):
 
 # `make up AUTH=on`: tokens required, from a local identity provider (the banner prints them).
 AUTH ?= off
+
+$(AIRFLOW_VENV)/.installed:
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q 'apache-airflow==$(AIRFLOW_VERSION)'
+	touch $@
+
+# The DAGs checked by Airflow itself: integrity, then dag.test() runs against a local stack (CI runs it).
+test-airflow: venv $(AIRFLOW_VENV)/.installed
+	$(BIN)/python -m pytest dags/tests
 
 up: venv
 	$(BIN)/python -m devstack up --auth $(AUTH)

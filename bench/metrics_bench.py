@@ -6,7 +6,9 @@ Starts PostgreSQL, Valkey and two servers on the same stores, one with metrics o
 default) and one with `--metrics false`, loads the 10-feature group, then drives each with
 h2load (gRPC, 1 entity x 10 features, concurrency 1 and 64), alternating servers over several
 rounds so that machine noise falls on both alike. Prints each round, the median
-throughput ratio on/off per concurrency (target >= 0.95) and writes JSON.
+throughput and server-CPU-per-call ratios on/off per concurrency (target >= 0.95), and the
+instrumentation's own CPU per call timed in-process as a share of the server's CPU per
+call (a figure machine load cannot swing as much; target <= 5%). Writes JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
+import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +58,37 @@ def main() -> int:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def instrumentation_us(rounds: int = 200_000) -> float:
+    """Microseconds of CPU the metrics add to one 1x10 GetFeatures, timed in this process.
+
+    The same calls the hot path makes with metrics on: the RPC's duration, the values' status
+    counts and request size, the Redis read's duration (and the clock reads around them).
+    """
+    from server import _metrics
+    from server.online import _servicer
+    from server.online._catalog import Catalog
+    from server.registry import Feature, FeatureGroup
+
+    catalog = Catalog()
+    features = [Feature(name=f"f{i}", entity_type="user", value_type="FLOAT") for i in range(10)]
+    group = FeatureGroup(name="g", entity_type="user", feature_names=tuple(f.name for f in features))
+    catalog.replace(1, features, [group])
+    plan = catalog.plan("user", (), ("g",), 1000)
+    stored: list[bytes | None] = [b"x" * 40] * 9 + [None]
+    rpc = _metrics.RPC_SECONDS.labels("GetFeatures").observe
+    redis, _ = _metrics.store_timer("redis", "read")
+
+    def one_call() -> None:
+        started = time.perf_counter()
+        redis(time.perf_counter() - started)
+        expired = [0]
+        if _metrics.enabled:
+            _servicer._tally("GetFeatures", plan, stored, expired[0])
+        rpc(time.perf_counter() - started)
+
+    return timeit.timeit(one_call, number=rounds) / rounds * 1e6
+
+
 def run(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int]) -> int:
     request = fs.GetFeaturesRequest(entity_type="user", entity_id="u123", feature_groups=[GROUP_10])
     with FeatureStoreClient(f"127.0.0.1:{ports['on']}") as client:
@@ -87,6 +122,10 @@ def run(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int]) -
         checks.append((f"1x10 gRPC req/s, metrics on / off, c={concurrency} (median)", on / off, ">= 0.95"))
         on_cpu, off_cpu = (statistics.median(cpu[(mode, concurrency)]) for mode in ("on", "off"))
         checks.append((f"1x10 server CPU per call, off / on, c={concurrency} (median)", off_cpu / on_cpu, ">= 0.95"))
+    added = statistics.median(instrumentation_us() for _ in range(5))
+    off_cpu = statistics.median(cpu[("off", 64)])
+    checks.append(("metrics' CPU per 1x10 call, in-process (µs)", added, "(measured)"))
+    checks.append(("  ... as a share of the server's CPU per call, c=64", added / off_cpu, "<= 0.05"))
     print()
     print_checks(checks)
     results = {f"{mode}_c{c}": {"req_per_s": r, "cpu_us": cpu[(mode, c)]} for (mode, c), r in rates.items()}

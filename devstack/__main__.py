@@ -43,6 +43,7 @@ from devstack._procs import (
     wait_streaming,
 )
 from server import LOCAL_ENV_FILE
+from server.tracing import TracingSettings
 
 
 def _env_int(name: str, default: int) -> int:
@@ -105,7 +106,10 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     procs.append(server)
     print(f"  gRPC        127.0.0.1:{server.port}")
     also = (80,) if args.http_port != 80 and can_listen(80) else ()
-    envoy = start_envoy(state, args.http_port, server.port, also)
+    otel = TracingSettings.from_environ(os.environ)  # OTEL_TRACES_EXPORTER=otlp: Envoy's spans go there too
+    envoy = start_envoy(
+        state, args.http_port, server.port, also, tracing=otel.endpoint if otel.exporter == "otlp" else ""
+    )
     procs.append(envoy)
     print(f"  REST+gRPC   http://localhost:{args.http_port}  (Envoy)")
     if also:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from devstack._envoy_tracing import with_tracing
 from devstack._ratelimit import RateLimit, with_rate_limit
 from devstack._tls import EnvoyTls, with_tls
 
@@ -266,17 +267,21 @@ def start_envoy(
     also_ports: Sequence[int] = (),
     tls: EnvoyTls | None = None,
     rate_limit: RateLimit | None = None,
+    tracing: str = "",
 ) -> Proc:
     """Envoy on `listen_port` (and `also_ports`) before the gRPC server on `upstream_port`; ready once it says so.
 
     With `tls`, the listeners serve TLS only, and Envoy speaks TLS (mTLS) to the server if `tls` says so;
-    `rate_limit` resizes every route's rate limits.
+    `rate_limit` resizes every route's rate limits; `tracing`, an OTLP/HTTP traces URL, makes Envoy
+    emit its own spans there.
     """
     admin_port = free_port()
     config_path = state_dir / f"envoy-{listen_port}.json"
     config = envoy_config(listen_port, admin_port, upstream_port, also_ports)
     if rate_limit is not None:
         config = with_rate_limit(config, rate_limit)
+    if tracing:
+        config = with_tracing(config, tracing)
     if tls is not None:
         config, sds_files = with_tls(config, tls)
         Path(tls.sds_dir).mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ async def write_batches(config: SinkConfig, batches: Iterable[pa.RecordBatch]) -
     client = connect(config.redis_url, cluster=config.redis_cluster, connections=2, timeout=30.0)
     online = RedisOnlineStore(client, ttl_seconds=config.online_ttl)
     pool = await create_pool(config.postgres_dsn, min_size=1, max_size=2, command_timeout=300.0)
-    stages = _Stages(config, PostgresHistoryStore(pool), online)
+    stages = _Stages(config, PostgresHistoryStore(pool, copy_rows=None), online)  # serves nothing: whole COPYs
     try:
         async with asyncio.TaskGroup() as group:  # the first failure cancels the other stages
             group.create_task(stages.read(iter(batches)))

@@ -9,6 +9,7 @@ Undecodable request INVALID_ARGUMENT with a google.rpc.Status naming the problem
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -158,15 +159,24 @@ def rpc_stream(method: StreamHandler[S, Req, Resp]) -> StreamHandler[S, Req, Res
     @functools.wraps(method)
     async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
         started = time.perf_counter()
+        traced = _tracing.start_rpc(name, context.invocation_metadata()) if _tracing.enabled else None
+        code: str | None = "UNKNOWN"
         try:
             if type(request) is Undecodable:
                 raise request.error()  # type: ignore[attr-defined]
             async for response in method(self, request, context):
                 yield response
+            code = None
         except ServiceError as err:
+            code = err.code.name
             await context.abort_with_status(_report(name, err))  # type: ignore[attr-defined]
+        except (GeneratorExit, asyncio.CancelledError):
+            code = "CANCELLED"
+            raise
         finally:
             if _metrics.enabled:
                 observe(time.perf_counter() - started)
+            if traced is not None:
+                _tracing.end_rpc(*traced, code)
 
     return wrapper

@@ -1,4 +1,4 @@
-"""Traces with OpenTelemetry: a span per unary RPC (continued from the caller's W3C `traceparent`),
+"""Traces with OpenTelemetry: a span per RPC (continued from the caller's W3C `traceparent`),
 per Redis call and per PostgreSQL statement.
 
 Off by default: then `enabled` is False and the hot path pays one attribute check. On when

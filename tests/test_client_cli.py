@@ -55,13 +55,16 @@ def test_plan_apply_rerun_change_and_prune(grpc_target: str, defs: Path) -> None
     code, out = run(grpc_target, "plan", "-f", str(defs), "--detailed-exitcode")
     assert code == 3
     assert "+ feature customer_total_purchases_30d (create)" in out
-    assert out.strip().endswith("Plan: 8 to create, 0 to change, 0 to delete.")
+    # demo/ (4 features, 1 group), seed/ (2 and 1), streaming/ (3 features)
+    assert out.strip().endswith("Plan: 11 to create, 0 to change, 0 to delete.")
 
-    code, out = run(grpc_target, "apply", "-f", str(defs / "demo"), "-f", str(defs / "seed"))
+    code, out = run(
+        grpc_target, "apply", "-f", str(defs / "demo"), "-f", str(defs / "seed"), "-f", str(defs / "streaming")
+    )
     assert code == 0
-    assert out.strip().endswith("Applied: 8 created, 0 changed, 0 deleted.")
+    assert out.strip().endswith("Applied: 11 created, 0 changed, 0 deleted.")
     with Client(grpc_target) as client:
-        assert len(list(client.list_features())) == 6
+        assert len(list(client.list_features())) == 9
         assert client.get_feature("customer_total_purchases_30d").source_config.filter.startswith("purchase_date")
 
     # Idempotent: nothing to do, exit 0 even with --detailed-exitcode.

@@ -312,7 +312,8 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
         assert second.wait(timeout=60) == 0, (tmp_path / "second.log").read_text()[-2000:]
     restarted = (tmp_path / "second.log").read_text()
     assert f"batch {killed_at}:" in restarted, restarted[-2000:]  # it went on from its checkpoint
-    assert "batch 0:" not in restarted
+    if killed_at:  # killed after batch 0 committed (not just printed): the restart does not redo it
+        assert "batch 0:" not in restarted
 
     entities = sorted({e["customer_id"] for e in events})
     assert_matches(client, all_checks, events, entities)

@@ -7,6 +7,7 @@ that parent; the Redis and PostgreSQL calls it makes are its children.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -93,16 +95,25 @@ def test_a_traceparent_through_envoy_continues_into_rpc_redis_and_postgresql_spa
     with urllib.request.urlopen(urllib.request.Request(url, headers={"traceparent": TRACEPARENT}), timeout=10):
         pass
 
-    eventually(lambda: {"GetFeaturesJson", "GetFeature"} <= {s.name for s in _in_trace(exporter)})
+    with FeatureStoreClient(f"127.0.0.1:{server.app.port}") as client:
+        history = fs.GetHistoricalFeaturesRequest(entity_type="customer", entity_id="t1", feature_names=["traced_f"])
+        history.start_time.FromDatetime(ago(hours=1))
+        history.end_time.FromDatetime(ago(minutes=0))
+        pages = list(client.store.StreamHistoricalFeatures(history, metadata=(("traceparent", TRACEPARENT),)))
+        assert sum(len(p.values) for p in pages) == 1
+
+    expected = {"GetFeaturesJson", "GetFeature", "StreamHistoricalFeatures"}
+    eventually(lambda: expected <= {s.name for s in _in_trace(exporter)})
     spans = _in_trace(exporter)
     rpcs = {s.name: s for s in spans if s.parent is not None and format(s.parent.span_id, "016x") == PARENT_ID}
-    assert {"WriteFeatures", "GetFeaturesJson", "GetFeature"} <= set(rpcs)
+    assert {"WriteFeatures", "GetFeaturesJson", "GetFeature", "StreamHistoricalFeatures"} <= set(rpcs)
     children = {
         name: {c.name for c in spans if c.parent is not None and c.parent.span_id == rpc.context.span_id}
         for name, rpc in rpcs.items()
     }
     assert "redis read" in children["GetFeaturesJson"]
     assert "postgresql select" in children["GetFeature"]
+    assert "postgresql select" in children["StreamHistoricalFeatures"]
     assert {"postgresql history_append", "redis write"} <= children["WriteFeatures"]
     assert rpcs["GetFeaturesJson"].attributes is not None
     assert rpcs["GetFeaturesJson"].attributes["rpc.method"] == "GetFeaturesJson"
@@ -128,3 +139,85 @@ def test_log_lines_are_json_with_the_current_trace_id() -> None:
     assert parsed["level"] == "WARNING"
     assert parsed["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert "trace_id" not in json.loads(JsonFormatter().format(record))
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP traces endpoint on loopback that keeps what it is sent (protobuf)."""
+
+    def __init__(self) -> None:
+        received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.received = received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self._body()
+                received.append(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                chunks = []
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                self.rfile.readline()
+                return b"".join(chunks)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def spans(self) -> list[tuple[str, str, str, str, str]]:
+        """(service, name, trace id, parent span id, span id) of every span received."""
+        out = []
+        for request in list(self.received):
+            for resource in request.resource_spans:
+                service = next(a.value.string_value for a in resource.resource.attributes if a.key == "service.name")
+                for scope in resource.scope_spans:
+                    out += [
+                        (service, s.name, s.trace_id.hex(), s.parent_span_id.hex(), s.span_id.hex())
+                        for s in scope.spans
+                    ]
+        return out
+
+
+def test_envoy_emits_its_own_span_and_the_server_continues_from_it(
+    processes: Processes, postgres_dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    receiver = OtlpReceiver()
+    exporter = InMemorySpanExporter()
+    args = ["--port", "0", "--host", "127.0.0.1", "--metrics-port", "0"]
+    server = InProcessServer(
+        Settings.load([*args, "--postgres-dsn", postgres_dsn, "--redis-url", redis_url], {}), exporter
+    )
+    try:
+        unlimited = RateLimit(route=10**9, client=10**9)
+        envoy = processes.add(
+            reaped(
+                lambda: start_envoy(tmp_path, free_port(), server.app.port, rate_limit=unlimited, tracing=receiver.url)
+            )
+        )
+        url = f"http://127.0.0.1:{envoy.port}/api/feature-registry/features?page_size=1"
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"traceparent": TRACEPARENT}), timeout=10):
+            pass
+        eventually(lambda: any(s[0] == "featurestore-envoy" and s[2] == TRACE_ID for s in receiver.spans()), timeout=30)
+        [envoy_span] = [s for s in receiver.spans() if s[0] == "featurestore-envoy" and s[2] == TRACE_ID]
+        assert envoy_span[3] == PARENT_ID
+        eventually(lambda: bool(_in_trace(exporter)))
+        [rpc] = [s for s in _in_trace(exporter) if s.name == "ListFeatures"]
+        assert rpc.parent is not None
+        assert (
+            format(rpc.parent.span_id, "016x") == envoy_span[4]
+        )  # Envoy's span sits between the caller and the server
+    finally:
+        server.stop()
+        receiver.server.shutdown()

@@ -48,10 +48,12 @@ caller. A write is cut into script calls of at most ``chunk_values`` values
 which changes nothing since each value is compared on its own), sent over the
 client's bulk connections with at most ``chunks_in_flight`` of them outstanding
 per process. Each call's timeout thus covers one bounded piece of work with a
-bounded queue ahead of it, and a read waits behind at most the one chunk Valkey
-is running. Reads of more than ``chunk_values`` values are cut the same way, by
-entity. A call that times out fails alone (UNAVAILABLE naming the read or write
-that got no answer); the connection and the other calls on it carry on.
+bounded queue ahead of it (a write call's timeout is the client's times
+``chunks_in_flight``: it may wait for the calls sent before it), and a read
+waits behind at most the one chunk Valkey is running. Reads of more than
+``chunk_values`` values are cut the same way, by entity. A call that times out
+fails alone (UNAVAILABLE naming the read or write that got no answer); the
+connection and the other calls on it carry on.
 
 TTL
 ---
@@ -234,16 +236,22 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - the name Redis gives scripts
 
     async def run(
-        self, client: RespClient, keys: Sequence[bytes], args: Sequence[bytes | int], *, bulk: bool = False
+        self,
+        client: RespClient,
+        keys: Sequence[bytes],
+        args: Sequence[bytes | int],
+        *,
+        bulk: bool = False,
+        timeout: float | None = None,
     ) -> Any:
         packed = pack("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
-            return await client.execute_packed(packed, bulk=bulk)
+            return await client.execute_packed(packed, bulk=bulk, timeout=timeout)
         except ReplyError as err:
             if not str(err).startswith("NOSCRIPT"):
                 raise
         await client.execute("SCRIPT", "LOAD", self.source)
-        return await client.execute_packed(packed, bulk=bulk)
+        return await client.execute_packed(packed, bulk=bulk, timeout=timeout)
 
 
 class _Chunk:
@@ -300,9 +308,10 @@ async def _all(calls: Sequence[Awaitable[R]]) -> list[R]:
 _READ, _WRITE = _Script(READ_SCRIPT), _Script(WRITE_SCRIPT)
 
 
-def _timed_out(client: RespClient, what: str, values: int) -> ServiceError:
+def _timed_out(client: RespClient, what: str, values: int, seconds: float | None = None) -> ServiceError:
     """UNAVAILABLE naming the read or write that got no answer in time."""
-    return unavailable("redis", f"timed out: a {what} of {values} values got no answer within {client.timeout:g} s")
+    within = seconds or client.timeout
+    return unavailable("redis", f"timed out: a {what} of {values} values got no answer within {within:g} s")
 
 
 class _Transport(Protocol):
@@ -371,10 +380,11 @@ class _Standalone:
 
     async def _write_chunk(self, chunk: _Chunk) -> int:
         """One script call; it holds a place in the window, taken by `write`, until it is answered."""
+        timeout = self._client.timeout * self._in_flight  # it may queue behind the other chunks in flight
         try:
-            return int(await _WRITE.run(self._client, chunk.keys, chunk.args, bulk=True))
+            return int(await _WRITE.run(self._client, chunk.keys, chunk.args, bulk=True, timeout=timeout))
         except TimeoutError:
-            raise _timed_out(self._client, "write", chunk.values) from None
+            raise _timed_out(self._client, "write", chunk.values, timeout) from None
         finally:
             self._window.release()
 

@@ -161,13 +161,18 @@ class RespClient:
         """Requests sent and not answered yet, over every connection (for metrics)."""
         return sum(len(conn._waiting) for conn in self._slots if conn is not None and not conn.lost)
 
-    async def execute_packed(self, packed: bytes, *, bulk: bool = False) -> Any:
-        """Send a packed command and return its reply; `bulk` sends it over the bulk connections."""
+    async def execute_packed(self, packed: bytes, *, bulk: bool = False, timeout: float | None = None) -> Any:
+        """Send a packed command and return its reply; `bulk` sends it over the bulk connections.
+
+        `timeout` (default: the client's) must be the same for every request of a kind: deadlines
+        grow along a connection's queue (see _Connection.expire). The online store gives its write
+        chunks, the only bulk requests, one longer timeout.
+        """
         slot = self._next_bulk() if bulk else self._next()
         conn = self._slots[slot]
         if conn is None or conn.lost:
             conn = await self._connect(slot)
-        reply = await conn.send(packed, time.monotonic() + self._timeout)
+        reply = await conn.send(packed, time.monotonic() + (timeout or self._timeout))
         if isinstance(reply, ReplyError):
             raise reply
         return reply

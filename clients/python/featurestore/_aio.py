@@ -10,13 +10,11 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 import grpc
-from google.protobuf import field_mask_pb2
 from grpc import aio
 
 from featurestore import _common as c
-from featurestore import _frames
 from featurestore._errors import Unavailable, from_rpc_error
-from featurestore._values import FeatureResult, feature_result, value_type_name
+from featurestore._values import FeatureResult, feature_result
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.registry.v1 import registry_service_pb2_grpc
@@ -25,11 +23,12 @@ from featurestore.serving.v1 import feature_store_service_pb2_grpc
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Output = Literal["records", "pandas", "arrow"]
+PageReq = TypeVar("PageReq", bound=c.PageRequest)
+Page = TypeVar("Page", bound=c.Page)
 TokenCallback = Callable[[], "str | Awaitable[str]"]
 
 
-class AsyncClient:
+class AsyncClient(c.ClientBase[TokenCallback]):
     """The feature store's asyncio client, for model servers: `Client`'s surface, awaited.
 
     >>> async with AsyncClient("localhost:50051", timeout=0.05) as fs:
@@ -40,39 +39,17 @@ class AsyncClient:
     `token_callback` may be a function or a coroutine function.
     """
 
-    def __init__(
-        self,
-        target: str = c.DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        token_callback: TokenCallback | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        timeout: float = 10.0,
-        stream_timeout: float = 600.0,
-        retry: c.RetryPolicy | None = c.RetryPolicy(),  # noqa: B008 (frozen)
-        max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES,
-        keepalive: float | None = 30.0,
-        chunk_values: int = c.DEFAULT_CHUNK_VALUES,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        if token and token_callback:
-            raise ValueError("pass token or token_callback, not both")
-        self.target = target
-        self.timeout = timeout
-        self.stream_timeout = stream_timeout
-        self.chunk_values = chunk_values
-        self.max_message_bytes = max_message_bytes
-        self._token_callback = token_callback
-        self._metadata = c.auth_metadata(token)
-        opts = c.channel_options(retry, max_message_bytes, keepalive, options)
-        creds = c.credentials(tls, root_certificates)
-        self.channel: aio.Channel = (
-            aio.secure_channel(target, creds, options=opts) if creds else aio.insecure_channel(target, options=opts)
+    channel: aio.Channel
+
+    def _connect(self, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
+        target = self.target
+        self.channel = (
+            aio.secure_channel(target, creds, options=options)
+            if creds
+            else aio.insecure_channel(target, options=options)
         )
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self.store = feature_store_service_pb2_grpc.FeatureStoreServiceStub(self.channel)
-        self._types: dict[str, str] = {}
 
     # -- plumbing
 
@@ -128,25 +105,20 @@ class AsyncClient:
         self, names: Iterable[str], *, timeout: float | None = None, fresh: bool = False
     ) -> dict[str, str]:
         """The value type names of features, read from the registry once per client (`fresh=True`: again)."""
-        out = {}
-        for name in names:
-            if fresh or name not in self._types:
-                self._types[name] = value_type_name((await self.get_feature(name, timeout=timeout)).value_type)
-            out[name] = self._types[name]
-        return out
+        wanted = list(names)
+        for name in self._types_to_read(wanted, fresh):
+            self._remember_type(name, await self.get_feature(name, timeout=timeout))
+        return self._known_types(wanted)
 
-    async def _column_types(
-        self, names: Sequence[str], rows: Sequence[Sequence[fs.FeatureValue]]
-    ) -> dict[str, str | None]:
-        types: dict[str, str | None] = {}
-        missing = []
-        for j, name in enumerate(names):
-            types[name] = _frames.observed_type(row[j].value for row in rows)
-            if types[name] is None:
-                missing.append(name)
-        if missing:
-            types.update(await self.value_types(missing))
-        return types
+    async def _pages(
+        self, method: aio.UnaryUnaryMultiCallable[PageReq, Page], request: PageReq, timeout: float | None
+    ) -> AsyncIterator[Page]:
+        """The responses of a paged call, following `next_page_token`."""
+        while True:
+            page = await self._unary(method, request, timeout)
+            yield page
+            if not c.next_page(request, page):
+                return
 
     # -- online
 
@@ -160,14 +132,8 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> c.FeatureVector:
         """The latest values of one entity's features (and groups' features), by name."""
-        request = fs.GetFeaturesRequest(
-            entity_type=entity_type,
-            entity_id=entity_id,
-            feature_names=c.names(features),
-            feature_groups=c.names(groups),
-        )
-        response = await self._unary(self.store.GetFeatures, request, timeout)
-        return c.feature_vector(response.entity_type, response.entity_id, response.features)
+        request = c.get_features_request(entity_type, entity_id, features, groups)
+        return c.vector_of(await self._unary(self.store.GetFeatures, request, timeout))
 
     @overload
     async def batch_get_features(
@@ -204,32 +170,18 @@ class AsyncClient:
         features: str | Sequence[str] = (),
         *,
         groups: str | Sequence[str] = (),
-        output: Output = "records",
+        output: c.Output = "records",
         include_status: bool = False,
         include_event_time: bool = False,
         timeout: float | None = None,
     ) -> Any:
         """The latest values of many entities: records, a DataFrame or a Table (see `Client`)."""
-        request = fs.BatchGetFeaturesRequest(
-            entity_type=entity_type,
-            entity_ids=list(entity_ids),
-            feature_names=c.names(features),
-            feature_groups=c.names(groups),
-        )
+        request = c.batch_request(entity_type, entity_ids, features, groups)
         response = await self._unary(self.store.BatchGetFeatures, request, timeout)
         if output == "records":
-            return [c.feature_vector(response.entity_type, e.entity_id, e.features) for e in response.entities]
-        rows = [e.features for e in response.entities]
-        names = [fv.name for fv in rows[0]] if rows else [*c.names(features)]
-        columns = [_frames.Column("entity_id", "STRING", [e.entity_id for e in response.entities])]
-        columns += _frames.feature_columns(
-            names,
-            rows,
-            await self._column_types(names, rows),
-            include_status=include_status,
-            include_event_time=include_event_time,
-        )
-        return _frames.to_pandas(columns) if output == "pandas" else _frames.to_arrow(columns)
+            return c.batch_records(response)
+        frame = c.batch_frame(response, features, include_status, include_event_time)
+        return frame.output(await self.value_types(frame.missing), output)
 
     # -- offline
 
@@ -245,27 +197,10 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[FeatureResult]:
         """Every value of the features in [start, end), by event time then name, following pages."""
-        async for fv in self._history_values(entity_type, entity_id, features, start, end, page_size, timeout):
-            yield feature_result(fv)
-
-    async def _history_values(
-        self,
-        entity_type: str,
-        entity_id: str,
-        features: str | Sequence[str],
-        start: Any,
-        end: Any,
-        page_size: int,
-        timeout: float | None,
-    ) -> AsyncIterator[fs.FeatureValue]:
         request = c.history_request(entity_type, entity_id, features, start, end, page_size)
-        while True:
-            page = await self._unary(self.store.GetHistoricalFeatures, request, timeout)
+        async for page in self._pages(self.store.GetHistoricalFeatures, request, timeout):
             for fv in page.values:
-                yield fv
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+                yield feature_result(fv)
 
     @overload
     async def history(
@@ -303,25 +238,18 @@ class AsyncClient:
         *,
         start: Any = None,
         end: Any = None,
-        output: Output = "pandas",
+        output: c.Output = "pandas",
         page_size: int = 1000,
         timeout: float | None = None,
     ) -> Any:
         """The history as records, or a DataFrame / Table with one row per event time (see `Client`)."""
-        values = [
-            fv async for fv in self._history_values(entity_type, entity_id, features, start, end, page_size, timeout)
-        ]
+        request = c.history_request(entity_type, entity_id, features, start, end, page_size)
+        pages = self._pages(self.store.GetHistoricalFeatures, request, timeout)
+        values = [fv async for page in pages for fv in page.values]
         if output == "records":
             return [feature_result(fv) for fv in values]
-        wanted = c.names(features)
-        times: dict[tuple[int, int], dict[str, fs.FeatureValue]] = {}
-        for fv in values:
-            times.setdefault((fv.event_time.seconds, fv.event_time.nanos), {})[fv.name] = fv
-        empty = fs.FeatureValue()
-        rows = [[at.get(name, empty) for name in wanted] for at in times.values()]
-        columns = [_frames.Column("event_time", "TIMESTAMP", [s * 1_000_000_000 + n for s, n in times])]
-        columns += _frames.feature_columns(wanted, rows, await self._column_types(wanted, rows))
-        return _frames.to_pandas(columns) if output == "pandas" else _frames.to_arrow(columns)
+        frame = c.history_frame(values, features)
+        return frame.output(await self.value_types(frame.missing), output)
 
     async def _feature_names(self, features: Sequence[str], groups: Sequence[str], timeout: float | None) -> list[str]:
         out = list(features)
@@ -340,29 +268,25 @@ class AsyncClient:
         entity_column: str = "entity_id",
         timestamp_column: str = "timestamp",
         timeout: float | None = None,
-        _extra_types: dict[str, str | None] | None = None,
     ) -> AsyncIterator[fs.GetTrainingDatasetResponse]:
         """The GetTrainingDataset responses for the entity rows, sent in requests of bounded size."""
-        feature_list, group_list = c.names(features), c.names(groups)
-        n_features = len(await self._feature_names(feature_list, group_list, timeout))
-        chunk_rows = max(1, min(10_000, self.chunk_values // max(1, n_features)))
-        extra_types = _extra_types if _extra_types is not None else {}
-        c.declare_extra_types(rows, entity_column, timestamp_column, extra_types)
-        offset = 0
-        for chunk in c.row_chunks(rows, chunk_rows):
-            request = fs.GetTrainingDatasetRequest(
-                entity_type=entity_type,
-                feature_names=feature_list,
-                feature_groups=group_list,
-                rows=[
-                    c.training_row(row, entity_column, timestamp_column, extra_types, f"rows[{offset + i}]")
-                    for i, row in enumerate(chunk)
-                ],
-                max_age=c.duration(max_age),
-            )
-            offset += len(chunk)
+        query = c.TrainingQuery(entity_type, rows, features, groups, max_age, entity_column, timestamp_column)
+        async for response in self._training_chunks(query, timeout):
+            yield response
+
+    async def _training_chunks(
+        self, query: c.TrainingQuery, timeout: float | None
+    ) -> AsyncIterator[fs.GetTrainingDatasetResponse]:
+        n_features = len(await self._feature_names(query.features, query.groups, timeout))
+        for request in query.requests(n_features, self.chunk_values):
             async for response in self._stream(self.store.GetTrainingDataset, request, timeout):
                 yield response
+
+    async def _training_frame(
+        self, query: c.TrainingQuery, include_status: bool, timeout: float | None
+    ) -> c.TrainingFrame:
+        names = await self._feature_names(query.features, query.groups, timeout)
+        return c.TrainingFrame(query, names, await self.value_types(names, timeout=timeout, fresh=True), include_status)
 
     async def training_dataset(
         self,
@@ -374,38 +298,19 @@ class AsyncClient:
         max_age: float | timedelta | None = None,
         entity_column: str = "entity_id",
         timestamp_column: str = "timestamp",
-        output: Output = "pandas",
+        output: c.Output = "pandas",
         include_status: bool = False,
         timeout: float | None = None,
     ) -> Any:
         """Point-in-time correct training data: a DataFrame, a pyarrow Table, or records (see `Client`)."""
-        extra_types: dict[str, str | None] = {}
-        chunks = self.iter_training_dataset(
-            entity_type,
-            rows,
-            features,
-            groups=groups,
-            max_age=max_age,
-            entity_column=entity_column,
-            timestamp_column=timestamp_column,
-            timeout=timeout,
-            _extra_types=extra_types,
-        )
+        query = c.TrainingQuery(entity_type, rows, features, groups, max_age, entity_column, timestamp_column)
         if output == "records":
+            chunks = self._training_chunks(query, timeout)
             return [c.training_record(e, include_status) async for chunk in chunks for e in chunk.examples]
-        names = await self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(await self.value_types(names, timeout=timeout, fresh=True))
-        merged: list[_frames.Column] | None = None
-        async for chunk in chunks:
-            cols = c.training_columns(chunk.examples, extra_types, names, types, include_status)
-            if merged is None:
-                merged = cols
-            else:
-                for into, col in zip(merged, cols, strict=True):
-                    into.values.extend(col.values)
-        if merged is None:
-            merged = c.training_columns([], extra_types, names, types, include_status)
-        return _frames.to_pandas(merged) if output == "pandas" else _frames.to_arrow(merged)
+        frame = await self._training_frame(query, include_status, timeout)
+        async for chunk in self._training_chunks(query, timeout):
+            frame.add(chunk)
+        return frame.output(output)
 
     async def training_dataset_to_parquet(
         self,
@@ -423,52 +328,20 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> int:
         """Write the training dataset to a Parquet file chunk by chunk; returns the row count."""
-        import pyarrow.parquet as pq
-
-        names = await self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(await self.value_types(names, timeout=timeout, fresh=True))
-        extra_types: dict[str, str | None] = {}
-        total = len(rows) if hasattr(rows, "__len__") else -1
-        writer: Any = None
-        done = 0
-        try:
-            async for chunk in self.iter_training_dataset(
-                entity_type,
-                rows,
-                features,
-                groups=groups,
-                max_age=max_age,
-                entity_column=entity_column,
-                timestamp_column=timestamp_column,
-                timeout=timeout,
-                _extra_types=extra_types,
-            ):
-                table = _frames.to_arrow(c.training_columns(chunk.examples, extra_types, names, types, include_status))
-                if writer is None:
-                    writer = pq.ParquetWriter(str(path), table.schema)
-                writer.write_table(table)
-                done += table.num_rows
-                if progress is not None:
-                    progress(done, total)
-            if writer is None:
-                table = _frames.to_arrow(c.training_columns([], extra_types, names, types, include_status))
-                writer = pq.ParquetWriter(str(path), table.schema)
-        finally:
-            if writer is not None:
-                writer.close()
-        return done
+        query = c.TrainingQuery(entity_type, rows, features, groups, max_age, entity_column, timestamp_column)
+        with c.ParquetSink(path, rows, progress) as sink:
+            frame = await self._training_frame(query, include_status, timeout)
+            async for chunk in self._training_chunks(query, timeout):
+                sink.write(frame.columns(chunk.examples))
+            sink.finish(frame.columns([]))  # no rows: an empty file with the schema
+        return sink.rows
 
     # -- writes
 
-    async def _entity_rows(
-        self, rows: c.Rows, entity_column: str, event_time_column: str, event_time: Any
-    ) -> list[fs.EntityRow]:
+    async def _entity_rows(self, rows: c.EntityRows) -> list[fs.EntityRow]:
         out: list[fs.EntityRow] = []
-        for chunk in c.row_chunks(rows, 1000):
-            types = await self.value_types(c.feature_columns_of(chunk, entity_column, event_time_column))
-            for row in chunk:
-                where = f"rows[{len(out)}]"
-                out.append(c.entity_row(row, types, entity_column, event_time_column, event_time, where))
+        for chunk in rows.chunks():
+            out += rows.convert(chunk, await self.value_types(rows.columns(chunk)))
         return out
 
     async def write_features(
@@ -483,11 +356,12 @@ class AsyncClient:
     ) -> c.WriteResult:
         """Write feature values in requests of at most `chunk_values` values (see `Client`). Not retried."""
         total = c.WriteResult()
-        entity_rows = await self._entity_rows(rows, entity_column, event_time_column, event_time)
-        for batch in c.batched_rows(entity_rows, self.chunk_values, self.max_message_bytes // 2):
-            request = fs.WriteFeaturesRequest(entity_type=entity_type, rows=batch)
+        entity_rows = await self._entity_rows(c.EntityRows(rows, entity_column, event_time_column, event_time))
+        for request in c.write_requests(
+            fs.WriteFeaturesRequest, entity_type, entity_rows, self.chunk_values, self.max_message_bytes
+        ):
             response = await self._unary(self.store.WriteFeatures, request, timeout)
-            total += c.WriteResult(response.written_values, response.skipped_values, 1)
+            total += c.write_result(response)
         return total
 
     def push(self, entity_type: str, *, timeout: float | None = None) -> AsyncPusher:
@@ -518,16 +392,10 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[pb.Feature]:
         """Every feature matching the filters, in name order, following pages."""
-        request = rs.ListFeaturesRequest(entity_type=entity_type, owner=owner, tag=tag, page_size=page_size)
-        if category:
-            request.category = pb.FeatureCategory.Value(category)
-        while True:
-            page = await self._unary(self.registry.ListFeatures, request, timeout)
+        request = c.list_features_request(entity_type, owner, tag, category, page_size)
+        async for page in self._pages(self.registry.ListFeatures, request, timeout):
             for feature in page.features:
                 yield feature
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     async def update_feature(
         self,
@@ -538,13 +406,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> pb.Feature:
         """Change a feature (mask and etag rules as in `Client.update_feature`)."""
-        message = pb.Feature()
-        message.CopyFrom(c.as_feature(feature))
-        if etag is not None:
-            message.etag = etag
-        request = rs.UpdateFeatureRequest(feature=message)
-        if update_mask is not None:
-            request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+        request = c.update_feature_request(feature, update_mask, etag)
         return await self._unary(self.registry.UpdateFeature, request, timeout)
 
     async def delete_feature(self, name: str, *, etag: str = "", timeout: float | None = None) -> None:
@@ -557,13 +419,9 @@ class AsyncClient:
     ) -> AsyncIterator[pb.Feature]:
         """Every past and current definition of a feature, newest first."""
         request = rs.ListFeatureRevisionsRequest(name=name, page_size=page_size)
-        while True:
-            page = await self._unary(self.registry.ListFeatureRevisions, request, timeout)
+        async for page in self._pages(self.registry.ListFeatureRevisions, request, timeout):
             for feature in page.features:
                 yield feature
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     async def create_feature_group(
         self, group: pb.FeatureGroup | Mapping[str, Any], *, timeout: float | None = None
@@ -587,13 +445,9 @@ class AsyncClient:
     ) -> AsyncIterator[pb.FeatureGroup]:
         """Every feature group matching the filters, in name order, following pages."""
         request = rs.ListFeatureGroupsRequest(entity_type=entity_type, owner=owner, tag=tag, page_size=page_size)
-        while True:
-            page = await self._unary(self.registry.ListFeatureGroups, request, timeout)
+        async for page in self._pages(self.registry.ListFeatureGroups, request, timeout):
             for group in page.feature_groups:
                 yield group
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     async def update_feature_group(
         self,
@@ -604,13 +458,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> pb.FeatureGroup:
         """Change a feature group (mask and etag rules as in `Client.update_feature`)."""
-        message = pb.FeatureGroup()
-        message.CopyFrom(c.as_group(group))
-        if etag is not None:
-            message.etag = etag
-        request = rs.UpdateFeatureGroupRequest(feature_group=message)
-        if update_mask is not None:
-            request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+        request = c.update_group_request(group, update_mask, etag)
         return await self._unary(self.registry.UpdateFeatureGroup, request, timeout)
 
     async def delete_feature_group(self, name: str, *, etag: str = "", timeout: float | None = None) -> None:
@@ -646,10 +494,12 @@ class AsyncPusher:
         if self._call is None:
             raise RuntimeError("use `async with client.push(...) as pusher`")
         client = self._client
-        entity_rows = await client._entity_rows(rows, entity_column, event_time_column, event_time)
-        for batch in c.batched_rows(entity_rows, client.chunk_values, client.max_message_bytes // 2):
+        entity_rows = await client._entity_rows(c.EntityRows(rows, entity_column, event_time_column, event_time))
+        for request in c.write_requests(
+            fs.PushFeaturesRequest, self.entity_type, entity_rows, client.chunk_values, client.max_message_bytes
+        ):
             try:
-                await self._call.write(fs.PushFeaturesRequest(entity_type=self.entity_type, rows=batch))
+                await self._call.write(request)
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from err
             except Exception:  # the call already ended (InvalidStateError): report the server's status
@@ -661,7 +511,7 @@ class AsyncPusher:
             response = await self._call
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
-        self.result = c.WriteResult(response.written_values, response.skipped_values, response.batches)
+        self.result = c.write_result(response)
         return self.result
 
     async def close(self) -> c.WriteResult:

@@ -7,10 +7,11 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2, field_mask_pb2, json_format
 
 from featurestore import _frames
 from featurestore._values import (
@@ -23,8 +24,10 @@ from featurestore._values import (
     python_value,
     timestamp_of,
     to_value,
+    value_type_name,
 )
 from featurestore.registry.v1 import feature_pb2 as pb
+from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 
 _SERVING = "featurestore.serving.v1.FeatureStoreService"
@@ -169,11 +172,6 @@ class FeatureVector(Mapping[str, Any]):
         return {name: r.value for name, r in self.results.items()}
 
 
-def feature_vector(entity_type: str, entity_id: str, values: Sequence[fs.FeatureValue]) -> FeatureVector:
-    """The FeatureVector of served values."""
-    return FeatureVector(entity_type, entity_id, values)
-
-
 @dataclass(frozen=True)
 class WriteResult:
     """Totals of a write: values written, values skipped because a newer one was stored, and
@@ -189,6 +187,12 @@ class WriteResult:
             self.skipped_values + other.skipped_values,
             self.requests + other.requests,
         )
+
+
+def write_result(response: fs.WriteFeaturesResponse | fs.PushFeaturesResponse) -> WriteResult:
+    """The totals of a WriteFeatures response (one request) or of a push (its batches)."""
+    requests = response.batches if isinstance(response, fs.PushFeaturesResponse) else 1
+    return WriteResult(response.written_values, response.skipped_values, requests)
 
 
 def as_feature(feature: pb.Feature | Mapping[str, Any]) -> pb.Feature:
@@ -379,6 +383,7 @@ def training_columns(
     types: dict[str, str | None],
     include_status: bool,
 ) -> list[_frames.Column]:
+    """The typed columns of training examples: entity_id, timestamp, the extras, then the features."""
     columns = [
         _frames.Column("entity_id", "STRING", [e.entity_id for e in examples]),
         _frames.Column(
@@ -390,3 +395,351 @@ def training_columns(
     rows = [e.features for e in examples]
     columns += _frames.feature_columns(names, rows, types, include_status=include_status)
     return columns
+
+
+# -- Below: everything `Client` and `AsyncClient` decide, so that each of them only performs the
+# calls (blocking or awaited). A method of theirs builds its request here, calls, and hands the
+# response back here; page following, chunking and frame building are written once.
+
+Output = Literal["records", "pandas", "arrow"]
+TokenCallbackT = TypeVar("TokenCallbackT")
+
+
+class ClientBase(Generic[TokenCallbackT]):
+    """What both clients hold besides their channel: settings, auth metadata, the value-type cache.
+
+    A subclass opens its channel (blocking or grpc.aio) and the stubs in `_connect`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        token_callback: TokenCallbackT | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float = 10.0,
+        stream_timeout: float = 600.0,
+        retry: RetryPolicy | None = RetryPolicy(),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive: float | None = 30.0,
+        chunk_values: int = DEFAULT_CHUNK_VALUES,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if token and token_callback:
+            raise ValueError("pass token or token_callback, not both")
+        self.target = target
+        self.timeout = timeout
+        self.stream_timeout = stream_timeout
+        self.chunk_values = chunk_values
+        self.max_message_bytes = max_message_bytes
+        self._token_callback = token_callback
+        self._metadata = auth_metadata(token)
+        self._types: dict[str, str] = {}
+        self._connect(
+            credentials(tls, root_certificates), channel_options(retry, max_message_bytes, keepalive, options)
+        )
+
+    def _connect(self, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def _types_to_read(self, names: Sequence[str], fresh: bool) -> list[str]:
+        """The features whose value type is not cached (all of them with `fresh`), once each."""
+        return [name for name in dict.fromkeys(names) if fresh or name not in self._types]
+
+    def _remember_type(self, name: str, feature: pb.Feature) -> None:
+        self._types[name] = value_type_name(feature.value_type)
+
+    def _known_types(self, names: Sequence[str]) -> dict[str, str]:
+        return {name: self._types[name] for name in names}
+
+
+def frame(columns: Sequence[_frames.Column], output: Output) -> Any:
+    """A DataFrame (`"pandas"`) or a pyarrow Table (`"arrow"`) of columns."""
+    return _frames.to_pandas(columns) if output == "pandas" else _frames.to_arrow(columns)
+
+
+class PendingFrame:
+    """A frame's columns before the registry gives the value types that no value showed (`missing`)."""
+
+    def __init__(
+        self,
+        first: _frames.Column,
+        names: list[str],
+        rows: Sequence[Sequence[fs.FeatureValue]],
+        *,
+        include_status: bool = False,
+        include_event_time: bool = False,
+    ) -> None:
+        self.first, self.names, self.rows = first, names, rows
+        self.include_status, self.include_event_time = include_status, include_event_time
+        self.types = {name: _frames.observed_type(row[j].value for row in rows) for j, name in enumerate(names)}
+        self.missing = [name for name, vt in self.types.items() if vt is None]
+
+    def output(self, registry_types: Mapping[str, str], output: Output) -> Any:
+        """The frame, with `registry_types` for the `missing` columns."""
+        types = {**self.types, **registry_types}
+        columns = [self.first]
+        columns += _frames.feature_columns(
+            self.names,
+            self.rows,
+            types,
+            include_status=self.include_status,
+            include_event_time=self.include_event_time,
+        )
+        return frame(columns, output)
+
+
+def get_features_request(
+    entity_type: str, entity_id: str, features: str | Sequence[str], groups: str | Sequence[str]
+) -> fs.GetFeaturesRequest:
+    """The GetFeatures request of one entity."""
+    return fs.GetFeaturesRequest(
+        entity_type=entity_type, entity_id=entity_id, feature_names=names(features), feature_groups=names(groups)
+    )
+
+
+def vector_of(response: fs.GetFeaturesResponse) -> FeatureVector:
+    """The FeatureVector of a GetFeatures response."""
+    return FeatureVector(response.entity_type, response.entity_id, response.features)
+
+
+def batch_request(
+    entity_type: str, entity_ids: Sequence[str], features: str | Sequence[str], groups: str | Sequence[str]
+) -> fs.BatchGetFeaturesRequest:
+    """The BatchGetFeatures request of many entities."""
+    return fs.BatchGetFeaturesRequest(
+        entity_type=entity_type,
+        entity_ids=list(entity_ids),
+        feature_names=names(features),
+        feature_groups=names(groups),
+    )
+
+
+def batch_records(response: fs.BatchGetFeaturesResponse) -> list[FeatureVector]:
+    """One FeatureVector per entity of a BatchGetFeatures response."""
+    return [FeatureVector(response.entity_type, e.entity_id, e.features) for e in response.entities]
+
+
+def batch_frame(
+    response: fs.BatchGetFeaturesResponse,
+    features: str | Sequence[str],
+    include_status: bool,
+    include_event_time: bool,
+) -> PendingFrame:
+    """The frame of a BatchGetFeatures response: `entity_id`, then a column per feature."""
+    rows = [e.features for e in response.entities]
+    columns = [fv.name for fv in rows[0]] if rows else names(features)
+    first = _frames.Column("entity_id", "STRING", [e.entity_id for e in response.entities])
+    return PendingFrame(first, columns, rows, include_status=include_status, include_event_time=include_event_time)
+
+
+def history_frame(values: Sequence[fs.FeatureValue], features: str | Sequence[str]) -> PendingFrame:
+    """The frame of a history: `event_time`, then a column per feature, one row per event time."""
+    wanted = names(features)
+    times: dict[tuple[int, int], dict[str, fs.FeatureValue]] = {}
+    for fv in values:
+        times.setdefault((fv.event_time.seconds, fv.event_time.nanos), {})[fv.name] = fv
+    empty = fs.FeatureValue()
+    rows = [[at.get(name, empty) for name in wanted] for at in times.values()]
+    first = _frames.Column("event_time", "TIMESTAMP", [s * 1_000_000_000 + n for s, n in times])
+    return PendingFrame(first, wanted, rows)
+
+
+class PageRequest(Protocol):
+    """A List/History request (its `page_token` is set to follow pages)."""
+
+    page_token: str
+
+
+class Page(Protocol):
+    """A List/History response."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+def next_page(request: PageRequest, page: Page) -> bool:
+    """Point the request at the page after `page`; False when `page` was the last."""
+    if not page.next_page_token:
+        return False
+    request.page_token = page.next_page_token
+    return True
+
+
+def list_features_request(
+    entity_type: str, owner: str, tag: str, category: str, page_size: int
+) -> rs.ListFeaturesRequest:
+    """The first ListFeatures request of the filters (`category` by its name)."""
+    request = rs.ListFeaturesRequest(entity_type=entity_type, owner=owner, tag=tag, page_size=page_size)
+    if category:
+        request.category = pb.FeatureCategory.Value(category)
+    return request
+
+
+Definition = TypeVar("Definition", pb.Feature, pb.FeatureGroup)
+
+
+def _with_etag(message: Definition, etag: str | None) -> Definition:
+    if etag is None:
+        return message
+    copy = type(message)()
+    copy.CopyFrom(message)
+    copy.etag = etag
+    return copy
+
+
+def _mask(update_mask: Sequence[str] | None) -> field_mask_pb2.FieldMask | None:
+    return None if update_mask is None else field_mask_pb2.FieldMask(paths=list(update_mask))
+
+
+def update_feature_request(
+    feature: pb.Feature | Mapping[str, Any], update_mask: Sequence[str] | None, etag: str | None
+) -> rs.UpdateFeatureRequest:
+    """The UpdateFeature request (`etag`, when given, replaces the feature's)."""
+    return rs.UpdateFeatureRequest(feature=_with_etag(as_feature(feature), etag), update_mask=_mask(update_mask))
+
+
+def update_group_request(
+    group: pb.FeatureGroup | Mapping[str, Any], update_mask: Sequence[str] | None, etag: str | None
+) -> rs.UpdateFeatureGroupRequest:
+    """The UpdateFeatureGroup request (`etag`, when given, replaces the group's)."""
+    return rs.UpdateFeatureGroupRequest(feature_group=_with_etag(as_group(group), etag), update_mask=_mask(update_mask))
+
+
+class TrainingQuery:
+    """A training-dataset query: entity rows and what to join; `extra_types` fills in as rows are sent."""
+
+    def __init__(
+        self,
+        entity_type: str,
+        rows: Rows,
+        features: str | Sequence[str],
+        groups: str | Sequence[str],
+        max_age: float | timedelta | None,
+        entity_column: str,
+        timestamp_column: str,
+    ) -> None:
+        self.entity_type, self.rows = entity_type, rows
+        self.features, self.groups = names(features), names(groups)
+        self.max_age = duration(max_age)
+        self.entity_column, self.timestamp_column = entity_column, timestamp_column
+        self.extra_types: dict[str, str | None] = {}
+
+    def requests(self, n_features: int, chunk_values: int) -> Iterator[fs.GetTrainingDatasetRequest]:
+        """The requests, each of at most `chunk_values` values (rows times features) (and 10,000 rows)."""
+        chunk_rows = max(1, min(10_000, chunk_values // max(1, n_features)))
+        declare_extra_types(self.rows, self.entity_column, self.timestamp_column, self.extra_types)
+        offset = 0
+        for chunk in row_chunks(self.rows, chunk_rows):
+            yield fs.GetTrainingDatasetRequest(
+                entity_type=self.entity_type,
+                feature_names=self.features,
+                feature_groups=self.groups,
+                rows=[
+                    training_row(
+                        row, self.entity_column, self.timestamp_column, self.extra_types, f"rows[{offset + i}]"
+                    )
+                    for i, row in enumerate(chunk)
+                ],
+                max_age=self.max_age,
+            )
+            offset += len(chunk)
+
+
+class TrainingFrame:
+    """The typed columns of a training dataset, gathered response by response."""
+
+    def __init__(
+        self, query: TrainingQuery, names: Sequence[str], types: Mapping[str, str], include_status: bool
+    ) -> None:
+        self.query, self.names, self.include_status = query, names, include_status
+        self.types: dict[str, str | None] = dict(types)
+        self._merged: list[_frames.Column] | None = None
+
+    def columns(self, examples: Sequence[fs.TrainingExample]) -> list[_frames.Column]:
+        """The columns of some examples (typed as the whole dataset)."""
+        return training_columns(examples, self.query.extra_types, self.names, self.types, self.include_status)
+
+    def add(self, response: fs.GetTrainingDatasetResponse) -> None:
+        """Append a response's examples."""
+        columns = self.columns(response.examples)
+        if self._merged is None:
+            self._merged = columns
+        else:
+            for into, column in zip(self._merged, columns, strict=True):
+                into.values.extend(column.values)
+
+    def output(self, output: Output) -> Any:
+        """The DataFrame or Table of everything added."""
+        return frame(self.columns([]) if self._merged is None else self._merged, output)
+
+
+class ParquetSink:
+    """Training columns written to one Parquet file as they arrive (`with`: closes the file)."""
+
+    def __init__(self, path: str | Path, rows: Rows, progress: ProgressCallback | None) -> None:
+        import pyarrow.parquet as pq
+
+        self._pq, self._path, self._progress = pq, str(path), progress
+        self.total = len(rows) if hasattr(rows, "__len__") else -1
+        self.rows = 0
+        self._writer: Any = None
+
+    def write(self, columns: Sequence[_frames.Column]) -> None:
+        """Write a chunk of rows and report progress."""
+        table = _frames.to_arrow(columns)
+        if self._writer is None:
+            self._writer = self._pq.ParquetWriter(self._path, table.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        if self._progress is not None:
+            self._progress(self.rows, self.total)
+
+    def finish(self, empty: Sequence[_frames.Column]) -> None:
+        """After the last chunk: with no rows written, an empty file with the schema of `empty`."""
+        if self._writer is None:
+            self._writer = self._pq.ParquetWriter(self._path, _frames.to_arrow(empty).schema)
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class EntityRows:
+    """Rows to write, converted chunk by chunk once their features' value types are known."""
+
+    def __init__(self, rows: Rows, entity_column: str, event_time_column: str, event_time: Any) -> None:
+        self.rows, self.entity_column, self.event_time_column = rows, entity_column, event_time_column
+        self.event_time = event_time
+        self._done = 0
+
+    def chunks(self) -> Iterator[list[Mapping[str, Any]]]:
+        """The rows, 1,000 at a time."""
+        return row_chunks(self.rows, 1000)
+
+    def columns(self, chunk: Sequence[Mapping[str, Any] | fs.EntityRow]) -> list[str]:
+        """The feature columns of a chunk (whose value types `convert` needs)."""
+        return feature_columns_of(chunk, self.entity_column, self.event_time_column)
+
+    def convert(self, chunk: Sequence[Mapping[str, Any]], types: Mapping[str, str]) -> Iterator[fs.EntityRow]:
+        """The EntityRows of a chunk, one at a time (an error names the row's position in all rows)."""
+        for row in chunk:
+            where = f"rows[{self._done}]"
+            yield entity_row(row, types, self.entity_column, self.event_time_column, self.event_time, where)
+            self._done += 1
+
+
+Request = TypeVar("Request")
+
+
+def write_requests(
+    make: Callable[..., Request], entity_type: str, rows: Iterable[fs.EntityRow], chunk_values: int, max_bytes: int
+) -> Iterator[Request]:
+    """Write or push requests (`make`) of at most `chunk_values` values and half of `max_bytes`."""
+    for batch in batched_rows(rows, chunk_values, max_bytes // 2):
+        yield make(entity_type=entity_type, rows=batch)

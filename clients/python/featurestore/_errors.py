@@ -8,7 +8,7 @@ client raises one class per status code (ETAG_MISMATCH gets its own), all subcla
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -41,14 +41,15 @@ def error_details(error: grpc.RpcError) -> ErrorDetails:
         if any_detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             any_detail.Unpack(info)
-            details = ErrorDetails(
-                details.code, details.message, info.reason, dict(info.metadata), details.field_violations
-            )
+            details = replace(details, reason=info.reason, metadata=dict(info.metadata))
         elif any_detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             any_detail.Unpack(bad)
             details.field_violations.update({v.field: v.description for v in bad.field_violations})
     return details
+
+
+_BY_CODE: dict[grpc.StatusCode, type[FeatureStoreError]] = {}
 
 
 class FeatureStoreError(Exception):
@@ -59,6 +60,13 @@ class FeatureStoreError(Exception):
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init_subclass__(cls, *, code: grpc.StatusCode | None = None, **kwargs: Any) -> None:
+        """A subclass declared with `code=` is the class raised for that status code."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            _BY_CODE[code] = cls
 
     def __init__(
         self,
@@ -81,85 +89,48 @@ class FeatureStoreError(Exception):
         return f"{self.code.name}: {self.message}" if self.message else self.code.name
 
 
-class InvalidArgument(FeatureStoreError):
+class InvalidArgument(FeatureStoreError, code=grpc.StatusCode.INVALID_ARGUMENT):
     """The request was refused as bad input; `field_violations` names the fields."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
 
-
-class NotFound(FeatureStoreError):
+class NotFound(FeatureStoreError, code=grpc.StatusCode.NOT_FOUND):
     """The feature or group does not exist (reason FEATURE_NOT_FOUND, FEATURE_GROUP_NOT_FOUND)."""
 
-    code = grpc.StatusCode.NOT_FOUND
 
-
-class AlreadyExists(FeatureStoreError):
+class AlreadyExists(FeatureStoreError, code=grpc.StatusCode.ALREADY_EXISTS):
     """A feature or group of that name exists already."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
 
-
-class Aborted(FeatureStoreError):
+class Aborted(FeatureStoreError, code=grpc.StatusCode.ABORTED):
     """The change was aborted, e.g. by a concurrent change."""
-
-    code = grpc.StatusCode.ABORTED
 
 
 class EtagMismatch(Aborted):
     """Someone changed the definition since its etag was read (reason ETAG_MISMATCH): read it again."""
 
 
-class FailedPrecondition(FeatureStoreError):
+class FailedPrecondition(FeatureStoreError, code=grpc.StatusCode.FAILED_PRECONDITION):
     """The system is not in a state that allows the call (e.g. FEATURE_IN_USE on delete)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
-
-class ResourceExhausted(FeatureStoreError):
+class ResourceExhausted(FeatureStoreError, code=grpc.StatusCode.RESOURCE_EXHAUSTED):
     """A request, stream or concurrency limit of the server was hit (the message names it)."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-
-class Unavailable(FeatureStoreError):
+class Unavailable(FeatureStoreError, code=grpc.StatusCode.UNAVAILABLE):
     """The server or one of its stores is unavailable; the call may be retried later."""
 
-    code = grpc.StatusCode.UNAVAILABLE
 
-
-class DeadlineExceeded(FeatureStoreError):
+class DeadlineExceeded(FeatureStoreError, code=grpc.StatusCode.DEADLINE_EXCEEDED):
     """The call did not finish within its deadline."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
-
-class PermissionDenied(FeatureStoreError):
+class PermissionDenied(FeatureStoreError, code=grpc.StatusCode.PERMISSION_DENIED):
     """The caller's token is valid but its roles do not allow the call."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
 
-
-class Unauthenticated(FeatureStoreError):
+class Unauthenticated(FeatureStoreError, code=grpc.StatusCode.UNAUTHENTICATED):
     """The call carried no valid token while the server requires one."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-_BY_CODE: dict[grpc.StatusCode, type[FeatureStoreError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        AlreadyExists,
-        Aborted,
-        FailedPrecondition,
-        ResourceExhausted,
-        Unavailable,
-        DeadlineExceeded,
-        PermissionDenied,
-        Unauthenticated,
-    )
-}
 
 
 def from_rpc_error(error: grpc.RpcError) -> FeatureStoreError:

@@ -12,12 +12,10 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 import grpc
-from google.protobuf import field_mask_pb2
 
 from featurestore import _common as c
-from featurestore import _frames
 from featurestore._errors import FeatureStoreError, Unavailable, from_rpc_error
-from featurestore._values import FeatureResult, feature_result, value_type_name
+from featurestore._values import FeatureResult, feature_result
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
 from featurestore.registry.v1 import registry_service_pb2_grpc
@@ -26,10 +24,11 @@ from featurestore.serving.v1 import feature_store_service_pb2_grpc
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Output = Literal["records", "pandas", "arrow"]
+PageReq = TypeVar("PageReq", bound=c.PageRequest)
+Page = TypeVar("Page", bound=c.Page)
 
 
-class Client:
+class Client(c.ClientBase[Callable[[], str]]):
     """The feature store's synchronous client: one long-lived channel to the server (gRPC).
 
     >>> with Client("localhost:50051") as fs:
@@ -45,39 +44,17 @@ class Client:
     `registry` and `store` are the bare generated stubs on the same channel.
     """
 
-    def __init__(
-        self,
-        target: str = c.DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        token_callback: Callable[[], str] | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        timeout: float = 10.0,
-        stream_timeout: float = 600.0,
-        retry: c.RetryPolicy | None = c.RetryPolicy(),  # noqa: B008 (frozen)
-        max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES,
-        keepalive: float | None = 30.0,
-        chunk_values: int = c.DEFAULT_CHUNK_VALUES,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        if token and token_callback:
-            raise ValueError("pass token or token_callback, not both")
-        self.target = target
-        self.timeout = timeout
-        self.stream_timeout = stream_timeout
-        self.chunk_values = chunk_values
-        self.max_message_bytes = max_message_bytes
-        self._token_callback = token_callback
-        self._metadata = c.auth_metadata(token)
-        opts = c.channel_options(retry, max_message_bytes, keepalive, options)
-        creds = c.credentials(tls, root_certificates)
-        self.channel: grpc.Channel = (
-            grpc.secure_channel(target, creds, options=opts) if creds else grpc.insecure_channel(target, options=opts)
+    channel: grpc.Channel
+
+    def _connect(self, creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]) -> None:
+        target = self.target
+        self.channel = (
+            grpc.secure_channel(target, creds, options=options)
+            if creds
+            else grpc.insecure_channel(target, options=options)
         )
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self.store = feature_store_service_pb2_grpc.FeatureStoreServiceStub(self.channel)
-        self._types: dict[str, str] = {}
 
     # -- plumbing
 
@@ -128,23 +105,20 @@ class Client:
         `fresh=True` reads them again (a feature may have been deleted and recreated with
         another type since): training sets do, since they type columns before any value arrives.
         """
-        out = {}
-        for name in names:
-            if fresh or name not in self._types:
-                self._types[name] = value_type_name(self.get_feature(name, timeout=timeout).value_type)
-            out[name] = self._types[name]
-        return out
+        wanted = list(names)
+        for name in self._types_to_read(wanted, fresh):
+            self._remember_type(name, self.get_feature(name, timeout=timeout))
+        return self._known_types(wanted)
 
-    def _column_types(self, names: Sequence[str], rows: Sequence[Sequence[fs.FeatureValue]]) -> dict[str, str | None]:
-        types: dict[str, str | None] = {}
-        missing = []
-        for j, name in enumerate(names):
-            types[name] = _frames.observed_type(row[j].value for row in rows)
-            if types[name] is None:
-                missing.append(name)
-        if missing:
-            types.update(self.value_types(missing))
-        return types
+    def _pages(
+        self, method: grpc.UnaryUnaryMultiCallable[PageReq, Page], request: PageReq, timeout: float | None
+    ) -> Iterator[Page]:
+        """The responses of a paged call, following `next_page_token`."""
+        while True:
+            page = self._unary(method, request, timeout)
+            yield page
+            if not c.next_page(request, page):
+                return
 
     # -- online
 
@@ -158,14 +132,8 @@ class Client:
         timeout: float | None = None,
     ) -> c.FeatureVector:
         """The latest values of one entity's features (and groups' features), by name."""
-        request = fs.GetFeaturesRequest(
-            entity_type=entity_type,
-            entity_id=entity_id,
-            feature_names=c.names(features),
-            feature_groups=c.names(groups),
-        )
-        response = self._unary(self.store.GetFeatures, request, timeout)
-        return c.feature_vector(response.entity_type, response.entity_id, response.features)
+        request = c.get_features_request(entity_type, entity_id, features, groups)
+        return c.vector_of(self._unary(self.store.GetFeatures, request, timeout))
 
     @overload
     def batch_get_features(
@@ -202,7 +170,7 @@ class Client:
         features: str | Sequence[str] = (),
         *,
         groups: str | Sequence[str] = (),
-        output: Output = "records",
+        output: c.Output = "records",
         include_status: bool = False,
         include_event_time: bool = False,
         timeout: float | None = None,
@@ -213,26 +181,12 @@ class Client:
         a pyarrow Table with an `entity_id` column and one typed column per feature (plus
         `<name>__status` and `<name>__event_time` columns when asked).
         """
-        request = fs.BatchGetFeaturesRequest(
-            entity_type=entity_type,
-            entity_ids=list(entity_ids),
-            feature_names=c.names(features),
-            feature_groups=c.names(groups),
-        )
+        request = c.batch_request(entity_type, entity_ids, features, groups)
         response = self._unary(self.store.BatchGetFeatures, request, timeout)
         if output == "records":
-            return [c.feature_vector(response.entity_type, e.entity_id, e.features) for e in response.entities]
-        rows = [e.features for e in response.entities]
-        names = [fv.name for fv in rows[0]] if rows else [*c.names(features)]
-        columns = [_frames.Column("entity_id", "STRING", [e.entity_id for e in response.entities])]
-        columns += _frames.feature_columns(
-            names,
-            rows,
-            self._column_types(names, rows),
-            include_status=include_status,
-            include_event_time=include_event_time,
-        )
-        return _frames.to_pandas(columns) if output == "pandas" else _frames.to_arrow(columns)
+            return c.batch_records(response)
+        frame = c.batch_frame(response, features, include_status, include_event_time)
+        return frame.output(self.value_types(frame.missing), output)
 
     # -- offline
 
@@ -249,13 +203,9 @@ class Client:
     ) -> Iterator[FeatureResult]:
         """Every value of the features in [start, end), by event time then name, following pages."""
         request = c.history_request(entity_type, entity_id, features, start, end, page_size)
-        while True:
-            page = self._unary(self.store.GetHistoricalFeatures, request, timeout)
+        for page in self._pages(self.store.GetHistoricalFeatures, request, timeout):
             for fv in page.values:
                 yield feature_result(fv)
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     @overload
     def history(
@@ -293,7 +243,7 @@ class Client:
         *,
         start: Any = None,
         end: Any = None,
-        output: Output = "pandas",
+        output: c.Output = "pandas",
         page_size: int = 1000,
         timeout: float | None = None,
     ) -> Any:
@@ -303,27 +253,12 @@ class Client:
         feature has no value at that time).
         """
         request = c.history_request(entity_type, entity_id, features, start, end, page_size)
-        values: list[fs.FeatureValue] = []
-        while True:
-            page = self._unary(self.store.GetHistoricalFeatures, request, timeout)
-            values.extend(page.values)
-            if not page.next_page_token:
-                break
-            request.page_token = page.next_page_token
+        pages = self._pages(self.store.GetHistoricalFeatures, request, timeout)
+        values = [fv for page in pages for fv in page.values]
         if output == "records":
             return [feature_result(fv) for fv in values]
-        wanted = c.names(features)
-        return self._history_frame(wanted, values, output)
-
-    def _history_frame(self, wanted: list[str], values: list[fs.FeatureValue], output: Output) -> Any:
-        times: dict[tuple[int, int], dict[str, fs.FeatureValue]] = {}
-        for fv in values:
-            times.setdefault((fv.event_time.seconds, fv.event_time.nanos), {})[fv.name] = fv
-        empty = fs.FeatureValue()
-        rows = [[at.get(name, empty) for name in wanted] for at in times.values()]
-        columns = [_frames.Column("event_time", "TIMESTAMP", [s * 1_000_000_000 + n for s, n in times])]
-        columns += _frames.feature_columns(wanted, rows, self._column_types(wanted, rows))
-        return _frames.to_pandas(columns) if output == "pandas" else _frames.to_arrow(columns)
+        frame = c.history_frame(values, features)
+        return frame.output(self.value_types(frame.missing), output)
 
     def _feature_names(self, features: Sequence[str], groups: Sequence[str], timeout: float | None) -> list[str]:
         out = list(features)
@@ -342,32 +277,25 @@ class Client:
         entity_column: str = "entity_id",
         timestamp_column: str = "timestamp",
         timeout: float | None = None,
-        _extra_types: dict[str, str | None] | None = None,
     ) -> Iterator[fs.GetTrainingDatasetResponse]:
         """The GetTrainingDataset responses for the entity rows, sent in requests of bounded size.
 
         `rows` (a DataFrame, a pyarrow Table or an iterable of mappings) has an entity id and a
         timestamp column; its other columns (labels) are passed through as extras.
         """
-        feature_list, group_list = c.names(features), c.names(groups)
-        n_features = len(self._feature_names(feature_list, group_list, timeout))
-        chunk_rows = max(1, min(10_000, self.chunk_values // max(1, n_features)))
-        extra_types = _extra_types if _extra_types is not None else {}
-        c.declare_extra_types(rows, entity_column, timestamp_column, extra_types)
-        offset = 0
-        for chunk in c.row_chunks(rows, chunk_rows):
-            request = fs.GetTrainingDatasetRequest(
-                entity_type=entity_type,
-                feature_names=feature_list,
-                feature_groups=group_list,
-                rows=[
-                    c.training_row(row, entity_column, timestamp_column, extra_types, f"rows[{offset + i}]")
-                    for i, row in enumerate(chunk)
-                ],
-                max_age=c.duration(max_age),
-            )
-            offset += len(chunk)
+        query = c.TrainingQuery(entity_type, rows, features, groups, max_age, entity_column, timestamp_column)
+        yield from self._training_chunks(query, timeout)
+
+    def _training_chunks(
+        self, query: c.TrainingQuery, timeout: float | None
+    ) -> Iterator[fs.GetTrainingDatasetResponse]:
+        n_features = len(self._feature_names(query.features, query.groups, timeout))
+        for request in query.requests(n_features, self.chunk_values):
             yield from self._stream(self.store.GetTrainingDataset, request, timeout)
+
+    def _training_frame(self, query: c.TrainingQuery, include_status: bool, timeout: float | None) -> c.TrainingFrame:
+        names = self._feature_names(query.features, query.groups, timeout)
+        return c.TrainingFrame(query, names, self.value_types(names, timeout=timeout, fresh=True), include_status)
 
     def training_dataset(
         self,
@@ -379,7 +307,7 @@ class Client:
         max_age: float | timedelta | None = None,
         entity_column: str = "entity_id",
         timestamp_column: str = "timestamp",
-        output: Output = "pandas",
+        output: c.Output = "pandas",
         include_status: bool = False,
         timeout: float | None = None,
     ) -> Any:
@@ -389,33 +317,14 @@ class Client:
         feature (`<name>__status` too with `include_status`). For datasets larger than memory
         use `training_dataset_to_parquet`.
         """
-        extra_types: dict[str, str | None] = {}
-        chunks = self.iter_training_dataset(
-            entity_type,
-            rows,
-            features,
-            groups=groups,
-            max_age=max_age,
-            entity_column=entity_column,
-            timestamp_column=timestamp_column,
-            timeout=timeout,
-            _extra_types=extra_types,
-        )
+        query = c.TrainingQuery(entity_type, rows, features, groups, max_age, entity_column, timestamp_column)
         if output == "records":
+            chunks = self._training_chunks(query, timeout)
             return [c.training_record(e, include_status) for chunk in chunks for e in chunk.examples]
-        names = self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout, fresh=True))
-        merged: list[_frames.Column] | None = None
-        for chunk in chunks:
-            cols = c.training_columns(chunk.examples, extra_types, names, types, include_status)
-            if merged is None:
-                merged = cols
-            else:
-                for into, col in zip(merged, cols, strict=True):
-                    into.values.extend(col.values)
-        if merged is None:
-            merged = c.training_columns([], extra_types, names, types, include_status)
-        return _frames.to_pandas(merged) if output == "pandas" else _frames.to_arrow(merged)
+        frame = self._training_frame(query, include_status, timeout)
+        for chunk in self._training_chunks(query, timeout):
+            frame.add(chunk)
+        return frame.output(output)
 
     def training_dataset_to_parquet(
         self,
@@ -437,52 +346,19 @@ class Client:
         Memory stays bounded by one request's rows and one response chunk. `progress(done,
         total)` is called after each chunk (total is -1 when `rows` has no length).
         """
-        import pyarrow.parquet as pq
-
-        names = self._feature_names(c.names(features), c.names(groups), timeout)
-        types: dict[str, str | None] = dict(self.value_types(names, timeout=timeout, fresh=True))
-        extra_types: dict[str, str | None] = {}
-        total = len(rows) if hasattr(rows, "__len__") else -1
-        writer: Any = None
-        done = 0
-        try:
-            for chunk in self.iter_training_dataset(
-                entity_type,
-                rows,
-                features,
-                groups=groups,
-                max_age=max_age,
-                entity_column=entity_column,
-                timestamp_column=timestamp_column,
-                timeout=timeout,
-                _extra_types=extra_types,
-            ):
-                table = _frames.to_arrow(c.training_columns(chunk.examples, extra_types, names, types, include_status))
-                if writer is None:
-                    writer = pq.ParquetWriter(str(path), table.schema)
-                writer.write_table(table)
-                done += table.num_rows
-                if progress is not None:
-                    progress(done, total)
-            if writer is None:  # no rows: an empty file with the schema
-                table = _frames.to_arrow(c.training_columns([], extra_types, names, types, include_status))
-                writer = pq.ParquetWriter(str(path), table.schema)
-        finally:
-            if writer is not None:
-                writer.close()
-        return done
+        query = c.TrainingQuery(entity_type, rows, features, groups, max_age, entity_column, timestamp_column)
+        with c.ParquetSink(path, rows, progress) as sink:
+            frame = self._training_frame(query, include_status, timeout)
+            for chunk in self._training_chunks(query, timeout):
+                sink.write(frame.columns(chunk.examples))
+            sink.finish(frame.columns([]))  # no rows: an empty file with the schema
+        return sink.rows
 
     # -- writes
 
-    def _entity_rows(
-        self, entity_type: str, rows: c.Rows, entity_column: str, event_time_column: str, event_time: Any
-    ) -> Iterator[fs.EntityRow]:
-        offset = 0
-        for chunk in c.row_chunks(rows, 1000):
-            types = self.value_types(c.feature_columns_of(chunk, entity_column, event_time_column))
-            for i, row in enumerate(chunk):
-                yield c.entity_row(row, types, entity_column, event_time_column, event_time, f"rows[{offset + i}]")
-            offset += len(chunk)
+    def _entity_rows(self, rows: c.EntityRows) -> Iterator[fs.EntityRow]:
+        for chunk in rows.chunks():
+            yield from rows.convert(chunk, self.value_types(rows.columns(chunk)))
 
     def write_features(
         self,
@@ -503,11 +379,12 @@ class Client:
         Not retried automatically.
         """
         total = c.WriteResult()
-        rows_iter = self._entity_rows(entity_type, rows, entity_column, event_time_column, event_time)
-        for batch in c.batched_rows(rows_iter, self.chunk_values, self.max_message_bytes // 2):
-            request = fs.WriteFeaturesRequest(entity_type=entity_type, rows=batch)
+        entity_rows = self._entity_rows(c.EntityRows(rows, entity_column, event_time_column, event_time))
+        for request in c.write_requests(
+            fs.WriteFeaturesRequest, entity_type, entity_rows, self.chunk_values, self.max_message_bytes
+        ):
             response = self._unary(self.store.WriteFeatures, request, timeout)
-            total += c.WriteResult(response.written_values, response.skipped_values, 1)
+            total += c.write_result(response)
         return total
 
     def push(self, entity_type: str, *, timeout: float | None = None) -> Pusher:
@@ -540,15 +417,9 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[pb.Feature]:
         """Every feature matching the filters, in name order, following pages."""
-        request = rs.ListFeaturesRequest(entity_type=entity_type, owner=owner, tag=tag, page_size=page_size)
-        if category:
-            request.category = pb.FeatureCategory.Value(category)
-        while True:
-            page = self._unary(self.registry.ListFeatures, request, timeout)
+        request = c.list_features_request(entity_type, owner, tag, category, page_size)
+        for page in self._pages(self.registry.ListFeatures, request, timeout):
             yield from page.features
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     def update_feature(
         self,
@@ -563,13 +434,7 @@ class Client:
         With an `etag` (or one in the feature), the change is made only if nobody changed the
         feature since (else EtagMismatch).
         """
-        message = pb.Feature()
-        message.CopyFrom(c.as_feature(feature))
-        if etag is not None:
-            message.etag = etag
-        request = rs.UpdateFeatureRequest(feature=message)
-        if update_mask is not None:
-            request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+        request = c.update_feature_request(feature, update_mask, etag)
         return self._unary(self.registry.UpdateFeature, request, timeout)
 
     def delete_feature(self, name: str, *, etag: str = "", timeout: float | None = None) -> None:
@@ -582,12 +447,8 @@ class Client:
     ) -> Iterator[pb.Feature]:
         """Every past and current definition of a feature, newest first."""
         request = rs.ListFeatureRevisionsRequest(name=name, page_size=page_size)
-        while True:
-            page = self._unary(self.registry.ListFeatureRevisions, request, timeout)
+        for page in self._pages(self.registry.ListFeatureRevisions, request, timeout):
             yield from page.features
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     def create_feature_group(
         self, group: pb.FeatureGroup | Mapping[str, Any], *, timeout: float | None = None
@@ -611,12 +472,8 @@ class Client:
     ) -> Iterator[pb.FeatureGroup]:
         """Every feature group matching the filters, in name order, following pages."""
         request = rs.ListFeatureGroupsRequest(entity_type=entity_type, owner=owner, tag=tag, page_size=page_size)
-        while True:
-            page = self._unary(self.registry.ListFeatureGroups, request, timeout)
+        for page in self._pages(self.registry.ListFeatureGroups, request, timeout):
             yield from page.feature_groups
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     def update_feature_group(
         self,
@@ -627,13 +484,7 @@ class Client:
         timeout: float | None = None,
     ) -> pb.FeatureGroup:
         """Change a feature group, with the same mask and etag rules as `update_feature`."""
-        message = pb.FeatureGroup()
-        message.CopyFrom(c.as_group(group))
-        if etag is not None:
-            message.etag = etag
-        request = rs.UpdateFeatureGroupRequest(feature_group=message)
-        if update_mask is not None:
-            request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(update_mask)))
+        request = c.update_group_request(group, update_mask, etag)
         return self._unary(self.registry.UpdateFeatureGroup, request, timeout)
 
     def delete_feature_group(self, name: str, *, etag: str = "", timeout: float | None = None) -> None:
@@ -698,10 +549,13 @@ class Pusher:
     ) -> None:
         """Send rows (as `write_features` takes them), in batches of at most `chunk_values` values."""
         client = self._client
-        entity_rows = client._entity_rows(self.entity_type, rows, entity_column, event_time_column, event_time)
+        entity_rows = client._entity_rows(c.EntityRows(rows, entity_column, event_time_column, event_time))
+        requests = c.write_requests(
+            fs.PushFeaturesRequest, self.entity_type, entity_rows, client.chunk_values, client.max_message_bytes
+        )
         with self._lock:
-            for batch in c.batched_rows(entity_rows, client.chunk_values, client.max_message_bytes // 2):
-                self._put(fs.PushFeaturesRequest(entity_type=self.entity_type, rows=batch))
+            for request in requests:
+                self._put(request)
                 self._sent += 1
 
     def close(self) -> c.WriteResult:
@@ -712,7 +566,7 @@ class Pusher:
                 response = self._future.result()
             except grpc.RpcError as err:
                 raise from_rpc_error(err) from err
-            self.result = c.WriteResult(response.written_values, response.skipped_values, response.batches)
+            self.result = c.write_result(response)
         return self.result
 
     def cancel(self) -> None:

@@ -153,6 +153,17 @@ def _int(x: Any) -> int:
     return operator.index(x)
 
 
+# Python scalar types and their ValueType names, bool before int (a bool is an int).
+_SCALAR_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "BOOL"),
+    (int, "INT64"),
+    (float, "FLOAT"),
+    (str, "STRING"),
+    (bytes, "BYTES"),
+    (datetime, "TIMESTAMP"),
+)
+
+
 def infer_type(x: Any) -> str:
     """The ValueType name of a Python object (for extra columns, which have no declared type)."""
     if isinstance(x, value_pb2.Value):
@@ -161,18 +172,9 @@ def infer_type(x: Any) -> str:
             raise ValueError("an empty Value has no type")
         return KIND_TYPES[kind]
     x = plain(x)
-    if isinstance(x, bool):
-        return "BOOL"
-    if isinstance(x, int):
-        return "INT64"
-    if isinstance(x, float):
-        return "FLOAT"
-    if isinstance(x, str):
-        return "STRING"
-    if isinstance(x, bytes):
-        return "BYTES"
-    if isinstance(x, datetime):
-        return "TIMESTAMP"
+    for python_type, name in _SCALAR_TYPES:
+        if isinstance(x, python_type):
+            return name
     if isinstance(x, Iterable) or hasattr(x, "tolist"):
         elements = _elements(x)
         if elements:
