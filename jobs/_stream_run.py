@@ -21,6 +21,7 @@ nothing is counted twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -30,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import redis
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -46,8 +48,10 @@ from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
 from jobs._stream_plan import StreamPlan
 from jobs._valkey_source import NAME as VALKEY_SOURCE
 from jobs._valkey_source import ValkeyStreams
+from server import offline
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FRESHNESS_WRITER = "streaming_pipeline"
 
 
 def _moment(micros: int) -> datetime:
@@ -234,6 +238,23 @@ class MicroBatch:
         totals = values.mapInArrow(partition_writer(sink), RESULT_SCHEMA).collect()
         report.values = sum(int(row["values"]) for row in totals)
         report.entities = sum(int(row["entities"]) for row in totals)
+        self._record_freshness(plan, as_of)
+
+    def _record_freshness(self, plan: StreamPlan, as_of: datetime) -> None:
+        """The server's freshness gauges: the plan's features now hold values as of the stream time."""
+        newest = {f.name: (as_of, plan.entity_type) for f in plan.features}
+
+        async def record() -> None:
+            conn = await asyncpg.connect(self.config.postgres_dsn, timeout=10)
+            try:
+                await offline.record_freshness(conn, newest, FRESHNESS_WRITER)
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.run(record())
+        except (OSError, asyncpg.PostgresError, TimeoutError) as err:
+            self.progress(f"streaming: freshness summary not updated: {err}")
 
     def _dead_letter(self, df: DataFrame, batch_id: int, plan: StreamPlan, source: Any) -> int:
         bad = df.where(F.col(ERROR).isNotNull()).select(KEY, OFFSET, ERROR, RAW).collect()

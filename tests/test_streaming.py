@@ -97,7 +97,7 @@ class Pipeline:
 def pipeline(
     spark: SparkSession, grpc_target: str, redis_url: str, postgres_dsn: str, tmp_path: Path
 ) -> Iterator[Pipeline]:
-    run_sql(postgres_dsn, "DELETE FROM feature_history; SELECT 1")
+    run_sql(postgres_dsn, "DELETE FROM feature_history; DELETE FROM feature_freshness; SELECT 1")
     config = StreamConfig(
         redis_url=redis_url,
         postgres_dsn=postgres_dsn,
@@ -197,6 +197,12 @@ def test_every_aggregation_and_window_equals_the_reference_with_late_and_malform
     )
     latest = {(row["entity_id"], row["feature_name"]): micros(row["event_time"]) for row in rows}
     assert latest == {(e, name): at for e in entities for name, (_, at) in got[e].items()}
+    # The freshness summary (the server's freshness gauges) holds the stream time of every feature.
+    summary = run_sql(postgres_dsn, "SELECT feature_name, newest_event_time, writer FROM feature_freshness")
+    stream_time = max(at for values in got.values() for _, at in values.values())
+    assert {(r["feature_name"], micros(r["newest_event_time"]), r["writer"]) for r in summary} == {
+        (c.feature.name, stream_time, "streaming_pipeline") for c in all_checks
+    }
 
     # A feature registered while the pipeline runs is computed from the events read after it.
     extra = Check(streaming_feature("c_sum_10m", pb.FLOAT, "sum", "purchase_amount", 10), "sum", "purchase_amount", 600)
@@ -210,10 +216,10 @@ def test_every_aggregation_and_window_equals_the_reference_with_late_and_malform
     assert_matches(client, [*all_checks, extra], fresh, ["newcomer"])
 
 
-def _committed(checkpoint: Path) -> list[str]:
-    """The end offset (last entry id read) of every committed batch, in batch order."""
+def _committed(checkpoint: Path) -> list[dict[str, Any]]:
+    """The end offsets of every committed batch, in batch order ({key: id} or {partition: offset})."""
     commits = sorted(int(p.name) for p in (checkpoint / "commits").iterdir() if p.name.isdigit())
-    return [json.loads((checkpoint / "offsets" / str(n)).read_text().splitlines()[-1])["purchases"] for n in commits]
+    return [json.loads((checkpoint / "offsets" / str(n)).read_text().splitlines()[-1]) for n in commits]
 
 
 def _id(text: str) -> tuple[int, int]:
@@ -221,27 +227,61 @@ def _id(text: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-@pytest.mark.timeout(600)  # two Spark starts in subprocesses: minutes on a loaded 2-core machine
+def _append(source: str, events: list[dict[str, Any]], redis_url: str, bootstrap: str) -> list[Any]:
+    """Each event's position in the stream: a Valkey entry id, or (partition, offset) in Kafka."""
+    if source == "valkey":
+        pipe = redis.Redis.from_url(redis_url).pipeline(transaction=False)
+        for e in events:
+            pipe.xadd("purchases", {EVENT_FIELD: encode(e)})
+        return [i.decode() for i in pipe.execute()]
+    from confluent_kafka import Producer
+
+    positions: list[Any] = [None] * len(events)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1})
+    for n, e in enumerate(events):
+
+        def delivered(err: Any, msg: Any, n: int = n) -> None:
+            assert err is None, err
+            positions[n] = (msg.partition(), msg.offset())
+
+        producer.produce("purchases", key=e["customer_id"].encode(), value=encode(e), on_delivery=delivered)
+    assert producer.flush(30) == 0
+    return positions
+
+
+def _included(source: str, position: Any, end: dict[str, Any]) -> bool:
+    if source == "valkey":
+        return _id(position) <= _id(end["purchases"])
+    partition, offset = position
+    return bool(offset < int(end.get(str(partition), 0)))
+
+
+@pytest.mark.timeout(900)  # two Spark starts in subprocesses: minutes on a loaded 2-core machine
+@pytest.mark.parametrize("source", ["valkey", "kafka"])
 def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
-    client: FeatureStoreClient, grpc_target: str, redis_url: str, postgres_dsn: str, tmp_path: Path
+    source: str,
+    request: pytest.FixtureRequest,
+    client: FeatureStoreClient,
+    grpc_target: str,
+    redis_url: str,
+    postgres_dsn: str,
+    tmp_path: Path,
 ) -> None:
     from featurestore.serving.v1 import value_pb2 as vpb
 
+    bootstrap = request.getfixturevalue("tansu") if source == "kafka" else ""
     run_sql(postgres_dsn, "DELETE FROM feature_history; SELECT 1")
     all_checks = checks()[:3] + checks()[6:7]  # the demo features and count_distinct
     for check in all_checks:
         create(client, check.feature)
-    r = redis.Redis.from_url(redis_url)
     events = events_over(random.Random(9), START, timedelta(hours=3), 1000, 40, jitter_s=60)
-    pipe = r.pipeline(transaction=False)
-    for e in events:
-        pipe.xadd("purchases", {EVENT_FIELD: encode(e)})
-    ids = [i.decode() for i in pipe.execute()]
+    positions = _append(source, events, redis_url, bootstrap)
     env = os.environ | {"FEATURESTORE_REGISTRY": grpc_target, "FEATURESTORE_REDIS_URL": redis_url}
     env |= {"FEATURESTORE_POSTGRES_DSN": postgres_dsn, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "jobs.streaming_pipeline", "--feature-types=customer", "--master=local[2]"]
     command += [f"--checkpoint-dir={tmp_path / 'checkpoints'}", "--max-events-per-batch=250", "--trigger-seconds=0.2"]
-    command += ["--conf=spark.ui.enabled=false", "--conf=spark.sql.shuffle.partitions=2"]
+    command += ["--conf=spark.ui.enabled=false", "--conf=spark.sql.shuffle.partitions=2", f"--source={source}"]
+    command += [f"--kafka-bootstrap={bootstrap}"] if bootstrap else []
 
     def start(log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
@@ -251,7 +291,7 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
 
     first = start(tmp_path / "first.log")
     try:
-        wait_for(lambda: "batch 0:" in (tmp_path / "first.log").read_text(), "a micro-batch", timeout=300)
+        wait_for(lambda: "batch 0:" in (tmp_path / "first.log").read_text(), "a micro-batch", timeout=400)
         time.sleep(random.Random().uniform(0.1, 1.0))  # somewhere inside a later batch
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -259,9 +299,14 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
     (query,) = (tmp_path / "checkpoints").iterdir()
     killed_at = len(_committed(query))
     assert killed_at < 4, "the pipeline finished before it was killed: kill it earlier"
+
+    def caught_up() -> bool:
+        ends = _committed(query)
+        return bool(ends) and all(_included(source, p, ends[-1]) for p in positions)
+
     second = start(tmp_path / "second.log")
     try:
-        wait_for(lambda: (_committed(query) or ["0-0"])[-1] == ids[-1], "the restarted pipeline to catch up", 300)
+        wait_for(caught_up, "the restarted pipeline to catch up", 400)
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 0, (tmp_path / "second.log").read_text()[-2000:]
@@ -273,10 +318,9 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
     entities = sorted({e["customer_id"] for e in events})
     assert_matches(client, all_checks, events, entities)
     # Every history row equals the reference over the events of the batches up to the one that wrote it.
-    ends = [_id(end) for end in _committed(query)]
     by_time: dict[int, list[dict[str, Any]]] = {}
-    for end in ends:
-        seen = [e for e, i in zip(events, ids, strict=True) if _id(i) <= end]
+    for end in _committed(query):
+        seen = [e for e, p in zip(events, positions, strict=True) if _included(source, p, end)]
         by_time.setdefault(max(micros(datetime.fromisoformat(e["event_time"])) for e in seen), seen)
     rows = run_sql(postgres_dsn, "SELECT entity_id, feature_name, event_time, value FROM feature_history")
     named = {c.feature.name: c for c in all_checks}
