@@ -47,12 +47,17 @@ from featurestore import FeatureStoreClient  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
 from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
-from jobs import SessionConfig, build_session  # noqa: E402
-from jobs._events import EventSchema, to_batch  # noqa: E402
-from jobs._stream_plan import select_streaming  # noqa: E402
-from jobs._stream_run import StreamConfig  # noqa: E402
-from jobs._stream_watch import Streams, watch_streams  # noqa: E402
-from jobs._valkey_source import EVENT_FIELD  # noqa: E402
+from jobs import (  # noqa: E402  # noqa: E402  # noqa: E402
+    EVENT_FIELD,
+    EventSchema,
+    SessionConfig,
+    StreamConfig,
+    Streams,
+    build_session,
+    select_streaming,
+    to_batch,
+    watch_streams,
+)
 from jobs.batch_pipeline import load_features  # noqa: E402
 from jobs.demo_events import random_event  # noqa: E402
 

@@ -62,6 +62,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prometheus-port", type=int, default=_env_int("PROMETHEUS_PORT", 9090))
     parser.add_argument("--pushgateway-port", type=int, default=_env_int("PUSHGATEWAY_PORT", 9091))
     parser.add_argument("--pipeline-metrics-port", type=int, default=_env_int("PIPELINE_METRICS_PORT", 9465))
+    parser.add_argument("--streaming-metrics-port", type=int, default=_env_int("STREAMING_METRICS_PORT", 9466))
     parser.add_argument(
         "--events-per-second",
         type=float,
@@ -132,6 +133,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
         str(postgres.extra["dsn"]),
         str(valkey.extra["url"]),
         registry_token=auth.reader_token if auth else "",
+        metrics_port=args.streaming_metrics_port,
     )
     procs.append(streaming)
     ensure_demo_tables(state / "warehouse", state / "pipeline.log")
@@ -157,7 +159,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
         servers=[f"127.0.0.1:{args.metrics_port}"],
         envoy_admin=f"127.0.0.1:{envoy.extra['admin_port']}",
         pushgateway=f"127.0.0.1:{gateway.port}",
-        pipelines=[f"127.0.0.1:{args.pipeline_metrics_port}"],
+        pipelines=[f"127.0.0.1:{args.pipeline_metrics_port}", f"127.0.0.1:{args.streaming_metrics_port}"],
     )
     procs.append(start_prometheus(state, args.prometheus_port, targets))
     print(f"  Prometheus  http://localhost:{args.prometheus_port}  (scrapes the server, Envoy, the pipeline;")

@@ -408,14 +408,15 @@ def start_pipeline(
 
 
 def start_streaming_pipeline(
-    state_dir: Path, registry: str, postgres_dsn: str, redis_url: str, registry_token: str = ""
+    state_dir: Path, registry: str, postgres_dsn: str, redis_url: str, registry_token: str = "", metrics_port: int = 0
 ) -> Proc:
     """The streaming pipeline over the customer features of the stack's Valkey streams (not waited for:
-    `wait_streaming` waits for its first query). Its checkpoints live in the state folder."""
+    `wait_streaming` waits for its first query). Its checkpoints live in the state folder; its metrics
+    are served on `metrics_port` (0: not served)."""
     cmd = [sys.executable, "-m", "jobs.streaming_pipeline", "--feature-types=customer", "--master=local[2]"]
     cmd += ["--registry", registry, "--redis-url", redis_url, "--postgres-dsn", postgres_dsn]
     cmd += [f"--checkpoint-dir={state_dir / 'checkpoints'}", "--conf=spark.sql.shuffle.partitions=2"]
-    cmd += ["--conf=spark.ui.enabled=false"]
+    cmd += ["--conf=spark.ui.enabled=false", f"--pipeline-metrics-port={metrics_port}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"} | (
         {"FEATURESTORE_REGISTRY_TOKEN": registry_token} if registry_token else {}
     )

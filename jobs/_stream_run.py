@@ -67,7 +67,7 @@ class StreamConfig:
     source_url: str  # the Valkey/Redis holding the event streams
     checkpoint_dir: str
     partitions: int = 1  # stream keys per stream
-    max_events_per_batch: int = 0  # 0 = everything available
+    max_events_per_batch: int = 100_000  # 0 = everything available
     trigger_seconds: float = 1.0
     online_ttl: int = 0
     redis_cluster: bool = False
@@ -107,6 +107,10 @@ class BatchReport:
 def query_id(checkpoint: Path) -> str:
     """The query's id, kept in its checkpoint: a new checkpoint starts from fresh tiles and clock."""
     return str(json.loads((checkpoint / "metadata").read_text())["id"])
+
+
+DEAD_LETTERS_PER_BATCH = 10_000  # malformed events written to the dead-letter stream per micro-batch, at most
+DEAD_LETTERS_KEPT = 1_000_000  # entries the dead-letter stream keeps, about (XADD MAXLEN ~)
 
 
 def dead_letter_key(stream: str) -> str:
@@ -257,17 +261,35 @@ class MicroBatch:
             self.progress(f"streaming: freshness summary not updated: {err}")
 
     def _dead_letter(self, df: DataFrame, batch_id: int, plan: StreamPlan, source: Any) -> int:
-        bad = df.where(F.col(ERROR).isNotNull()).select(KEY, OFFSET, ERROR, RAW).collect()
+        """Append the batch's malformed events to the dead-letter stream; how many there were.
+
+        At most DEAD_LETTERS_PER_BATCH of them are kept per batch (the driver collects them): a flood
+        of malformed events is counted, not held in memory; the stream keeps about
+        DEAD_LETTERS_KEPT entries (MAXLEN ~)."""
+        malformed = df.where(F.col(ERROR).isNotNull()).select(KEY, OFFSET, ERROR, RAW)
+        bad = malformed.limit(DEAD_LETTERS_PER_BATCH + 1).collect()
+        total = len(bad) if len(bad) <= DEAD_LETTERS_PER_BATCH else malformed.count()
+        bad = bad[:DEAD_LETTERS_PER_BATCH]
+        if total > len(bad):
+            self.progress(
+                f"streaming: {total} malformed events in batch {batch_id}, the first {len(bad)} dead-lettered"
+            )
         bad.sort(key=lambda r: (r[KEY], *(int(p) for p in r[OFFSET].split("-"))))
         pipe = source.pipeline(transaction=False)
         for seq, row in enumerate(bad, start=1):
             entry = {"reason": row[ERROR], "source": row[KEY], "offset": row[OFFSET], "batch": batch_id}
             entry["data"] = bytes(row[RAW] or b"")
-            pipe.xadd(dead_letter_key(plan.stream), entry, id=f"{batch_id + 1}-{seq}")
+            pipe.xadd(
+                dead_letter_key(plan.stream),
+                entry,
+                id=f"{batch_id + 1}-{seq}",
+                maxlen=DEAD_LETTERS_KEPT,
+                approximate=True,
+            )
         for result in pipe.execute(raise_on_error=False):
             if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
                 raise result
-        return len(bad)
+        return total
 
 
 def _events(spark: SparkSession, plan: StreamPlan, config: StreamConfig) -> DataFrame:

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from jobs._valkey_source import EVENT_FIELD, stream_key
+from jobs import EVENT_FIELD, stream_key
 from server import add_arguments, local_environment
 
 STREAM = "purchases"

@@ -18,17 +18,16 @@ import argparse
 import os
 import sys
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: see jobs/__init__.py
 
+from jobs import QueryFailed, StreamConfig, Streams, select_streaming, watch_streams
 from jobs._metrics import PipelineMetrics
 from jobs._session import build_session
-from jobs._stream_plan import select_streaming
-from jobs._stream_run import StreamConfig
-from jobs._stream_watch import QueryFailed, Streams, watch_streams
 from jobs.batch_pipeline import (
     _conf,
     _csv,
@@ -84,7 +83,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     _own(p, env, "--checkpoint-dir", "checkpoints/streaming", help="where the queries keep their checkpoints")
     _own(p, env, "--stream-partitions", "1", type=_positive, help="stream keys per stream (<stream>:0 ...)")
-    _own(p, env, "--max-events-per-batch", "0", type=_count, help="events per micro-batch at most (0: no limit)")
+    _own(
+        p,
+        env,
+        "--max-events-per-batch",
+        "100000",
+        type=_count,
+        help="events per micro-batch at most, so a backlog after downtime is read in bounded batches (0: no limit)",
+    )
     _own(p, env, "--trigger-seconds", "1", type=_seconds, help="seconds between micro-batches")
     _own(p, env, "--poll-seconds", "5", type=_seconds, help="seconds between reads of the registry")
     _own(
@@ -131,7 +137,8 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None, spark: An
         watch_streams(
             streams,
             lambda: select_streaming(
-                load_features(args.registry, args.feature_types, args.registry_token), args.feature_types
+                load_features(args.registry, args.feature_types, args.registry_token, args.registry_ca_file),
+                args.feature_types,
             ),
             poll=args.poll_seconds,
             stop=stop,
@@ -149,11 +156,22 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None, spark: An
     return 0
 
 
+def _without_password(url: str) -> str:
+    """`url` with any user and password left out (it is printed)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     environ = local_environment(os.environ) | os.environ if env is None else env
     args = parser(environ).parse_args(argv)
     _stop_on_sigterm()
-    source = args.kafka_bootstrap if args.source == "kafka" else args.source_url or args.redis_url
+    source = args.kafka_bootstrap if args.source == "kafka" else _without_password(args.source_url or args.redis_url)
     print(f"streaming pipeline: {', '.join(args.feature_types)} from {args.source} {source}", flush=True)
     return run(args)
 

@@ -27,10 +27,7 @@ from pyspark.sql import SparkSession
 from featurestore import FeatureStoreClient, python_value
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
-from jobs._stream_plan import select_streaming
-from jobs._stream_run import StreamConfig, dead_letter_key
-from jobs._stream_watch import Streams, watch_streams
-from jobs._valkey_source import EVENT_FIELD, stream_key
+from jobs import EVENT_FIELD, StreamConfig, Streams, dead_letter_key, select_streaming, stream_key, watch_streams
 from jobs.batch_pipeline import load_features
 from tests._helpers import run_sql
 from tests._streams import Check, checks, encode, events_over, micros, reference, served, streaming_feature
