@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -13,7 +12,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 from opentelemetry import trace
 from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
@@ -21,12 +19,12 @@ from pyspark.sql import DataFrame, SparkSession
 
 from featurestore.registry.v1 import feature_pb2 as pb
 from jobs import _transform
+from jobs._freshness import note_freshness
 from jobs._guard import disallowed_expressions
 from jobs._metrics import PipelineMetrics
 from jobs._plan import FeatureSpec, SourcePlan, plan
 from jobs._session import DEFAULT_NAMESPACE, read_table, source_problem
 from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
-from server import offline
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FRESHNESS_WRITER = "batch_pipeline"
@@ -254,15 +252,5 @@ def _record_freshness(
 ) -> None:
     """Note in the freshness summary that `written` now hold values as of config.as_of (a failure is reported)."""
     newest = {name: (config.as_of, entity_types[name]) for name in written}
-
-    async def record() -> None:
-        conn = await asyncpg.connect(config.postgres_dsn, timeout=10)
-        try:
-            await offline.record_freshness(conn, newest, FRESHNESS_WRITER)
-        finally:
-            await conn.close()
-
-    try:
-        asyncio.run(record())
-    except (OSError, asyncpg.PostgresError, TimeoutError) as err:
-        progress(f"freshness summary not updated: {err}")
+    if problem := note_freshness(config.postgres_dsn, newest, FRESHNESS_WRITER):
+        progress(f"freshness summary not updated: {problem}")

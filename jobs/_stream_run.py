@@ -21,7 +21,6 @@ nothing is counted twice.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -31,7 +30,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import redis
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -40,6 +38,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 
 from jobs import _tiles
 from jobs._events import ERROR, KEY, OFFSET, RAW
+from jobs._freshness import note_freshness
 from jobs._guard import disallowed_expressions
 from jobs._kafka_source import NAME as KAFKA_SOURCE
 from jobs._kafka_source import KafkaEvents, parse_records
@@ -48,7 +47,6 @@ from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
 from jobs._stream_plan import StreamPlan
 from jobs._valkey_source import NAME as VALKEY_SOURCE
 from jobs._valkey_source import ValkeyStreams
-from server import offline
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FRESHNESS_WRITER = "streaming_pipeline"
@@ -247,18 +245,8 @@ class MicroBatch:
     def _record_freshness(self, plan: StreamPlan, as_of: datetime) -> None:
         """The server's freshness gauges: the plan's features now hold values as of the stream time."""
         newest = {f.name: (as_of, plan.entity_type) for f in plan.features}
-
-        async def record() -> None:
-            conn = await asyncpg.connect(self.config.postgres_dsn, timeout=10)
-            try:
-                await offline.record_freshness(conn, newest, FRESHNESS_WRITER)
-            finally:
-                await conn.close()
-
-        try:
-            asyncio.run(record())
-        except (OSError, asyncpg.PostgresError, TimeoutError) as err:
-            self.progress(f"streaming: freshness summary not updated: {err}")
+        if problem := note_freshness(self.config.postgres_dsn, newest, FRESHNESS_WRITER):
+            self.progress(f"streaming: freshness summary not updated: {problem}")
 
     def _dead_letter(self, df: DataFrame, batch_id: int, plan: StreamPlan, source: Any) -> int:
         """Append the batch's malformed events to the dead-letter stream; how many there were.
