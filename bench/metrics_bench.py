@@ -65,8 +65,7 @@ def instrumentation_us(rounds: int = 200_000) -> float:
     counts and request size, the Redis read's duration (and the clock reads around them).
     """
     from server import _metrics
-    from server.online import _servicer
-    from server.online._catalog import Catalog
+    from server.online import Catalog, _servicer
     from server.registry import Feature, FeatureGroup
 
     catalog = Catalog()

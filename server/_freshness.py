@@ -14,6 +14,7 @@ too), loads the whole summary (one row per feature) and serves it on /metrics:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -117,19 +118,9 @@ class NotingSink:
         self._tracker = tracker
 
     async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
-        span = _tracing.start_call("postgresql history_append", _append_attributes(rows)) if _tracing.enabled else None
-        started = time.perf_counter()
-        try:
+        attributes = functools.partial(_append_attributes, rows)
+        with _tracing.StoreCall("postgresql history_append", attributes, _APPEND_SECONDS, _APPEND_ERRORS):
             await self._history.append(rows, timeout)
-        except Exception as exc:
-            _APPEND_ERRORS()
-            if span is not None:
-                _tracing.failed(span, exc)
-            raise
-        finally:
-            _APPEND_SECONDS(time.perf_counter() - started)
-            if span is not None:
-                span.end()
         self._tracker.note(rows)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,36 @@ def end_rpc(span: trace.Span, token: object, code: str | None) -> None:
 def start_call(name: str, attributes: Mapping[str, str | int]) -> trace.Span:
     """A client span (a Redis or PostgreSQL call) under the current span; the caller ends it."""
     return _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+
+class StoreCall:
+    """`with StoreCall(...):` around one awaited store call: its duration observed, an error counted,
+    and (tracing on) a client span around it. The one form of the Redis and history-append timers."""
+
+    __slots__ = ("_failed", "_observe", "_span", "_started")
+
+    def __init__(
+        self,
+        name: str,
+        attributes: Callable[[], Mapping[str, str | int]],
+        observe: Callable[[float], None],
+        failed: Callable[[], None],
+    ) -> None:
+        self._observe, self._failed = observe, failed
+        self._span = start_call(name, attributes()) if enabled else None
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if isinstance(error, Exception):
+            self._failed()
+            if self._span is not None:
+                failed(self._span, error)
+        self._observe(time.perf_counter() - self._started)
+        if self._span is not None:
+            self._span.end()
 
 
 def record_call(name: str, seconds: float, error: BaseException | None, attributes: Mapping[str, str]) -> None:

@@ -66,8 +66,8 @@ Redis TTL, so entities nobody writes any more are eventually removed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-import time
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -438,6 +438,10 @@ class _Clustered:
 _READ_SECONDS, _READ_ERRORS = _metrics.store_timer("redis", "read")
 
 
+def _write_attributes(writes: Sequence[KeyWrite]) -> dict[str, str | int]:
+    return {"db.system": "redis", "entities": len(writes)}
+
+
 def _span_attributes(keys: Sequence[bytes], fields: Sequence[bytes]) -> dict[str, str | int]:
     return {
         "db.system": "redis",
@@ -485,19 +489,8 @@ class RedisOnlineStore:
         """Values of `fields` for each key, flat and key-major; None where nothing is stored."""
         if not _metrics.enabled and not _tracing.enabled:
             return await self._transport.read(keys, fields)
-        span = _tracing.start_call("redis read", _span_attributes(keys, fields)) if _tracing.enabled else None
-        started = time.perf_counter()
-        try:
+        with _tracing.StoreCall("redis read", lambda: _span_attributes(keys, fields), _READ_SECONDS, _READ_ERRORS):
             return await self._transport.read(keys, fields)
-        except Exception as exc:
-            _READ_ERRORS()
-            if span is not None:
-                _tracing.failed(span, exc)
-            raise
-        finally:
-            _READ_SECONDS(time.perf_counter() - started)
-            if span is not None:
-                span.end()
 
     @_translated
     async def write(self, writes: Sequence[KeyWrite]) -> int:
@@ -508,20 +501,6 @@ class RedisOnlineStore:
         """
         if not writes:
             return 0
-        span = (
-            _tracing.start_call("redis write", {"db.system": "redis", "entities": len(writes)})
-            if _tracing.enabled
-            else None
-        )
-        started = time.perf_counter()
-        try:
+        attributes = functools.partial(_write_attributes, writes)
+        with _tracing.StoreCall("redis write", attributes, _WRITE_SECONDS, _WRITE_ERRORS):
             return await self._transport.write(writes, self._ttl)
-        except Exception as exc:
-            _WRITE_ERRORS()
-            if span is not None:
-                _tracing.failed(span, exc)
-            raise
-        finally:
-            _WRITE_SECONDS(time.perf_counter() - started)
-            if span is not None:
-                span.end()
