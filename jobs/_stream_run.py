@@ -115,6 +115,7 @@ def query_id(checkpoint: Path) -> str:
     return str(json.loads((checkpoint / "metadata").read_text())["id"])
 
 
+_WRITE_ROWS = 2_000  # entities per sink batch: encoding, history COPY and online writes overlap across them
 DEAD_LETTERS_PER_BATCH = 10_000  # malformed events written to the dead-letter stream per micro-batch, at most
 DEAD_LETTERS_KEPT = 1_000_000  # entries the dead-letter stream keeps, about (XADD MAXLEN ~)
 
@@ -250,7 +251,7 @@ class MicroBatch:
             event_micros=after,
             online_ttl=self.config.online_ttl,
         )
-        totals = asyncio.run(write_batches(sink, windows.to_batches()))
+        totals = asyncio.run(write_batches(sink, windows.to_batches(max_chunksize=_WRITE_ROWS)))
         report.values, report.entities = totals.values, totals.entities
         self._record_freshness(plan, as_of)
 

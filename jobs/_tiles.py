@@ -6,29 +6,31 @@ filter as a boolean, its aggregated column). On the driver (`merge_windows`),
 the rows become one partial aggregate per (tile = minute of event time,
 feature): the count of values, their sum, min and max, the latest (event time,
 value) and the set of distinct values, as the function needs. The partials are
-merged into the tile store (one Valkey hash per entity, beside the online
-values, one field per feature holding its tiles in order), and the entity's
+merged into the tile store (one Valkey record per entity, beside the online
+values, holding each feature's tiles in order), and the entity's
 tiles are combined into each feature's window as of the stream time A, so a
 24 h window costs at most 1,440 tiles per entity, never a rescan of 24 h of
 events. Windows are tile-aligned: a value as of A covers the events from the
 start of the tile `window / tile - 1` tiles before A's tile up to A.
 
-Exactly once: a merge is skipped for an entity whose hash already records this
-batch id (a replayed batch), and a chunk of entities' hashes is written in one
-MULTI/EXEC, so a batch applies to every entity once whatever is killed when.
+Exactly once: a merge is skipped for an entity whose record already holds this
+batch id (a replayed batch), and a chunk of entities' records is written in one
+MSET, so a batch applies to every entity once whatever is killed when.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -40,8 +42,7 @@ from server import core
 ENTITY_ID, ROWS, TILE, TS = "entity_id", "__rows", "__tile", "__ts"
 TILE_MICROS = core.TILE_SECONDS * 1_000_000
 _NUMERIC = ("count", "sum", "avg", "min", "max")
-BATCH_FIELD = b"__batch"
-_CHUNK = 500  # entities per read pipeline and per MULTI/EXEC
+_CHUNK = 500  # entities per MGET and per MSET
 
 
 def tile_of(micros: int) -> int:
@@ -112,6 +113,12 @@ def added_inputs(events: pa.Table, plan: StreamPlan) -> pa.Table:
     """`transform_inputs`' columns of a `with_inputs` table, under their own names."""
     names = [ENTITY_ID, TILE, TS, *(_input(i) for i in range(len(plan.features)))]
     return events.select([f"{_ADDED}{name}" for name in names]).rename_columns(names)
+
+
+def _input_schema(plan: StreamPlan) -> pa.Schema:
+    kinds = [pa.float64() if f.function in _NUMERIC else pa.string() for f in plan.features]
+    inputs = [(_input(i), kind) for i, kind in enumerate(kinds)]
+    return pa.schema([(ENTITY_ID, pa.string()), (TILE, pa.int64()), (TS, pa.int64()), *inputs])
 
 
 _RAW_KINDS = {"count": "bigint", "count_distinct": "bigint", "last": "string"}  # else double
@@ -196,34 +203,43 @@ class _Entity:
         self.rows = 0
 
 
-def _collect(batches: Iterator[pa.RecordBatch], plan: StreamPlan) -> dict[str, _Entity]:
-    functions = [f.function for f in plan.features]
+def _collect(table: pa.Table, plan: StreamPlan) -> dict[str, _Entity]:
+    """Each entity's partials per feature and tile, aggregated by Arrow (group by entity and tile)."""
     entities: dict[str, _Entity] = {}
-    for batch in batches:
-        columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-        ids, tiles, times, inputs = columns[0], columns[1], columns[2], columns[3:]
-        for row, entity_id in enumerate(ids):
-            entity = entities.get(entity_id)
-            if entity is None:
-                entity = entities[entity_id] = _Entity(len(functions))
-            entity.rows += 1
-            tile = tiles[row]
-            for i, function in enumerate(functions):
-                x = inputs[i][row]
-                if x is None:
-                    continue
-                one = partial_of(function, times[row], x)
-                mine = entity.partials[i]
-                old = mine.get(tile)
-                mine[tile] = merge(old, one) if old else one
+    rows = table.group_by(ENTITY_ID, use_threads=False).aggregate([(ENTITY_ID, "count")])
+    for entity_id, n in zip(rows.column(0).to_pylist(), rows.column(1).to_pylist(), strict=True):
+        entity = entities[entity_id] = _Entity(len(plan.features))
+        entity.rows = n
+    for i, feature in enumerate(plan.features):
+        x = _input(i)
+        present = table.filter(pc.is_valid(table.column(x)))
+        if feature.function in _NUMERIC:
+            aggregates = [(x, "count"), (x, "sum"), (x, "min"), (x, "max")]
+            groups = present.group_by([ENTITY_ID, TILE], use_threads=False).aggregate(aggregates)
+            ids, tiles, *parts = (
+                groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, *(f"{x}_{a}" for _, a in aggregates))
+            )
+            for entity_id, tile, n, total, lo, hi in zip(ids, tiles, *parts, strict=True):
+                entities[entity_id].partials[i][tile] = [n, total, lo, hi, None, None, None]
+        elif feature.function == "last":  # the latest time's greatest value: the last in (time, value) order
+            ordered = present.sort_by([(TS, "ascending"), (x, "ascending")])
+            groups = ordered.group_by([ENTITY_ID, TILE], use_threads=False).aggregate([(TS, "last"), (x, "last")])
+            columns = (groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{TS}_last", f"{x}_last"))
+            for entity_id, tile, at, value in zip(*columns, strict=True):
+                entities[entity_id].partials[i][tile] = [1, None, None, None, at, value, None]
+        else:
+            groups = present.group_by([ENTITY_ID, TILE], use_threads=False).aggregate([(x, "distinct")])
+            columns = (groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{x}_distinct"))
+            for entity_id, tile, values in zip(*columns, strict=True):
+                entities[entity_id].partials[i][tile] = [len(values), None, None, None, None, None, sorted(values)]
     return entities
 
 
-# The tile store: one Valkey hash per entity (and query), one field per feature holding the
-# feature's tiles in tile order, those older than its window dropped. The numeric functions'
-# tiles are packed doubles, (tile, count, sum, min, max) each, so reading, merging and
-# combining them is C-level array work; `last` and `count_distinct` keep JSON lists of
-# [tile, time, value] and [tile, [values]].
+# The tile store: one Valkey string per entity (and query), `pack_tiles`: the batch id that
+# last merged it and, per feature, the feature's tiles in tile order, those older than its
+# window dropped. The numeric functions' tiles are packed doubles, (tile, count, sum, min,
+# max) each, so reading, merging and combining them is C-level array work; `last` and
+# `count_distinct` keep JSON lists of [tile, time, value] and [tile, [values]].
 _WIDTH = 5
 
 
@@ -303,10 +319,37 @@ def _feature_tiles(feature: StreamFeature, raw: bytes | None, new: dict[int, Par
     return json.dumps(tiles, separators=(",", ":")).encode(), _listed_value(feature.function, tiles, first, last)
 
 
+_HEAD = struct.Struct(">HI")  # a section of an entity's tiles: name length, payload length
+_MAGIC = b"T2"
+
+
+def pack_tiles(batch_id: int, features: dict[bytes, bytes]) -> bytes:
+    """An entity's stored tiles: the batch that last merged them, then (name, tiles) per feature."""
+    parts = [_MAGIC, batch_id.to_bytes(8, "big", signed=True)]
+    for name, tiles in features.items():
+        parts += (_HEAD.pack(len(name), len(tiles)), name, tiles)
+    return b"".join(parts)
+
+
+def unpack_tiles(blob: bytes | None) -> tuple[int, dict[bytes, bytes]]:
+    """(the batch that last merged the tiles, -1 for none; the tiles per feature) of `pack_tiles`."""
+    if not blob:
+        return -1, {}
+    if blob[:2] != _MAGIC:
+        raise ValueError("not a tile record of this version")
+    features, pos = {}, 10
+    while pos < len(blob):
+        n, m = _HEAD.unpack_from(blob, pos)
+        pos += _HEAD.size
+        features[blob[pos : pos + n]] = blob[pos + n : pos + n + m]
+        pos += n + m
+    return int.from_bytes(blob[2:10], "big", signed=True), features
+
+
 def _entity_windows(
     stored: dict[bytes, bytes], entity: _Entity | None, plan: StreamPlan, last: int
 ) -> tuple[dict[bytes, bytes], list[Any]]:
-    """(the fields to store, each feature's window value); `entity` None: read only (a replay)."""
+    """(each feature's tiles to store, its window value); `entity` None: read only (a replay)."""
     fields, values = {}, []
     for i, feature in enumerate(plan.features):
         name = feature.name.encode()
@@ -322,33 +365,28 @@ def merge_windows(
     """Merge the partials of `transform_inputs` rows into the tile store (once per batch id per entity)
     and return each entity's window values as of `as_of_micros` (rows of `output_ddl`).
 
-    Entities are merged in chunks of _CHUNK: one pipelined read of their hashes, then one
-    MULTI/EXEC writing them, so a chunk applies whole or not at all."""
+    Entities are merged in chunks of _CHUNK: one MGET of their records, then one MSET (atomic)
+    writing them, so a chunk applies whole or not at all."""
     last = tile_of(as_of_micros)
     names = [f.name for f in plan.features]
-    kept = {n.encode() for n in names} | {BATCH_FIELD}
-    entities = _collect(iter(batches), plan)
+    entities = _collect(pa.Table.from_batches(list(batches), schema=_input_schema(plan)), plan)
     ids = list(entities)
     out: list[list[Any]] = [[] for _ in range(2 + len(names))]
-    marker = str(batch_id).encode()
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        read = client.pipeline(transaction=False)
-        for entity_id in chunk:
-            read.hgetall(tile_key(query_id, entity_id))
-        write = client.pipeline(transaction=True)  # one MULTI/EXEC: the chunk merges whole or not at all
-        for entity_id, stored in zip(chunk, read.execute(), strict=True):
+        keys = [tile_key(query_id, entity_id) for entity_id in chunk]
+        merged = {}
+        for key, entity_id, blob in zip(keys, chunk, client.mget(keys), strict=True):
             entity = entities[entity_id]
-            replay = int(stored.get(BATCH_FIELD, b"-1")) >= batch_id  # merged before: read, change nothing
-            fields, values = _entity_windows(stored, None if replay else entity, plan, last)
-            if not replay:
-                key = tile_key(query_id, entity_id)
-                if gone := [k for k in stored if k not in kept]:  # features no longer in the plan
-                    write.hdel(key, *gone)
-                write.hset(key, mapping={**fields, BATCH_FIELD: marker})
+            merged_by, stored = unpack_tiles(blob)
+            replay = merged_by >= batch_id  # merged before: read, change nothing
+            features, values = _entity_windows(stored, None if replay else entity, plan, last)
+            if not replay:  # (features no longer in the plan are left out)
+                merged[key] = pack_tiles(batch_id, features)
             for column, x in zip(out, [entity_id, entity.rows, *values], strict=True):
                 column.append(x)
-        write.execute()
+        if merged:
+            client.mset(merged)
     kinds = {"count": pa.int64(), "count_distinct": pa.int64(), "last": pa.string()}
     types = [pa.string(), pa.int64(), *(kinds.get(f.function, pa.float64()) for f in plan.features)]
     schema = pa.schema(list(zip([ENTITY_ID, ROWS, *names], types, strict=True)))

@@ -8,7 +8,7 @@ import pytest
 
 from jobs._events import EventSchema
 from jobs._stream_plan import StreamFeature, StreamPlan
-from jobs._tiles import _feature_tiles, merge, needs_finish, partial_of, uses_clock
+from jobs._tiles import _feature_tiles, merge, needs_finish, pack_tiles, partial_of, unpack_tiles, uses_clock
 
 SCHEMA = EventSchema(
     fields=(("customer_id", "STRING"), ("amount", "FLOAT"), ("t", "TIMESTAMP")), entity="customer_id", time="t"
@@ -89,3 +89,11 @@ def test_finish_is_needed_for_a_post_step_or_another_type() -> None:
     assert needs_finish(plan(feature("sum", post=("value * 10",))))
     assert needs_finish(plan(feature("count", value_type="FLOAT")))
     assert needs_finish(plan(feature("sum", value_type="INT64")))
+
+
+def test_an_entity_record_packs_and_unpacks_its_batch_and_features() -> None:
+    features = {b"f_sum": b"\x00" * 40, b"f_last": b'[[1,2,"a"]]', b"": b""}
+    assert unpack_tiles(pack_tiles(-1 + 2**40, features)) == (-1 + 2**40, features)
+    assert unpack_tiles(None) == (-1, {})
+    with pytest.raises(ValueError, match="version"):
+        unpack_tiles(b"{}")
