@@ -3,7 +3,8 @@
     .venv/bin/python bench/write_bench.py            # or: make bench-write
 
 Starts PostgreSQL (shared_buffers as on a server), Valkey and the server (one serving
-process and one write worker, as `make up` runs it; see --server-args) on loopback, registers a 10-feature group and measures, each phase on empty stores:
+process and one write worker, as `make up` runs it; see --server-args) on loopback,
+registers a 10-feature group and measures, each phase on empty stores:
 
 - the raw ceilings, back to back: pipelined HSETs of the same stored values (both
   forms, the same fields and bytes the server writes) from one Python process
