@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/write_bench.py            # or: make bench-write
 
-Starts PostgreSQL (shared_buffers as on a server), Valkey and one server process on
-loopback, registers a 10-feature group and measures, each phase on empty stores:
+Starts PostgreSQL (shared_buffers as on a server), Valkey and the server (one serving
+process and one write worker, as `make up` runs it; see --server-args) on loopback,
+registers a 10-feature group and measures, each phase on empty stores:
 
 - the raw ceilings, back to back: pipelined HSETs of the same stored values (both
   forms, the same fields and bytes the server writes) from one Python process
@@ -76,7 +77,8 @@ COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "f
 
 class Cpu:
     def __init__(self, server: int, postgres: int, valkey: int) -> None:
-        self.pids = {"server": (server, False), "postgres": (postgres, True), "valkey": (valkey, False)}
+        # the server's children: its serving and write workers (--write-workers), if any
+        self.pids = {"server": (server, True), "postgres": (postgres, True), "valkey": (valkey, False)}
 
     def sample(self) -> dict[str, float]:
         return {name: cpu_seconds(pid, children) for name, (pid, children) in self.pids.items()}
@@ -224,14 +226,16 @@ def _reader(target: str, entities: int, ready: Any, stop: Any, out: Connection) 
         call(body, timeout=10)
     ready.set()
     latencies: list[float] = []
-    failures, i = 0, 0
+    failures: dict[str, int] = {}
+    i = 0
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
             call(bodies[i % len(bodies)], timeout=10)
             latencies.append((time.perf_counter() - t0) * 1000)
-        except grpc.RpcError:
-            failures += 1
+        except grpc.RpcError as err:
+            code = f"{err.code().name}: {err.details()}"
+            failures[code] = failures.get(code, 0) + 1
         i += 1
     out.send((latencies, failures))
     channel.close()
@@ -246,7 +250,7 @@ class Reader:
         self._recv, send = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_reader, args=(target, entities, self._ready, self._stop, send))
         self.latencies: list[float] = []
-        self.failures = 0
+        self.failures: dict[str, int] = {}
 
     def __enter__(self) -> Reader:
         self._proc.start()
@@ -262,7 +266,7 @@ class Reader:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         return {
             "reads": len(self.latencies),
             "failed": self.failures,
@@ -342,7 +346,7 @@ def _py_spy(folder: Path | None, name: str, pid: int) -> subprocess.Popen[bytes]
     if folder is None or spy is None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "-o", str(folder / f"{name}.svg")]
+    cmd = [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "-o", str(folder / f"{name}.svg")]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -371,7 +375,11 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=4)
-    parser.add_argument("--server-args", default="", help="extra flags for the server, space-separated")
+    parser.add_argument(
+        "--server-args",
+        default="--write-workers 1",
+        help="extra flags for the server, space-separated (default: the shape `make up` and kubernetes/ run)",
+    )
     parser.add_argument(
         "--profile", type=Path, help="py-spy record the server during the write phases into this folder"
     )

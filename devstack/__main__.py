@@ -96,12 +96,14 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
     procs.append(valkey)
     print(f"  Valkey      127.0.0.1:{valkey.port}")
     auth = dev_auth(state / "auth") if args.auth == "on" else None
+    write_metrics = args.metrics_port + 10
     server = start_server(
         state,
         args.grpc_port,
         str(postgres.extra["dsn"]),
         str(valkey.extra["url"]),
-        auth.server_args() if auth else None,
+        # writes in a process of their own (docs/operations.md), its metrics on metrics port + 10
+        [*(auth.server_args() if auth else []), "--write-workers", "1", "--write-metrics-port", str(write_metrics)],
         metrics_port=args.metrics_port,
     )
     procs.append(server)
@@ -117,7 +119,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
         print("              and http://localhost (port 80), as the seed's examples call it")
     elif args.http_port != 80:
         print("              port 80 is taken or not allowed here: use :8080 in the seed's http://localhost/ examples")
-    print(f"  metrics     http://localhost:{args.metrics_port}/metrics")
+    print(f"  metrics     http://localhost:{args.metrics_port}/metrics (the write worker's: port {write_metrics})")
     token = auth.admin_token if auth else ""
     created = _demo.load(f"127.0.0.1:{server.port}", token)
     print(f"  demo data   {', '.join(created) if created else 'already loaded'}")
@@ -156,7 +158,7 @@ def _start_all(args: argparse.Namespace, procs: list[Proc]) -> None:
         '              append an event: .venv/bin/python -m jobs.demo_events --event \'{"customer_id": "customer123"}\''
     )
     targets = Targets(
-        servers=[f"127.0.0.1:{args.metrics_port}"],
+        servers=[f"127.0.0.1:{args.metrics_port}", f"127.0.0.1:{args.metrics_port + 10}"],  # + the write worker
         envoy_admin=f"127.0.0.1:{envoy.extra['admin_port']}",
         pushgateway=f"127.0.0.1:{gateway.port}",
         pipelines=[f"127.0.0.1:{args.pipeline_metrics_port}", f"127.0.0.1:{args.streaming_metrics_port}"],

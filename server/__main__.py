@@ -1,8 +1,9 @@
 """`python -m server`: run the feature store gRPC server until SIGTERM/SIGINT.
 
-With `--workers N` (N > 1) this process supervises N worker processes that
-share the port through SO_REUSEPORT, forwards SIGTERM/SIGINT to them and
-restarts a worker that dies.
+With `--workers N` (N > 1) or `--write-workers M` (M > 0) this process supervises
+N worker processes that share the port through SO_REUSEPORT, and M write workers
+that run the writes the serving workers pass them (see _Supervisor); it forwards
+SIGTERM/SIGINT to them and restarts a worker that dies.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from server._app import migrate_only, start
 from server._settings import Settings, local_environment
@@ -50,33 +54,78 @@ def _settle_garbage_collector() -> None:
 
 
 class _Supervisor:
-    """Runs `count` copies of this server as child processes."""
+    """Runs `settings.workers` copies of this server as child processes, and its write workers.
 
-    def __init__(self, argv: list[str], count: int, metrics_port: int) -> None:
-        self._cmd = [sys.executable, "-m", "server", *argv, "--workers", "1"]
-        self._metrics_port = metrics_port
-        self._workers = [self._spawn(i) for i in range(count)]
-        self._stopping = False
+    Write workers (`write_workers`) start first, each serving on a Unix socket in a
+    directory of its own (mode 0700: only this user can connect), at a lower CPU priority
+    (`write_nice`); the serving workers then start and pass writes to them
+    (server/online/_forward.py). Worker i's metrics are on metrics_port + i, write worker
+    j's on write_metrics_port + j (default: right after the serving workers').
+    """
+
+    def __init__(self, argv: list[str], settings: Settings) -> None:
+        self._cmd = [sys.executable, "-m", "server", *argv, "--workers", "1", "--write-workers", "0"]
+        self._metrics_port = settings.metrics_port
+        self._write_metrics_port = settings.write_metrics_port or settings.metrics_port + settings.workers
+        self._folder = Path(tempfile.mkdtemp(prefix="featurestore-writes-")) if settings.write_workers > 0 else None
+        self._sockets = [str(self._folder / f"{i}.sock") for i in range(settings.write_workers)] if self._folder else []
+        self._nice = max(0, min(19, settings.write_nice))
+        self._serving = settings.workers
+        self._stopping, self._signal = False, signal.SIGTERM
+        writers = range(self._serving, self._serving + len(self._sockets))
+        self._workers = {i: self._spawn(i) for i in writers}
+        self._wait_for_sockets(settings.startup_timeout)
+        self._workers.update({i: self._spawn(i) for i in range(self._serving)})
+
+    def _args(self, index: int) -> list[str]:
+        port = self._metrics_port + index if self._metrics_port else 0
+        if port and index >= self._serving:
+            port = self._write_metrics_port + index - self._serving
+        if index >= self._serving:
+            role = ["--write-worker-socket", self._sockets[index - self._serving]]
+        else:
+            role = ["--write-forward-sockets", ",".join(self._sockets)] if self._sockets else []
+        return [*self._cmd, *role, "--metrics-port", str(port)]
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        port = self._metrics_port + index if self._metrics_port else 0
-        return subprocess.Popen([*self._cmd, "--metrics-port", str(port)])
+        worker = subprocess.Popen(self._args(index))
+        if index >= self._serving and self._nice:
+            os.setpriority(os.PRIO_PROCESS, worker.pid, self._nice)  # lower priority: allowed to any user
+        return worker
+
+    def _wait_for_sockets(self, timeout: float) -> None:
+        """Until every write worker listens (or has exited: then its restart is the watch loop's job)."""
+        deadline = time.monotonic() + timeout
+        while not all(Path(s).exists() for s in self._sockets) and time.monotonic() < deadline:
+            if any(w.poll() is not None for w in self._workers.values()):
+                return
+            time.sleep(0.1)
 
     def stop(self, signum: int, _frame: object) -> None:
-        self._stopping = True
-        for worker in self._workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
+        self._stopping, self._signal = True, signal.Signals(signum)
 
     def run(self) -> int:
+        """Restart workers that exit until stopped; then stop the serving workers (they finish their calls,
+        forwarded writes too), then the write workers."""
         while not self._stopping:
-            for i, worker in enumerate(self._workers):
+            for i, worker in self._workers.items():
                 if worker.poll() is not None and not self._stopping:
                     _log.error("worker %d exited with %s; restarting it", worker.pid, worker.returncode)
                     time.sleep(0.5)
                     self._workers[i] = self._spawn(i)
             time.sleep(0.2)
-        return max(worker.wait() for worker in self._workers)
+        codes = self._stop_all(range(self._serving))
+        codes += self._stop_all(range(self._serving, len(self._workers)))
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+        return max(codes)
+
+    def _stop_all(self, indexes: range) -> list[int]:
+        workers = [self._workers[i] for i in indexes]
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(self._signal)
+        return [worker.wait() for worker in workers]
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -99,8 +148,8 @@ def main() -> None:
     if settings.migrate_only:
         asyncio.run(migrate_only(settings))
         return
-    if settings.workers > 1:
-        supervisor = _Supervisor(sys.argv[1:], settings.workers, settings.metrics_port)
+    if settings.workers > 1 or settings.write_workers > 0:
+        supervisor = _Supervisor(sys.argv[1:], settings)
         signal.signal(signal.SIGTERM, supervisor.stop)
         signal.signal(signal.SIGINT, supervisor.stop)
         sys.exit(supervisor.run())

@@ -45,6 +45,7 @@ class App:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     tracer_provider: TracerProvider | None = None
     probes: grpc.aio.Server | None = None  # the plaintext health port (health_port), if any
+    forwarder: online.WriteForwarder | None = None  # writes passed to the write workers, if any
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, release the stores."""
@@ -52,6 +53,8 @@ class App:
         await self.server.stop(grace)
         if self.probes is not None:
             await self.probes.stop(0)
+        if self.forwarder is not None:
+            await self.forwarder.close()
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -267,6 +270,9 @@ async def start(
     authenticator = _authenticator(settings)  # before any store: a bad setting stops the start at once
     guard = _auth_guard(settings, authenticator) if authenticator else None
     credentials = _tls(settings)
+    write_worker = bool(settings.write_worker_socket)
+    if write_worker:  # its private socket is reached only by the serving processes, which checked the caller
+        authenticator, guard, credentials = None, None, None
     pool, registry_store = await _registry(settings)
     read_pool = await _read_pool(settings)
     online_store = _online(settings)
@@ -292,6 +298,11 @@ async def start(
         **offline.history_methods(history_servicer),
         **offline.training_methods(training_servicer),
     }
+    forwarder = None
+    if settings.write_forward_sockets:  # writes run in the write workers (online/_forward.py)
+        sockets = [path for path in settings.write_forward_sockets.split(",") if path]
+        forwarder = online.WriteForwarder(sockets, settings.max_message_bytes)
+        feature_store.update(forwarder.methods())
     server.add_generic_rpc_handlers(
         (
             _guarded(guard, core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
@@ -318,12 +329,15 @@ async def start(
             await freshness.sync()
     if settings.metrics and settings.metrics_port:
         _metrics.serve(settings.metrics_host, settings.metrics_port)
-    address = f"{settings.host}:{settings.port}"
+    address = f"unix:{settings.write_worker_socket}" if write_worker else f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
-    transport = ("mTLS" if settings.tls_client_ca_file else "TLS") if credentials else "plaintext"
-    _log.info("serving gRPC on %s:%d (%s, auth %s)", settings.host, port, transport, settings.auth_mode)
-    probes = await _probe_server(settings, health) if settings.health_port else None
+    if write_worker:
+        _log.info("write worker serving gRPC on %s", address)
+    else:
+        transport = ("mTLS" if settings.tls_client_ca_file else "TLS") if credentials else "plaintext"
+        _log.info("serving gRPC on %s:%d (%s, auth %s)", settings.host, port, transport, settings.auth_mode)
+    probes = await _probe_server(settings, health) if settings.health_port and not write_worker else None
     tasks = [
         asyncio.create_task(monitor.run()),
         asyncio.create_task(refresher.run()),
@@ -336,7 +350,7 @@ async def start(
     if settings.history_retention_days > 0:
         retention = timedelta(days=settings.history_retention_days)
         tasks.append(asyncio.create_task(history.enforce_retention(retention)))
-    return App(server, health, [pool, read_pool], online_store, port, tasks, provider, probes)
+    return App(server, health, [pool, read_pool], online_store, port, tasks, provider, probes, forwarder)
 
 
 async def _probe_server(settings: Settings, health: health_aio.HealthServicer) -> grpc.aio.Server:

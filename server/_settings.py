@@ -104,6 +104,29 @@ class Settings:
         metadata={"help": "seconds between updates of the feature freshness summary and its gauges"},
     )
     workers: int = field(default=1, metadata={"help": "server processes sharing the port (SO_REUSEPORT)"})
+    write_workers: int = field(
+        default=0,
+        metadata={
+            "help": "processes that run WriteFeatures and PushFeatures apart from the reads: the serving processes "
+            "pass those calls to them over a private Unix socket, so no read waits behind a write's work; "
+            "0 = every process runs its own writes"
+        },
+    )
+    write_nice: int = field(
+        default=5, metadata={"help": "CPU niceness of the write workers (0-19): reads get the CPU first"}
+    )
+    write_metrics_port: int = field(
+        default=0,
+        metadata={"help": "/metrics port of the first write worker (the next: + 1); 0 = after the workers' ports"},
+    )
+    write_worker_socket: str = field(
+        default="",
+        metadata={"help": "set by the supervisor: this process is a write worker serving on this Unix socket only"},
+    )
+    write_forward_sockets: str = field(
+        default="",
+        metadata={"help": "set by the supervisor: the write workers' Unix sockets (comma-separated) to pass writes to"},
+    )
     health_interval: float = field(default=1.0, metadata={"help": "seconds between dependency health probes"})
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on SIGTERM"})
     max_message_bytes: int = field(default=16 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})

@@ -1,0 +1,158 @@
+"""Write workers (--write-workers): writes run in processes of their own, passed there by the serving process."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from devstack import Proc, dev_auth
+from featurestore import FeatureStoreClient
+from featurestore.registry.v1 import feature_pb2 as pb
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
+from tests._helpers import FAST_SERVER_ARGS, Processes, eventually
+from tests._online import ago, f64, get, i64, register, row, wait_servable, write
+
+WORKERS = [*FAST_SERVER_ARGS, "--write-workers", "1", "--write-nice", "5"]
+
+
+def _writable(client: FeatureStoreClient, *names: str) -> None:
+    """Until the write worker knows `names` too: it learns registry changes by notification, as other
+    processes do (the serving process that made the change knows it at once)."""
+
+    def known() -> bool:
+        try:
+            write(client, [row("probe", ago(days=300), **{n: i64(0) for n in names})])
+            return True
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            return False
+
+    eventually(known, timeout=30)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _calls(metrics_port: int, method: str) -> float:
+    """How many calls of `method` the process serving /metrics on `metrics_port` handled."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    key = f'featurestore_rpc_duration_seconds_count{{method="{method}"}} '
+    return sum(float(line[len(key) :]) for line in text.splitlines() if line.startswith(key))
+
+
+def _violations(err: grpc.RpcError) -> list[str]:
+    trailing: Any = err.trailing_metadata()
+    status = next(status_pb2.Status.FromString(v) for k, v in trailing if k == "grpc-status-details-bin")
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+@pytest.fixture
+def workers(processes: Processes, postgres_dsn: str, redis_url: str) -> Proc:
+    return processes.server(postgres_dsn, redis_url, WORKERS)
+
+
+def test_writes_run_in_the_write_worker_and_read_back_from_the_serving_one(workers: Proc) -> None:
+    eventually(lambda: len(_children(workers.popen.pid)) == 2)
+    niceness = {pid: os.getpriority(os.PRIO_PROCESS, pid) for pid in _children(workers.popen.pid)}
+    assert sorted(niceness.values()) == [0, 5], niceness  # the write worker runs at a lower priority
+    metrics = int(str(workers.extra["metrics_port"]))  # the serving worker's; the write worker's is the next one
+    with FeatureStoreClient(f"127.0.0.1:{workers.port}") as client:
+        register(client, "ww_x", pb.INT64)
+        register(client, "ww_y", pb.FLOAT)
+        wait_servable(client, "customer", "ww_x", "ww_y")
+        _writable(client, "ww_x")
+        response = write(client, [row("c1", ago(minutes=1), ww_x=i64(7), ww_y=f64(0.5))])
+        assert (response.written_values, response.skipped_values) == (2, 0)
+        assert write(client, [row("c1", ago(minutes=2), ww_x=i64(1))]).skipped_values == 1  # only newer
+        pushed = client.store.PushFeatures(
+            iter(
+                fs.PushFeaturesRequest(entity_type="customer", rows=[row(f"p{i}", ago(minutes=1), ww_x=i64(i))])
+                for i in range(3)
+            )
+        )
+        assert (pushed.written_values, pushed.batches) == (3, 3)
+        assert get(client, "c1", "ww_x", "ww_y")["ww_x"].value.int64_value == 7
+        assert get(client, "p2", "ww_x")["ww_x"].value.int64_value == 2
+        # the caller's validation error comes back whole: code, message and the field it names
+        with pytest.raises(grpc.RpcError) as caught:
+            write(client, [row("c2", ago(minutes=1), ww_x=f64(1.5))])
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert any("ww_x" in field for field in _violations(caught.value)), _violations(caught.value)
+        raw = client.channel.unary_unary("/featurestore.serving.v1.FeatureStoreService/WriteFeatures", None, None)
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(b"\xff\xff", timeout=10)  # not a message: the worker's parser says so
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _violations(caught.value) == ["request"]
+    calls = {(port, m): _calls(port, m) for port in (metrics, metrics + 1) for m in ("WriteFeatures", "PushFeatures")}
+    assert calls[metrics, "WriteFeatures"] == calls[metrics, "PushFeatures"] == 0, calls
+    assert calls[metrics + 1, "WriteFeatures"] >= 5, calls  # the probe, 2 written, 2 refused
+    assert calls[metrics + 1, "PushFeatures"] == 1, calls
+    assert _calls(metrics, "GetFeatures") > 0
+    assert _calls(metrics + 1, "GetFeatures") == 0
+
+
+def test_a_write_worker_that_died_is_unavailable_then_restarted(workers: Proc) -> None:
+    eventually(lambda: len(_children(workers.popen.pid)) == 2)
+    writer = max(_children(workers.popen.pid), key=lambda pid: os.getpriority(os.PRIO_PROCESS, pid))
+    with FeatureStoreClient(f"127.0.0.1:{workers.port}") as client:
+        register(client, "ww_z", pb.INT64)
+        wait_servable(client, "customer", "ww_z")
+        _writable(client, "ww_z")
+        os.kill(writer, 9)
+        eventually(lambda: writer not in _children(workers.popen.pid))
+        errors: list[tuple[grpc.StatusCode, str]] = []
+
+        def written() -> bool:
+            try:
+                return write(client, [row("c3", ago(minutes=1), ww_z=i64(3))]).written_values == 1
+            except grpc.RpcError as err:  # until it is back
+                errors.append((err.code(), err.details() or ""))
+                return False
+
+        eventually(written, timeout=60)
+        assert errors, "the first write after the kill must fail: the worker cannot be back yet"
+        assert {code for code, _ in errors} == {grpc.StatusCode.UNAVAILABLE}, errors
+        assert not [details for _, details in errors if "sock" in details or "unix" in details], errors  # no internals
+        assert get(client, "c3", "ww_z")["ww_z"].value.int64_value == 3
+    workers.stop()
+    assert workers.popen.returncode == 0
+
+
+def test_the_serving_process_checks_the_caller_before_passing_a_write(
+    processes: Processes, tmp_path: Path, postgres_dsn: str, redis_url: str
+) -> None:
+    auth = dev_auth(tmp_path / "auth")
+    server = processes.server(postgres_dsn, redis_url, [*WORKERS, *auth.server_args()])
+    target = f"127.0.0.1:{server.port}"
+
+    def client(token: str) -> FeatureStoreClient:
+        call = grpc.access_token_call_credentials(token)
+        creds = grpc.composite_channel_credentials(grpc.local_channel_credentials(), call)
+        return FeatureStoreClient(target, channel=grpc.secure_channel(target, creds))
+
+    with client(auth.admin_token) as admin, client(auth.reader_token) as reader:
+        register(admin, "ww_auth", pb.INT64)
+        wait_servable(admin, "customer", "ww_auth")
+        _writable(admin, "ww_auth")
+        assert write(admin, [row("c4", ago(minutes=1), ww_auth=i64(4))]).written_values == 1
+        with pytest.raises(grpc.RpcError) as caught:
+            write(reader, [row("c4", ago(minutes=1), ww_auth=i64(5))])
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert get(reader, "c4", "ww_auth")["ww_auth"].value.int64_value == 4
+    with FeatureStoreClient(target) as anonymous, pytest.raises(grpc.RpcError) as caught:
+        write(anonymous, [row("c4", ago(minutes=1), ww_auth=i64(6))])
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
