@@ -383,6 +383,9 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=Path, help="py-spy record the server during the write phases into this folder"
     )
+    parser.add_argument(
+        "--skip-bulk", action="store_true", help="no bulk ingest phase (a checkout from before `jobs.bulk_ingest`)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "write.json")
     args = parser.parse_args()
 
@@ -401,7 +404,8 @@ def main() -> int:
         shutil.rmtree(state, ignore_errors=True)
     values = report["values"]
     ceiling = report["ceiling_both_values_per_s"]
-    write, push, bulk = report["write_features"], report["push_features"], report["bulk_ingest"]
+    write, push = report["write_features"], report["push_features"]
+    bulk = report["bulk_ingest"] or {"values_per_s": float("nan"), "read_1x10_during": {"p99_ms": float("nan")}}
     capacity = report["valkey_hset_capacity_values_per_s"]
     checks = [
         ("raw pipelined HSET, values/s (ceiling)", values / report["raw_hset_seconds"], "-"),
@@ -433,6 +437,25 @@ def main() -> int:
     return 0
 
 
+def bulk_phase(
+    args: argparse.Namespace,
+    state: Path,
+    target: str,
+    dsn: str,
+    url: str,
+    cpu: Cpu,
+    registered: dict[str, pb.Feature],
+    values: int,
+) -> dict[str, Any]:
+    ingest = Ingest(state, dsn, url, registered)
+    try:
+        ingest.run(state / "warm-up")  # Spark's Python workers started before the clock
+        asyncio.run(empty_stores(dsn, url))
+        return phase("BulkIngest", cpu, target, args.entities, lambda: ingest.run(state / "bulk"), values, args.profile)
+    finally:
+        ingest.close()
+
+
 def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, cpu: Cpu) -> dict[str, Any]:
     with FeatureStoreClient(target) as client:
         registered = register(client)
@@ -443,8 +466,9 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
     write_bodies = requests(rows, first, args.batch_rows)
     online, history = stored_forms(rows)
     push_bodies = requests(rows, second, args.batch_rows)
-    write_parquet(state / "bulk", rows, third)
-    write_parquet(state / "warm-up", rows[:1000], third - timedelta(seconds=1), files=2)
+    if not args.skip_bulk:
+        write_parquet(state / "bulk", rows, third)
+        write_parquet(state / "warm-up", rows[:1000], third - timedelta(seconds=1), files=2)
     values = args.entities * FEATURES
     sizes = (len(online[0][1][b"wbench_f0#1"]), len(online[0][1][b"wbench_f0:j#1"]))
     del rows
@@ -481,13 +505,7 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
         values,
         args.profile,
     )
-    ingest = Ingest(state, dsn, url, registered)
-    try:
-        ingest.run(state / "warm-up")  # Spark's Python workers started before the clock
-        asyncio.run(empty_stores(dsn, url))
-        bulk = phase("BulkIngest", cpu, target, args.entities, lambda: ingest.run(state / "bulk"), values, args.profile)
-    finally:
-        ingest.close()
+    bulk = None if args.skip_bulk else bulk_phase(args, state, target, dsn, url, cpu, registered, values)
     return {
         "values": values,
         "valkey_hset_capacity_values_per_s": round(capacity),

@@ -49,11 +49,11 @@ class Settings:
     )
     redis_timeout: float = field(default=0.5, metadata={"help": "seconds a Redis call may take"})
     redis_chunk_values: int = field(
-        default=1000,
+        default=250,
         metadata={"help": "most values one Redis script call reads or writes; larger requests are split"},
     )
     redis_chunks_in_flight: int = field(
-        default=4, metadata={"help": "write script calls outstanding per process (on a connection of their own)"}
+        default=2, metadata={"help": "write script calls outstanding per process (on a connection of their own)"}
     )
     online_ttl: int = field(default=0, metadata={"help": "Redis TTL of an entity's key after a write; 0 = none"})
     max_request_values: int = field(

@@ -50,17 +50,20 @@ Bounded work per command
 ------------------------
 Valkey runs one command at a time, so one long script delays every other
 caller. A write is cut into script calls of at most ``chunk_values`` values
-(1,000 by default: ~2 ms of Valkey time; an entity's values may span calls,
-which changes nothing since each value is compared on its own), sent over the
-client's bulk connections with at most ``chunks_in_flight`` of them outstanding
-per process. Each call's timeout thus covers one bounded piece of work with a
-bounded queue ahead of it (a write call's timeout is the client's times
-``chunks_in_flight``: it may wait for the calls sent before it), and a read
-waits behind at most the one chunk Valkey is running. Reads of more than
-``chunk_values`` values are cut the same way, by entity (each piece a pipeline
-of HMGETs, so Valkey runs other callers' commands between them). A call that times out
-fails alone (UNAVAILABLE naming the read or write that got no answer); the
-connection and the other calls on it carry on.
+(250 by default: ~1 ms of Valkey time, at ~3.5-4.5 µs a value measured; an
+entity's values may span calls, which changes nothing since each value is
+compared on its own), sent over the client's bulk connections with at most
+``chunks_in_flight`` (2) of them outstanding per process. Valkey runs the commands
+it has read from one connection back to back, so a read may wait behind the chunks
+in flight on a bulk connection: measured under a maximal write load, a 1x10 read's
+p99 was about half with 250 values x 2 in flight what it was with 1,000 x 4, for
+~10% less write throughput (bench/README.md). Each call's timeout covers one bounded
+piece of work with a bounded queue ahead of it (a write call's timeout is the
+client's times max(4, ``chunks_in_flight``): it may wait for the calls sent before
+it, its process's and others'). Reads of more than ``chunk_values`` values are cut
+the same way, by entity (each piece a pipeline of HMGETs, so Valkey runs other callers'
+commands between them). A call that times out fails alone (UNAVAILABLE naming the
+read or write that got no answer); the connection and the other calls on it carry on.
 
 TTL
 ---
@@ -399,7 +402,7 @@ class _Standalone:
 
     async def _write_chunk(self, chunk: _Chunk) -> int:
         """One script call; it holds a place in the window, taken by `write`, until it is answered."""
-        timeout = self._client.timeout * self._in_flight  # it may queue behind the other chunks in flight
+        timeout = self._client.timeout * max(4, self._in_flight)  # it may queue behind other chunks in flight
         try:
             return int(await _WRITE.run(self._client, chunk.keys, chunk.args, bulk=True, timeout=timeout))
         except TimeoutError:
@@ -480,8 +483,8 @@ class RedisOnlineStore:
         client: RespClient | RedisCluster,
         *,
         ttl_seconds: int = 0,
-        chunk_values: int = 1000,
-        chunks_in_flight: int = 4,
+        chunk_values: int = 250,
+        chunks_in_flight: int = 2,
     ) -> None:
         chunk_values, in_flight = max(1, chunk_values), max(1, chunks_in_flight)
         self._transport: _Transport = (
