@@ -47,7 +47,7 @@ from featurestore import FeatureStoreClient  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
 from featurestore.serving.v1 import feature_store_service_pb2 as fs  # noqa: E402
-from jobs import (  # noqa: E402  # noqa: E402  # noqa: E402
+from jobs import (  # noqa: E402
     EVENT_FIELD,
     EventSchema,
     SessionConfig,
@@ -55,6 +55,7 @@ from jobs import (  # noqa: E402  # noqa: E402  # noqa: E402
     Streams,
     build_session,
     select_streaming,
+    stream_key,
     to_batch,
     watch_streams,
 )
@@ -64,23 +65,26 @@ from jobs.demo_events import random_event  # noqa: E402
 STREAM = "purchases"
 
 
-def append(client: Any, n: int, rng: random.Random, customers: int) -> None:
+def append(client: Any, n: int, rng: random.Random, customers: int, partitions: int) -> None:
     for start in range(0, n, 5000):
         pipe = client.pipeline(transaction=False)
         now = datetime.now(UTC)
         for _ in range(min(5000, n - start)):
-            pipe.xadd(STREAM, {EVENT_FIELD: json.dumps(random_event(rng, customers, now)).encode()})
+            event = random_event(rng, customers, now)
+            pipe.xadd(stream_key(STREAM, event["customer_id"], partitions), {EVENT_FIELD: json.dumps(event).encode()})
         pipe.execute()
 
 
-def parse_ceiling(client: Any, n: int) -> float:
+def parse_ceiling(client: Any, partitions: int) -> float:
     """Events/s of reading and parsing the backlog with one Python process (the source side alone)."""
     feature = STREAMING_DEMO_FEATURES[0]
     fields = tuple((f.name, pb.ValueType.Name(f.type)) for f in feature.source_config.fields)
     schema = EventSchema(fields, "customer_id", "event_time")
+    key = stream_key(STREAM, "", partitions)  # the first key: its events are a share of the backlog
+    n = client.xlen(key)
     started, begin, read = time.perf_counter(), "-", 0
     while read < n:
-        entries = client.xrange(STREAM, min=begin, max="+", count=5000)
+        entries = client.xrange(key, min=begin, max="+", count=5000)
         if not entries:
             break
         to_batch(schema, ((STREAM, i.decode(), f.get(EVENT_FIELD, b"")) for i, f in entries))
@@ -96,6 +100,7 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=5000)
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--customers", type=int, default=100_000)
+    p.add_argument("--partitions", type=int, default=1, help="stream keys (source partitions read in parallel)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="streaming-bench-"))
     procs = []
@@ -113,9 +118,9 @@ def main() -> int:
         r = redis.Redis.from_url(str(valkey.extra["url"]))
         rng = random.Random(1)
         t0 = time.perf_counter()
-        append(r, args.backlog, rng, args.customers)
+        append(r, args.backlog, rng, args.customers, args.partitions)
         print(f"backlog: {args.backlog} events appended in {time.perf_counter() - t0:.1f}s")
-        ceiling = parse_ceiling(r, args.backlog)
+        ceiling = parse_ceiling(r, args.partitions)
         print(f"ceiling: XRANGE + parse in one process: {ceiling:,.0f} events/s")
 
         spark = build_session(
@@ -129,6 +134,7 @@ def main() -> int:
             checkpoint_dir=str(tmp / "checkpoints"),
             max_events_per_batch=args.max_events_per_batch,
             trigger_seconds=0.5,
+            partitions=args.partitions,
         )
         lines: list[str] = []
         streams = Streams(spark, config, lines.append)
@@ -168,11 +174,14 @@ def main() -> int:
                     pipe = r.pipeline(transaction=False)
                     now = datetime.now(UTC)
                     for _ in range(due):
-                        pipe.xadd(STREAM, {EVENT_FIELD: json.dumps(random_event(prng, args.customers, now)).encode()})
+                        event = random_event(prng, args.customers, now)
+                        key = stream_key(STREAM, event["customer_id"], args.partitions)
+                        pipe.xadd(key, {EVENT_FIELD: json.dumps(event).encode()})
                     if int(time.monotonic() - tick) >= k:
                         k += 1
                         probe = {"customer_id": "probe", "purchase_amount": 1.0, "event_time": now.isoformat()}
-                        pipe.xadd(STREAM, {EVENT_FIELD: json.dumps(probe).encode()})
+                        probe_key = stream_key(STREAM, "probe", args.partitions)
+                        pipe.xadd(probe_key, {EVENT_FIELD: json.dumps(probe).encode()})
                         sent[k] = now.timestamp()
                     pipe.execute()
                     n += due

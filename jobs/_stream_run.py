@@ -14,6 +14,11 @@ Each micro-batch (`MicroBatch`, Spark's foreachBatch) of a query:
    sink (the same encoder, history first, only-newer online writes), with the
    stream time as event time: a replay writes the same rows again.
 
+Spark reads the batch (the source partitions in parallel, with the features'
+inputs computed in the same pass unless they read the clock) and hands it to
+the driver as Arrow; steps 1-4 run there, in one process: no shuffle and no
+Python stages on the executors, so a small batch costs little.
+
 A kill -9 anywhere replays the unfinished batch with the same offsets (Spark's
 checkpoint), and every step above is idempotent per batch id: nothing is lost,
 nothing is counted twice.
@@ -21,6 +26,7 @@ nothing is counted twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -30,6 +36,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -43,7 +51,7 @@ from jobs._guard import disallowed_expressions
 from jobs._kafka_source import NAME as KAFKA_SOURCE
 from jobs._kafka_source import KafkaEvents, parse_records
 from jobs._metrics import PipelineMetrics
-from jobs._sink import RESULT_SCHEMA, SinkConfig, partition_writer
+from jobs._sink import SinkConfig, write_batches
 from jobs._stream_plan import StreamPlan
 from jobs._valkey_source import NAME as VALKEY_SOURCE
 from jobs._valkey_source import ValkeyStreams
@@ -107,6 +115,7 @@ def query_id(checkpoint: Path) -> str:
     return str(json.loads((checkpoint / "metadata").read_text())["id"])
 
 
+_WRITE_ROWS = 2_000  # entities per sink batch: encoding, history COPY and online writes overlap across them
 DEAD_LETTERS_PER_BATCH = 10_000  # malformed events written to the dead-letter stream per micro-batch, at most
 DEAD_LETTERS_KEPT = 1_000_000  # entries the dead-letter stream keeps, about (XADD MAXLEN ~)
 
@@ -183,11 +192,9 @@ class MicroBatch:
             self.metrics.started()
         online = redis.Redis.from_url(self.config.redis_url, socket_timeout=30)
         source = redis.Redis.from_url(self.config.source_url, socket_timeout=30)
-        df = df.persist()
         try:
             self._process(df, batch_id, plan, report, online, source)
         finally:
-            df.unpersist()
             online.close()
             source.close()
         report.seconds = time.monotonic() - started
@@ -203,31 +210,38 @@ class MicroBatch:
         clock = _Clock(online, f"fs:stream-clock:{self._query_id}")
         before = clock.before(batch_id)
         watermark = None if before is None else before - plan.watermark_seconds * 1_000_000
-        ts, good = F.unix_micros(F.col(plan.schema.time)), F.col(ERROR).isNull()
-        late = (good & (ts < F.lit(watermark))) if watermark is not None else F.lit(False)
-        stats = df.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.count(ERROR).alias("bad"),
-            F.max(F.when(good, ts)).alias("newest"),
-            F.count(F.when(late, 1)).alias("late"),
-        ).first()
-        assert stats is not None
-        report.rows, report.late_dropped = stats["rows"], stats["late"]
+        good_rows = F.col(ERROR).isNull()
+        clockless = not _tiles.uses_clock(plan)  # then the inputs are computed in the same pass as the read
+        read = _tiles.with_inputs(df, plan, good_rows) if clockless else df
+        events = read.toArrow()  # the one distributed step: the sources' partitions read and parsed in parallel
+        good = pc.is_null(events.column(ERROR))
+        micros = pc.cast(events.column(plan.schema.time), pa.int64())
+        keep = good if watermark is None else pc.and_(good, pc.greater_equal(micros, watermark))
+        report.rows = events.num_rows
+        bad = report.rows - pc.sum(good).as_py() if report.rows else 0
+        kept = pc.sum(keep).as_py() or 0
+        report.late_dropped = report.rows - bad - kept
         report.watermark = _moment(watermark) if watermark is not None else None
-        if stats["bad"]:
-            report.dead_lettered = self._dead_letter(df, batch_id, plan, source)
-        newest = stats["newest"]
+        if bad:
+            report.dead_lettered = self._dead_letter(events.filter(pc.invert(good)), batch_id, plan, source)
+        newest = pc.max(pc.filter(micros, good)).as_py() if report.rows > bad else None
         after = max(x for x in (before, newest) if x is not None) if (before, newest) != (None, None) else None
         clock.commit(batch_id, before, after)
         report.stream_time = _moment(after) if after is not None else None
-        if after is None or stats["rows"] - stats["bad"] - stats["late"] <= 0:
+        if after is None or not kept:
             return
         as_of = _moment(after)
-        inputs = _tiles.transform_inputs(df.where(good & ~late), plan, as_of)
-        window = _tiles.window_partition(self.config.redis_url, self._query_id or "", batch_id, plan, after)
-        values = _tiles.finish(
-            inputs.repartition(_tiles.ENTITY_ID).mapInArrow(window, _tiles.output_ddl(plan)), plan, as_of
+        spark = df.sparkSession
+        if clockless:
+            inputs = _tiles.added_inputs(events.filter(keep), plan)
+        else:
+            fields = events.filter(keep).select([name for name, _ in plan.schema.fields])
+            inputs = _tiles.transform_inputs(spark.createDataFrame(fields), plan, as_of).toArrow()
+        windows = pa.Table.from_batches(
+            [_tiles.merge_windows(online, self._query_id or "", batch_id, plan, after, inputs.to_batches())]
         )
+        if _tiles.needs_finish(plan):
+            windows = _tiles.finish(spark.createDataFrame(windows), plan, as_of).toArrow()
         sink = SinkConfig(
             redis_url=self.config.redis_url,
             redis_cluster=self.config.redis_cluster,
@@ -237,9 +251,8 @@ class MicroBatch:
             event_micros=after,
             online_ttl=self.config.online_ttl,
         )
-        totals = values.mapInArrow(partition_writer(sink), RESULT_SCHEMA).collect()
-        report.values = sum(int(row["values"]) for row in totals)
-        report.entities = sum(int(row["entities"]) for row in totals)
+        totals = asyncio.run(write_batches(sink, windows.to_batches(max_chunksize=_WRITE_ROWS)))
+        report.values, report.entities = totals.values, totals.entities
         self._record_freshness(plan, as_of)
 
     def _record_freshness(self, plan: StreamPlan, as_of: datetime) -> None:
@@ -248,21 +261,19 @@ class MicroBatch:
         if problem := note_freshness(self.config.postgres_dsn, newest, FRESHNESS_WRITER):
             self.progress(f"streaming: freshness summary not updated: {problem}")
 
-    def _dead_letter(self, df: DataFrame, batch_id: int, plan: StreamPlan, source: Any) -> int:
+    def _dead_letter(self, malformed: pa.Table, batch_id: int, plan: StreamPlan, source: Any) -> int:
         """Append the batch's malformed events to the dead-letter stream; how many there were.
 
-        At most DEAD_LETTERS_PER_BATCH of them are kept per batch (the driver collects them): a flood
-        of malformed events is counted, not held in memory; the stream keeps about
-        DEAD_LETTERS_KEPT entries (MAXLEN ~)."""
-        malformed = df.where(F.col(ERROR).isNotNull()).select(KEY, OFFSET, ERROR, RAW)
-        bad = malformed.limit(DEAD_LETTERS_PER_BATCH + 1).collect()
-        total = len(bad) if len(bad) <= DEAD_LETTERS_PER_BATCH else malformed.count()
+        At most DEAD_LETTERS_PER_BATCH of them are kept per batch: a flood of malformed events is
+        counted, not all appended; the stream keeps about DEAD_LETTERS_KEPT entries (MAXLEN ~)."""
+        total: int = malformed.num_rows
+        bad = malformed.select([KEY, OFFSET, ERROR, RAW]).to_pylist()
+        bad.sort(key=lambda r: (r[KEY], *(int(p) for p in r[OFFSET].split("-"))))
         bad = bad[:DEAD_LETTERS_PER_BATCH]
         if total > len(bad):
             self.progress(
                 f"streaming: {total} malformed events in batch {batch_id}, the first {len(bad)} dead-lettered"
             )
-        bad.sort(key=lambda r: (r[KEY], *(int(p) for p in r[OFFSET].split("-"))))
         pipe = source.pipeline(transaction=False)
         for seq, row in enumerate(bad, start=1):
             entry = {"reason": row[ERROR], "source": row[KEY], "offset": row[OFFSET], "batch": batch_id}

@@ -1,31 +1,36 @@
 """Windowed aggregations from time tiles: partial aggregates per entity per minute, combined per window.
 
 Spark evaluates each feature's (allow-listed) expressions over a micro-batch's
-events (`transform_inputs`: its filter as a boolean, its aggregated column) and
-sends each entity's rows to one partition. There (`window_partition`), the rows
-become one partial aggregate per (tile = minute of event time, feature): the
-count of values, their sum, min and max, the latest (event time, value) and
-the set of distinct values, as the function needs. The partials are merged
-into the tile store (one Valkey hash per entity, beside the online values), and
-the entity's tiles are combined into each feature's window as of the stream
-time A, so a 24 h window costs at most 1,440 tiles per entity, never a rescan
-of 24 h of events. Windows are tile-aligned: a value as of A covers the events
-from the start of the tile `window / tile - 1` tiles before A's tile up to A.
+events (`transform_inputs`, or `with_inputs` in the pass that reads them: its
+filter as a boolean, its aggregated column). On the driver (`merge_windows`),
+the rows become one partial aggregate per (tile = minute of event time,
+feature): the count of values, their sum, min and max, the latest (event time,
+value) and the set of distinct values, as the function needs. The partials are
+merged into the tile store (one Valkey record per entity, beside the online
+values, holding each feature's tiles in order), and the entity's
+tiles are combined into each feature's window as of the stream time A, so a
+24 h window costs at most 1,440 tiles per entity, never a rescan of 24 h of
+events. Windows are tile-aligned: a value as of A covers the events from the
+start of the tile `window / tile - 1` tiles before A's tile up to A.
 
-Exactly once: a merge is skipped for an entity whose hash already records this
-batch id (a replayed batch), and a chunk of entities' hashes is written in one
-MULTI/EXEC, so a batch applies to every entity once whatever is killed when.
+Exactly once: a merge is skipped for an entity whose record already holds this
+batch id (a replayed batch), and a chunk of entities' records is written in one
+MSET, so a batch applies to every entity once whatever is killed when.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from datetime import datetime
+import struct
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -37,8 +42,7 @@ from server import core
 ENTITY_ID, ROWS, TILE, TS = "entity_id", "__rows", "__tile", "__ts"
 TILE_MICROS = core.TILE_SECONDS * 1_000_000
 _NUMERIC = ("count", "sum", "avg", "min", "max")
-BATCH_FIELD = b"__batch"
-_CHUNK = 500  # entities per read pipeline and per MULTI/EXEC
+_CHUNK = 500  # entities per MGET and per MSET
 
 
 def tile_of(micros: int) -> int:
@@ -69,20 +73,65 @@ def _input(i: int) -> str:
     return f"__x{i}"
 
 
+def _input_columns(plan: StreamPlan, as_of: datetime) -> list[tuple[str, Column]]:
+    ts = F.unix_micros(F.col(plan.schema.time))
+    return [
+        (ENTITY_ID, F.col(plan.schema.entity).cast("string")),
+        (TILE, F.floor(ts / TILE_MICROS).cast("bigint")),
+        (TS, ts),
+        *((_input(i), feature_input(f, as_of)) for i, f in enumerate(plan.features)),
+    ]
+
+
 def transform_inputs(events: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
     """Per event with an entity: `entity_id`, its tile, its event time (micros) and each feature's input."""
-    ts = F.unix_micros(F.col(plan.schema.time))
     entity = F.col(plan.schema.entity).cast("string")
-    inputs = [feature_input(f, as_of).alias(_input(i)) for i, f in enumerate(plan.features)]
-    return events.where(entity.isNotNull()).select(
-        entity.alias(ENTITY_ID), F.floor(ts / TILE_MICROS).cast("bigint").alias(TILE), ts.alias(TS), *inputs
-    )
+    return events.where(entity.isNotNull()).select(*(c.alias(name) for name, c in _input_columns(plan, as_of)))
+
+
+_ADDED = "__in"  # prefix of the input columns `with_inputs` adds beside the event fields
+
+
+def uses_clock(plan: StreamPlan) -> bool:
+    """Whether an input expression of the plan reads the clock (pinned to each batch's stream time)."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC)
+    texts = [t for f in plan.features for t in (f.column, *f.filters) if t]
+    return any(pin_clock(t, moment) != t for t in texts)
+
+
+def with_inputs(events: DataFrame, plan: StreamPlan, well_formed: Column) -> DataFrame:
+    """The events with `transform_inputs`' columns added, computed for the `well_formed` ones only
+    (NULL elsewhere), for a plan whose inputs do not read the clock."""
+    if uses_clock(plan):
+        raise ValueError("the plan's inputs read the clock: use transform_inputs with the batch's stream time")
+    moment = datetime(1970, 1, 1, tzinfo=UTC)
+    columns = _input_columns(plan, moment)
+    return events.select("*", *(F.when(well_formed, c).alias(f"{_ADDED}{name}") for name, c in columns))
+
+
+def added_inputs(events: pa.Table, plan: StreamPlan) -> pa.Table:
+    """`transform_inputs`' columns of a `with_inputs` table, under their own names."""
+    names = [ENTITY_ID, TILE, TS, *(_input(i) for i in range(len(plan.features)))]
+    return events.select([f"{_ADDED}{name}" for name in names]).rename_columns(names)
+
+
+def _input_schema(plan: StreamPlan) -> pa.Schema:
+    kinds = [pa.float64() if f.function in _NUMERIC else pa.string() for f in plan.features]
+    inputs = [(_input(i), kind) for i, kind in enumerate(kinds)]
+    return pa.schema([(ENTITY_ID, pa.string()), (TILE, pa.int64()), (TS, pa.int64()), *inputs])
+
+
+_RAW_KINDS = {"count": "bigint", "count_distinct": "bigint", "last": "string"}  # else double
+
+
+def needs_finish(plan: StreamPlan) -> bool:
+    """Whether `finish` changes `merge_windows`' values: a post step or a cast to another type."""
+    return any(f.post or VALUE_TYPES[f.value_type] != _RAW_KINDS.get(f.function, "double") for f in plan.features)
 
 
 def output_ddl(plan: StreamPlan) -> str:
     """The schema of `window_partition`'s rows: each feature's raw window value."""
-    kinds = {"count": "bigint", "count_distinct": "bigint", "last": "string"}
-    columns = [f"`{f.name}` {kinds.get(f.function, 'double')}" for f in plan.features]
+    columns = [f"`{f.name}` {_RAW_KINDS.get(f.function, 'double')}" for f in plan.features]
     return ", ".join([f"{ENTITY_ID} string", f"{ROWS} bigint", *columns])
 
 
@@ -104,7 +153,7 @@ Partial = list[Any]  # [n, s, lo, hi, lt, lv, d]: count, sum, min, max, latest (
 
 
 def tile_key(query_id: str, entity_id: str) -> bytes:
-    return f"fs:tiles:{query_id}:{entity_id}".encode()
+    return f"fs:tiles:v2:{query_id}:{entity_id}".encode()
 
 
 def _either(a: Any, b: Any, pick: Callable[[Any, Any], Any]) -> Any:
@@ -144,130 +193,201 @@ def partial_of(function: str, ts: int, x: Any) -> Partial:
     return [1, None, None, None, None, None, [x]]
 
 
-def window_value(function: str, partials: list[Partial]) -> Any:
-    """A feature's value from the partials of the tiles in its window (in tile order)."""
-    if function == "count":
-        return sum(p[0] for p in partials)
-    if function == "sum":
-        return sum((p[1] for p in partials if p[1] is not None), 0.0)
-    if function == "avg":
-        n = sum(p[0] for p in partials)
-        return sum(p[1] for p in partials if p[1] is not None) / n if n else None
-    if function in ("min", "max"):
-        xs = [p[2 if function == "min" else 3] for p in partials if p[0]]
-        return (min if function == "min" else max)(xs) if xs else None
-    if function == "last":
-        latest: tuple[Any, Any] = (None, None)
-        for p in partials:
-            latest = _later(latest, (p[4], p[5]))
-        return latest[1]
-    return len({x for p in partials for x in p[6] or ()})
-
-
 class _Entity:
-    """One entity's partials of a batch, by (tile, feature index)."""
+    """One entity's partials of a batch: per feature (plan order), by tile."""
 
     __slots__ = ("partials", "rows")
 
-    def __init__(self) -> None:
-        self.partials: dict[tuple[int, int], Partial] = {}
+    def __init__(self, features: int) -> None:
+        self.partials: list[dict[int, Partial]] = [{} for _ in range(features)]
         self.rows = 0
 
 
-def _collect(batches: Iterator[pa.RecordBatch], plan: StreamPlan) -> dict[str, _Entity]:
-    functions = [f.function for f in plan.features]
+def _collect(table: pa.Table, plan: StreamPlan) -> dict[str, _Entity]:
+    """Each entity's partials per feature and tile, aggregated by Arrow (group by entity and tile)."""
     entities: dict[str, _Entity] = {}
-    for batch in batches:
-        columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-        ids, tiles, times, inputs = columns[0], columns[1], columns[2], columns[3:]
-        for row, entity_id in enumerate(ids):
-            entity = entities.get(entity_id)
-            if entity is None:
-                entity = entities[entity_id] = _Entity()
-            entity.rows += 1
-            for i, function in enumerate(functions):
-                x = inputs[i][row]
-                if x is None:
-                    continue
-                one = partial_of(function, times[row], x)
-                key = (tiles[row], i)
-                old = entity.partials.get(key)
-                entity.partials[key] = merge(old, one) if old else one
+    rows = table.group_by(ENTITY_ID, use_threads=False).aggregate([(ENTITY_ID, "count")])
+    for entity_id, n in zip(rows.column(0).to_pylist(), rows.column(1).to_pylist(), strict=True):
+        entity = entities[entity_id] = _Entity(len(plan.features))
+        entity.rows = n
+    for i, feature in enumerate(plan.features):
+        x = _input(i)
+        present = table.filter(pc.is_valid(table.column(x)))
+        if feature.function in _NUMERIC:
+            aggregates = [(x, "count"), (x, "sum"), (x, "min"), (x, "max")]
+            groups = present.group_by([ENTITY_ID, TILE], use_threads=False).aggregate(aggregates)
+            ids, tiles, *parts = (
+                groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, *(f"{x}_{a}" for _, a in aggregates))
+            )
+            for entity_id, tile, n, total, lo, hi in zip(ids, tiles, *parts, strict=True):
+                entities[entity_id].partials[i][tile] = [n, total, lo, hi, None, None, None]
+        elif feature.function == "last":  # the latest time's greatest value: the last in (time, value) order
+            ordered = present.sort_by([(TS, "ascending"), (x, "ascending")])
+            groups = ordered.group_by([ENTITY_ID, TILE], use_threads=False).aggregate([(TS, "last"), (x, "last")])
+            columns = (groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{TS}_last", f"{x}_last"))
+            for entity_id, tile, at, value in zip(*columns, strict=True):
+                entities[entity_id].partials[i][tile] = [1, None, None, None, at, value, None]
+        else:
+            groups = present.group_by([ENTITY_ID, TILE], use_threads=False).aggregate([(x, "distinct")])
+            columns = (groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{x}_distinct"))
+            for entity_id, tile, values in zip(*columns, strict=True):
+                entities[entity_id].partials[i][tile] = [len(values), None, None, None, None, None, sorted(values)]
     return entities
 
 
-def _merged(
-    stored: dict[bytes, bytes], entity: _Entity, plan: StreamPlan, oldest: int
-) -> tuple[dict[bytes, bytes], list[bytes]]:
-    """(every field after the merge, fields to delete) of one entity's hash."""
-    fields = {k: v for k, v in stored.items() if k != BATCH_FIELD}
-    for (tile, i), partial in entity.partials.items():
-        name = f"{tile}:{plan.features[i].name}".encode()
-        old = fields.get(name)
-        fields[name] = json.dumps(merge(json.loads(old), partial) if old else partial).encode()
-    gone = [k for k in fields if int(k.split(b":", 1)[0]) < oldest]
-    for k in gone:
-        del fields[k]
-    return fields, gone
+# The tile store: one Valkey string per entity (and query), `pack_tiles`: the batch id that
+# last merged it and, per feature, the feature's tiles in tile order, those older than its
+# window dropped. The numeric functions' tiles are packed doubles, (tile, count, sum, min,
+# max) each, so reading, merging and combining them is C-level array work; `last` and
+# `count_distinct` keep JSON lists of [tile, time, value] and [tile, [values]].
+_WIDTH = 5
 
 
-def _windows(fields: dict[bytes, bytes], plan: StreamPlan, last: int) -> list[Any]:
-    """Each feature's window value as of tile `last` from an entity's stored tiles."""
-    tiles: dict[str, list[tuple[int, Partial]]] = {}
-    for name, raw in fields.items():
-        if name == BATCH_FIELD:
+def _numeric(raw: bytes | None, new: dict[int, Partial], first: int) -> array[float]:
+    """The stored tiles merged with the batch's partials, tiles before `first` dropped."""
+    packed = array("d", raw or b"")
+    tiles = packed[0::_WIDTH]
+    if (cut := bisect_left(tiles, first)) > 0:
+        del packed[: cut * _WIDTH], tiles[:cut]
+    for tile, (n, total, lo, hi, *_) in sorted(new.items()):
+        if tile < first:
             continue
-        tile, _, feature = name.decode().partition(":")
-        tiles.setdefault(feature, []).append((int(tile), json.loads(raw)))
-    out = []
-    for f in plan.features:
-        mine = sorted((t, p) for t, p in tiles.get(f.name, ()) if last - f.window_tiles < t <= last)
-        out.append(window_value(f.function, [p for _, p in mine]))
-    return out
+        i = bisect_left(tiles, tile)
+        if i < len(tiles) and tiles[i] == tile:
+            at = i * _WIDTH
+            packed[at + 1] += n
+            packed[at + 2] += total
+            packed[at + 3] = min(packed[at + 3], lo)
+            packed[at + 4] = max(packed[at + 4], hi)
+        else:
+            packed[i * _WIDTH : i * _WIDTH] = array("d", (tile, n, total, lo, hi))
+            tiles.insert(i, tile)
+    return packed
 
 
-def window_partition(
-    url: str, query_id: str, batch_id: int, plan: StreamPlan, as_of_micros: int
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function over `transform_inputs` rows, an entity's rows all in one partition:
-    merge the partials into the tile store (once per batch id) and yield each entity's window values."""
+def _numeric_value(function: str, packed: array[float], first: int, last: int) -> Any:
+    tiles = packed[0::_WIDTH]
+    part = packed[bisect_left(tiles, first) * _WIDTH : bisect_right(tiles, last) * _WIDTH]
+    if function == "count":
+        return int(sum(part[1::_WIDTH]))
+    if function == "sum":
+        return sum(part[2::_WIDTH], 0.0)
+    if function == "avg":
+        n = sum(part[1::_WIDTH])
+        return sum(part[2::_WIDTH]) / n if n else None
+    if not part:
+        return None
+    return min(part[3::_WIDTH]) if function == "min" else max(part[4::_WIDTH])
+
+
+def _listed(raw: bytes | None, new: dict[int, Partial], first: int, function: str) -> list[Any]:
+    """`last` / `count_distinct` tiles, merged and trimmed: [[tile, time, value] | [tile, values]]."""
+    stored: dict[int, Partial] = {}
+    for item in json.loads(raw) if raw else ():
+        if item[0] >= first:
+            stored[item[0]] = (
+                [1, None, None, None, item[1], item[2], None]
+                if function == "last"
+                else [1, None, None, None, None, None, item[1]]
+            )
+    for tile, partial in new.items():
+        if tile >= first:
+            old = stored.get(tile)
+            stored[tile] = merge(old, partial) if old else partial
+    if function == "last":
+        return [[t, p[4], p[5]] for t, p in sorted(stored.items())]
+    return [[t, p[6]] for t, p in sorted(stored.items())]
+
+
+def _listed_value(function: str, tiles: list[Any], first: int, last: int) -> Any:
+    mine = [t for t in tiles if first <= t[0] <= last]
+    if function == "last":
+        latest: tuple[Any, Any] = (None, None)
+        for _, at, value in mine:
+            latest = _later(latest, (at, value))
+        return latest[1]
+    return len({x for _, values in mine for x in values})
+
+
+def _feature_tiles(feature: StreamFeature, raw: bytes | None, new: dict[int, Partial], last: int) -> tuple[bytes, Any]:
+    """(the feature's stored tiles after the merge, its window value as of tile `last`)."""
+    first = last - feature.window_tiles + 1
+    if feature.function in _NUMERIC:
+        packed = _numeric(raw, new, first)
+        return packed.tobytes(), _numeric_value(feature.function, packed, first, last)
+    tiles = _listed(raw, new, first, feature.function)
+    return json.dumps(tiles, separators=(",", ":")).encode(), _listed_value(feature.function, tiles, first, last)
+
+
+_HEAD = struct.Struct(">HI")  # a section of an entity's tiles: name length, payload length
+_MAGIC = b"T2"
+
+
+def pack_tiles(batch_id: int, features: dict[bytes, bytes]) -> bytes:
+    """An entity's stored tiles: the batch that last merged them, then (name, tiles) per feature."""
+    parts = [_MAGIC, batch_id.to_bytes(8, "big", signed=True)]
+    for name, tiles in features.items():
+        parts += (_HEAD.pack(len(name), len(tiles)), name, tiles)
+    return b"".join(parts)
+
+
+def unpack_tiles(blob: bytes | None) -> tuple[int, dict[bytes, bytes]]:
+    """(the batch that last merged the tiles, -1 for none; the tiles per feature) of `pack_tiles`."""
+    if not blob:
+        return -1, {}
+    if blob[:2] != _MAGIC:
+        raise ValueError("not a tile record of this version")
+    features, pos = {}, 10
+    while pos < len(blob):
+        n, m = _HEAD.unpack_from(blob, pos)
+        pos += _HEAD.size
+        features[blob[pos : pos + n]] = blob[pos + n : pos + n + m]
+        pos += n + m
+    return int.from_bytes(blob[2:10], "big", signed=True), features
+
+
+def _entity_windows(
+    stored: dict[bytes, bytes], entity: _Entity | None, plan: StreamPlan, last: int
+) -> tuple[dict[bytes, bytes], list[Any]]:
+    """(each feature's tiles to store, its window value); `entity` None: read only (a replay)."""
+    fields, values = {}, []
+    for i, feature in enumerate(plan.features):
+        name = feature.name.encode()
+        new = entity.partials[i] if entity is not None else {}
+        fields[name], value = _feature_tiles(feature, stored.get(name), new, last)
+        values.append(value)
+    return fields, values
+
+
+def merge_windows(
+    client: Any, query_id: str, batch_id: int, plan: StreamPlan, as_of_micros: int, batches: Iterable[pa.RecordBatch]
+) -> pa.RecordBatch:
+    """Merge the partials of `transform_inputs` rows into the tile store (once per batch id per entity)
+    and return each entity's window values as of `as_of_micros` (rows of `output_ddl`).
+
+    Entities are merged in chunks of _CHUNK: one MGET of their records, then one MSET (atomic)
+    writing them, so a chunk applies whole or not at all."""
     last = tile_of(as_of_micros)
-    oldest = last - max(f.window_tiles for f in plan.features) + 1
     names = [f.name for f in plan.features]
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import redis
-
-        entities = _collect(batches, plan)
-        ids = list(entities)
-        out: list[list[Any]] = [[] for _ in range(2 + len(names))]
-        client = redis.Redis.from_url(url, socket_timeout=60)
-        try:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                read = client.pipeline(transaction=False)
-                for entity_id in chunk:
-                    read.hgetall(tile_key(query_id, entity_id))
-                write = client.pipeline(transaction=True)  # one MULTI/EXEC: the chunk merges whole or not at all
-                for entity_id, stored in zip(chunk, read.execute(), strict=True):
-                    if int(stored.get(BATCH_FIELD, b"-1")) >= batch_id:  # merged before: this is a replay
-                        fields = stored
-                    else:
-                        fields, gone = _merged(stored, entities[entity_id], plan, oldest)
-                        key = tile_key(query_id, entity_id)
-                        if gone:
-                            write.hdel(key, *gone)
-                        write.hset(key, mapping={**fields, BATCH_FIELD: str(batch_id).encode()})  # type: ignore[dict-item]
-                    for column, x in zip(
-                        out, [entity_id, entities[entity_id].rows, *_windows(fields, plan, last)], strict=True
-                    ):
-                        column.append(x)
-                write.execute()
-        finally:
-            client.close()
-        kinds = {"count": pa.int64(), "count_distinct": pa.int64(), "last": pa.string()}
-        types = [pa.string(), pa.int64(), *(kinds.get(f.function, pa.float64()) for f in plan.features)]
-        schema = pa.schema(list(zip([ENTITY_ID, ROWS, *names], types, strict=True)))
-        yield pa.RecordBatch.from_arrays([pa.array(c, type=t) for c, t in zip(out, types, strict=True)], schema=schema)
-
-    return run
+    entities = _collect(pa.Table.from_batches(list(batches), schema=_input_schema(plan)), plan)
+    ids = list(entities)
+    out: list[list[Any]] = [[] for _ in range(2 + len(names))]
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        keys = [tile_key(query_id, entity_id) for entity_id in chunk]
+        merged = {}
+        for key, entity_id, blob in zip(keys, chunk, client.mget(keys), strict=True):
+            entity = entities[entity_id]
+            merged_by, stored = unpack_tiles(blob)
+            replay = merged_by >= batch_id  # merged before: read, change nothing
+            features, values = _entity_windows(stored, None if replay else entity, plan, last)
+            if not replay:  # (features no longer in the plan are left out)
+                merged[key] = pack_tiles(batch_id, features)
+            for column, x in zip(out, [entity_id, entity.rows, *values], strict=True):
+                column.append(x)
+        if merged:
+            client.mset(merged)
+    kinds = {"count": pa.int64(), "count_distinct": pa.int64(), "last": pa.string()}
+    types = [pa.string(), pa.int64(), *(kinds.get(f.function, pa.float64()) for f in plan.features)]
+    schema = pa.schema(list(zip([ENTITY_ID, ROWS, *names], types, strict=True)))
+    return pa.RecordBatch.from_arrays([pa.array(c, type=t) for c, t in zip(out, types, strict=True)], schema=schema)

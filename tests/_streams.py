@@ -84,6 +84,21 @@ def checks() -> list[Check]:
             keep=lambda e: e["channel"] == "web",
             post=lambda v: v * 10,
         ),
+        # Its filter reads the clock (pinned to each batch's stream time, which no kept event is after):
+        # the inputs are then computed after the batch's events are read, not during the read.
+        Check(
+            streaming_feature(
+                "c_until_now_1h",
+                pb.INT64,
+                "count",
+                "",
+                60,
+                steps=[pb.Transformation(type="filter", expression="event_time <= current_timestamp()")],
+            ),
+            "count",
+            "",
+            3600,
+        ),
     ]
 
 

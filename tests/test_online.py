@@ -166,6 +166,26 @@ def test_batch_keeps_order_duplicates_and_empty(client: FeatureStoreClient) -> N
     assert (empty.entity_type, list(empty.entities)) == ("customer", [])
 
 
+def test_a_batch_larger_than_a_redis_chunk_is_read_in_order(client: FeatureStoreClient) -> None:
+    """Past 1,000 values (the chunk) a read goes as pipelined HMGETs per piece: same answer, in order."""
+    names = ["x", "y", "z"]
+    for name in names:
+        register(client, name, pb.INT64)
+    wait_servable(client, "customer", *names)
+    write(client, [row(f"big{i}", now(), x=i64(i), y=i64(-i), z=i64(i * 7)) for i in range(0, 700, 2)])
+    ids = [f"big{i}" for i in range(700)] + ["big4"]  # 2,103 values: three pieces (333 keys each)
+    response = client.store.BatchGetFeatures(
+        fs.BatchGetFeaturesRequest(entity_type="customer", entity_ids=ids, feature_names=names)
+    )
+    assert [e.entity_id for e in response.entities] == ids
+    got = [[(f.name, f.status, f.value.int64_value) for f in e.features] for e in response.entities]
+    n = [(name, fs.NOT_FOUND, 0) for name in names]
+    expected = [
+        [("x", fs.PRESENT, i), ("y", fs.PRESENT, -i), ("z", fs.PRESENT, i * 7)] if i % 2 == 0 else n for i in range(700)
+    ]
+    assert got == [*expected, expected[4]]
+
+
 def _invalid(call: object, request: object) -> dict[str, str]:
     with pytest.raises(grpc.RpcError) as info:
         call(request)  # type: ignore[operator]

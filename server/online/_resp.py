@@ -41,14 +41,39 @@ def pack(*args: Any) -> bytes:
     return packed
 
 
+# hiredis moves the unread rest of its buffer after each reply: fed 256 KB at once (uvloop's
+# reads), 1,000 small replies cost 2 ms to parse, fed 16 KB at a time 0.5 ms.
+_FEED_BYTES = 16384
+
+
 class ReplyError(Exception):
     """An error reply from Redis (for example NOSCRIPT or WRONGTYPE)."""
+
+
+class _Replies:
+    """The replies of `count` pipelined commands, gathered in order; `future` gets the list.
+
+    It waits in the connection's queue as one entry (the reply loop fills it, then moves on)
+    and answers `done` and `set_exception` as a future would.
+    """
+
+    __slots__ = ("count", "future", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future, self.count = future, count
+        self.replies: list[Any] = []
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_exception(self, error: BaseException) -> None:
+        self.future.set_exception(error)
 
 
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader(replyError=ReplyError)
-        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._waiting: collections.deque[tuple[asyncio.Future[Any] | _Replies, float]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
         self._heard = time.monotonic()  # when a reply last arrived, or the connection last became busy
@@ -59,13 +84,36 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._heard = time.monotonic()
-        self._reader.feed(data)
+        if len(data) <= _FEED_BYTES:
+            self._reader.feed(data)
+            self._dispatch()
+            return
+        for start in range(0, len(data), _FEED_BYTES):
+            self._reader.feed(data, start, min(_FEED_BYTES, len(data) - start))
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the complete replies read so far to their waiters."""
         gets, waiting = self._reader.gets, self._waiting
         reply = gets()
         while reply is not False:
-            future = waiting.popleft()[0]
-            if not future.done():
-                future.set_result(reply)
+            waiter = waiting[0][0]
+            if isinstance(waiter, _Replies):  # several replies: gather them
+                replies, count = waiter.replies, waiter.count
+                replies.append(reply)
+                reply = gets()
+                while reply is not False and len(replies) < count:
+                    replies.append(reply)
+                    reply = gets()
+                if len(replies) < count:
+                    return  # the rest is still to come
+                waiting.popleft()
+                if not waiter.done():
+                    waiter.future.set_result(replies)
+                continue
+            waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(reply)
             reply = gets()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -78,21 +126,29 @@ class _Connection(asyncio.Protocol):
 
     def send(self, packed: bytes, deadline: float) -> asyncio.Future[Any]:
         """Queue a command; commands queued in one loop iteration leave in one write."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(packed, future, deadline)
+        return future
+
+    def send_many(self, packed: bytes, count: int, deadline: float) -> asyncio.Future[list[Any]]:
+        """Queue `count` packed commands; the future gets their replies, in order, as one list."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue(packed, _Replies(future, count), deadline)
+        return future
+
+    def _queue(self, packed: bytes, waiter: asyncio.Future[Any] | _Replies, deadline: float) -> None:
         if self.lost:
             raise ConnectionError("Redis connection lost")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         idle = not self._waiting
-        self._waiting.append((future, deadline))
+        self._waiting.append((waiter, deadline))
         if idle:
             self._heard = time.monotonic()
         if idle and self._transport is not None:
             self._transport.write(packed)  # nothing in flight: no one to share the write with
-            return future
+            return
         if not self._outgoing:
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         self._outgoing.append(packed)
-        return future
 
     def _flush(self) -> None:
         if self._transport is not None and not self.lost:
@@ -176,6 +232,18 @@ class RespClient:
         if isinstance(reply, ReplyError):
             raise reply
         return reply
+
+    async def execute_many(self, packed: bytes, count: int) -> list[Any]:
+        """Send `count` packed commands in one write and return their replies (ReplyError for the first error)."""
+        slot = self._next()
+        conn = self._slots[slot]
+        if conn is None or conn.lost:
+            conn = await self._connect(slot)
+        replies = await conn.send_many(packed, count, time.monotonic() + self._timeout)
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise reply
+        return replies
 
     async def _connect(self, slot: int) -> _Connection:
         """Dial (once, even if many requests need the slot at the same moment)."""

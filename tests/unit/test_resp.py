@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from server.online._redis import _hmget_parts
 from server.online._resp import ReplyError, _Connection, pack
 
 
@@ -147,3 +148,63 @@ def test_requests_sent_together_leave_in_one_write() -> None:
 
 def test_commands_are_packed_as_resp_arrays_of_bulk_strings() -> None:
     assert pack("HMGET", b"f:c:1", "x#2", 7) == b"*4\r\n$5\r\nHMGET\r\n$5\r\nf:c:1\r\n$3\r\nx#2\r\n$1\r\n7\r\n"
+
+
+def test_replies_of_commands_sent_together_are_gathered_in_order() -> None:
+    """send_many: one waiter for several replies, between single requests, split anywhere."""
+    wire = b"+before\r\n" + b"*2\r\n$1\r\na\r\n$-1\r\n" + b":2\r\n" + b"*0\r\n" + b"+after\r\n"
+
+    def go(chunks: list[bytes]) -> list[Any]:
+        async def run() -> list[Any]:
+            conn, _ = connected()
+            deadline = time.monotonic() + 60
+            futures = [
+                conn.send(pack("PING"), deadline),
+                conn.send_many(pack("HMGET", "k", "f") + pack("INCR", "n") + pack("HMGET", "j"), 3, deadline),
+                conn.send(pack("PING"), deadline),
+            ]
+            for chunk in chunks:
+                conn.data_received(chunk)
+            return [outcome(f) for f in futures]
+
+        return asyncio.run(run())
+
+    expected = [b"before", [[b"a", None], 2, []], b"after"]
+    assert go([wire]) == expected
+    assert go([wire[i : i + 1] for i in range(len(wire))]) == expected
+    assert go([wire[:-3]]) == [b"before", [[b"a", None], 2, []], "pending"]
+    assert go([wire[:20]]) == [b"before", "pending", "pending"]
+
+
+def test_many_replies_in_one_large_read() -> None:
+    """A read larger than what the parser is fed at once (uvloop reads up to 256 KB)."""
+    texts = [b"v" * (i % 50) for i in range(5_000)]
+    values = [[v, None] for v in texts]
+    wire = b"".join(b"*2\r\n$%d\r\n%s\r\n$-1\r\n" % (len(v), v) for v in texts)
+    assert len(wire) > 100_000
+
+    async def run() -> Any:
+        conn, _ = connected()
+        gathered = conn.send_many(b"", len(values), time.monotonic() + 60)
+        single = conn.send(pack("PING"), time.monotonic() + 60)
+        conn.data_received(wire + b"+PONG\r\n")
+        return gathered.result(), single.result()
+
+    assert asyncio.run(run()) == (values, b"PONG")
+
+
+def test_a_lost_connection_fails_gathered_replies() -> None:
+    async def go() -> None:
+        conn, _ = connected()
+        gathered = conn.send_many(pack("GET", "a") + pack("GET", "b"), 2, time.monotonic() + 60)
+        conn.data_received(b"$1\r\n1\r\n")
+        conn.connection_lost(None)
+        with pytest.raises(ConnectionError):
+            gathered.result()
+
+    asyncio.run(go())
+
+
+def test_the_read_pipeline_packs_hmget_as_pack_does() -> None:
+    head, tail = _hmget_parts((b"a#1", b"bb#2"))
+    assert head + b"$5\r\nf:c:1\r\n" + tail == pack("HMGET", b"f:c:1", b"a#1", b"bb#2")

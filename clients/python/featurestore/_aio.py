@@ -50,6 +50,12 @@ class AsyncClient(c.ClientBase[TokenCallback]):
         )
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self.store = feature_store_service_pb2_grpc.FeatureStoreServiceStub(self.channel)
+        # BatchGetFeatures answering bytes, for frames (decoded without building messages).
+        self._batch_bytes = self.channel.unary_unary(
+            c.BATCH_GET_FEATURES,
+            request_serializer=fs.BatchGetFeaturesRequest.SerializeToString,
+            response_deserializer=None,
+        )
 
     # -- plumbing
 
@@ -177,10 +183,10 @@ class AsyncClient(c.ClientBase[TokenCallback]):
     ) -> Any:
         """The latest values of many entities: records, a DataFrame or a Table (see `Client`)."""
         request = c.batch_request(entity_type, entity_ids, features, groups)
-        response = await self._unary(self.store.BatchGetFeatures, request, timeout)
         if output == "records":
-            return c.batch_records(response)
-        frame = c.batch_frame(response, features, include_status, include_event_time)
+            return c.batch_records(await self._unary(self.store.BatchGetFeatures, request, timeout))
+        body = await self._unary(self._batch_bytes, request, timeout)
+        frame = c.BytesFrame(body, features, include_status, include_event_time)
         return frame.output(await self.value_types(frame.missing), output)
 
     # -- offline

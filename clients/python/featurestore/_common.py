@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2, json_format
 
-from featurestore import _frames
+from featurestore import _frames, _wire
 from featurestore._values import (
     STATUS_NAMES,
     FeatureResult,
@@ -559,6 +559,39 @@ def batch_frame(
     columns = [fv.name for fv in rows[0]] if rows else names(features)
     first = _frames.Column("entity_id", "STRING", [e.entity_id for e in response.entities])
     return PendingFrame(first, columns, rows, include_status=include_status, include_event_time=include_event_time)
+
+
+# BatchGetFeatures called for its response's bytes (frames decode them with numpy, see _wire).
+BATCH_GET_FEATURES = f"/{_SERVING}/BatchGetFeatures"
+
+
+class BytesFrame:
+    """`batch_frame` of a serialized BatchGetFeaturesResponse: read with numpy (`_wire`), or with
+    protobuf when it is in a form `_wire` does not read (both give the same frame).
+
+    `reader` says which did ("numpy" or "protobuf").
+    """
+
+    def __init__(self, body: bytes, features: str | Sequence[str], include_status: bool, include_event_time: bool):
+        self._body, self._features = body, features
+        self._include = include_status, include_event_time
+        self._frame: PendingFrame | _wire.BatchFrame
+        try:
+            self._frame, self.reader = _wire.BatchFrame(body, names(features), *self._include), "numpy"
+        except _wire.Irregular:
+            self._frame = self._protobuf()
+        self.missing = self._frame.missing
+
+    def _protobuf(self) -> PendingFrame:
+        self.reader = "protobuf"
+        return batch_frame(fs.BatchGetFeaturesResponse.FromString(self._body), self._features, *self._include)
+
+    def output(self, registry_types: Mapping[str, str], output: Output) -> Any:
+        """The frame, with `registry_types` for the `missing` columns."""
+        try:
+            return self._frame.output(registry_types, output)
+        except _wire.Irregular:
+            return self._protobuf().output(registry_types, output)
 
 
 def history_frame(values: Sequence[fs.FeatureValue], features: str | Sequence[str]) -> PendingFrame:

@@ -52,8 +52,20 @@ def _list_values(containers: Iterable[Any], value_type: str) -> list[Any]:
 
 
 @dataclass
+class Dense:
+    """A column's values already in numpy arrays: `data` (one per row; for FLOAT_LIST, BOOL_LIST
+    and EMBEDDING all rows' elements, row i's at `offsets[i]:offsets[i + 1]`) and `missing`
+    (a bool per row). TIMESTAMP data are int64 nanoseconds since the epoch."""
+
+    data: Any
+    missing: Any
+    offsets: Any = None
+
+
+@dataclass
 class Column:
-    """One column: its name, value type name (None if unknown) and plain values (None = missing).
+    """One column: its name, value type name (None if unknown) and plain values (None = missing),
+    or, when `dense` is set, its values in arrays (and `values` is unused).
 
     TIMESTAMP values are integers of nanoseconds since the epoch. FLOAT_LIST, BOOL_LIST and
     EMBEDDING values are their elements' little-endian bytes (as protobuf packs them), turned
@@ -63,6 +75,7 @@ class Column:
     name: str
     value_type: str | None
     values: list[Any]
+    dense: Dense | None = None
 
 
 def extract(values: Iterable[value_pb2.Value | None], value_type: str | None) -> list[Any]:
@@ -148,6 +161,8 @@ def _pandas_column(column: Column) -> Any:
     import numpy as np
     import pandas as pd
 
+    if column.dense is not None:
+        return _pandas_dense(column.value_type, column.dense)
     vt, vals = column.value_type, column.values
     n = len(vals)
     if vt == "FLOAT":
@@ -177,6 +192,42 @@ def _pandas_column(column: Column) -> Any:
         for i, v in enumerate(vals):
             out[i] = v
     return out
+
+
+def _pandas_dense(value_type: str | None, dense: Dense) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    data, missing = dense.data, dense.missing
+    if value_type == "FLOAT":
+        out = np.array(data, dtype=np.float64)
+        out[missing] = np.nan
+        return out
+    if value_type == "INT64":
+        return pd.arrays.IntegerArray(np.asarray(data, dtype=np.int64), missing)
+    if value_type == "BOOL":
+        return pd.arrays.BooleanArray(np.asarray(data, dtype=bool), missing)
+    if value_type == "TIMESTAMP":
+        ns = np.array(data, dtype=np.int64)
+        ns[missing] = _NAT
+        return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
+    offsets = dense.offsets.tolist()
+    out = np.empty(len(missing), dtype=object)
+    for i, gone in enumerate(missing.tolist()):
+        out[i] = None if gone else data[offsets[i] : offsets[i + 1]]
+    return out
+
+
+def _arrow_dense(value_type: str | None, dense: Dense) -> Any:
+    import pyarrow as pa
+
+    mask = pa.array(dense.missing, type=pa.bool_())
+    if dense.offsets is not None:
+        element = arrow_type(value_type).value_type
+        values = pa.array(dense.data, type=element)
+        return pa.ListArray.from_arrays(pa.array(dense.offsets, type=pa.int32()), values, mask=mask)
+    data = dense.data // 1000 if value_type == "TIMESTAMP" else dense.data
+    return pa.array(data, type=arrow_type(value_type), mask=dense.missing)
 
 
 def _unpack(payloads: Sequence[bytes | None], value_type: str) -> tuple[Any, Any]:
@@ -217,6 +268,9 @@ def to_arrow(columns: Sequence[Column]) -> Any:
 
     arrays = []
     for c in columns:
+        if c.dense is not None:
+            arrays.append(_arrow_dense(c.value_type, c.dense))
+            continue
         vals = c.values
         if c.value_type in _PACKED:
             flat, offsets = _unpack(vals, c.value_type)

@@ -55,6 +55,12 @@ class Client(c.ClientBase[Callable[[], str]]):
         )
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self.store = feature_store_service_pb2_grpc.FeatureStoreServiceStub(self.channel)
+        # BatchGetFeatures answering bytes, for frames (decoded without building messages).
+        self._batch_bytes = self.channel.unary_unary(
+            c.BATCH_GET_FEATURES,
+            request_serializer=fs.BatchGetFeaturesRequest.SerializeToString,
+            response_deserializer=None,
+        )
 
     # -- plumbing
 
@@ -182,10 +188,10 @@ class Client(c.ClientBase[Callable[[], str]]):
         `<name>__status` and `<name>__event_time` columns when asked).
         """
         request = c.batch_request(entity_type, entity_ids, features, groups)
-        response = self._unary(self.store.BatchGetFeatures, request, timeout)
         if output == "records":
-            return c.batch_records(response)
-        frame = c.batch_frame(response, features, include_status, include_event_time)
+            return c.batch_records(self._unary(self.store.BatchGetFeatures, request, timeout))
+        body = self._unary(self._batch_bytes, request, timeout)
+        frame = c.BytesFrame(body, features, include_status, include_event_time)
         return frame.output(self.value_types(frame.missing), output)
 
     # -- offline
