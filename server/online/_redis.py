@@ -61,9 +61,10 @@ p99 was about half with 250 values x 2 in flight what it was with 1,000 x 4, for
 piece of work with a bounded queue ahead of it (a write call's timeout is the
 client's times max(4, ``chunks_in_flight``): it may wait for the calls sent before
 it, its process's and others'). Reads of more than ``chunk_values`` values (1,000
-by default) are cut the same way, by entity (each piece a pipeline of HMGETs, so Valkey runs other
-callers' commands between them). A call that times out fails alone (UNAVAILABLE naming the
-read or write that got no answer); the connection and the other calls on it carry on.
+by default) are cut the same way, by entity (each piece a pipeline of HMGETs, so
+Valkey runs other callers' commands between them). A call that times out fails alone
+(UNAVAILABLE naming the read or write that got no answer); the connection and the
+other calls on it carry on.
 
 TTL
 ---
