@@ -250,6 +250,7 @@ def _online(settings: Settings) -> online.RedisOnlineStore:
         client,
         ttl_seconds=settings.online_ttl,
         chunk_values=settings.redis_chunk_values,
+        write_chunk_values=settings.redis_write_chunk_values,
         chunks_in_flight=settings.redis_chunks_in_flight,
     )
 

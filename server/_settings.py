@@ -49,8 +49,12 @@ class Settings:
     )
     redis_timeout: float = field(default=0.5, metadata={"help": "seconds a Redis call may take"})
     redis_chunk_values: int = field(
+        default=1000,
+        metadata={"help": "most values one Redis read call (a script, or a pipeline of HMGETs) asks for"},
+    )
+    redis_write_chunk_values: int = field(
         default=250,
-        metadata={"help": "most values one Redis script call reads or writes; larger requests are split"},
+        metadata={"help": "most values one Redis write script call carries; larger writes are split"},
     )
     redis_chunks_in_flight: int = field(
         default=2, metadata={"help": "write script calls outstanding per process (on a connection of their own)"}

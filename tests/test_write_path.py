@@ -131,7 +131,7 @@ def test_interleaved_chunked_writers_leave_the_newest_value_of_every_feature(
 
     async def go() -> list[bytes | None]:
         client = connect(redis_url, cluster=False, connections=2, timeout=5.0)
-        store = RedisOnlineStore(client, chunk_values=most, chunks_in_flight=rng.randint(1, 4))
+        store = RedisOnlineStore(client, write_chunk_values=most, chunks_in_flight=rng.randint(1, 4))
 
         async def writer(writes: list[KeyWrite]) -> None:
             rng.shuffle(writes)

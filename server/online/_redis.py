@@ -50,7 +50,7 @@ field, and a value's two forms are decided together.
 Bounded work per command
 ------------------------
 Valkey runs one command at a time, so one long script delays every other
-caller. A write is cut into script calls of at most ``chunk_values`` values
+caller. A write is cut into script calls of at most ``write_chunk_values`` values
 (250 by default: ~1 ms of Valkey time, at ~3.5-4.5 µs a value measured; an
 entity's values may span calls, which changes nothing since each value is
 compared on its own), sent over the client's bulk connections with at most
@@ -61,10 +61,11 @@ p99 was about half with 250 values x 2 in flight what it was with 1,000 x 4, for
 ~10% less write throughput (bench/README.md). Each call's timeout covers one bounded
 piece of work with a bounded queue ahead of it (a write call's timeout is the
 client's times max(4, ``chunks_in_flight``): it may wait for the calls sent before
-it, its process's and others'). Reads of more than ``chunk_values`` values are cut
-the same way, by entity (each piece a pipeline of HMGETs, so Valkey runs other callers'
-commands between them). A call that times out fails alone (UNAVAILABLE naming the
-read or write that got no answer); the connection and the other calls on it carry on.
+it, its process's and others'). Reads of more than ``chunk_values`` values (1,000
+by default) are cut the same way, by entity (each piece a pipeline of HMGETs, so
+Valkey runs other callers' commands between them). A call that times out fails alone
+(UNAVAILABLE naming the read or write that got no answer); the connection and the
+other calls on it carry on.
 
 TTL
 ---
@@ -349,11 +350,12 @@ class _Transport(Protocol):
 
 class _Standalone:
     """One server through the pipelining client: a read is one HMGET or script call per `chunk_values`
-    values; writes go in script calls of at most `chunk_values` values, `in_flight` outstanding."""
+    values; writes go in script calls of at most `write_chunk_values` values, `in_flight` outstanding."""
 
-    def __init__(self, client: RespClient, chunk_values: int, in_flight: int) -> None:
+    def __init__(self, client: RespClient, chunk_values: int, write_chunk_values: int, in_flight: int) -> None:
         self._client = self.client = client
         self._chunk_values = chunk_values
+        self._write_chunk_values = write_chunk_values
         self._in_flight = in_flight
         self._window = asyncio.Semaphore(in_flight)
 
@@ -395,7 +397,7 @@ class _Standalone:
         return list(itertools.chain.from_iterable(replies))
 
     async def write(self, writes: Sequence[KeyWrite], ttl: int) -> int:
-        chunks = write_chunks(writes, ttl, self._chunk_values)
+        chunks = write_chunks(writes, ttl, self._write_chunk_values)
         sent: list[asyncio.Task[int]] = []
         try:
             while not any(task.done() and task.exception() for task in sent[-self._in_flight :]):
@@ -426,9 +428,10 @@ class _Clustered:
     """A Redis Cluster through redis-py: keys grouped by hash slot (a script may touch one slot),
     the groups in one pipeline, one round trip per node."""
 
-    def __init__(self, client: RedisCluster, chunk_values: int, in_flight: int) -> None:
+    def __init__(self, client: RedisCluster, chunk_values: int, write_chunk_values: int, in_flight: int) -> None:
         self._client = client
         self._chunk_values = chunk_values
+        self._write_chunk_values = write_chunk_values
         self._in_flight = in_flight
 
     async def ping(self) -> None:
@@ -458,7 +461,7 @@ class _Clustered:
         by_slot: dict[int, list[KeyWrite]] = {}
         for w in writes:
             by_slot.setdefault(key_slot(w.key), []).append(w)
-        chunks = [c for group in by_slot.values() for c in write_chunks(group, ttl, self._chunk_values)]
+        chunks = [c for group in by_slot.values() for c in write_chunks(group, ttl, self._write_chunk_values)]
         step, written = self._in_flight, 0
         for start in range(0, len(chunks), step):
             pipe = self._client.pipeline(transaction=False)
@@ -494,14 +497,16 @@ class RedisOnlineStore:
         client: RespClient | RedisCluster,
         *,
         ttl_seconds: int = 0,
-        chunk_values: int = 250,
+        chunk_values: int = 1000,
+        write_chunk_values: int = 250,
         chunks_in_flight: int = 2,
     ) -> None:
         chunk_values, in_flight = max(1, chunk_values), max(1, chunks_in_flight)
+        write_chunk = max(1, write_chunk_values)
         self._transport: _Transport = (
-            _Standalone(client, chunk_values, in_flight)
+            _Standalone(client, chunk_values, write_chunk, in_flight)
             if isinstance(client, RespClient)
-            else _Clustered(client, chunk_values, in_flight)
+            else _Clustered(client, chunk_values, write_chunk, in_flight)
         )
         self._ttl = ttl_seconds
 
@@ -529,7 +534,7 @@ class RedisOnlineStore:
     async def write(self, writes: Sequence[KeyWrite]) -> int:
         """Store the values that are not older than what is stored; returns how many values were stored.
 
-        In script calls of at most `chunk_values` values each, at most `chunks_in_flight` of
+        In script calls of at most `write_chunk_values` values each, at most `chunks_in_flight` of
         them outstanding per process (see "Bounded work per command" above).
         """
         if not writes:
