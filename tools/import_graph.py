@@ -37,6 +37,7 @@ ALLOWED_PRIVATE: dict[str, str] = {
     "tests.": "white-box tests exercise private functions (transforms, guards, the Redis transport) directly",
     "dags.tests.": "the DAGs' tests (make test-airflow) start their stack with the test helpers",
     "bench.metrics_bench": "times the read path's own instrumentation calls in-process (white-box, like a test)",
+    "bench.client_bench": "times the client's protobuf decoding path beside the default one, in the same run",
 }
 
 
