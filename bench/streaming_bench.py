@@ -100,6 +100,7 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=5000)
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--customers", type=int, default=100_000)
+    p.add_argument("--trigger-seconds", type=float, default=0.5, help="the pipeline's --trigger-seconds")
     p.add_argument("--partitions", type=int, default=1, help="stream keys (source partitions read in parallel)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="streaming-bench-"))
@@ -133,7 +134,7 @@ def main() -> int:
             source_url=str(valkey.extra["url"]),
             checkpoint_dir=str(tmp / "checkpoints"),
             max_events_per_batch=args.max_events_per_batch,
-            trigger_seconds=0.5,
+            trigger_seconds=args.trigger_seconds,
             partitions=args.partitions,
         )
         lines: list[str] = []
