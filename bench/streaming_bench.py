@@ -118,10 +118,11 @@ class KafkaSource:
 
     name = "Kafka (Tansu)"
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, partitions: int, backlog: int, dead_letters_url: str) -> None:
         from confluent_kafka import Producer
 
-        self.bootstrap = bootstrap
+        self.bootstrap, self.partitions, self.backlog = bootstrap, partitions, backlog
+        self.dead_letters_url = dead_letters_url  # the pipeline's dead letters go to Valkey (--source-url)
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
 
     def add(self, events: list[dict[str, Any]]) -> None:
@@ -136,26 +137,20 @@ class KafkaSource:
 
     def ceiling(self) -> float:
         """Events/s of consuming and parsing the backlog with one Python process (confluent-kafka + parse)."""
-        from confluent_kafka import Consumer
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        consumer = Consumer(
-            {"bootstrap.servers": self.bootstrap, "group.id": f"ceiling-{time.time()}", "auto.offset.reset": "earliest"}
-        )
-        consumer.subscribe([STREAM])
-        schema, read, started, idle = event_schema(), 0, 0.0, 0
-        while idle < 3:
-            messages = consumer.consume(5000, timeout=1.0)
-            if not messages:
-                idle += 1
-                continue
-            started = started or time.perf_counter()
-            to_batch(schema, ((STREAM, str(m.offset()), m.value() or b"") for m in messages if m.error() is None))
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "ceiling", "enable.auto.commit": False})
+        consumer.assign([TopicPartition(STREAM, p, OFFSET_BEGINNING) for p in range(self.partitions)])
+        schema, read, started, deadline = event_schema(), 0, time.perf_counter(), time.monotonic() + 60
+        while read < self.backlog and time.monotonic() < deadline:
+            messages = [m for m in consumer.consume(5000, timeout=1.0) if m.error() is None]
+            to_batch(schema, ((STREAM, str(m.offset()), m.value() or b"") for m in messages))
             read += len(messages)
         consumer.close()
-        return read / max(time.perf_counter() - started - 3.0, 1e-9)
+        return read / (time.perf_counter() - started)
 
     def config(self) -> dict[str, Any]:
-        return {"source": "kafka", "kafka_bootstrap": self.bootstrap, "source_url": ""}
+        return {"source": "kafka", "kafka_bootstrap": self.bootstrap, "source_url": self.dead_letters_url}
 
 
 def main() -> int:
@@ -186,7 +181,8 @@ def main() -> int:
         if args.source == "kafka":
             broker = start_tansu(tmp / "tansu", free_port(), {STREAM: args.partitions})
             procs.append(broker)
-            source = KafkaSource(str(broker.extra["bootstrap"]))
+            bootstrap = str(broker.extra["bootstrap"])
+            source = KafkaSource(bootstrap, args.partitions, args.backlog, str(valkey.extra["url"]))
         else:
             source = ValkeySource(str(valkey.extra["url"]), args.partitions)
         rng = random.Random(1)
