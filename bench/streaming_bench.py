@@ -6,12 +6,13 @@ Starts PostgreSQL, Valkey and the server on loopback, registers the three stream
 features, and runs the streaming pipeline (jobs.streaming_pipeline's Streams) in a local[2]
 Spark in this process. Then, in one run:
 
-1. **drain**: --backlog demo purchases are appended to the Valkey stream before the query
-   starts; the micro-batches (--max-events-per-batch) are timed and the events/s of the
-   batches after the first (Python workers warm) are reported: the sustained rate the
-   pipeline keeps up with is at most this.
-2. **ceiling**: the same events read back with redis-py XRANGE and parsed by the same
-   parser (jobs._events), in this process: the source side alone.
+1. **drain**: --backlog demo purchases are appended to the source (--source: a Valkey
+   stream, or a Kafka topic on Tansu) before the query starts; the micro-batches
+   (--max-events-per-batch) are timed and the events/s of the batches after the first
+   (Python workers warm) are reported: the sustained rate the pipeline keeps up with is at
+   most this.
+2. **ceiling**: the same events read back (redis-py XRANGE, or a confluent-kafka consumer)
+   and parsed by the same parser (jobs._events), in this process: the source side alone.
 3. **latency**: a producer appends --rate events/s (event time = now) for --seconds; a probe
    customer gets one event per second, and a reader polls GetFeatures (gRPC) for its
    `customer_purchase_count_1h` every 20 ms: the latency of probe event k is when the count
@@ -42,7 +43,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # before gRPC initializes: Spark forks its JVM
 
-from devstack import STREAMING_DEMO_FEATURES, free_port, start_postgres, start_server, start_valkey  # noqa: E402
+from devstack import (  # noqa: E402
+    STREAMING_DEMO_FEATURES,
+    free_port,
+    start_postgres,
+    start_server,
+    start_tansu,
+    start_valkey,
+)
 from featurestore import FeatureStoreClient  # noqa: E402
 from featurestore.registry.v1 import feature_pb2 as pb  # noqa: E402
 from featurestore.registry.v1 import registry_service_pb2 as rs  # noqa: E402
@@ -65,32 +73,84 @@ from jobs.demo_events import random_event  # noqa: E402
 STREAM = "purchases"
 
 
-def append(client: Any, n: int, rng: random.Random, customers: int, partitions: int) -> None:
-    for start in range(0, n, 5000):
-        pipe = client.pipeline(transaction=False)
-        now = datetime.now(UTC)
-        for _ in range(min(5000, n - start)):
-            event = random_event(rng, customers, now)
-            pipe.xadd(stream_key(STREAM, event["customer_id"], partitions), {EVENT_FIELD: json.dumps(event).encode()})
-        pipe.execute()
-
-
-def parse_ceiling(client: Any, partitions: int) -> float:
-    """Events/s of reading and parsing the backlog with one Python process (the source side alone)."""
+def event_schema() -> EventSchema:
     feature = STREAMING_DEMO_FEATURES[0]
     fields = tuple((f.name, pb.ValueType.Name(f.type)) for f in feature.source_config.fields)
-    schema = EventSchema(fields, "customer_id", "event_time")
-    key = stream_key(STREAM, "", partitions)  # the first key: its events are a share of the backlog
-    n = client.xlen(key)
-    started, begin, read = time.perf_counter(), "-", 0
-    while read < n:
-        entries = client.xrange(key, min=begin, max="+", count=5000)
-        if not entries:
-            break
-        to_batch(schema, ((STREAM, i.decode(), f.get(EVENT_FIELD, b"")) for i, f in entries))
-        read += len(entries)
-        begin = "(" + entries[-1][0].decode()
-    return read / (time.perf_counter() - started)
+    return EventSchema(fields, "customer_id", "event_time")
+
+
+class ValkeySource:
+    """Events appended to the stream's keys (entities hashed over `partitions` keys)."""
+
+    name = "Valkey Streams"
+
+    def __init__(self, url: str, partitions: int) -> None:
+        self.client: Any = redis.Redis.from_url(url)
+        self.url, self.partitions = url, partitions
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            key = stream_key(STREAM, event["customer_id"], self.partitions)
+            pipe.xadd(key, {EVENT_FIELD: json.dumps(event).encode()})
+        pipe.execute()
+
+    def ceiling(self) -> float:
+        """Events/s of reading and parsing one key's backlog with one Python process (XRANGE + parse)."""
+        key = stream_key(STREAM, "", self.partitions)  # the first key: its events are a share of the backlog
+        schema, n = event_schema(), self.client.xlen(key)
+        started, begin, read = time.perf_counter(), "-", 0
+        while read < n:
+            entries = self.client.xrange(key, min=begin, max="+", count=5000)
+            if not entries:
+                break
+            to_batch(schema, ((STREAM, i.decode(), f.get(EVENT_FIELD, b"")) for i, f in entries))
+            read += len(entries)
+            begin = "(" + entries[-1][0].decode()
+        return read / (time.perf_counter() - started)
+
+    def config(self) -> dict[str, Any]:
+        return {"source_url": self.url, "partitions": self.partitions}
+
+
+class KafkaSource:
+    """Events produced to a topic of `partitions` partitions on Tansu (keyed by customer)."""
+
+    name = "Kafka (Tansu)"
+
+    def __init__(self, bootstrap: str, partitions: int, backlog: int, dead_letters_url: str) -> None:
+        from confluent_kafka import Producer
+
+        self.bootstrap, self.partitions, self.backlog = bootstrap, partitions, backlog
+        self.dead_letters_url = dead_letters_url  # the pipeline's dead letters go to Valkey (--source-url)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            while True:
+                try:
+                    self.producer.produce(STREAM, key=event["customer_id"].encode(), value=json.dumps(event).encode())
+                    break
+                except BufferError:  # the local queue is full: let it drain
+                    self.producer.poll(0.05)
+        self.producer.flush(30)
+
+    def ceiling(self) -> float:
+        """Events/s of consuming and parsing the backlog with one Python process (confluent-kafka + parse)."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "ceiling", "enable.auto.commit": False})
+        consumer.assign([TopicPartition(STREAM, p, OFFSET_BEGINNING) for p in range(self.partitions)])
+        schema, read, started, deadline = event_schema(), 0, time.perf_counter(), time.monotonic() + 60
+        while read < self.backlog and time.monotonic() < deadline:
+            messages = [m for m in consumer.consume(5000, timeout=1.0) if m.error() is None]
+            to_batch(schema, ((STREAM, str(m.offset()), m.value() or b"") for m in messages))
+            read += len(messages)
+        consumer.close()
+        return read / (time.perf_counter() - started)
+
+    def config(self) -> dict[str, Any]:
+        return {"source": "kafka", "kafka_bootstrap": self.bootstrap, "source_url": self.dead_letters_url}
 
 
 def main() -> int:
@@ -100,7 +160,9 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=5000)
     p.add_argument("--seconds", type=int, default=60)
     p.add_argument("--customers", type=int, default=100_000)
-    p.add_argument("--partitions", type=int, default=1, help="stream keys (source partitions read in parallel)")
+    p.add_argument("--trigger-seconds", type=float, default=0.5, help="the pipeline's --trigger-seconds")
+    p.add_argument("--partitions", type=int, default=1, help="stream keys or topic partitions (read in parallel)")
+    p.add_argument("--source", choices=("valkey", "kafka"), default="valkey", help="kafka: Tansu (Kafka protocol)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="streaming-bench-"))
     procs = []
@@ -115,13 +177,22 @@ def main() -> int:
         client = FeatureStoreClient(target)
         for f in STREAMING_DEMO_FEATURES:
             client.registry.CreateFeature(rs.CreateFeatureRequest(feature=f))
-        r = redis.Redis.from_url(str(valkey.extra["url"]))
+        source: ValkeySource | KafkaSource
+        if args.source == "kafka":
+            broker = start_tansu(tmp / "tansu", free_port(), {STREAM: args.partitions})
+            procs.append(broker)
+            bootstrap = str(broker.extra["bootstrap"])
+            source = KafkaSource(bootstrap, args.partitions, args.backlog, str(valkey.extra["url"]))
+        else:
+            source = ValkeySource(str(valkey.extra["url"]), args.partitions)
         rng = random.Random(1)
         t0 = time.perf_counter()
-        append(r, args.backlog, rng, args.customers, args.partitions)
-        print(f"backlog: {args.backlog} events appended in {time.perf_counter() - t0:.1f}s")
-        ceiling = parse_ceiling(r, args.partitions)
-        print(f"ceiling: XRANGE + parse in one process: {ceiling:,.0f} events/s")
+        for start in range(0, args.backlog, 5000):
+            at = datetime.now(UTC)
+            source.add([random_event(rng, args.customers, at) for _ in range(min(5000, args.backlog - start))])
+        print(f"backlog: {args.backlog} events appended to {source.name} in {time.perf_counter() - t0:.1f}s")
+        ceiling = source.ceiling()
+        print(f"ceiling: reading + parsing in one process: {ceiling:,.0f} events/s")
 
         spark = build_session(
             SessionConfig(master="local[2]", shuffle_partitions=2, conf={"spark.ui.enabled": "false"}),
@@ -130,11 +201,10 @@ def main() -> int:
         config = StreamConfig(
             redis_url=str(valkey.extra["url"]),
             postgres_dsn=str(pg.extra["dsn"]),
-            source_url=str(valkey.extra["url"]),
             checkpoint_dir=str(tmp / "checkpoints"),
             max_events_per_batch=args.max_events_per_batch,
-            trigger_seconds=0.5,
-            partitions=args.partitions,
+            trigger_seconds=args.trigger_seconds,
+            **source.config(),
         )
         lines: list[str] = []
         streams = Streams(spark, config, lines.append)
@@ -171,19 +241,13 @@ def main() -> int:
             while not done.is_set():
                 due = int((time.monotonic() - tick) * args.rate) - n
                 if due > 0:
-                    pipe = r.pipeline(transaction=False)
                     now = datetime.now(UTC)
-                    for _ in range(due):
-                        event = random_event(prng, args.customers, now)
-                        key = stream_key(STREAM, event["customer_id"], args.partitions)
-                        pipe.xadd(key, {EVENT_FIELD: json.dumps(event).encode()})
+                    events = [random_event(prng, args.customers, now) for _ in range(due)]
                     if int(time.monotonic() - tick) >= k:
                         k += 1
-                        probe = {"customer_id": "probe", "purchase_amount": 1.0, "event_time": now.isoformat()}
-                        probe_key = stream_key(STREAM, "probe", args.partitions)
-                        pipe.xadd(probe_key, {EVENT_FIELD: json.dumps(probe).encode()})
+                        events.append({"customer_id": "probe", "purchase_amount": 1.0, "event_time": now.isoformat()})
                         sent[k] = now.timestamp()
-                    pipe.execute()
+                    source.add(events)
                     n += due
                 time.sleep(0.005)
 

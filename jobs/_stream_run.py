@@ -237,11 +237,12 @@ class MicroBatch:
         else:
             fields = events.filter(keep).select([name for name, _ in plan.schema.fields])
             inputs = _tiles.transform_inputs(spark.createDataFrame(fields), plan, as_of).toArrow()
-        windows = pa.Table.from_batches(
-            [_tiles.merge_windows(online, self._query_id or "", batch_id, plan, after, inputs.to_batches())]
-        )
+        # Each chunk of merged entities goes to the sink as it is merged: its encoding, COPY and online
+        # write overlap the next chunk's merge (the sink pulls batches from a thread of its own).
+        windows = _tiles.merge_windows(online, self._query_id or "", batch_id, plan, after, inputs.to_batches())
         if _tiles.needs_finish(plan):
-            windows = _tiles.finish(spark.createDataFrame(windows), plan, as_of).toArrow()
+            merged = pa.Table.from_batches(list(windows))
+            windows = iter(_tiles.finish(spark.createDataFrame(merged), plan, as_of).toArrow().to_batches(_WRITE_ROWS))
         sink = SinkConfig(
             redis_url=self.config.redis_url,
             redis_cluster=self.config.redis_cluster,
@@ -251,7 +252,7 @@ class MicroBatch:
             event_micros=after,
             online_ttl=self.config.online_ttl,
         )
-        totals = asyncio.run(write_batches(sink, windows.to_batches(max_chunksize=_WRITE_ROWS)))
+        totals = asyncio.run(write_batches(sink, windows))
         report.values, report.entities = totals.values, totals.entities
         self._record_freshness(plan, as_of)
 

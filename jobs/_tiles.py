@@ -24,7 +24,7 @@ import json
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
@@ -361,20 +361,24 @@ def _entity_windows(
 
 def merge_windows(
     client: Any, query_id: str, batch_id: int, plan: StreamPlan, as_of_micros: int, batches: Iterable[pa.RecordBatch]
-) -> pa.RecordBatch:
+) -> Iterator[pa.RecordBatch]:
     """Merge the partials of `transform_inputs` rows into the tile store (once per batch id per entity)
-    and return each entity's window values as of `as_of_micros` (rows of `output_ddl`).
+    and yield each entity's window values as of `as_of_micros` (rows of `output_ddl`).
 
-    Entities are merged in chunks of _CHUNK: one MGET of their records, then one MSET (atomic)
-    writing them, so a chunk applies whole or not at all."""
+    Entities go in chunks of _CHUNK: one MGET of their records, one MSET (atomic) writing them,
+    then the chunk's window values are yielded, so a chunk applies whole or not at all and a
+    consumer can write one chunk's values while the next is merged."""
     last = tile_of(as_of_micros)
     names = [f.name for f in plan.features]
+    kinds = {"count": pa.int64(), "count_distinct": pa.int64(), "last": pa.string()}
+    types = [pa.string(), pa.int64(), *(kinds.get(f.function, pa.float64()) for f in plan.features)]
+    schema = pa.schema(list(zip([ENTITY_ID, ROWS, *names], types, strict=True)))
     entities = _collect(pa.Table.from_batches(list(batches), schema=_input_schema(plan)), plan)
     ids = list(entities)
-    out: list[list[Any]] = [[] for _ in range(2 + len(names))]
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         keys = [tile_key(query_id, entity_id) for entity_id in chunk]
+        out: list[list[Any]] = [[] for _ in range(2 + len(names))]
         merged = {}
         for key, entity_id, blob in zip(keys, chunk, client.mget(keys), strict=True):
             entity = entities[entity_id]
@@ -387,7 +391,4 @@ def merge_windows(
                 column.append(x)
         if merged:
             client.mset(merged)
-    kinds = {"count": pa.int64(), "count_distinct": pa.int64(), "last": pa.string()}
-    types = [pa.string(), pa.int64(), *(kinds.get(f.function, pa.float64()) for f in plan.features)]
-    schema = pa.schema(list(zip([ENTITY_ID, ROWS, *names], types, strict=True)))
-    return pa.RecordBatch.from_arrays([pa.array(c, type=t) for c, t in zip(out, types, strict=True)], schema=schema)
+        yield pa.RecordBatch.from_arrays([pa.array(c, type=t) for c, t in zip(out, types, strict=True)], schema=schema)

