@@ -268,9 +268,8 @@ class MicroBatch:
         At most DEAD_LETTERS_PER_BATCH of them are kept per batch: a flood of malformed events is
         counted, not all appended; the stream keeps about DEAD_LETTERS_KEPT entries (MAXLEN ~)."""
         total: int = malformed.num_rows
-        bad = malformed.select([KEY, OFFSET, ERROR, RAW]).to_pylist()
-        bad.sort(key=lambda r: (r[KEY], *(int(p) for p in r[OFFSET].split("-"))))
-        bad = bad[:DEAD_LETTERS_PER_BATCH]
+        first = pc.sort_indices(malformed, [(KEY, "ascending"), (OFFSET, "ascending")])[:DEAD_LETTERS_PER_BATCH]
+        bad = malformed.take(first).select([KEY, OFFSET, ERROR, RAW]).to_pylist()  # the same ones on a replay
         if total > len(bad):
             self.progress(
                 f"streaming: {total} malformed events in batch {batch_id}, the first {len(bad)} dead-lettered"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -114,6 +115,17 @@ def _guarded(
     if guard is not None:
         methods = {name: guard.wrap(f"/{service.full_name}/{name}", handler) for name, handler in methods.items()}
     return service_handler(service, methods)
+
+
+def _check_private(folder: Path) -> None:
+    """A write worker serves without authentication: only on a socket in a folder of this user's
+    that no one else may enter (the supervisor makes one with mkdtemp)."""
+    try:
+        info = folder.stat()
+    except OSError:
+        raise SystemExit(f"write_worker_socket: its folder {folder} does not exist") from None
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SystemExit(f"write_worker_socket: its folder {folder} must be this user's, mode 0700")
 
 
 def _tls(settings: Settings) -> grpc.ServerCredentials | None:
@@ -273,6 +285,7 @@ async def start(
     credentials = _tls(settings)
     write_worker = bool(settings.write_worker_socket)
     if write_worker:  # its private socket is reached only by the serving processes, which checked the caller
+        _check_private(Path(settings.write_worker_socket).parent)
         authenticator, guard, credentials = None, None, None
     pool, registry_store = await _registry(settings)
     read_pool = await _read_pool(settings)
@@ -304,15 +317,21 @@ async def start(
         sockets = [path for path in settings.write_forward_sockets.split(",") if path]
         forwarder = online.WriteForwarder(sockets, settings.max_message_bytes)
         feature_store.update(forwarder.methods())
-    server.add_generic_rpc_handlers(
-        (
-            _guarded(guard, core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
-            _guarded(guard, core.FEATURE_STORE_SERVICE, feature_store),
+    if write_worker:  # its socket serves the two write methods only (and health), unauthenticated
+        writes = {name: feature_store[name] for name in ("WriteFeatures", "PushFeatures")}
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(core.FEATURE_STORE_SERVICE.full_name, writes),)
         )
-    )
+    else:
+        server.add_generic_rpc_handlers(
+            (
+                _guarded(guard, core.REGISTRY_SERVICE, unary_methods(core.REGISTRY_SERVICE, registry)),
+                _guarded(guard, core.FEATURE_STORE_SERVICE, feature_store),
+            )
+        )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    if settings.reflection:
+    if settings.reflection and not write_worker:
         services = [REGISTRY_SERVICE, FEATURE_STORE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server)
 
@@ -329,7 +348,12 @@ async def start(
         with contextlib.suppress(Exception):  # the first load; the loop retries
             await freshness.sync()
     if settings.metrics and settings.metrics_port:
-        _metrics.serve(settings.metrics_host, settings.metrics_port)
+        try:
+            _metrics.serve(settings.metrics_host, settings.metrics_port)
+        except OSError as err:  # a write worker still writes without its /metrics (a port taken)
+            if not write_worker:
+                raise
+            _log.warning("write worker: /metrics not served on port %d: %s", settings.metrics_port, err)
     address = f"unix:{settings.write_worker_socket}" if write_worker else f"{settings.host}:{settings.port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()

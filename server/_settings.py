@@ -112,7 +112,7 @@ class Settings:
         default=0,
         metadata={
             "help": "processes that run WriteFeatures and PushFeatures apart from the reads: the serving processes "
-            "pass those calls to them over a private Unix socket, so no read waits behind a write's work; "
+            "pass those calls to them over a private Unix socket, so no read waits behind a write's CPU work; "
             "0 = every process runs its own writes"
         },
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -156,3 +158,33 @@ def test_the_serving_process_checks_the_caller_before_passing_a_write(
     with FeatureStoreClient(target) as anonymous, pytest.raises(grpc.RpcError) as caught:
         write(anonymous, [row("c4", ago(minutes=1), ww_auth=i64(6))])
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_write_worker_serves_the_writes_alone_on_its_private_socket(workers: Proc) -> None:
+    eventually(lambda: len(_children(workers.popen.pid)) == 2)
+    writer = max(_children(workers.popen.pid), key=lambda pid: os.getpriority(os.PRIO_PROCESS, pid))
+    argv = Path(f"/proc/{writer}/cmdline").read_bytes().decode().split("\0")
+    socket = argv[argv.index("--write-worker-socket") + 1]
+    assert os.stat(Path(socket).parent).st_mode & 0o777 == 0o700
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        list_features = channel.unary_unary("/featurestore.registry.v1.RegistryService/ListFeatures", None, None)
+        get_features = channel.unary_unary("/featurestore.serving.v1.FeatureStoreService/GetFeatures", None, None)
+        for call in (list_features, get_features):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_write_worker_refuses_a_socket_folder_others_may_enter(tmp_path: Path) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    done = subprocess.run(
+        [sys.executable, "-m", "server", f"--write-worker-socket={folder / 'w.sock'}", "--metrics", "false"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert b"must be this user's, mode 0700" in done.stderr

@@ -50,6 +50,11 @@ class WriteForwarder:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # A local socket: retry connecting every 0.1-1 s, so writes work again within a second
+            # of a restarted worker listening (gRPC's default backoff grows to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channels = [grpc.aio.insecure_channel(f"unix:{path}", options=options) for path in sockets]
         unary = [c.unary_unary(_SERVICE + "WriteFeatures", None, None) for c in self._channels]
@@ -93,5 +98,7 @@ async def _relay(err: grpc.aio.AioRpcError, context: Context) -> NoReturn:
         await context.abort(err.code(), err.details() or "", trailing)
     if err.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         await context.abort(err.code(), "the write did not finish within the call's deadline")
+    if err.code() != grpc.StatusCode.UNAVAILABLE:  # gRPC's own (message size, ...): its code, not its text
+        await context.abort(err.code(), "the write failed in the write worker")
     await context.abort_with_status(_UNREACHABLE.to_status())  # type: ignore[attr-defined]
     raise AssertionError("abort_with_status returned")  # pragma: no cover

@@ -567,7 +567,8 @@ BATCH_GET_FEATURES = f"/{_SERVING}/BatchGetFeatures"
 
 class BytesFrame:
     """`batch_frame` of a serialized BatchGetFeaturesResponse: read with numpy (`_wire`), or with
-    protobuf when it is in a form `_wire` does not read (both give the same frame).
+    protobuf when it is in a form `_wire` does not read or numpy is not installed (both give the
+    same frame).
 
     `reader` says which did ("numpy" or "protobuf").
     """
@@ -578,7 +579,7 @@ class BytesFrame:
         self._frame: PendingFrame | _wire.BatchFrame
         try:
             self._frame, self.reader = _wire.BatchFrame(body, names(features), *self._include), "numpy"
-        except _wire.Irregular:
+        except (_wire.Irregular, ImportError):  # ImportError: no numpy (pyarrow alone does not need it)
             self._frame = self._protobuf()
         self.missing = self._frame.missing
 
@@ -590,7 +591,7 @@ class BytesFrame:
         """The frame, with `registry_types` for the `missing` columns."""
         try:
             return self._frame.output(registry_types, output)
-        except _wire.Irregular:
+        except (_wire.Irregular, ImportError):
             return self._protobuf().output(registry_types, output)
 
 
