@@ -90,13 +90,13 @@ def transform_inputs(events: DataFrame, plan: StreamPlan, as_of: datetime) -> Da
 
 
 _ADDED = "__in"  # prefix of the input columns `with_inputs` adds beside the event fields
+_ANY_TIME = datetime(1970, 1, 1, tzinfo=UTC)  # the as-of time of inputs that do not read the clock
 
 
 def uses_clock(plan: StreamPlan) -> bool:
     """Whether an input expression of the plan reads the clock (pinned to each batch's stream time)."""
-    moment = datetime(1970, 1, 1, tzinfo=UTC)
     texts = [t for f in plan.features for t in (f.column, *f.filters) if t]
-    return any(pin_clock(t, moment) != t for t in texts)
+    return any(pin_clock(t, _ANY_TIME) != t for t in texts)
 
 
 def with_inputs(events: DataFrame, plan: StreamPlan, well_formed: Column) -> DataFrame:
@@ -104,8 +104,7 @@ def with_inputs(events: DataFrame, plan: StreamPlan, well_formed: Column) -> Dat
     (NULL elsewhere), for a plan whose inputs do not read the clock."""
     if uses_clock(plan):
         raise ValueError("the plan's inputs read the clock: use transform_inputs with the batch's stream time")
-    moment = datetime(1970, 1, 1, tzinfo=UTC)
-    columns = _input_columns(plan, moment)
+    columns = _input_columns(plan, _ANY_TIME)
     return events.select("*", *(F.when(well_formed, c).alias(f"{_ADDED}{name}") for name, c in columns))
 
 
@@ -129,10 +128,11 @@ def needs_finish(plan: StreamPlan) -> bool:
     return any(f.post or VALUE_TYPES[f.value_type] != _RAW_KINDS.get(f.function, "double") for f in plan.features)
 
 
-def output_ddl(plan: StreamPlan) -> str:
-    """The schema of `window_partition`'s rows: each feature's raw window value."""
-    columns = [f"`{f.name}` {_RAW_KINDS.get(f.function, 'double')}" for f in plan.features]
-    return ", ".join([f"{ENTITY_ID} string", f"{ROWS} bigint", *columns])
+def _output_schema(plan: StreamPlan) -> pa.Schema:
+    """The schema of `merge_windows`' rows: each feature's raw window value."""
+    arrow = {"bigint": pa.int64(), "double": pa.float64(), "string": pa.string()}
+    columns = [(f.name, arrow[_RAW_KINDS.get(f.function, "double")]) for f in plan.features]
+    return pa.schema([(ENTITY_ID, pa.string()), (ROWS, pa.int64()), *columns])
 
 
 def finish(df: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
@@ -147,7 +147,7 @@ def finish(df: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
     return df
 
 
-# --- partial aggregates, the tile store and windows, on the executors -------------------------
+# --- partial aggregates, the tile store and windows, on the driver ----------------------------
 
 Partial = list[Any]  # [n, s, lo, hi, lt, lv, d]: count, sum, min, max, latest (time, value), distinct values
 
@@ -363,22 +363,19 @@ def merge_windows(
     client: Any, query_id: str, batch_id: int, plan: StreamPlan, as_of_micros: int, batches: Iterable[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
     """Merge the partials of `transform_inputs` rows into the tile store (once per batch id per entity)
-    and yield each entity's window values as of `as_of_micros` (rows of `output_ddl`).
+    and yield each entity's window values as of `as_of_micros` (rows of `_output_schema`).
 
     Entities go in chunks of _CHUNK: one MGET of their records, one MSET (atomic) writing them,
     then the chunk's window values are yielded, so a chunk applies whole or not at all and a
     consumer can write one chunk's values while the next is merged."""
     last = tile_of(as_of_micros)
-    names = [f.name for f in plan.features]
-    kinds = {"count": pa.int64(), "count_distinct": pa.int64(), "last": pa.string()}
-    types = [pa.string(), pa.int64(), *(kinds.get(f.function, pa.float64()) for f in plan.features)]
-    schema = pa.schema(list(zip([ENTITY_ID, ROWS, *names], types, strict=True)))
+    schema = _output_schema(plan)
     entities = _collect(pa.Table.from_batches(list(batches), schema=_input_schema(plan)), plan)
     ids = list(entities)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         keys = [tile_key(query_id, entity_id) for entity_id in chunk]
-        out: list[list[Any]] = [[] for _ in range(2 + len(names))]
+        out: list[list[Any]] = [[] for _ in schema]
         merged = {}
         for key, entity_id, blob in zip(keys, chunk, client.mget(keys), strict=True):
             entity = entities[entity_id]
@@ -391,4 +388,5 @@ def merge_windows(
                 column.append(x)
         if merged:
             client.mset(merged)
-        yield pa.RecordBatch.from_arrays([pa.array(c, type=t) for c, t in zip(out, types, strict=True)], schema=schema)
+        arrays = [pa.array(column, type=f.type) for column, f in zip(out, schema, strict=True)]
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)

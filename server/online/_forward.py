@@ -67,20 +67,10 @@ class WriteForwarder:
             await channel.close(None)
 
     async def WriteFeatures(self, request: bytes, context: Context) -> bytes:
-        call = next(self._unary)
-        try:
-            response: bytes = await call(request, timeout=context.time_remaining(), metadata=_metadata(context))
-        except grpc.aio.AioRpcError as err:
-            await _relay(err, context)
-        return response
+        return await _forward(next(self._unary), request, context)
 
     async def PushFeatures(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
-        call = next(self._pushes)
-        try:
-            response: bytes = await call(requests, timeout=context.time_remaining(), metadata=_metadata(context))
-        except grpc.aio.AioRpcError as err:
-            await _relay(err, context)
-        return response
+        return await _forward(next(self._pushes), requests, context)
 
     def methods(self) -> dict[str, grpc.RpcMethodHandler]:  # type: ignore[type-arg]
         """The two handlers, bytes in and out (the worker parses and checks the request)."""
@@ -88,6 +78,15 @@ class WriteForwarder:
             "WriteFeatures": grpc.unary_unary_rpc_method_handler(self.WriteFeatures),
             "PushFeatures": grpc.stream_unary_rpc_method_handler(self.PushFeatures),
         }
+
+
+async def _forward(call: Any, request: Any, context: Context) -> bytes:
+    """The worker's answer to `request` (bytes, or an iterator of them), or its error relayed."""
+    try:
+        response: bytes = await call(request, timeout=context.time_remaining(), metadata=_metadata(context))
+    except grpc.aio.AioRpcError as err:
+        await _relay(err, context)
+    return response
 
 
 async def _relay(err: grpc.aio.AioRpcError, context: Context) -> NoReturn:
