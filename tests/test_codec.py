@@ -77,3 +77,37 @@ def test_a_stored_frame_ends_with_its_status(value: vpb.Value, when: timestamp_p
     [served] = fs.TrainingExample.FromString(b"\x22" + expired[1:]).features
     want = fs.FeatureValue(name="some_feature", value=value, event_time=when, status=fs.EXPIRED)
     assert served.SerializeToString() == want.SerializeToString()  # bytes: a NaN value equals itself
+
+
+@given(
+    st.lists(st.tuples(st.text(min_size=1, max_size=200), st.lists(st.booleans(), min_size=3, max_size=3)), max_size=6),
+    st.booleans(),
+    st.integers(min_value=0, max_value=20_000),
+)
+def test_batch_framing_is_that_of_each_entity(entities: list[tuple[str, list[bool]]], expire: bool, size: int) -> None:
+    # assemble_batch is the one-pass form of assemble + two frames per entity: the same bytes and
+    # the same count of expired values (with ids past 127 bytes and entities past 16 KiB too).
+    micros = int(datetime(2026, 1, 2, tzinfo=UTC).timestamp() * 1_000_000)
+    names = ["f_float", "f_text", "f_int"]
+    values = [vpb.Value(float_value=0.5), vpb.Value(string_value="x" * size), vpb.Value(int64_value=-(2**63))]
+    forms = [
+        codec.encoder(n, v.WhichOneof("kind") or "").encode_value(v, codec.EventTime(micros))[0]
+        for n, v in zip(names, values, strict=True)
+    ]
+    not_found = [codec.not_found_frame(n) for n in names]
+    limit = codec.time_key(micros + 1 if expire else micros - 1)
+    cutoffs = [limit, codec.NEVER_EXPIRES, limit]
+    stored = [forms[j] if present else None for _, states in entities for j, present in enumerate(states)]
+    ids = [entity_id for entity_id, _ in entities]
+    want_expired, got_expired = [0], [0]
+    want = [
+        codec.frame(
+            codec.BATCH_ENTITIES_TAG,
+            codec.frame(codec.ENTITY_ID_TAG, entity_id.encode())
+            + codec.assemble(stored[i * 3 : (i + 1) * 3], not_found, cutoffs, want_expired),
+        )
+        for i, entity_id in enumerate(ids)
+    ]
+    assert codec.assemble_batch(ids, stored, not_found, cutoffs, got_expired) == want
+    assert got_expired == want_expired
+    assert [e.entity_id for e in fs.BatchGetFeaturesResponse.FromString(b"".join(want)).entities] == ids

@@ -25,7 +25,7 @@ import json
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -338,6 +338,43 @@ def assemble(
 ) -> bytes:
     """The framed FeatureValues of one entity, in request order; expired ones are counted in `expired_seen[0]`."""
     return b"".join(_served(stored, not_found, cutoffs, expired_frame, expired_seen))
+
+
+def assemble_batch(
+    entity_ids: Sequence[str],
+    stored: list[bytes | None],
+    not_found: list[bytes],
+    cutoffs: list[bytes],
+    expired_seen: list[int] | None = None,
+) -> list[bytes]:
+    """The framed EntityFeatures of many entities (`stored` key-major, `len(not_found)` values an entity),
+    each an `entities` field of BatchGetFeaturesResponse; expired ones are counted in `expired_seen[0]`.
+
+    The same bytes as framing `assemble` per entity, in one pass over every value and one join per
+    entity (1,000 x 10: ~1.4 against ~2.2 ms); not-found and expired values take a second, slower pass.
+    """
+    width = len(not_found)
+    limits = cutoffs * len(entity_ids)
+    served = [None if v is None or v < c else v[TIME_BYTES:] for v, c in zip(stored, limits, strict=True)]
+    if None in served:
+        for k, part in enumerate(served):
+            if part is None:
+                value = stored[k]
+                if value is None:
+                    served[k] = not_found[k % width]
+                else:
+                    served[k] = expired_frame(value)
+                    if expired_seen is not None:
+                        expired_seen[0] += 1
+    short, entity_tag, id_tag = _SHORT_VARINTS, BATCH_ENTITIES_TAG, ENTITY_ID_TAG
+    out = []
+    for i, entity_id in enumerate(entity_ids):
+        eid = entity_id.encode()
+        values = b"".join(served[i * width : (i + 1) * width])  # type: ignore[arg-type]  # no None is left
+        head = id_tag + (short[len(eid)] if len(eid) < 1 << 14 else varint(len(eid)))
+        n = len(head) + len(eid) + len(values)
+        out.append(b"".join((entity_tag, short[n] if n < 1 << 14 else varint(n), head, eid, values)))
+    return out
 
 
 def assemble_json(

@@ -95,12 +95,8 @@ class OnlineServicer:
         parts = [codec.frame(codec.BATCH_ENTITY_TYPE_TAG, entity_type.encode())]
         if entity_ids:
             stored = await self._read(entity_type, entity_ids, plan.fields)
-            cutoffs, width = plan.cutoffs(codec.now_micros()), len(plan.fields)
             expired = [0]
-            for i, entity_id in enumerate(entity_ids):
-                values = codec.assemble(stored[i * width : (i + 1) * width], plan.not_found, cutoffs, expired)
-                entity = codec.frame(codec.ENTITY_ID_TAG, entity_id.encode()) + values
-                parts.append(codec.frame(codec.BATCH_ENTITIES_TAG, entity))
+            parts += codec.assemble_batch(entity_ids, stored, plan.not_found, plan.cutoffs(codec.now_micros()), expired)
             if _metrics.enabled:
                 _tally("BatchGetFeatures", plan, stored, expired[0], len(entity_ids))
         return b"".join(parts)
