@@ -81,7 +81,27 @@ class Cpu:
         self.pids = {"server": (server, True), "postgres": (postgres, True), "valkey": (valkey, False)}
 
     def sample(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid, children) for name, (pid, children) in self.pids.items()}
+        out = {name: cpu_seconds(pid, children) for name, (pid, children) in self.pids.items()}
+        out.update(self._roles())
+        return out
+
+    def _roles(self) -> dict[str, float]:
+        """The server's CPU split by process: serving process(es) and write worker(s), when it has children."""
+        parent = self.pids["server"][0]
+        roles = {"serving": 0.0, "write_worker": 0.0}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == parent:
+                role = "write_worker" if b"--write-worker-socket" in cmdline else "serving"
+                roles[role] += cpu_seconds(int(entry.name))
+        return roles if any(roles.values()) else {}
 
     @staticmethod
     def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -350,9 +370,36 @@ def _py_spy(folder: Path | None, name: str, pid: int) -> subprocess.Popen[bytes]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def commandstats(url: str, reset: bool = False) -> dict[str, dict[str, float]]:
+    """Valkey's INFO commandstats (calls, usec per command), after CONFIG RESETSTAT if `reset`."""
+    client = redis.Redis.from_url(url)
+    try:
+        if reset:
+            client.config_resetstat()
+        stats: dict[str, dict[str, float]] = client.info("commandstats")
+        return stats
+    finally:
+        client.close()
+
+
+def valkey_commands(stats: dict[str, dict[str, float]], values: int) -> dict[str, dict[str, float]]:
+    """Per command: calls, µs per call and µs per value written (of Valkey's time inside commands)."""
+    out = {}
+    for name, stat in sorted(stats.items(), key=lambda kv: -kv[1]["usec"]):
+        if stat["usec"] >= 1000:  # commands that took at least a millisecond in all
+            command = name.removeprefix("cmdstat_")
+            out[command] = {
+                "calls": stat["calls"],
+                "usec_per_call": stat["usec_per_call"],
+                "usec_per_value": round(stat["usec"] / values, 3),
+            }
+    return out
+
+
 def phase(
-    name: str, cpu: Cpu, target: str, entities: int, run: Any, values: int, profile: Path | None
+    name: str, cpu: Cpu, target: str, entities: int, run: Any, values: int, profile: Path | None, url: str
 ) -> dict[str, Any]:
+    commandstats(url, reset=True)
     with Reader(target, entities) as reader:
         spy = _py_spy(profile, name, cpu.pids["server"][0])
         before = cpu.sample()
@@ -366,6 +413,7 @@ def phase(
     assert written == values, (name, written)
     result = {"seconds": round(seconds, 3), "values_per_s": round(values / seconds), "cpu_s": Cpu.diff(after, before)}
     result["read_1x10_during"] = reader.summary()
+    result["valkey_commands"] = valkey_commands(commandstats(url), values)
     print(f"{name}: {result}", flush=True)
     return result
 
@@ -451,7 +499,9 @@ def bulk_phase(
     try:
         ingest.run(state / "warm-up")  # Spark's Python workers started before the clock
         asyncio.run(empty_stores(dsn, url))
-        return phase("BulkIngest", cpu, target, args.entities, lambda: ingest.run(state / "bulk"), values, args.profile)
+        return phase(
+            "BulkIngest", cpu, target, args.entities, lambda: ingest.run(state / "bulk"), values, args.profile, url
+        )
     finally:
         ingest.close()
 
@@ -474,7 +524,9 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
     del rows
 
     before = cpu.sample()
+    commandstats(url, reset=True)
     hset = raw_hset(url, online)
+    raw_commands = valkey_commands(commandstats(url), values)
     copy = asyncio.run(raw_copy(dsn, history))
     raw_cpu = Cpu.diff(cpu.sample(), before)
     del online, history
@@ -494,6 +546,7 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
         lambda: asyncio.run(write_load(target, write_bodies, args.in_flight)),
         values,
         args.profile,
+        url,
     )
     asyncio.run(empty_stores(dsn, url))
     push = phase(
@@ -504,6 +557,7 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
         lambda: asyncio.run(push_load(target, push_bodies, args.in_flight)),
         values,
         args.profile,
+        url,
     )
     bulk = None if args.skip_bulk else bulk_phase(args, state, target, dsn, url, cpu, registered, values)
     return {
@@ -513,6 +567,7 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
         "raw_hset_seconds": round(hset, 3),
         "raw_copy_seconds": round(copy, 3),
         "raw_cpu_s": raw_cpu,
+        "raw_hset_valkey_commands": raw_commands,
         "ceiling_both_values_per_s": round(values / (hset + copy)),
         "read_1x10_idle": idle.summary(),
         "write_features": write,
