@@ -55,9 +55,9 @@ entity that is not stored yet (EXISTS, the bulk load case) gets its values in on
 HSET of the script's own argument range, without the HMGET; a stored entity whose
 values are all newer (the streaming case) too, after the HMGET; only a mix of newer
 and older values builds a Lua table of the ones to keep. Measured with `INFO
-commandstats` over 500,000 values (10 per entity, 250 per call): 2.4 -> 1.5 µs a
-value inside the script for new entities, 3.8 -> 2.8 for newer values of stored ones
-(bench/README.md).
+commandstats` over 500,000 values (10 per entity, 250 per call): 2.4-2.9 -> 1.5-1.7 µs
+a value inside the script for new entities, 3.8-5.2 -> 2.8-3.2 for newer values of stored
+ones (bench/README.md).
 
 Bounded work per command
 ------------------------
