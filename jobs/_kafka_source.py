@@ -7,6 +7,8 @@ is found by reading to end-of-partition (some brokers' ListOffsets "latest"
 lags the real end), at most `max_events_per_batch` spread over the partitions.
 A checkpointed offset below the partition's first retained offset (deleted by
 retention) or above its end (the topic was recreated) fails the query loudly.
+The broker's high watermark is trusted as a lower bound of the end: a batch reads
+only the messages beyond it to find the real end.
 
 Where Spark's own Kafka connector is on the classpath (production images),
 `--kafka-reader=native` reads with `format("kafka")` instead and `parse_records`
@@ -80,7 +82,12 @@ def _read(
         if chunk:
             yield chunk
         idle = 0 if messages else idle + 1
-        if (eof and end is not None and at < end and exact) or idle > _IDLE_POLLS_MAX:
+        if eof and end is not None and at < end and exact:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            if high < end:
+                raise SourceDataLoss(f"kafka {topic}[{partition}]: offsets {at} to {end} are gone")
+            return  # the range's last offsets hold no messages (transaction markers, compaction)
+        if idle > _IDLE_POLLS_MAX:
             raise SourceDataLoss(f"kafka {topic}[{partition}]: offsets {at} to {end} are gone")
         if eof and not exact:
             return
@@ -116,33 +123,38 @@ class KafkaStreamReader(DataSourceStreamReader):
         return ReadMaxRows(self.max_rows) if self.max_rows > 0 else ReadAllAvailable()
 
     def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
-
         consumer = _consumer(self.config)
         try:
             partitions = self._partitions(consumer)
             budget = limit.max_rows if isinstance(limit, ReadMaxRows) else 0
             begins = {p: int(start.get(str(p), 0)) for p in partitions}
-            shares = self._shares(consumer, begins, budget)
-            end = {}
-            for p in partitions:
-                begin = begins[p]
-                at = begin
-                stop = begin + shares[p] if budget else None
-                for chunk in _read(consumer, self.topic, p, begin, stop, exact=False):
-                    at = chunk[-1].offset() + 1
-                if at == begin and begin > 0:
-                    self._check_not_beyond(consumer, p, begin)
-                end[str(p)] = at
-            return end
+            highs = self._highs(consumer, begins)
+            shares = self._shares(begins, highs, budget)
+            return {
+                str(p): self._end(consumer, p, begins[p], highs[p], shares[p] if budget else None) for p in partitions
+            }
         finally:
             consumer.close()
 
-    def _shares(self, consumer: Any, begins: dict[int, int], budget: int) -> dict[int, int]:
-        """Each partition's part of a batch's budget, in proportion to its backlog (as Spark's Kafka source
-        does), so that partitions progress alike in event time; fails on offsets before the retained data."""
+    def _end(self, consumer: Any, partition: int, begin: int, high: int, share: int | None) -> int:
+        """The batch's end in one partition. The broker's high watermark is trusted as a lower bound of the
+        end (some brokers' answer lags), so only the messages beyond it are read, to end-of-partition."""
+        stop = None if share is None else begin + share
+        known = max(begin, high)
+        if stop is not None and stop <= known:
+            return stop
+        at = known
+        for chunk in _read(consumer, self.topic, partition, known, stop, exact=False):
+            at = chunk[-1].offset() + 1
+        if at == begin and begin > 0:
+            self._check_not_beyond(consumer, partition, begin)
+        return at
+
+    def _highs(self, consumer: Any, begins: dict[int, int]) -> dict[int, int]:
+        """Each partition's high watermark; fails on a checkpointed offset before the retained data."""
         from confluent_kafka import TopicPartition
 
-        backlog = {}
+        highs = {}
         for p, begin in begins.items():
             low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)
             if begin < low:
@@ -150,7 +162,14 @@ class KafkaStreamReader(DataSourceStreamReader):
                     f"kafka {self.topic}[{p}]: checkpointed offset {begin} is before the first retained "
                     f"offset {low}: events were deleted before they were read; refusing to continue"
                 )
-            backlog[p] = max(0, high - begin)
+            highs[p] = high
+        return highs
+
+    @staticmethod
+    def _shares(begins: dict[int, int], highs: dict[int, int], budget: int) -> dict[int, int]:
+        """Each partition's part of a batch's budget, in proportion to its backlog (as Spark's Kafka source
+        does), so that partitions progress alike in event time."""
+        backlog = {p: max(0, highs[p] - begin) for p, begin in begins.items()}
         total = sum(backlog.values())
         if not budget or not total:
             return {p: budget // max(1, len(begins)) or 1 for p in begins}
