@@ -194,7 +194,20 @@ class Producer:
         self.reader.join(10)
 
 
-def sustain(reports: Callable[[], list[Any]], source: ValkeySource | KafkaSource, args: argparse.Namespace) -> None:
+def spark_phases(streams: Streams) -> str:
+    """Where a micro-batch's time went, by Spark's own progress reports (the last 100 batches): planning
+    (latestOffset: the source finding the batch's end), addBatch (our foreachBatch), the log commits."""
+    totals: dict[str, list[float]] = {}
+    for running in streams.running.values():
+        for progress in running.query.recentProgress:
+            for phase, ms in (progress.durationMs or {}).items():
+                totals.setdefault(phase, []).append(float(ms))
+    return ", ".join(f"{phase} {statistics.mean(v):,.0f}" for phase, v in sorted(totals.items()))
+
+
+def sustain(
+    reports: Callable[[], list[Any]], streams: Streams, source: ValkeySource | KafkaSource, args: argparse.Namespace
+) -> None:
     """--sustain-rate events/s for --sustain-seconds from a producer process: does the lag grow?
 
     The lag (events sent minus events processed) is sampled every 5 s; after a 15 s warm-up its
@@ -219,6 +232,7 @@ def sustain(reports: Callable[[], list[Any]], source: ValkeySource | KafkaSource
     for t, sent, done in samples:
         print(f"    t={t:5.1f}s sent {sent:>9,} processed {done:>9,} lag {sent - done:>8,} events")
     keeps_up = slope < 0.02 * args.sustain_rate and behind < 10
+    print(f"    per micro-batch (Spark's progress, mean ms): {spark_phases(streams)}")
     print(
         f"sustained run: {args.sustain_rate:,} events/s for {args.sustain_seconds}s, {args.customers:,} customers: "
         f"processed {rate:,.0f} events/s after warm-up; lag growth {slope:,.0f} events/s; stream time "
@@ -302,6 +316,7 @@ def main() -> int:
         rows, seconds = sum(x.rows for x in warm), sum(x.seconds for x in warm)
         drain = rows / seconds if seconds else 0.0
         print(f"drain: {len(drained)} batches; warm batches {rows:,} events in {seconds:.1f}s = {drain:,.0f} events/s")
+        print(f"    per micro-batch (Spark's progress, mean ms): {spark_phases(streams)}")
         for line in lines[-3:]:
             print("   ", line[:200])
 
@@ -336,7 +351,7 @@ def main() -> int:
             p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
             print(f"event-to-servable: p50 {statistics.median(ordered):.2f}s, p99 {p99:.2f}s (target p99 <= 3 s)")
         if args.sustain_rate:
-            sustain(reports, source, args)
+            sustain(reports, streams, source, args)
         print(f"drain {drain:,.0f} events/s ({drain / 30000:.2f} of 30,000); source ceiling {ceiling:,.0f}/s")
         stop.set()
         watcher.join(30)
