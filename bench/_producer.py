@@ -4,9 +4,10 @@
     python bench/_producer.py kafka 127.0.0.1:9092 --rate 30000 --seconds 120
 
 Appends the demo purchase events (jobs.demo_events' shape, event time = now) at `--rate`
-events/s, and once a second a `probe` customer's event. It is lean so that it takes little
-of the machine the pipeline runs on: Valkey XADDs are written as pre-encoded RESP on a raw
-socket (replies drained, not parsed), Kafka messages through confluent-kafka's C producer.
+events/s, and once a second a `probe` customer's event. It stands in for producers that run
+elsewhere, so it is lean, to take little of the machine the pipeline runs on: events are
+assembled from precomputed parts, Valkey XADDs written as pre-encoded RESP on a raw socket
+(replies drained, not parsed), Kafka messages through confluent-kafka's C producer.
 Prints `sent <seconds> <events>` every second and `probe <k> <event time>` for each probe
 event, flushed, for the benchmark to read.
 """
@@ -18,7 +19,6 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,31 @@ STREAM = "purchases"
 _CHANNELS = ("web", "app", "store")
 
 
-def _payload(rng: random.Random, customer: str, at: str, amount: float | None = None) -> bytes:
-    amount = round(rng.uniform(5, 300), 2) if amount is None else amount
-    return (
-        f'{{"customer_id": "{customer}", "product_id": "product{rng.randrange(200)}", '
-        f'"purchase_amount": {amount}, "channel": "{rng.choice(_CHANNELS)}", "event_time": "{at}"}}'
-    ).encode()
+class Events:
+    """Demo purchase events, cheaply: each is a customer's precomputed head, one of 4,096 precomputed
+    middles (product, amount, channel) and the tick's event time."""
+
+    def __init__(self, customers: int, seed: int = 3) -> None:
+        self.rng = random.Random(seed)
+        self.customers = [f"customer{i}" for i in range(customers)] + ["probe"]
+        self.heads = [f'{{"customer_id": "{c}", '.encode() for c in self.customers]
+        self.middles = [self._middle(round(self.rng.uniform(5, 300), 2)) for _ in range(4096)]
+        self.probe_middle = self._middle(1.0)
+
+    def _middle(self, amount: float) -> bytes:
+        product, channel = self.rng.randrange(200), self.rng.choice(_CHANNELS)
+        text = f'"product_id": "product{product}", "purchase_amount": {amount}, "channel": "{channel}", '
+        return (text + '"event_time": "').encode()
+
+    def batch(self, n: int, at: bytes, probe: bool) -> list[tuple[int, bytes]]:
+        """n random customers' events (customer index, JSON), then the probe's if `probe`."""
+        picks = self.rng.choices(range(len(self.customers) - 1), k=n)
+        middles = self.rng.choices(self.middles, k=n)
+        tail = at + b'"}'
+        events = [(c, self.heads[c] + m + tail) for c, m in zip(picks, middles, strict=True)]
+        if probe:
+            events.append((len(self.customers) - 1, self.heads[-1] + self.probe_middle + tail))
+        return events
 
 
 def _bulk(data: bytes) -> bytes:
@@ -45,31 +64,24 @@ def _bulk(data: bytes) -> bytes:
 
 
 class ValkeySink:
-    """XADD <key> * <field> <payload>, pipelined on one socket; replies are read and dropped."""
+    """XADD <key> * data <event>, pipelined on one socket as pre-encoded RESP; replies read and dropped."""
 
-    def __init__(self, url: str, partitions: int) -> None:
+    def __init__(self, url: str, partitions: int, events: Events) -> None:
         parsed = urlparse(url)
         self.sock = socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379))
-        self.sock.setblocking(False)
         if parsed.password:
-            self.sock.setblocking(True)
             self.sock.sendall(b"*2\r\n" + _bulk(b"AUTH") + _bulk(str(parsed.password).encode()))
             self.sock.recv(64)
-            self.sock.setblocking(False)
-        self.partitions = partitions
-        self.keys: dict[str, bytes] = {}
-        self.field = _bulk(EVENT_FIELD)
+        self.sock.setblocking(False)
+        field = _bulk(EVENT_FIELD)
+        self.prefixes = [
+            b"*5\r\n$4\r\nXADD\r\n" + _bulk(stream_key(STREAM, c, partitions).encode()) + b"$1\r\n*\r\n" + field
+            for c in events.customers
+        ]
 
-    def key(self, customer: str) -> bytes:
-        key = self.keys.get(customer)
-        if key is None:
-            key = self.keys[customer] = _bulk(stream_key(STREAM, customer, self.partitions).encode())
-        return key
-
-    def send(self, events: list[tuple[str, bytes]]) -> None:
-        head = b"*5\r\n$4\r\nXADD\r\n"
-        out = b"".join(head + self.key(c) + b"$1\r\n*\r\n" + self.field + _bulk(p) for c, p in events)
-        view = memoryview(out)
+    def send(self, events: list[tuple[int, bytes]]) -> None:
+        prefixes = self.prefixes
+        view = memoryview(b"".join(prefixes[c] + b"$%d\r\n%s\r\n" % (len(e), e) for c, e in events))
         while view:
             self.drain()
             try:
@@ -88,34 +100,30 @@ class ValkeySink:
             pass
 
     def close(self) -> None:
-        self.sock.setblocking(True)
-        self.sock.settimeout(2)
-        self.drain_until_quiet()
-        self.sock.close()
-
-    def drain_until_quiet(self) -> None:
+        self.sock.settimeout(1)
         try:
             while self.sock.recv(1 << 20):
                 pass
         except (TimeoutError, OSError):
             pass
+        self.sock.close()
 
 
 class KafkaSink:
     """confluent-kafka's producer, keyed by customer (one customer's events stay in one partition)."""
 
-    def __init__(self, bootstrap: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, events: Events) -> None:
         from confluent_kafka import Producer
 
-        del partitions  # the topic's own; the key picks the partition
         self.producer: Any = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        self.keys = [c.encode() for c in events.customers]
 
-    def send(self, events: list[tuple[str, bytes]]) -> None:
-        produce = self.producer.produce
+    def send(self, events: list[tuple[int, bytes]]) -> None:
+        produce, keys = self.producer.produce, self.keys
         for customer, payload in events:
             while True:
                 try:
-                    produce(STREAM, payload, customer.encode())
+                    produce(STREAM, payload, keys[customer])
                     break
                 except BufferError:
                     self.producer.poll(0.01)
@@ -125,22 +133,19 @@ class KafkaSink:
         self.producer.flush(30)
 
 
-def run(send: Callable[[list[tuple[str, bytes]]], None], rate: float, seconds: float, customers: int) -> int:
-    rng = random.Random(3)
-    names = [f"customer{i}" for i in range(customers)]
+def run(sink: ValkeySink | KafkaSink, events: Events, rate: float, seconds: float) -> int:
     start = time.monotonic()
     sent, probes, reported = 0, 0, 0
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(elapsed * rate) - sent
         at = datetime.now(UTC).isoformat()
-        events = [(c, _payload(rng, c, at)) for c in (names[rng.randrange(customers)] for _ in range(due))]
-        if int(elapsed) >= probes:
+        probe = int(elapsed) >= probes
+        if due > 0 or probe:
+            sink.send(events.batch(max(0, due), at.encode(), probe))
+            sent += max(0, due)
+        if probe:
             probes += 1
-            events.append(("probe", _payload(rng, "probe", at, 1.0)))
             print(f"probe {probes} {at}", flush=True)
-        if events:
-            send(events)
-            sent += due
         if int(elapsed) > reported:
             reported = int(elapsed)
             print(f"sent {elapsed:.3f} {sent}", flush=True)
@@ -158,12 +163,13 @@ def main() -> int:
     p.add_argument("--customers", type=int, default=10_000)
     p.add_argument("--partitions", type=int, default=1)
     args = p.parse_args()
-    sink: ValkeySink | KafkaSink = (
-        ValkeySink(args.address, args.partitions)
+    events = Events(args.customers)
+    sink = (
+        ValkeySink(args.address, args.partitions, events)
         if args.source == "valkey"
-        else KafkaSink(args.address, args.partitions)
+        else KafkaSink(args.address, events)
     )
-    run(sink.send, args.rate, args.seconds, args.customers)
+    run(sink, events, args.rate, args.seconds)
     sink.close()
     return 0
 
