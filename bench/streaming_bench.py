@@ -206,7 +206,11 @@ def spark_phases(streams: Streams) -> str:
 
 
 def sustain(
-    reports: Callable[[], list[Any]], streams: Streams, source: ValkeySource | KafkaSource, args: argparse.Namespace
+    reports: Callable[[], list[Any]],
+    processed: Callable[[], int],
+    streams: Streams,
+    source: ValkeySource | KafkaSource,
+    args: argparse.Namespace,
 ) -> None:
     """--sustain-rate events/s for --sustain-seconds from a producer process: does the lag grow?
 
@@ -215,13 +219,12 @@ def sustain(
     the lag grows by less than 2% of the rate per second and the stream time at the end is
     within 10 s of now.
     """
-    before = sum(x.rows for x in reports())
+    before, first_batch = processed(), max((x.batch_id for x in reports()), default=-1)
     producer = Producer(source.producer_args(), args.sustain_rate, args.sustain_seconds, args.customers)
     samples: list[tuple[float, int, int]] = []
     while producer.running():
         time.sleep(5)
-        processed = sum(x.rows for x in reports()) - before
-        samples.append((time.monotonic() - producer.started, producer.sent, processed))
+        samples.append((time.monotonic() - producer.started, producer.sent, processed() - before))
     producer.wait()
     last = reports()[-1] if reports() else None
     behind = (datetime.now(UTC) - last.stream_time).total_seconds() if last and last.stream_time else float("nan")
@@ -232,6 +235,13 @@ def sustain(
     for t, sent, done in samples:
         print(f"    t={t:5.1f}s sent {sent:>9,} processed {done:>9,} lag {sent - done:>8,} events")
     keeps_up = slope < 0.02 * args.sustain_rate and behind < 10
+    ran = [x for x in reports() if x.batch_id > first_batch]
+    if ran:
+        count = ran[-1].batch_id - first_batch
+        print(
+            f"    {count} micro-batches, {(processed() - before) / count:,.0f} events each on average; "
+            f"the last {len(ran)} took {statistics.mean(x.seconds for x in ran):.2f}s each in foreachBatch"
+        )
     print(f"    per micro-batch (Spark's progress, mean ms): {spark_phases(streams)}")
     print(
         f"sustained run: {args.sustain_rate:,} events/s for {args.sustain_seconds}s, {args.customers:,} customers: "
@@ -309,7 +319,10 @@ def main() -> int:
         def reports() -> list[Any]:
             return [x for running in list(streams.running.values()) for x in running.batch.reports]
 
-        while sum(x.rows for x in reports()) < args.backlog:
+        def processed() -> int:
+            return sum(running.batch.rows_read for running in list(streams.running.values()))
+
+        while processed() < args.backlog:
             time.sleep(0.5)
         drained = reports()
         warm = drained[1:] or drained
@@ -321,7 +334,7 @@ def main() -> int:
             print("   ", line[:200])
 
         # Latency at a steady rate: the producer runs in a process of its own.
-        before = sum(x.rows for x in reports())
+        before = processed()
         producer = Producer(source.producer_args(), args.rate, args.seconds, args.customers)
         request = fs.GetFeaturesRequest(
             entity_type="customer", entity_id="probe", feature_names=["customer_purchase_count_1h"]
@@ -341,9 +354,9 @@ def main() -> int:
         producer.wait()
         last = reports()[-1] if reports() else None
         lag = (datetime.now(UTC) - last.stream_time).total_seconds() if last and last.stream_time else float("nan")
-        processed = sum(x.rows for x in reports()) - before
         print(
-            f"latency run: {args.rate} events/s for {args.seconds}s; {producer.sent:,} sent, {processed:,} processed; "
+            f"latency run: {args.rate} events/s for {args.seconds}s; {producer.sent:,} sent, "
+            f"{processed() - before:,} processed; "
             f"lag at the end {lag:.1f}s; probe events servable: {len(latencies)} of {len(producer.probes)}"
         )
         if latencies:
@@ -351,7 +364,7 @@ def main() -> int:
             p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
             print(f"event-to-servable: p50 {statistics.median(ordered):.2f}s, p99 {p99:.2f}s (target p99 <= 3 s)")
         if args.sustain_rate:
-            sustain(reports, streams, source, args)
+            sustain(reports, processed, streams, source, args)
         print(f"drain {drain:,.0f} events/s ({drain / 30000:.2f} of 30,000); source ceiling {ceiling:,.0f}/s")
         stop.set()
         watcher.join(30)
