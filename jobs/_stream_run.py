@@ -205,6 +205,8 @@ class MicroBatch:
         self.progress(report.line())
         if self.metrics is not None:
             self.metrics.finished(rows_read=report.rows, values_written=report.values, failed_features=0)
+            applied = report.rows - report.dead_lettered - report.late_dropped
+            self.metrics.events(applied=applied, dead_lettered=report.dead_lettered, late_dropped=report.late_dropped)
 
     def _process(
         self, df: DataFrame, batch_id: int, plan: StreamPlan, report: BatchReport, online: Any, source: Any
