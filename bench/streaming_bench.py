@@ -13,11 +13,14 @@ Spark in this process. Then, in one run:
    most this.
 2. **ceiling**: the same events read back (redis-py XRANGE, or a confluent-kafka consumer)
    and parsed by the same parser (jobs._events), in this process: the source side alone.
-3. **latency**: a producer appends --rate events/s (event time = now) for --seconds; a probe
-   customer gets one event per second, and a reader polls GetFeatures (gRPC) for its
-   `customer_purchase_count_1h` every 20 ms: the latency of probe event k is when the count
-   first reaches k minus its event time. p50/p99 are reported, and whether the stream's lag
-   grew (the producer's last entry vs the pipeline's stream time at the end).
+3. **latency**: a producer process (bench/_producer.py) appends --rate events/s (event time =
+   now) for --seconds, and once a second an event of a probe customer; a reader polls
+   GetFeatures (gRPC) for the probe's `customer_purchase_count_1h` every 20 ms: the latency of
+   probe event k is when the count first reaches k minus its event time. p50/p99 are
+   reported, and the stream time's lag at the end.
+4. **sustained**: the producer appends --sustain-rate events/s for --sustain-seconds (default
+   30,000 for 120 s); the lag in events (sent minus processed) is sampled every 5 s and the
+   run says whether it grew (see `sustain`).
 
 The machine is shared and small: compare ratios measured in one run.
 """
@@ -29,10 +32,12 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +117,9 @@ class ValkeySource:
     def config(self) -> dict[str, Any]:
         return {"source_url": self.url, "partitions": self.partitions}
 
+    def producer_args(self) -> list[str]:
+        return ["valkey", self.url, "--partitions", str(self.partitions)]
+
 
 class KafkaSource:
     """Events produced to a topic of `partitions` partitions on Tansu (keyed by customer)."""
@@ -152,6 +160,95 @@ class KafkaSource:
     def config(self) -> dict[str, Any]:
         return {"source": "kafka", "kafka_bootstrap": self.bootstrap, "source_url": self.dead_letters_url}
 
+    def producer_args(self) -> list[str]:
+        return ["kafka", self.bootstrap, "--partitions", str(self.partitions)]
+
+
+class Producer:
+    """bench/_producer.py in a process of its own (so that it does not take the driver's GIL); its
+    progress (events sent, probe events' times) read from its output by a thread."""
+
+    def __init__(self, target: list[str], rate: int, seconds: int, customers: int) -> None:
+        command = [sys.executable, str(ROOT / "bench" / "_producer.py"), *target]
+        command += ["--rate", str(rate), "--seconds", str(seconds), "--customers", str(customers)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self.started, self.sent, self.probes = time.monotonic(), 0, dict[int, float]()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            kind, first, second = line.split()
+            if kind == "sent":
+                self.sent = int(second)
+            elif kind == "probe":
+                self.probes[int(first)] = datetime.fromisoformat(second).timestamp()
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self) -> None:
+        if self.proc.wait(60) != 0:
+            raise RuntimeError(f"the producer failed: {self.proc.returncode}")
+        self.reader.join(10)
+
+
+def spark_phases(streams: Streams) -> str:
+    """Where a micro-batch's time went, by Spark's own progress reports (the last 100 batches): planning
+    (latestOffset: the source finding the batch's end), addBatch (our foreachBatch), the log commits."""
+    totals: dict[str, list[float]] = {}
+    for running in streams.running.values():
+        for progress in running.query.recentProgress:
+            for phase, ms in (progress.durationMs or {}).items():
+                totals.setdefault(phase, []).append(float(ms))
+    return ", ".join(f"{phase} {statistics.mean(v):,.0f}" for phase, v in sorted(totals.items()))
+
+
+def sustain(
+    reports: Callable[[], list[Any]],
+    processed: Callable[[], int],
+    streams: Streams,
+    source: ValkeySource | KafkaSource,
+    args: argparse.Namespace,
+) -> None:
+    """--sustain-rate events/s for --sustain-seconds from a producer process: does the lag grow?
+
+    The lag (events sent minus events processed) is sampled every 5 s; after a 15 s warm-up its
+    growth is the slope of a least-squares line through the samples. The pipeline keeps up when
+    the lag grows by less than 2% of the rate per second and the stream time at the end is
+    within 10 s of now.
+    """
+    before, first_batch = processed(), max((x.batch_id for x in reports()), default=-1)
+    producer = Producer(source.producer_args(), args.sustain_rate, args.sustain_seconds, args.customers)
+    samples: list[tuple[float, int, int]] = []
+    while producer.running():
+        time.sleep(5)
+        samples.append((time.monotonic() - producer.started, producer.sent, processed() - before))
+    producer.wait()
+    last = reports()[-1] if reports() else None
+    behind = (datetime.now(UTC) - last.stream_time).total_seconds() if last and last.stream_time else float("nan")
+    warm = [(t, sent - done) for t, sent, done in samples if t >= 15]
+    slope = statistics.linear_regression([t for t, _ in warm], [lag for _, lag in warm]).slope if len(warm) > 1 else 0.0
+    first = next((x for x in samples if x[0] >= 15), samples[0])
+    rate = (samples[-1][2] - first[2]) / max(1e-9, samples[-1][0] - first[0])
+    for t, sent, done in samples:
+        print(f"    t={t:5.1f}s sent {sent:>9,} processed {done:>9,} lag {sent - done:>8,} events")
+    keeps_up = slope < 0.02 * args.sustain_rate and behind < 10
+    ran = [x for x in reports() if x.batch_id > first_batch]
+    if ran:
+        count = ran[-1].batch_id - first_batch
+        print(
+            f"    {count} micro-batches, {(processed() - before) / count:,.0f} events each on average; "
+            f"the last {len(ran)} took {statistics.mean(x.seconds for x in ran):.2f}s each in foreachBatch"
+        )
+    print(f"    per micro-batch (Spark's progress, mean ms): {spark_phases(streams)}")
+    print(
+        f"sustained run: {args.sustain_rate:,} events/s for {args.sustain_seconds}s, {args.customers:,} customers: "
+        f"processed {rate:,.0f} events/s after warm-up; lag growth {slope:,.0f} events/s; stream time "
+        f"{behind:.1f}s behind at the end: {'KEPT UP' if keeps_up else 'FELL BEHIND'}"
+    )
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -163,6 +260,8 @@ def main() -> int:
     p.add_argument("--trigger-seconds", type=float, default=0.5, help="the pipeline's --trigger-seconds")
     p.add_argument("--partitions", type=int, default=1, help="stream keys or topic partitions (read in parallel)")
     p.add_argument("--source", choices=("valkey", "kafka"), default="valkey", help="kafka: Tansu (Kafka protocol)")
+    p.add_argument("--sustain-rate", type=int, default=30_000, help="events/s of the sustained run (0: skip it)")
+    p.add_argument("--sustain-seconds", type=int, default=120)
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="streaming-bench-"))
     procs = []
@@ -220,72 +319,53 @@ def main() -> int:
         def reports() -> list[Any]:
             return [x for running in list(streams.running.values()) for x in running.batch.reports]
 
-        while sum(x.rows for x in reports()) < args.backlog:
+        def processed() -> int:
+            return sum(running.batch.rows_read for running in list(streams.running.values()))
+
+        while processed() < args.backlog:
             time.sleep(0.5)
         drained = reports()
         warm = drained[1:] or drained
         rows, seconds = sum(x.rows for x in warm), sum(x.seconds for x in warm)
         drain = rows / seconds if seconds else 0.0
         print(f"drain: {len(drained)} batches; warm batches {rows:,} events in {seconds:.1f}s = {drain:,.0f} events/s")
+        print(f"    per micro-batch (Spark's progress, mean ms): {spark_phases(streams)}")
         for line in lines[-3:]:
             print("   ", line[:200])
 
-        # Latency at a steady rate.
-        latencies: list[float] = []
-        sent: dict[int, float] = {}
-        done = threading.Event()
-
-        def produce() -> None:
-            prng = random.Random(2)
-            tick, n, k = time.monotonic(), 0, 0
-            while not done.is_set():
-                due = int((time.monotonic() - tick) * args.rate) - n
-                if due > 0:
-                    now = datetime.now(UTC)
-                    events = [random_event(prng, args.customers, now) for _ in range(due)]
-                    if int(time.monotonic() - tick) >= k:
-                        k += 1
-                        events.append({"customer_id": "probe", "purchase_amount": 1.0, "event_time": now.isoformat()})
-                        sent[k] = now.timestamp()
-                    source.add(events)
-                    n += due
-                time.sleep(0.005)
-
-        producer = threading.Thread(target=produce, daemon=True)
-        before = sum(x.rows for x in reports())
-        producer.start()
+        # Latency at a steady rate: the producer runs in a process of its own.
+        before = processed()
+        producer = Producer(source.producer_args(), args.rate, args.seconds, args.customers)
         request = fs.GetFeaturesRequest(
             entity_type="customer", entity_id="probe", feature_names=["customer_purchase_count_1h"]
         )
+        latencies: list[float] = []
         seen = 0
-        end = time.monotonic() + args.seconds
-        while time.monotonic() < end:
+        while producer.running() or time.monotonic() < producer.started + args.seconds:
             reply = client.store.GetFeatures(request)
             value = reply.features[0]
             count = value.value.int64_value if value.status == fs.PRESENT else 0
             now = time.time()
             for k in range(seen + 1, count + 1):
-                if k in sent:
-                    latencies.append(now - sent[k])
+                if k in producer.probes:
+                    latencies.append(now - producer.probes[k])
             seen = max(seen, count)
             time.sleep(0.02)
-        done.set()
-        producer.join()
+        producer.wait()
         last = reports()[-1] if reports() else None
         lag = (datetime.now(UTC) - last.stream_time).total_seconds() if last and last.stream_time else float("nan")
-        processed = sum(x.rows for x in reports()) - before
         print(
-            f"latency run: {args.rate} events/s for {args.seconds}s; {processed:,} events processed; "
-            f"lag at the end {lag:.1f}s; probe events servable: {len(latencies)} of {len(sent)}"
+            f"latency run: {args.rate} events/s for {args.seconds}s; {producer.sent:,} sent, "
+            f"{processed() - before:,} processed; "
+            f"lag at the end {lag:.1f}s; probe events servable: {len(latencies)} of {len(producer.probes)}"
         )
         if latencies:
             ordered = sorted(latencies)
             p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
             print(f"event-to-servable: p50 {statistics.median(ordered):.2f}s, p99 {p99:.2f}s (target p99 <= 3 s)")
-        print(
-            f"targets: >= 30,000 events/s sustained: drain {drain:,.0f}/s ({drain / 30000:.2f} of target); "
-            f"source ceiling {ceiling:,.0f}/s"
-        )
+        if args.sustain_rate:
+            sustain(reports, processed, streams, source, args)
+        print(f"drain {drain:,.0f} events/s ({drain / 30000:.2f} of 30,000); source ceiling {ceiling:,.0f}/s")
         stop.set()
         watcher.join(30)
         streams.stop()

@@ -81,7 +81,27 @@ class Cpu:
         self.pids = {"server": (server, True), "postgres": (postgres, True), "valkey": (valkey, False)}
 
     def sample(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid, children) for name, (pid, children) in self.pids.items()}
+        out = {name: cpu_seconds(pid, children) for name, (pid, children) in self.pids.items()}
+        out.update(self._roles())
+        return out
+
+    def _roles(self) -> dict[str, float]:
+        """The server's CPU split by process: serving process(es) and write worker(s), when it has children."""
+        parent = self.pids["server"][0]
+        roles = {"serving": 0.0, "write_worker": 0.0}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == parent:
+                role = "write_worker" if b"--write-worker-socket" in cmdline else "serving"
+                roles[role] += cpu_seconds(int(entry.name))
+        return roles if any(roles.values()) else {}
 
     @staticmethod
     def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -210,7 +230,7 @@ async def push_load(target: str, bodies: list[bytes], streams: int) -> int:
 # -- the concurrent reader -------------------------------------------------------------------
 
 
-def _reader(target: str, entities: int, ready: Any, stop: Any, out: Connection) -> None:
+def _reader(target: str, entities: int, rate: float, ready: Any, stop: Any, out: Connection) -> None:
     channel = grpc.insecure_channel(target)
     call = channel.unary_unary(
         f"{STORE}/GetFeatures", request_serializer=None, response_deserializer=fs.GetFeaturesResponse.FromString
@@ -227,8 +247,11 @@ def _reader(target: str, entities: int, ready: Any, stop: Any, out: Connection) 
     ready.set()
     latencies: list[float] = []
     failures: dict[str, int] = {}
-    i = 0
+    i, due = 0, time.perf_counter()
     while not stop.is_set():
+        if rate > 0:  # a paced probe: one read every 1/rate s (none skipped when one ran late)
+            due += 1 / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
         t0 = time.perf_counter()
         try:
             call(bodies[i % len(bodies)], timeout=10)
@@ -242,22 +265,31 @@ def _reader(target: str, entities: int, ready: Any, stop: Any, out: Connection) 
 
 
 class Reader:
-    """A 1x10 GetFeatures loop in a process of its own, for the duration of a `with` block."""
+    """A 1x10 GetFeatures loop in a process of its own, for the duration of a `with` block.
 
-    def __init__(self, target: str, entities: int) -> None:
+    `rate` 0: each read right after the previous one (a closed loop: the reader is itself a
+    load, about a core of client and server CPU); `rate` > 0: a probe of `rate` reads/s.
+    """
+
+    def __init__(self, target: str, entities: int, rate: float = 0.0) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._ready, self._stop = ctx.Event(), ctx.Event()
         self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_reader, args=(target, entities, self._ready, self._stop, send))
+        self._proc = ctx.Process(target=_reader, args=(target, entities, rate, self._ready, self._stop, send))
         self.latencies: list[float] = []
         self.failures: dict[str, int] = {}
+        self.cpu_s = 0.0
 
     def __enter__(self) -> Reader:
         self._proc.start()
         self._ready.wait(60)
+        assert self._proc.pid is not None
+        self._cpu0 = cpu_seconds(self._proc.pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        assert self._proc.pid is not None
+        self.cpu_s = cpu_seconds(self._proc.pid) - self._cpu0
         self._stop.set()
         self.latencies, self.failures = self._recv.recv()
         self._proc.join()
@@ -273,6 +305,7 @@ class Reader:
             "p50_ms": round(self.percentile(0.5), 3),
             "p99_ms": round(self.percentile(0.99), 3),
             "max_ms": round(max(self.latencies, default=float("nan")), 3),
+            "reader_cpu_s": round(self.cpu_s, 2),
         }
 
 
@@ -350,10 +383,38 @@ def _py_spy(folder: Path | None, name: str, pid: int) -> subprocess.Popen[bytes]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def commandstats(url: str, reset: bool = False) -> dict[str, dict[str, float]]:
+    """Valkey's INFO commandstats (calls, usec per command), after CONFIG RESETSTAT if `reset`."""
+    client = redis.Redis.from_url(url)
+    try:
+        if reset:
+            client.config_resetstat()
+        stats: dict[str, dict[str, float]] = client.info("commandstats")
+        return stats
+    finally:
+        client.close()
+
+
+def valkey_commands(stats: dict[str, dict[str, float]], values: int) -> dict[str, dict[str, float]]:
+    """Per command: calls, µs per call and µs per value written (of Valkey's time inside commands)."""
+    out = {}
+    for name, stat in sorted(stats.items(), key=lambda kv: -kv[1]["usec"]):
+        if stat["usec"] >= 1000:  # commands that took at least a millisecond in all
+            command = name.removeprefix("cmdstat_")
+            out[command] = {
+                "calls": stat["calls"],
+                "usec_per_call": stat["usec_per_call"],
+                "usec_per_value": round(stat["usec"] / values, 3),
+            }
+    return out
+
+
 def phase(
-    name: str, cpu: Cpu, target: str, entities: int, run: Any, values: int, profile: Path | None
+    name: str, cpu: Cpu, target: str, args: argparse.Namespace, run: Any, values: int, url: str
 ) -> dict[str, Any]:
-    with Reader(target, entities) as reader:
+    commandstats(url, reset=True)
+    profile = args.profile
+    with Reader(target, args.entities, args.read_rate) as reader:
         spy = _py_spy(profile, name, cpu.pids["server"][0])
         before = cpu.sample()
         started = time.perf_counter()
@@ -366,6 +427,7 @@ def phase(
     assert written == values, (name, written)
     result = {"seconds": round(seconds, 3), "values_per_s": round(values / seconds), "cpu_s": Cpu.diff(after, before)}
     result["read_1x10_during"] = reader.summary()
+    result["valkey_commands"] = valkey_commands(commandstats(url), values)
     print(f"{name}: {result}", flush=True)
     return result
 
@@ -382,6 +444,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy record the server during the write phases into this folder"
+    )
+    parser.add_argument(
+        "--read-rate",
+        type=float,
+        default=0.0,
+        help="1x10 reads/s of the concurrent reader; 0 (default): back to back, a closed loop that is itself a load",
     )
     parser.add_argument(
         "--skip-bulk", action="store_true", help="no bulk ingest phase (a checkout from before `jobs.bulk_ingest`)"
@@ -423,6 +491,7 @@ def main() -> int:
         ("  / ceiling", bulk["values_per_s"] / ceiling, ">= 0.70"),
         ("  1x10 read p99 ms while writing", bulk["read_1x10_during"]["p99_ms"], "-"),
         ("1x10 read p99 ms, no writes", report["read_1x10_idle"]["p99_ms"], "-"),
+        ("1x10 reads/s asked (0: back to back)", args.read_rate, "-"),
         ("Valkey's HSET capacity, C client, values/s", capacity, "-"),
         ("  raw pipelined HSET from Python / it", values / report["raw_hset_seconds"] / capacity, "-"),
         ("  WriteFeatures / it", write["values_per_s"] / capacity, "-"),
@@ -451,7 +520,7 @@ def bulk_phase(
     try:
         ingest.run(state / "warm-up")  # Spark's Python workers started before the clock
         asyncio.run(empty_stores(dsn, url))
-        return phase("BulkIngest", cpu, target, args.entities, lambda: ingest.run(state / "bulk"), values, args.profile)
+        return phase("BulkIngest", cpu, target, args, lambda: ingest.run(state / "bulk"), values, url)
     finally:
         ingest.close()
 
@@ -474,7 +543,9 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
     del rows
 
     before = cpu.sample()
+    commandstats(url, reset=True)
     hset = raw_hset(url, online)
+    raw_commands = valkey_commands(commandstats(url), values)
     copy = asyncio.run(raw_copy(dsn, history))
     raw_cpu = Cpu.diff(cpu.sample(), before)
     del online, history
@@ -482,7 +553,7 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
     capacity = hset_capacity(url, feature_names(), sizes, keys=20_000, requests=200_000)
     print(f"Valkey's HSET capacity (C client): {capacity:,.0f} values/s", flush=True)
     asyncio.run(empty_stores(dsn, url))
-    with Reader(target, args.entities) as idle:
+    with Reader(target, args.entities, args.read_rate) as idle:
         time.sleep(2)
     print(f"1x10 reads alone: {idle.summary()}", flush=True)
 
@@ -490,20 +561,20 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
         "WriteFeatures",
         cpu,
         target,
-        args.entities,
+        args,
         lambda: asyncio.run(write_load(target, write_bodies, args.in_flight)),
         values,
-        args.profile,
+        url,
     )
     asyncio.run(empty_stores(dsn, url))
     push = phase(
         "PushFeatures",
         cpu,
         target,
-        args.entities,
+        args,
         lambda: asyncio.run(push_load(target, push_bodies, args.in_flight)),
         values,
-        args.profile,
+        url,
     )
     bulk = None if args.skip_bulk else bulk_phase(args, state, target, dsn, url, cpu, registered, values)
     return {
@@ -513,6 +584,7 @@ def run(args: argparse.Namespace, state: Path, target: str, dsn: str, url: str, 
         "raw_hset_seconds": round(hset, 3),
         "raw_copy_seconds": round(copy, 3),
         "raw_cpu_s": raw_cpu,
+        "raw_hset_valkey_commands": raw_commands,
         "ceiling_both_values_per_s": round(values / (hset + copy)),
         "read_1x10_idle": idle.summary(),
         "write_features": write,

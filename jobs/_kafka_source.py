@@ -7,6 +7,9 @@ is found by reading to end-of-partition (some brokers' ListOffsets "latest"
 lags the real end), at most `max_events_per_batch` spread over the partitions.
 A checkpointed offset below the partition's first retained offset (deleted by
 retention) or above its end (the topic was recreated) fails the query loudly.
+The broker's high watermark is trusted as a lower bound of the end: a batch reads
+only the messages beyond it to find the real end, for at most 0.2 s (a producer
+writing faster than that read is not chased: the next batch goes on from there).
 
 Where Spark's own Kafka connector is on the classpath (production images),
 `--kafka-reader=native` reads with `format("kafka")` instead and `parse_records`
@@ -16,6 +19,7 @@ turns its rows into the same event rows.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,6 +33,7 @@ from jobs._valkey_source import SourceDataLoss
 
 NAME = "kafka_events"
 _POLL_SECONDS = 0.1
+_CHASE_SECONDS = 0.2  # at most this long reading past the high watermarks to find a batch's end
 _IDLE_POLLS_MAX = 600  # a minute without a message or end-of-partition: the broker lost the range
 
 
@@ -51,20 +56,16 @@ class _Range(InputPartition):
         self.partition, self.start, self.end = partition, start, end
 
 
-def _read(
-    consumer: Any, topic: str, partition: int, start: int, end: int | None, *, exact: bool
-) -> Iterator[list[Any]]:
-    """Messages of one partition from `start`, in chunks, up to `end` (exclusive) or end-of-partition.
-
-    `exact`: the range is known to exist (a planned batch), so reaching end-of-partition before
-    `end` means the events are gone: SourceDataLoss.
-    """
+def _read(consumer: Any, topic: str, partition: int, start: int, end: int) -> Iterator[list[Any]]:
+    """Messages of one partition from `start` to `end` (exclusive), in chunks: a planned batch's range,
+    known to exist, so reaching end-of-partition before `end` means the events are gone: SourceDataLoss."""
     from confluent_kafka import KafkaError, TopicPartition
 
     consumer.assign([TopicPartition(topic, partition, start)])
     at, idle = start, 0
-    while end is None or at < end:
-        messages = consumer.consume(num_messages=5000, timeout=_POLL_SECONDS)
+    while at < end:
+        # Never ask for more than the range holds: consume() waits out its timeout for a full count.
+        messages = consumer.consume(num_messages=min(5000, end - at), timeout=_POLL_SECONDS)
         chunk, eof = [], False
         for m in messages:
             error = m.error()
@@ -73,17 +74,49 @@ def _read(
                     raise RuntimeError(f"kafka {topic}[{partition}]: {error}")
                 eof = True
                 continue
-            if end is not None and m.offset() >= end:
+            if m.offset() >= end:
                 break
             chunk.append(m)
             at = m.offset() + 1
         if chunk:
             yield chunk
         idle = 0 if messages else idle + 1
-        if (eof and end is not None and at < end and exact) or idle > _IDLE_POLLS_MAX:
+        if eof and at < end:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            if high < end:
+                raise SourceDataLoss(f"kafka {topic}[{partition}]: offsets {at} to {end} are gone")
+            return  # the range's last offsets hold no messages (transaction markers, compaction)
+        if idle > _IDLE_POLLS_MAX:
             raise SourceDataLoss(f"kafka {topic}[{partition}]: offsets {at} to {end} are gone")
-        if eof and not exact:
-            return
+
+
+def _chase(consumer: Any, topic: str, starts: dict[int, int], stops: dict[int, int | None]) -> dict[int, int]:
+    """How far each partition's messages reach past `starts` (the broker's high watermarks, which may lag):
+    read to end-of-partition or `stops`, for at most _CHASE_SECONDS, all partitions at once. What is read
+    by then is a valid end; a producer writing faster than this reads is not chased (the next batch
+    continues from here)."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    ends = dict(starts)
+    waiting = {p for p, at in starts.items() if stops[p] is None or at < (stops[p] or 0)}
+    if not waiting:
+        return ends
+    consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(waiting)])
+    deadline = time.monotonic() + _CHASE_SECONDS
+    while waiting and time.monotonic() < deadline:
+        for m in consumer.consume(num_messages=5000, timeout=0.02):
+            p, error, stop = m.partition(), m.error(), stops.get(m.partition())
+            if p not in waiting:
+                continue
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"kafka {topic}[{p}]: {error}")
+                waiting.discard(p)
+            elif stop is not None and m.offset() >= stop:
+                waiting.discard(p)
+            else:
+                ends[p] = m.offset() + 1
+    return ends
 
 
 class KafkaStreamReader(DataSourceStreamReader):
@@ -116,33 +149,31 @@ class KafkaStreamReader(DataSourceStreamReader):
         return ReadMaxRows(self.max_rows) if self.max_rows > 0 else ReadAllAvailable()
 
     def latestOffset(self, start: dict[str, int], limit: ReadLimit) -> dict[str, int]:
-
         consumer = _consumer(self.config)
         try:
             partitions = self._partitions(consumer)
             budget = limit.max_rows if isinstance(limit, ReadMaxRows) else 0
             begins = {p: int(start.get(str(p), 0)) for p in partitions}
-            shares = self._shares(consumer, begins, budget)
-            end = {}
+            highs = self._highs(consumer, begins)
+            shares = self._shares(begins, highs, budget)
+            # The broker's high watermark is trusted as a lower bound of the end (some brokers' lags):
+            # only the messages past it are read.
+            stops = {p: begins[p] + shares[p] if budget else None for p in partitions}
+            known = {p: max(begins[p], highs[p]) for p in partitions}
+            ends = {p: stop for p, stop in stops.items() if stop is not None and stop <= known[p]}
+            ends.update(_chase(consumer, self.topic, {p: known[p] for p in partitions if p not in ends}, stops))
             for p in partitions:
-                begin = begins[p]
-                at = begin
-                stop = begin + shares[p] if budget else None
-                for chunk in _read(consumer, self.topic, p, begin, stop, exact=False):
-                    at = chunk[-1].offset() + 1
-                if at == begin and begin > 0:
-                    self._check_not_beyond(consumer, p, begin)
-                end[str(p)] = at
-            return end
+                if ends[p] == begins[p] and begins[p] > 0:
+                    self._check_not_beyond(consumer, p, begins[p])
+            return {str(p): ends[p] for p in partitions}
         finally:
             consumer.close()
 
-    def _shares(self, consumer: Any, begins: dict[int, int], budget: int) -> dict[int, int]:
-        """Each partition's part of a batch's budget, in proportion to its backlog (as Spark's Kafka source
-        does), so that partitions progress alike in event time; fails on offsets before the retained data."""
+    def _highs(self, consumer: Any, begins: dict[int, int]) -> dict[int, int]:
+        """Each partition's high watermark; fails on a checkpointed offset before the retained data."""
         from confluent_kafka import TopicPartition
 
-        backlog = {}
+        highs = {}
         for p, begin in begins.items():
             low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)
             if begin < low:
@@ -150,7 +181,14 @@ class KafkaStreamReader(DataSourceStreamReader):
                     f"kafka {self.topic}[{p}]: checkpointed offset {begin} is before the first retained "
                     f"offset {low}: events were deleted before they were read; refusing to continue"
                 )
-            backlog[p] = max(0, high - begin)
+            highs[p] = high
+        return highs
+
+    @staticmethod
+    def _shares(begins: dict[int, int], highs: dict[int, int], budget: int) -> dict[int, int]:
+        """Each partition's part of a batch's budget, in proportion to its backlog (as Spark's Kafka source
+        does), so that partitions progress alike in event time."""
+        backlog = {p: max(0, highs[p] - begin) for p, begin in begins.items()}
         total = sum(backlog.values())
         if not budget or not total:
             return {p: budget // max(1, len(begins)) or 1 for p in begins}
@@ -179,7 +217,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         consumer = _consumer(self.config)
         key = f"{self.topic}:{partition.partition}"
         try:
-            for chunk in _read(consumer, self.topic, partition.partition, partition.start, partition.end, exact=True):
+            for chunk in _read(consumer, self.topic, partition.partition, partition.start, partition.end):
                 yield to_batch(self.schema, ((key, str(m.offset()), m.value() or b"") for m in chunk))
         finally:
             consumer.close()

@@ -1,7 +1,8 @@
 """A pipeline's metrics for Prometheus: pushed to a Pushgateway after a run, or served while running.
 
 Any pipeline uses the same few gauges, labelled by `pipeline` (batch, streaming, ...):
-call `started()` when a run (or a micro-batch) begins and `finished(...)` when it ends,
+call `started()` when a run (or a micro-batch) begins and `finished(...)` when it ends
+(a streaming micro-batch also counts its events by outcome with `events(...)`),
 then `push(url)` (a batch job that exits) or `serve(port)` once at start (a long-running
 job). docs/operations.md lists the metrics.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, pushadd_to_gateway, start_http_server
 
 JOB = "featurestore_pipeline"  # the Pushgateway job the runs are pushed under
 _LAST_SUCCESS = "featurestore_pipeline_last_success_timestamp_seconds"
@@ -34,6 +35,12 @@ class PipelineMetrics:
         self._failed = gauge("featurestore_pipeline_failed_features", "Features the latest run could not compute.")
         self._success = gauge("featurestore_pipeline_run_success", "1 if the latest run wrote every feature, else 0.")
         self._last_success = gauge(_LAST_SUCCESS, "When the latest run that wrote every feature ended.")
+        self._events = Counter(
+            "featurestore_pipeline_events",
+            "Events a streaming pipeline read, by outcome: applied, dead_lettered (malformed), late_dropped.",
+            ["pipeline", "outcome"],
+            registry=self.registry,
+        )
         self._started_at = 0.0
         self._succeeded = False
 
@@ -53,6 +60,11 @@ class PipelineMetrics:
         self._success.labels(name).set(1 if self._succeeded else 0)
         if self._succeeded:
             self._last_success.labels(name).set(now)
+
+    def events(self, *, applied: int, dead_lettered: int, late_dropped: int) -> None:
+        """Count a streaming micro-batch's events by outcome (the `featurestore_pipeline_events_total` counter)."""
+        for outcome, n in (("applied", applied), ("dead_lettered", dead_lettered), ("late_dropped", late_dropped)):
+            self._events.labels(self.pipeline, outcome).inc(n)
 
     def push(self, url: str, timeout: float = 10.0) -> None:
         """Push the latest run to a Pushgateway at `url` (job featurestore_pipeline, grouped by pipeline).

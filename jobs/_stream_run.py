@@ -172,7 +172,8 @@ class MicroBatch:
     config: StreamConfig
     checkpoint: Path
     progress: Callable[[str], None] = print
-    reports: list[BatchReport] = field(default_factory=list)
+    reports: list[BatchReport] = field(default_factory=list)  # the last 100
+    rows_read: int = 0  # events of every batch run so far (replays included)
     metrics: PipelineMetrics | None = None  # each micro-batch is a run: rows read, values written
     _query_id: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -200,9 +201,12 @@ class MicroBatch:
         report.seconds = time.monotonic() - started
         self.reports.append(report)
         del self.reports[:-100]
+        self.rows_read += report.rows
         self.progress(report.line())
         if self.metrics is not None:
             self.metrics.finished(rows_read=report.rows, values_written=report.values, failed_features=0)
+            applied = report.rows - report.dead_lettered - report.late_dropped
+            self.metrics.events(applied=applied, dead_lettered=report.dead_lettered, late_dropped=report.late_dropped)
 
     def _process(
         self, df: DataFrame, batch_id: int, plan: StreamPlan, report: BatchReport, online: Any, source: Any

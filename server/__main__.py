@@ -58,7 +58,7 @@ class _Supervisor:
 
     Write workers (`write_workers`) start first, each serving on a Unix socket in a
     directory of its own (mode 0700: only this user can connect), at a lower CPU priority
-    (`write_nice`); the serving workers then start and pass writes to them
+    (`write_nice` added to the supervisor's own niceness); the serving workers then start and pass writes to them
     (server/online/_forward.py). Worker i's metrics are on metrics_port + i, write worker
     j's on write_metrics_port + j (default: right after the serving workers').
     """
@@ -72,10 +72,18 @@ class _Supervisor:
         self._nice = max(0, min(19, settings.write_nice))
         self._serving = settings.workers
         self._stopping, self._signal = False, signal.SIGTERM
-        writers = range(self._serving, self._serving + len(self._sockets))
-        self._workers = {i: self._spawn(i) for i in writers}
-        self._wait_for_sockets(settings.startup_timeout)
-        self._workers.update({i: self._spawn(i) for i in range(self._serving)})
+        self._startup_timeout = settings.startup_timeout
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        """The write workers, then (once they listen) the serving workers; a stop signal halts it."""
+        for i in range(self._serving, self._serving + len(self._sockets)):
+            if not self._stopping:
+                self._workers[i] = self._spawn(i)
+        self._wait_for_sockets(self._startup_timeout)
+        for i in range(self._serving):
+            if not self._stopping:
+                self._workers[i] = self._spawn(i)
 
     def _args(self, index: int) -> list[str]:
         port = self._metrics_port + index if self._metrics_port else 0
@@ -90,13 +98,18 @@ class _Supervisor:
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         worker = subprocess.Popen(self._args(index))
         if index >= self._serving and self._nice:
-            os.setpriority(os.PRIO_PROCESS, worker.pid, self._nice)  # lower priority: allowed to any user
+            # Niceness added to this process's own: raising it is allowed to any user, lowering it is not.
+            nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self._nice)
+            try:
+                os.setpriority(os.PRIO_PROCESS, worker.pid, nice)
+            except OSError as err:  # the worker runs anyway, at this process's priority
+                _log.warning("write worker %d: niceness %d not set: %s", worker.pid, nice, err)
         return worker
 
     def _wait_for_sockets(self, timeout: float) -> None:
         """Until every write worker listens (or has exited: then its restart is the watch loop's job)."""
         deadline = time.monotonic() + timeout
-        while not all(Path(s).exists() for s in self._sockets) and time.monotonic() < deadline:
+        while not all(Path(s).exists() for s in self._sockets) and time.monotonic() < deadline and not self._stopping:
             if any(w.poll() is not None for w in self._workers.values()):
                 return
             time.sleep(0.1)
@@ -114,14 +127,18 @@ class _Supervisor:
                     time.sleep(0.5)
                     self._workers[i] = self._spawn(i)
             time.sleep(0.2)
+        return self.stop_all()
+
+    def stop_all(self) -> int:
+        """Stop the serving workers, then the write workers; remove the sockets' folder. The highest exit code."""
         codes = self._stop_all(range(self._serving))
-        codes += self._stop_all(range(self._serving, len(self._workers)))
+        codes += self._stop_all(range(self._serving, self._serving + len(self._sockets)))
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
-        return max(codes)
+        return max(codes, default=0)
 
     def _stop_all(self, indexes: range) -> list[int]:
-        workers = [self._workers[i] for i in indexes]
+        workers = [self._workers[i] for i in indexes if i in self._workers]
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(self._signal)
@@ -150,8 +167,13 @@ def main() -> None:
         return
     if settings.workers > 1 or settings.write_workers > 0:
         supervisor = _Supervisor(sys.argv[1:], settings)
-        signal.signal(signal.SIGTERM, supervisor.stop)
+        signal.signal(signal.SIGTERM, supervisor.stop)  # before any worker starts: none is left behind
         signal.signal(signal.SIGINT, supervisor.stop)
+        try:
+            supervisor.start()
+        except BaseException:
+            supervisor.stop_all()
+            raise
         sys.exit(supervisor.run())
     if settings.event_loop == "uvloop":
         import uvloop

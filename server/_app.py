@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from server import _freshness, _metrics, _tracing, auth, core, offline, online
-from server._health import HealthMonitor
+from server._health import HealthMonitor, Probe
 from server._rpc import service_handler, unary_methods
 from server._settings import Settings
 from server._tls import server_credentials
@@ -335,10 +335,13 @@ async def start(
         services = [REGISTRY_SERVICE, FEATURE_STORE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server)
 
+    stores: dict[str, Probe] = {"postgresql": registry_store.ping, "redis": online_store.ping}
+    if forwarder is not None:  # writes need the write workers: a serving process without them is not ready
+        stores["write_workers"] = forwarder.ping
     monitor = HealthMonitor(
         health,
-        {"postgresql": registry_store.ping, "redis": online_store.ping},
-        {REGISTRY_SERVICE: ["postgresql"], FEATURE_STORE_SERVICE: ["redis"]},
+        stores,
+        {REGISTRY_SERVICE: ["postgresql"], FEATURE_STORE_SERVICE: list(stores)[1:]},
         settings.health_interval,
     )
     await monitor.check_once()

@@ -117,7 +117,8 @@ class Settings:
         },
     )
     write_nice: int = field(
-        default=5, metadata={"help": "CPU niceness of the write workers (0-19): reads get the CPU first"}
+        default=5,
+        metadata={"help": "CPU niceness the write workers add to the server's own (0-19): reads get the CPU first"},
     )
     write_metrics_port: int = field(
         default=0,

@@ -27,7 +27,16 @@ from pyspark.sql import SparkSession
 from featurestore import FeatureStoreClient, python_value
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
-from jobs import EVENT_FIELD, StreamConfig, Streams, dead_letter_key, select_streaming, stream_key, watch_streams
+from jobs import (
+    EVENT_FIELD,
+    PipelineMetrics,
+    StreamConfig,
+    Streams,
+    dead_letter_key,
+    select_streaming,
+    stream_key,
+    watch_streams,
+)
 from jobs.batch_pipeline import load_features
 from tests._helpers import run_sql
 from tests._streams import Check, checks, encode, events_over, micros, reference, served, streaming_feature
@@ -61,7 +70,8 @@ class Pipeline:
 
     def __init__(self, spark: SparkSession, config: StreamConfig, registry: str) -> None:
         self.lines: list[str] = []
-        self.streams = Streams(spark, config, self.lines.append)
+        self.metrics = PipelineMetrics("streaming")
+        self.streams = Streams(spark, config, self.lines.append, self.metrics)
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -79,6 +89,11 @@ class Pipeline:
 
     def reports(self) -> list[Any]:
         return [r for running in self.streams.running.values() for r in running.batch.reports]
+
+    def counted(self, outcome: str) -> float:
+        """The pipeline's featurestore_pipeline_events_total{outcome} so far."""
+        labels = {"pipeline": "streaming", "outcome": outcome}
+        return self.metrics.registry.get_sample_value("featurestore_pipeline_events_total", labels) or 0.0
 
     def rows(self) -> int:
         assert self.error is None, self.error
@@ -169,6 +184,7 @@ def test_every_aggregation_and_window_equals_the_reference_with_late_and_malform
         "event_time is not a TIMESTAMP",
     }
     assert sum(report.dead_lettered for report in pipeline.reports()) == len(malformed)
+    assert pipeline.counted("dead_lettered") == len(malformed)
 
     # Late events: within the watermark (5 min) they count, beyond it they are dropped and counted.
     newest = max(datetime.fromisoformat(e["event_time"]) for e in events)
@@ -182,6 +198,8 @@ def test_every_aggregation_and_window_equals_the_reference_with_late_and_malform
     xadd(r, within + beyond)
     wait_for(lambda: pipeline.rows() >= before + len(within) + len(beyond), "the late events")
     assert sum(report.late_dropped for report in pipeline.reports()) == len(beyond)
+    assert pipeline.counted("late_dropped") == len(beyond)
+    assert pipeline.counted("applied") == len(events) + len(within)
     got = assert_matches(client, all_checks, events + within, entities)
     counts = {e: got[e]["customer_purchase_count_1h"][0] for e in entities[:5]}
     assert counts == {e: reference(all_checks[0], events + within, e, micros(newest)) for e in entities[:5]}

@@ -151,6 +151,60 @@ def test_interleaved_chunked_writers_leave_the_newest_value_of_every_feature(
     assert stored == want
 
 
+stored_then_written = st.lists(  # per entity: (feature, stored time or None, written time or None)
+    st.lists(
+        st.tuples(st.integers(0, 5), st.one_of(st.none(), st.integers(1, 6)), st.one_of(st.none(), st.integers(1, 6))),
+        max_size=6,
+        unique_by=lambda t: t[0],
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entities=stored_then_written, most=st.integers(1, 12), twice=st.booleans())
+def test_a_write_keeps_exactly_the_values_not_older_than_the_stored_ones(
+    redis_url: str, entities: list[list[tuple[int, int | None, int | None]]], most: int, twice: bool
+) -> None:
+    """Entities stored or not, each value of a write newer, as old (it wins) or older than the stored one, or
+    new: the script's paths (a new entity, every value newer, a mix) leave the same thing, both forms alike.
+    With `twice`, each entity's write is split in two KeyWrites in one call (a key met again in one script)."""
+    namespace = f"mixed{uuid.uuid4().hex}"
+    stored, written, want = [], [], {}
+    for e, features in enumerate(entities):
+        key = f"f:{namespace}:e{e}".encode()
+        old = [pair for f, t, _ in features if t is not None for pair in _forms(f"x{f}", t, 10 * f)]
+        new = [pair for f, _, t in features if t is not None for pair in _forms(f"x{f}", t, 10 * f + 1)]
+        if old:
+            stored.append(KeyWrite(key, old))
+        half = len(new) // 4 * 2 if twice else len(new)
+        written += [KeyWrite(key, part) for part in (new[:half], new[half:]) if part]
+        for f, t_old, t_new in features:
+            kept = (t_new, 10 * f + 1) if t_new is not None and (t_old is None or t_new >= t_old) else (t_old, 10 * f)
+            if kept[0] is not None:
+                want[key, f] = _forms(f"x{f}", kept[0], kept[1])
+
+    async def go() -> dict[tuple[bytes, int], list[tuple[bytes, bytes]]]:
+        client = connect(redis_url, cluster=False, connections=2, timeout=5.0)
+        store = RedisOnlineStore(client, write_chunk_values=most)
+        try:
+            await store.write(stored)
+            await store.write(written)
+            got = {}
+            for key, f in want:
+                fields = [value_field(f"x{f}".encode(), 2), value_field(f"x{f}:j".encode(), 2)]
+                proto, as_json = await store.read([key], fields)
+                assert proto is not None
+                assert as_json is not None
+                got[key, f] = [(f"x{f}".encode(), proto), (f"x{f}:j".encode(), as_json)]
+            return got
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == want
+
+
 def _register(client: FeatureStoreClient, prefix: str, count: int) -> list[str]:
     names = [f"{prefix}{i}" for i in range(count)]
     for name in names:

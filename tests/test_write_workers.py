@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,9 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack import Proc, dev_auth
+from devstack import Proc, dev_auth, free_port
 from featurestore import FeatureStoreClient
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
@@ -188,3 +191,49 @@ def test_a_write_worker_refuses_a_socket_folder_others_may_enter(tmp_path: Path)
     )
     assert done.returncode != 0
     assert b"must be this user's, mode 0700" in done.stderr
+
+
+def test_health_reflects_the_write_workers(workers: Proc) -> None:
+    eventually(lambda: len(_children(workers.popen.pid)) == 2)
+    writer = max(_children(workers.popen.pid), key=lambda pid: os.getpriority(os.PRIO_PROCESS, pid))
+    serving, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    with grpc.insecure_channel(f"127.0.0.1:{workers.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status(service: str = "") -> int:
+            return int(health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status)
+
+        eventually(lambda: status() == serving, timeout=30)
+        os.kill(writer, signal.SIGSTOP)  # alive but not answering: not restarted, writes would hang
+        try:
+            eventually(lambda: status() == down, timeout=30)
+            assert status("featurestore.serving.v1.FeatureStoreService") == down
+            assert status("featurestore.registry.v1.RegistryService") == serving
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        eventually(lambda: status() == serving, timeout=30)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{workers.extra['metrics_port']}/metrics", timeout=5).read()
+    assert b'featurestore_store_up{store="write_workers"} 1.0' in text
+
+
+def test_a_stop_signal_during_start_up_leaves_no_process_or_socket_behind(
+    tmp_path: Path, postgres_dsn: str, redis_url: str
+) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "server", "--port", str(port), "--host", "127.0.0.1", "--metrics", "false"]
+    command += ["--postgres-dsn", postgres_dsn, "--redis-url", redis_url, *WORKERS]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    supervisor = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not _children(supervisor.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        started = _children(supervisor.pid)
+        assert started, "the supervisor started no write worker"
+        supervisor.send_signal(signal.SIGTERM)  # while the write worker starts: no serving worker yet
+        supervisor.wait(timeout=60)
+    finally:
+        supervisor.kill()
+    for pid in started:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not list(tmp_path.glob("featurestore-writes-*")), "the sockets' folder is left behind"

@@ -12,16 +12,20 @@ no read in its loop could run. The workers also run at a lower CPU priority
 (`--write-nice`): when reads and writes both want the CPU, reads get it first.
 
 A worker that is down (restarting) makes the call UNAVAILABLE at once: writes are
-idempotent, so the client retries.
+idempotent, so the client retries. `ping` is the serving process's health probe of
+its write workers (the `write_workers` store of the health checks and of
+`featurestore_store_up`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from server.core.errors import ServiceError
 
@@ -29,6 +33,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _SERVICE = "/featurestore.serving.v1.FeatureStoreService/"
 _NOT_FORWARDED = frozenset({"user-agent", "te", "content-type", "host", "accept-encoding"})
 _DETAILS = "grpc-status-details-bin"
+_HEALTH_REQUEST = health_pb2.HealthCheckRequest()
 _UNREACHABLE = ServiceError(
     grpc.StatusCode.UNAVAILABLE, "WRITE_WORKER_UNAVAILABLE", "the write worker is unavailable (restarting?); retry"
 )
@@ -59,8 +64,23 @@ class WriteForwarder:
         self._channels = [grpc.aio.insecure_channel(f"unix:{path}", options=options) for path in sockets]
         unary = [c.unary_unary(_SERVICE + "WriteFeatures", None, None) for c in self._channels]
         pushes = [c.stream_unary(_SERVICE + "PushFeatures", None, None) for c in self._channels]
+        self._checks = [
+            c.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            for c in self._channels
+        ]
         self._unary = itertools.cycle(unary)
         self._pushes = itertools.cycle(pushes)
+
+    async def ping(self) -> None:
+        """Succeeds when every write worker answers its health check SERVING (its stores answer too)."""
+        answers = await asyncio.gather(*(check(_HEALTH_REQUEST, timeout=2.0) for check in self._checks))
+        for index, answer in enumerate(answers):
+            if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                raise ConnectionError(f"write worker {index} is not serving")
 
     async def close(self) -> None:
         for channel in self._channels:
