@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -34,6 +35,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_EVENT_BYTES = 64 * 1024
 _MICROS_MIN, _MICROS_MAX = -62_135_596_800 * 10**6, 253_402_300_799 * 10**6
 _READ_OPTIONS = pj.ReadOptions(use_threads=False, block_size=1 << 24)
+_ARROW_MAX_EVENT_BYTES = 1024  # longer events are parsed by `parse` (and so their whole batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +149,10 @@ def to_batch(schema: EventSchema, records: Iterable[tuple[str, str, bytes]]) -> 
 def _arrow_batch(schema: EventSchema, records: list[tuple[str, str, bytes]]) -> pa.RecordBatch | None:
     """The batch parsed by Arrow's JSON reader, or None when an event needs `parse`'s checks one by one."""
     raws = [raw for _, _, raw in records]
-    if not raws or max(map(len, raws)) > _MAX_EVENT_BYTES:
-        return None
+    if not raws or max(map(len, raws)) > _ARROW_MAX_EVENT_BYTES:
+        return None  # (a long event may hold a number or a nesting depth `json` refuses and Arrow accepts)
+    if not all(raw.lstrip(b" \t")[:1] == b"{" and raw.rstrip(b" \t")[-1:] == b"}" for raw in raws):
+        return None  # each event must be one object: no blank event, no bare `null` (which crashes Arrow)
     text = b"\n".join(raws)
     if text.count(b"\n") != len(raws) - 1 or b"\r" in text:  # one line per event
         return None
@@ -163,8 +167,8 @@ def _arrow_batch(schema: EventSchema, records: list[tuple[str, str, bytes]]) -> 
     columns = []
     for name, kind in schema.fields:
         column = table.column(name)
-        if kind == "FLOAT" and pc.all(pc.is_finite(column)).as_py() not in (True, None):
-            return None  # NaN, or a number too large: `parse` decides
+        if kind == "FLOAT" and (pc.all(pc.is_finite(column)).as_py() not in (True, None) or _negative_zero(column)):
+            return None  # NaN, a number too large, or -0 (`json` reads the integer -0 as 0): `parse` decides
         if kind == "TIMESTAMP":
             try:
                 column = pa.array([None if x is None else _micros(x) for x in column.to_pylist()], pa.int64())
@@ -177,6 +181,11 @@ def _arrow_batch(schema: EventSchema, records: list[tuple[str, str, bytes]]) -> 
     return pa.RecordBatch.from_arrays(
         [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in arrays], schema=schema.arrow()
     )
+
+
+def _negative_zero(column: pa.ChunkedArray) -> bool:
+    values = column.to_numpy()
+    return bool(np.any((values == 0) & np.signbit(values)))
 
 
 def _json_schema(schema: EventSchema) -> pa.Schema:

@@ -46,6 +46,7 @@ def _consumer(config: dict[str, str]) -> Any:
         "enable.partition.eof": True,
         "session.timeout.ms": 6000,
         "fetch.wait.max.ms": 20,  # a micro-batch waits for end-of-partition, not for a full fetch
+        "auto.offset.reset": "error",  # an offset no longer there is an error (data loss), never a jump
         **config,
     }
     return Consumer(settings)
@@ -70,6 +71,8 @@ def _read(consumer: Any, topic: str, partition: int, start: int, end: int) -> It
         for m in messages:
             error = m.error()
             if error is not None:
+                if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise SourceDataLoss(f"kafka {topic}[{partition}]: offset {at} is gone: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(f"kafka {topic}[{partition}]: {error}")
                 eof = True
@@ -109,12 +112,14 @@ def _chase(consumer: Any, topic: str, starts: dict[int, int], stops: dict[int, i
             if p not in waiting:
                 continue
             if error is not None:
+                if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise SourceDataLoss(f"kafka {topic}[{p}]: offset {starts[p]} is gone: {error}")
                 if error.code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(f"kafka {topic}[{p}]: {error}")
                 waiting.discard(p)
             elif stop is not None and m.offset() >= stop:
                 waiting.discard(p)
-            else:
+            elif m.offset() >= ends[p]:
                 ends[p] = m.offset() + 1
     return ends
 

@@ -8,10 +8,13 @@ stream entry whose field `data` holds the JSON document.
 
 Offsets are {key: last entry id read}; Spark checkpoints them, and a restarted
 query replays a batch with the same offsets (the sink is idempotent per batch).
-A batch's end is found from XINFO STREAM (last id, entries ever added) without
-reading the entries, unless the backlog may exceed the batch's budget.
-A checkpointed offset beyond a key's data (the key was deleted or recreated) or
-entries trimmed before they were read fail the query loudly instead of skipping.
+A batch's end is found from XINFO STREAM (newest entry, entries ever added)
+without reading the entries, unless the backlog may exceed the batch's budget.
+A checkpointed offset beyond a key's data (the key was deleted or recreated), or
+every entry from it to the oldest one left deleted (XDEL) before it was read,
+fails the query loudly instead of skipping. Other removals (XDEL in between,
+XTRIM, MAXLEN/MINID) are not detected: remove entries only behind every
+consumer's checkpoint.
 """
 
 from __future__ import annotations
@@ -138,16 +141,21 @@ class ValkeyStreamReader(DataSourceStreamReader):
             begin = start.get(key, "0-0")
             info = self._info(key)
             self._check(key, begin, info)
-            last = _text(info["last-generated-id"]) if info else begin
+            newest = info.get("last-entry") if info else None  # (a batch never ends at a deleted entry's id)
+            last = _text(newest[0]) if newest else begin
             if per_key and info and _id(last) > _id(begin):
-                last = self._bounded_end(key, begin, last, int(info.get("entries-added", -1)), per_key)
+                # entries-added counts the entries up to the last generated id: the newest entry's count
+                # only when that is its id (else the count is unknown and not used)
+                whole = last == _text(info["last-generated-id"])
+                last = self._bounded_end(key, begin, last, int(info.get("entries-added", -1)) if whole else -1, per_key)
             end[key] = last if _id(last) > _id(begin) else begin
         return end
 
     def _bounded_end(self, key: str, begin: str, last: str, added: int, budget: int) -> str:
-        """The end of a batch of at most `budget` entries after `begin` (`last`: the key's last id, `added`:
-        how many entries it ever had, both from one XINFO). The entries are read only when the backlog
-        may exceed the budget, or when the position's count is not known (the first batch of a run)."""
+        """The end of a batch of at most `budget` entries after `begin` (`last`: the key's newest entry,
+        `added`: how many entries were ever added up to it, -1 if unknown; both from one XINFO). The
+        entries are read only when the backlog may exceed the budget, or when the position's count is
+        not known (the first batch of a run)."""
         known = self._ordinals.get(key)
         begun = 0 if begin == "0-0" else known[1] if known and known[0] == begin else None
         if begun is not None and 0 <= added - begun <= budget:

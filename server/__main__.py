@@ -72,7 +72,7 @@ class _Supervisor:
         self._nice = max(0, min(19, settings.write_nice))
         self._serving = settings.workers
         self._stopping, self._signal = False, signal.SIGTERM
-        self._startup_timeout = settings.startup_timeout
+        self._startup_timeout, self._grace = settings.startup_timeout, settings.shutdown_grace
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
@@ -142,7 +142,18 @@ class _Supervisor:
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(self._signal)
-        return [worker.wait() for worker in workers]
+        deadline = time.monotonic() + self._grace + 10  # a worker drains for `grace`, then exits
+        return [self._reap(worker, deadline) for worker in workers]
+
+    @staticmethod
+    def _reap(worker: subprocess.Popen[bytes], deadline: float) -> int:
+        """The worker's exit status; one still running at `deadline` (hung) is killed."""
+        try:
+            return worker.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _log.error("worker %d did not stop in time; killing it", worker.pid)
+            worker.kill()
+            return worker.wait()
 
 
 def _configure_logging(settings: Settings) -> None:

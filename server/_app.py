@@ -336,12 +336,12 @@ async def start(
         reflection.enable_server_reflection(services, server)
 
     stores: dict[str, Probe] = {"postgresql": registry_store.ping, "redis": online_store.ping}
-    if forwarder is not None:  # writes need the write workers: a serving process without them is not ready
+    if forwarder is not None:  # watched (featurestore_store_up), not part of readiness: reads do not need them
         stores["write_workers"] = forwarder.ping
     monitor = HealthMonitor(
         health,
         stores,
-        {REGISTRY_SERVICE: ["postgresql"], FEATURE_STORE_SERVICE: list(stores)[1:]},
+        {"": ["postgresql", "redis"], REGISTRY_SERVICE: ["postgresql"], FEATURE_STORE_SERVICE: ["redis"]},
         settings.health_interval,
     )
     await monitor.check_once()

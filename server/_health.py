@@ -2,7 +2,8 @@
 
 Each served service depends on some stores; it is SERVING while all of them
 answer their probe, NOT_SERVING otherwise. The overall status ("") covers
-every store. Probes run in the background, never on a request's path.
+every store unless `dependencies` names its stores too (a store that is only
+watched, for `featurestore_store_up`). Probes run in the background, never on a request's path.
 """
 
 from __future__ import annotations

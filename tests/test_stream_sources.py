@@ -106,3 +106,9 @@ def test_deleted_entries_and_a_restarted_reader_still_cover_each_entry_once(
     assert seen == remaining
     client.xdel(name, *appended[-20:])  # the last entries deleted: no new entry, nothing to read
     assert _batch(restarted, start, 80)[1] == []
+    more = _append(client, name, 10)
+    client.xdel(name, more[-1])  # the newest entry deleted before it was read: the batch ends before it
+    for reader in (restarted, _reader(redis_url, name, 0)):  # with a budget, and without
+        end, ids = _batch(reader, start, 80)
+        assert ids == more[:-1]
+        assert end == {name: more[-2]}

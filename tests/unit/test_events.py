@@ -68,6 +68,13 @@ _RAW = st.one_of(
             b'{"customer_id": "c", "event_time": "2026-11-30T10:00:00.123456789"}',
             b'\r{"customer_id": "c", "event_time": "2026-11-30T10:00:00"}',
             b'  {"customer_id": "c", "event_time": "2026-11-30T10:00:00"}  ',
+            b"null",
+            b"   ",
+            b'{"customer_id": "c", "event_time": "2026-11-30T10:00:00"} {"customer_id": "d", "event_time": "x"}',
+            b'{"customer_id": "c", "event_time": "2026-11-30T10:00:00"}{"customer_id": "d"}',
+            b'{"customer_id": "c", "amount": -0, "event_time": "2026-11-30T10:00:00"}',
+            b'{"customer_id": "c", "extra": ' + b"7" * 5000 + b', "event_time": "2026-11-30T10:00:00"}',
+            b'{"customer_id": "c", "extra": ' + b"[" * 1500 + b"]" * 1500 + b', "event_time": "2026-11-30T10:00:00"}',
         ]
     ),
 )
