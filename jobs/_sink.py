@@ -63,16 +63,13 @@ class _Encoded:
     def __init__(self, config: SinkConfig, batch: pa.RecordBatch) -> None:
         writes = WriteBatch(config.entity_type, latest_online=config.latest_online)
         ids: list[str] = batch.column(ENTITY_COLUMN).to_pylist()
-        encoders = [codec.encoder(name, kind) for name, kind in config.features]
-        columns = [batch.column(name).to_pylist() for name, _ in config.features]
+        columns = [(codec.encoder(name, kind), batch.column(name).to_pylist()) for name, kind in config.features]
         if config.event_micros is not None:
-            at = writes.event_time(config.event_micros)
-            for entity_id, *xs in zip(ids, *columns, strict=True):
-                writes.add_plain(entity_id, at, zip(encoders, xs, strict=True))
+            writes.add_columns(ids, writes.event_time(config.event_micros), columns)
         else:
-            times: list[int] = batch.column(EVENT_MICROS_COLUMN).to_pylist()
-            for entity_id, micros, *xs in zip(ids, times, *columns, strict=True):
-                writes.add_plain(entity_id, writes.event_time(micros), zip(encoders, xs, strict=True))
+            event_time = writes.event_time
+            times = [event_time(micros) for micros in batch.column(EVENT_MICROS_COLUMN).to_pylist()]
+            writes.add_columns(ids, times, columns)
         names = batch.schema.names
         self.rows = sum(batch.column(ROWS_COLUMN).to_pylist()) if ROWS_COLUMN in names else batch.num_rows
         self.values = writes.values

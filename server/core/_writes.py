@@ -14,7 +14,8 @@ what reaches a WriteBatch is written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 from featurestore.serving.v1 import value_pb2
@@ -60,6 +61,26 @@ class WriteBatch:
     def add_plain(self, entity_id: str, at: EventTime, values: Iterable[tuple[ValueEncoder, Any]]) -> None:
         """One row of plain Python values (see ValueEncoder.encode); None is no value."""
         self._add(entity_id, at, [(e, e.encode(x, at)) for e, x in values if x is not None])
+
+    def add_columns(
+        self,
+        entity_ids: Sequence[str],
+        ats: EventTime | Sequence[EventTime],
+        columns: Sequence[tuple[ValueEncoder, Sequence[Any]]],
+    ) -> None:
+        """Rows given as columns: row i is `entity_ids[i]` at `ats[i]` (or all at `ats`) with
+        each column's i-th plain value (None: no value). The same as `add_plain` row by row,
+        each column encoded in one pass (ValueEncoder.encode_many)."""
+        if any(len(xs) != len(entity_ids) for _, xs in columns) or (
+            not isinstance(ats, EventTime) and len(ats) != len(entity_ids)
+        ):
+            raise ValueError("every column needs one value per entity id")
+        encoders = [encoder for encoder, _ in columns]
+        encoded = [encoder.encode_many(xs, ats) for encoder, xs in columns]
+        times = repeat(ats) if isinstance(ats, EventTime) else ats
+        add = self._add
+        for entity_id, at, *row in zip(entity_ids, times, *encoded, strict=False):
+            add(entity_id, at, [(e, forms) for e, forms in zip(encoders, row, strict=True) if forms is not None])
 
     def _add(self, entity_id: str, at: EventTime, encoded: list[tuple[ValueEncoder, Encoded]]) -> None:
         if not encoded:

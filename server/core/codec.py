@@ -27,6 +27,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any
 
 from google.api import httpbody_pb2
@@ -142,6 +143,10 @@ def _float_json(x: float) -> str:
     return repr(x)
 
 
+_NONFINITE_JSON = {"nan": '"NaN"', "inf": '"Infinity"', "-inf": '"-Infinity"'}
+_JSON_STRING: Callable[[str], str] = json.encoder.encode_basestring  # json.dumps(text, ensure_ascii=False)
+
+
 _SCALAR_JSON: dict[str, Callable[[Any], str]] = {
     "float_value": _float_json,
     "int64_value": lambda n: f'"{n}"',
@@ -213,6 +218,76 @@ class ValueEncoder:
         """The stored forms of the plain value `x` at `at`."""
         value, as_json = self._plain(x)
         return self._stored(value, as_json.encode(), at or self._default())
+
+    def encode_many(self, xs: Sequence[Any], ats: EventTime | Sequence[EventTime]) -> list[Encoded | None]:
+        """`encode` over a column: `xs[i]` at `ats[i]` (or every one at `ats`); None stays None.
+
+        The same bytes as `encode` per value (tests compare them), in one pass per column
+        with what the value does not change prepared once per event time: float and bool
+        values have one length, so their frames' heads are known before the value.
+        """
+        times = repeat(ats) if isinstance(ats, EventTime) else ats
+        if self.kind == "float_value" or self.kind == "bool_value":
+            return self._fixed_many(xs, times)
+        if self.kind == "int64_value" or self.kind == "string_value":
+            return self._sized_many(xs, times)
+        return [None if x is None else self.encode(x, at) for x, at in zip(xs, times, strict=False)]
+
+    def _fixed_many(self, xs: Sequence[Any], times: Any) -> list[Encoded | None]:
+        is_float = self.kind == "float_value"
+        tag, name, json_head = self._tag, self._name, self._json_head
+        value_head = _VALUE_FRAME_HEADS[len(tag) + (8 if is_float else 1)]
+        pack, nonfinite = _DOUBLE.pack, _NONFINITE_JSON
+        size = len(name) + len(value_head) + len(tag) + (8 if is_float else 1)
+        heads: dict[int, bytes] = {}  # length of the event time's frame -> the protobuf form's head after the time
+        out: list[Encoded | None] = []
+        append = out.append
+        for x, at in zip(xs, times, strict=False):
+            if x is None:
+                append(None)
+                continue
+            tail = at.tail
+            head = heads.get(len(tail))
+            if head is None:
+                m = size + len(tail)
+                features_head = _FEATURES_FRAME_HEADS[m] if m < 1 << 14 else FEATURES_TAG + varint(m)
+                head = heads[len(tail)] = features_head + name + value_head + tag
+            if is_float:
+                raw = pack(x)
+                text = repr(x)
+                if text[-1] > "9":  # nan, inf, -inf: every finite repr ends in a digit
+                    text = nonfinite[text]
+            else:
+                raw, text = (b"\x01", "true") if x else (b"\x00", "false")
+            key = at.key
+            append((key + head + raw + tail, key + json_head + text.encode() + at.json_tail, tag + raw))
+        return out
+
+    def _sized_many(self, xs: Sequence[Any], times: Any) -> list[Encoded | None]:
+        is_int = self.kind == "int64_value"
+        tag, name, json_head = self._tag, self._name, self._json_head
+        value_heads, features_heads, short = _VALUE_FRAME_HEADS, _FEATURES_FRAME_HEADS, _SHORT_VARINTS
+        json_string, wrap = _JSON_STRING, 1 << 64
+        out: list[Encoded | None] = []
+        append = out.append
+        for x, at in zip(xs, times, strict=False):
+            if x is None:
+                append(None)
+                continue
+            if is_int:
+                value = tag + varint(x if x >= 0 else x + wrap)
+                text = f'"{x}"'
+            else:
+                raw = x.encode()
+                n = len(raw)
+                value = tag + (short[n] if n < 1 << 14 else varint(n)) + raw
+                text = json_string(x)
+            n = len(value)
+            payload = name + (value_heads[n] if n < 128 else _VALUE_TAG + varint(n)) + value + at.tail
+            m = len(payload)
+            head = features_heads[m] if m < 1 << 14 else FEATURES_TAG + varint(m)
+            append((at.key + head + payload, at.key + json_head + text.encode() + at.json_tail, value))
+        return out
 
     def encode_value(self, value: value_pb2.Value, at: EventTime | None = None) -> Encoded:
         """The stored forms of a Value message holding this encoder's kind."""

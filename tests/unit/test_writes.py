@@ -58,3 +58,43 @@ def test_latest_online_keeps_what_the_only_newer_script_would_after_every_row_in
         for e, (t, n) in want.items()
     }
     assert len(batch.history) == len(rows) == batch.values
+
+
+_KIND_VALUES = {
+    "float_value": st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([-0.0, 5e-324, 1e16, 1e300]),
+    "int64_value": st.integers(-(2**63), 2**63 - 1) | st.sampled_from([-(2**63), 2**63 - 1, 0, -1]),
+    "bool_value": st.booleans(),
+    "string_value": st.text(max_size=300) | st.sampled_from(["", "é", "日本語", '"\\\n\u2028', "x" * 20_000]),
+    "float_list_value": st.lists(st.floats(), max_size=5),
+    "embedding_value": st.lists(st.floats(width=32), max_size=5),
+    "int64_list_value": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5),
+    "string_list_value": st.lists(st.text(max_size=10), max_size=5),
+}
+_TIMES = st.integers(-(2**40), 2**52) | st.sampled_from([0, 1_700_000_000_000_000, 1_700_000_000_123_000, -1])
+
+
+@given(st.data(), st.sampled_from(sorted(_KIND_VALUES)), st.booleans(), st.booleans())
+def test_columns_give_the_same_writes_as_plain_rows_for_every_kind(
+    data: st.DataObject, kind: str, one_time: bool, latest_online: bool
+) -> None:
+    rows = data.draw(st.integers(0, 12))
+    ids = data.draw(st.lists(st.sampled_from(["a", "b", "é"]), min_size=rows, max_size=rows))
+    xs = data.draw(st.lists(st.none() | _KIND_VALUES[kind], min_size=rows, max_size=rows))
+    ys = data.draw(st.lists(st.none() | _KIND_VALUES["float_value"], min_size=rows, max_size=rows))
+    micros = data.draw(st.lists(_TIMES, min_size=rows, max_size=rows))
+    x, y = codec.encoder("x", kind), codec.encoder("y", "float_value")
+    columnar, plain = (WriteBatch("t", latest_online=latest_online) for _ in range(2))
+    times = [columnar.event_time(m) for m in micros]
+    columnar.add_columns(ids, times[0] if one_time and times else times, [(x, xs), (y, ys)])
+    for i, entity_id in enumerate(ids):
+        plain.add_plain(entity_id, times[0] if one_time else times[i], [(x, xs[i]), (y, ys[i])])
+    assert columnar.online() == plain.online()
+    assert columnar.history == plain.history
+    assert columnar.values == plain.values
+    stored = x.encode_many(xs, times)
+    assert stored == [None if v is None else x.encode(v, at) for v, at in zip(xs, times, strict=True)]
+    for v, at, forms in zip(xs, times, stored, strict=True):
+        if v is not None and kind in ("float_value", "int64_value", "bool_value", "string_value"):
+            value = vpb.Value()
+            setattr(value, kind, v)
+            assert forms == x.encode_value(value, at)  # what WriteFeatures stores
