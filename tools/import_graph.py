@@ -38,6 +38,7 @@ ALLOWED_PRIVATE: dict[str, str] = {
     "dags.tests.": "the DAGs' tests (make test-airflow) start their stack with the test helpers",
     "bench.metrics_bench": "times the read path's own instrumentation calls in-process (white-box, like a test)",
     "bench.client_bench": "times the client's protobuf decoding path beside the default one, in the same run",
+    "bench.encode_bench": "times the sink's private encoder alone, beside the per-value path (white-box)",
 }
 
 
