@@ -17,6 +17,12 @@ mixed value types (4 FLOAT, 3 INT64, a STRING, a BOOL, an 8-float EMBEDDING) and
   (the protobuf path the client falls back to). Medians of wall time, and of this process's CPU time
   per call (what the conversion costs, whatever the load); the target is < 10 ms for the
   DataFrame.
+- **Floors of that read, in the same rotation**: Valkey alone (the same 1,000 HMGETs of 10
+  fields the server sends, pipelined over a raw socket, replies parsed by hiredis) and gRPC
+  alone (a bare grpc.aio server in its own process answering bytes of the response's size).
+  Their sum is what the read costs with no server or client Python at all.
+
+The load average is printed before and after the run.
 
 The machine is shared: only ratios within one run mean much. Results go to
 bench/results/client.json (not committed).
@@ -26,8 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +44,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import grpc
+import hiredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -124,7 +136,57 @@ async def run_async(target: str, calls: int) -> dict[str, Any]:
     return {name: summary(v) for name, v in samples.items()}
 
 
-def run(target: str, calls: int, batches: int) -> dict[str, Any]:
+class ValkeyFloor:
+    """The read's 1,000 HMGETs (the hash fields the server asks for), pipelined over one raw socket."""
+
+    def __init__(self, port: int, ids: list[str]) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        [keys] = self._send(_resp(b"HKEYS", f"f:user:{ids[0]}".encode()), 1)
+        by_name = {k.split(b"#")[0].decode(): k for k in keys if b":j#" not in k}
+        fields = [by_name[name] for name in NAMES]
+        self.request = b"".join(_resp(b"HMGET", f"f:user:{i}".encode(), *fields) for i in ids)
+        self.count = len(ids)
+
+    def _send(self, request: bytes, count: int) -> list[Any]:
+        self.sock.sendall(request)
+        reader = hiredis.Reader()
+        replies: list[Any] = []
+        while len(replies) < count:
+            reader.feed(self.sock.recv(1 << 20))
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+        return replies
+
+    def read(self) -> object:
+        return self._send(self.request, self.count)
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def serve_bytes(port: int, size: int) -> None:
+    """A bare grpc.aio server (uvloop, as the server) whose one method answers `size` fixed bytes."""
+    import uvloop
+
+    blob = os.urandom(size)
+
+    async def answer(request: bytes, context: object) -> bytes:
+        return blob
+
+    async def main() -> None:
+        handler = grpc.unary_unary_rpc_method_handler(answer)  # no (de)serializers: bytes as they are
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", {"Get": handler}),))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+def run(target: str, calls: int, batches: int, valkey_port: int) -> dict[str, Any]:
     with Client(target) as client, FeatureStoreClient(target) as plain:
         client.wait_ready()
         ids = setup(client)
@@ -160,19 +222,35 @@ def run(target: str, calls: int, batches: int) -> dict[str, Any]:
                 client.store.BatchGetFeatures(batch, timeout=10), NAMES, False, False
             ).output(client.value_types(NAMES), "pandas"),
         }
-        results: dict[str, list[float]] = {name: [] for name in reads}
-        cpu: dict[str, list[float]] = {name: [] for name in reads}
-        for fn in reads.values():
-            timed(fn, 3)
-        for round_ in range(batches):
-            order = list(reads.items())
-            shift = round_ % len(order)
-            for name, fn in order[shift:] + order[:shift]:
-                results[name] += timed(fn, 1, cpu[name])
+        size = client.store.BatchGetFeatures(batch, timeout=10).ByteSize()
+        port = free_port()
+        floor = subprocess.Popen([sys.executable, __file__, "--serve-bytes", str(port), str(size)])
+        valkey = ValkeyFloor(valkey_port, ids)
+        floor_channel = grpc.insecure_channel(f"127.0.0.1:{port}", [("grpc.max_receive_message_length", 64 << 20)])
+        try:
+            grpc.channel_ready_future(floor_channel).result(timeout=30)
+            floor_call = floor_channel.unary_unary("/floor.Floor/Get", None, None)
+            reads["valkey_floor"] = valkey.read
+            reads["grpc_floor"] = lambda: floor_call(b"", timeout=10)
+            results: dict[str, list[float]] = {name: [] for name in reads}
+            cpu: dict[str, list[float]] = {name: [] for name in reads}
+            for fn in reads.values():
+                timed(fn, 3)
+            for round_ in range(batches):
+                order = list(reads.items())
+                shift = round_ % len(order)
+                for name, fn in order[shift:] + order[:shift]:
+                    results[name] += timed(fn, 1, cpu[name])
+        finally:
+            floor_channel.close()
+            valkey.sock.close()
+            floor.terminate()
+            floor.wait()
     return {
         "get_features": {name: summary(v) for name, v in samples.items()},
         "batch_1000x10": {k: summary(v) for k, v in results.items()},
         "batch_1000x10_client_cpu": {k: summary(v) for k, v in cpu.items()},
+        "response_bytes": size,
     }
 
 
@@ -181,7 +259,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000, help="get_features calls per variant")
     parser.add_argument("--batches", type=int, default=40, help="1,000-entity reads per variant")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "client.json")
+    parser.add_argument("--serve-bytes", nargs=2, type=int, metavar=("PORT", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_bytes:
+        serve_bytes(*args.serve_bytes)
+        return
+    load_before = os.getloadavg()
 
     state = Path(tempfile.mkdtemp(prefix="fs-bench-client-"))
     pg = start_postgres(state / "postgres", free_port(), durable=False)
@@ -189,14 +272,16 @@ def main() -> None:
     dsn, url = str(pg.extra["dsn"]), str(valkey.extra["url"])
     server = start_server(state, free_port(), dsn, url, ["--log-level", "WARNING"])
     try:
-        report = run(f"127.0.0.1:{server.port}", args.calls, args.batches)
+        report = run(f"127.0.0.1:{server.port}", args.calls, args.batches, valkey.port)
         report["get_features_async"] = asyncio.run(run_async(f"127.0.0.1:{server.port}", args.calls))
     finally:
         for proc in (server, valkey, pg):
             proc.stop()
         shutil.rmtree(state, ignore_errors=True)
 
+    report["load_average_before_after"] = [load_before, os.getloadavg()]
     online, batch, cpu = report["get_features"], report["batch_1000x10"], report["batch_1000x10_client_cpu"]
+    floors = batch["valkey_floor"]["p50_ms"] + batch["grpc_floor"]["p50_ms"]
     aio = report["get_features_async"]
     checks = [
         ("get_features 1x10 c=1, bare stub p50 ms", online["bare_stub_same_channel"]["p50_ms"], "-"),
@@ -228,8 +313,14 @@ def main() -> None:
             cpu["pandas_protobuf"]["p50_ms"] - cpu["rpc"]["p50_ms"],
             "-",
         ),
+        ("floor: Valkey alone, the read's 1,000 HMGETs p50 ms", batch["valkey_floor"]["p50_ms"], "-"),
+        (f"floor: gRPC alone, a {report['response_bytes']:,}-byte answer p50 ms", batch["grpc_floor"]["p50_ms"], "-"),
+        ("  the two floors together, ms", floors, "-"),
+        ("  DataFrame - floors: server and client Python, ms", batch["pandas"]["p50_ms"] - floors, "-"),
     ]
     print_checks(checks)
+    print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}".format(*load_before))
+    print("load average (1, 5, 15 min) after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     write_json(args.out, report)
 
 

@@ -24,7 +24,8 @@ import json
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
@@ -149,7 +150,7 @@ def finish(df: DataFrame, plan: StreamPlan, as_of: datetime) -> DataFrame:
 
 # --- partial aggregates, the tile store and windows, on the driver ----------------------------
 
-Partial = list[Any]  # [n, s, lo, hi, lt, lv, d]: count, sum, min, max, latest (time, value), distinct values
+Partial = Sequence[Any]  # [n, s, lo, hi, lt, lv, d]: count, sum, min, max, latest (time, value), distinct values
 
 
 def tile_key(query_id: str, entity_id: str) -> bytes:
@@ -169,7 +170,7 @@ def _later(a: tuple[Any, Any], b: tuple[Any, Any]) -> tuple[Any, Any]:
     return max(a, b)
 
 
-def merge(a: Partial, b: Partial) -> Partial:
+def merge(a: Partial, b: Partial) -> list[Any]:
     """Two partial aggregates of the same tile and feature as one."""
     latest = _later((a[4], a[5]), (b[4], b[5]))
     distinct = None if a[6] is None and b[6] is None else sorted(set(a[6] or ()) | set(b[6] or ()))
@@ -184,7 +185,7 @@ def merge(a: Partial, b: Partial) -> Partial:
     ]
 
 
-def partial_of(function: str, ts: int, x: Any) -> Partial:
+def partial_of(function: str, ts: int, x: Any) -> list[Any]:
     """The partial aggregate of one value."""
     if function in _NUMERIC:
         return [1, x, x, x, None, None, None]
@@ -193,23 +194,30 @@ def partial_of(function: str, ts: int, x: Any) -> Partial:
     return [1, None, None, None, None, None, [x]]
 
 
-class _Entity:
-    """One entity's partials of a batch: per feature (plan order), by tile."""
+@dataclass(frozen=True, slots=True)
+class _Collected:
+    """A batch's partials: each entity's event count, and per feature (plan order) entity -> tile -> partial."""
 
-    __slots__ = ("partials", "rows")
-
-    def __init__(self, features: int) -> None:
-        self.partials: list[dict[int, Partial]] = [{} for _ in range(features)]
-        self.rows = 0
+    rows: dict[str, int]
+    partials: list[dict[str, dict[int, Partial]]]
 
 
-def _collect(table: pa.Table, plan: StreamPlan) -> dict[str, _Entity]:
-    """Each entity's partials per feature and tile, aggregated by Arrow (group by entity and tile)."""
-    entities: dict[str, _Entity] = {}
+def _by_entity(ids: list[str], tiles: list[int], parts: Iterable[Partial]) -> dict[str, dict[int, Partial]]:
+    """entity -> tile -> partial, from group rows (entity, tile, partial)."""
+    rows = list(zip(ids, tiles, parts, strict=True))
+    by = {entity_id: {tile: part} for entity_id, tile, part in rows}
+    if len(by) < len(rows):  # some entity has events in several tiles: gather them
+        for entity_id, tile, part in rows:
+            by[entity_id][tile] = part
+    return by
+
+
+def _collect(table: pa.Table, plan: StreamPlan) -> _Collected:
+    """Each entity's partials per feature and tile, aggregated by Arrow (group by entity and tile).
+    Numeric partials are (count, sum, min, max) tuples, built by zip in C rather than one by one."""
     rows = table.group_by(ENTITY_ID, use_threads=False).aggregate([(ENTITY_ID, "count")])
-    for entity_id, n in zip(rows.column(0).to_pylist(), rows.column(1).to_pylist(), strict=True):
-        entity = entities[entity_id] = _Entity(len(plan.features))
-        entity.rows = n
+    counts = dict(zip(rows.column(0).to_pylist(), rows.column(1).to_pylist(), strict=True))
+    partials = []
     for i, feature in enumerate(plan.features):
         x = _input(i)
         present = table.filter(pc.is_valid(table.column(x)))
@@ -219,20 +227,21 @@ def _collect(table: pa.Table, plan: StreamPlan) -> dict[str, _Entity]:
             ids, tiles, *parts = (
                 groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, *(f"{x}_{a}" for _, a in aggregates))
             )
-            for entity_id, tile, n, total, lo, hi in zip(ids, tiles, *parts, strict=True):
-                entities[entity_id].partials[i][tile] = [n, total, lo, hi, None, None, None]
+            partials.append(_by_entity(ids, tiles, zip(*parts, strict=True)))
         elif feature.function == "last":  # the latest time's greatest value: the last in (time, value) order
             ordered = present.sort_by([(TS, "ascending"), (x, "ascending")])
             groups = ordered.group_by([ENTITY_ID, TILE], use_threads=False).aggregate([(TS, "last"), (x, "last")])
-            columns = (groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{TS}_last", f"{x}_last"))
-            for entity_id, tile, at, value in zip(*columns, strict=True):
-                entities[entity_id].partials[i][tile] = [1, None, None, None, at, value, None]
+            ids, tiles, ats, values = (
+                groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{TS}_last", f"{x}_last")
+            )
+            last = ([1, None, None, None, at, value, None] for at, value in zip(ats, values, strict=True))
+            partials.append(_by_entity(ids, tiles, last))
         else:
             groups = present.group_by([ENTITY_ID, TILE], use_threads=False).aggregate([(x, "distinct")])
-            columns = (groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{x}_distinct"))
-            for entity_id, tile, values in zip(*columns, strict=True):
-                entities[entity_id].partials[i][tile] = [len(values), None, None, None, None, None, sorted(values)]
-    return entities
+            ids, tiles, sets = (groups.column(c).to_pylist() for c in (ENTITY_ID, TILE, f"{x}_distinct"))
+            distinct = ([len(v), None, None, None, None, None, sorted(v)] for v in sets)
+            partials.append(_by_entity(ids, tiles, distinct))
+    return _Collected(counts, partials)
 
 
 # The tile store: one Valkey string per entity (and query), `pack_tiles`: the batch id that
@@ -243,31 +252,35 @@ def _collect(table: pa.Table, plan: StreamPlan) -> dict[str, _Entity]:
 _WIDTH = 5
 
 
-def _numeric(raw: bytes | None, new: dict[int, Partial], first: int) -> array[float]:
-    """The stored tiles merged with the batch's partials, tiles before `first` dropped."""
+def _numeric(raw: bytes | None, new: Mapping[int, Partial], first: int) -> array[float]:
+    """The stored tiles merged with the batch's partials, tiles before `first` dropped. A tile after the
+    stored ones (the common case: the current minute) is appended without searching."""
     packed = array("d", raw or b"")
-    tiles = packed[0::_WIDTH]
-    if (cut := bisect_left(tiles, first)) > 0:
-        del packed[: cut * _WIDTH], tiles[:cut]
-    for tile, (n, total, lo, hi, *_) in sorted(new.items()):
+    if packed and packed[0] < first:
+        del packed[: bisect_left(packed[0::_WIDTH], first) * _WIDTH]
+    for tile, (n, total, lo, hi, *_) in sorted(new.items()) if len(new) > 1 else new.items():
         if tile < first:
             continue
-        i = bisect_left(tiles, tile)
-        if i < len(tiles) and tiles[i] == tile:
-            at = i * _WIDTH
+        if not packed or tile > packed[-_WIDTH]:
+            packed.extend((tile, n, total, lo, hi))
+            continue
+        i = bisect_left(packed[0::_WIDTH], tile)
+        at = i * _WIDTH
+        if packed[at] == tile:
             packed[at + 1] += n
             packed[at + 2] += total
             packed[at + 3] = min(packed[at + 3], lo)
             packed[at + 4] = max(packed[at + 4], hi)
         else:
-            packed[i * _WIDTH : i * _WIDTH] = array("d", (tile, n, total, lo, hi))
-            tiles.insert(i, tile)
+            packed[at:at] = array("d", (tile, n, total, lo, hi))
     return packed
 
 
 def _numeric_value(function: str, packed: array[float], first: int, last: int) -> Any:
-    tiles = packed[0::_WIDTH]
-    part = packed[bisect_left(tiles, first) * _WIDTH : bisect_right(tiles, last) * _WIDTH]
+    part = packed
+    if packed and (packed[0] < first or packed[-_WIDTH] > last):
+        tiles = packed[0::_WIDTH]
+        part = packed[bisect_left(tiles, first) * _WIDTH : bisect_right(tiles, last) * _WIDTH]
     if function == "count":
         return int(sum(part[1::_WIDTH]))
     if function == "sum":
@@ -280,7 +293,7 @@ def _numeric_value(function: str, packed: array[float], first: int, last: int) -
     return min(part[3::_WIDTH]) if function == "min" else max(part[4::_WIDTH])
 
 
-def _listed(raw: bytes | None, new: dict[int, Partial], first: int, function: str) -> list[Any]:
+def _listed(raw: bytes | None, new: Mapping[int, Partial], first: int, function: str) -> list[Any]:
     """`last` / `count_distinct` tiles, merged and trimmed: [[tile, time, value] | [tile, values]]."""
     stored: dict[int, Partial] = {}
     for item in json.loads(raw) if raw else ():
@@ -309,7 +322,9 @@ def _listed_value(function: str, tiles: list[Any], first: int, last: int) -> Any
     return len({x for _, values in mine for x in values})
 
 
-def _feature_tiles(feature: StreamFeature, raw: bytes | None, new: dict[int, Partial], last: int) -> tuple[bytes, Any]:
+def _feature_tiles(
+    feature: StreamFeature, raw: bytes | None, new: Mapping[int, Partial], last: int
+) -> tuple[bytes, Any]:
     """(the feature's stored tiles after the merge, its window value as of tile `last`)."""
     first = last - feature.window_tiles + 1
     if feature.function in _NUMERIC:
@@ -346,14 +361,18 @@ def unpack_tiles(blob: bytes | None) -> tuple[int, dict[bytes, bytes]]:
     return int.from_bytes(blob[2:10], "big", signed=True), features
 
 
+_NOTHING: dict[int, Partial] = {}
+
+
 def _entity_windows(
-    stored: dict[bytes, bytes], entity: _Entity | None, plan: StreamPlan, last: int
+    stored: dict[bytes, bytes], news: list[dict[int, Partial]] | None, plan: StreamPlan, last: int
 ) -> tuple[dict[bytes, bytes], list[Any]]:
-    """(each feature's tiles to store, its window value); `entity` None: read only (a replay)."""
+    """(each feature's tiles to store, its window value); `news` (the batch's partials per feature)
+    None: read only (a replay)."""
     fields, values = {}, []
     for i, feature in enumerate(plan.features):
         name = feature.name.encode()
-        new = entity.partials[i] if entity is not None else {}
+        new = news[i] if news is not None else _NOTHING
         fields[name], value = _feature_tiles(feature, stored.get(name), new, last)
         values.append(value)
     return fields, values
@@ -370,21 +389,21 @@ def merge_windows(
     consumer can write one chunk's values while the next is merged."""
     last = tile_of(as_of_micros)
     schema = _output_schema(plan)
-    entities = _collect(pa.Table.from_batches(list(batches), schema=_input_schema(plan)), plan)
-    ids = list(entities)
+    collected = _collect(pa.Table.from_batches(list(batches), schema=_input_schema(plan)), plan)
+    ids = list(collected.rows)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         keys = [tile_key(query_id, entity_id) for entity_id in chunk]
         out: list[list[Any]] = [[] for _ in schema]
         merged = {}
         for key, entity_id, blob in zip(keys, chunk, client.mget(keys), strict=True):
-            entity = entities[entity_id]
             merged_by, stored = unpack_tiles(blob)
             replay = merged_by >= batch_id  # merged before: read, change nothing
-            features, values = _entity_windows(stored, None if replay else entity, plan, last)
+            news = None if replay else [by.get(entity_id, _NOTHING) for by in collected.partials]
+            features, values = _entity_windows(stored, news, plan, last)
             if not replay:  # (features no longer in the plan are left out)
                 merged[key] = pack_tiles(batch_id, features)
-            for column, x in zip(out, [entity_id, entity.rows, *values], strict=True):
+            for column, x in zip(out, [entity_id, collected.rows[entity_id], *values], strict=True):
                 column.append(x)
         if merged:
             client.mset(merged)
