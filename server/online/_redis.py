@@ -63,7 +63,9 @@ Bounded work per command
 ------------------------
 Valkey runs one command at a time, so one long script delays every other
 caller. A write is cut into script calls of at most ``write_chunk_values`` values
-(250 by default: under 1 ms of Valkey time, at ~1.5-3 µs a value measured; an
+(250 by default: 0.4-0.8 ms of Valkey time at the ~1.5-3 µs a value measured for
+new and all-newer values; a call mixing newer and older values takes the slower
+path, 3.5-7 µs a value as measured for the earlier script, so up to ~2 ms; an
 entity's values may span calls, which changes nothing since each value is
 compared on its own), sent over the client's bulk connections with at most
 ``chunks_in_flight`` (2) of them outstanding per process. Valkey runs the commands
