@@ -141,6 +141,9 @@ class ValkeyStreamReader(DataSourceStreamReader):
             begin = start.get(key, "0-0")
             info = self._info(key)
             self._check(key, begin, info)
+            oldest = info.get("first-entry") if info else None
+            if oldest and _id(_text(oldest[0])) > _id(begin):  # nothing left up to `begin` (recreated?)
+                self._ordinals.pop(key, None)  # so its count cannot be derived from the cached one
             newest = info.get("last-entry") if info else None  # (a batch never ends at a deleted entry's id)
             last = _text(newest[0]) if newest else begin
             if per_key and info and _id(last) > _id(begin):

@@ -112,3 +112,14 @@ def test_deleted_entries_and_a_restarted_reader_still_cover_each_entry_once(
         end, ids = _batch(reader, start, 80)
         assert ids == more[:-1]
         assert end == {name: more[-2]}
+
+
+def test_a_key_recreated_past_the_position_still_keeps_the_budget(redis_url: str, stream: tuple[Any, str]) -> None:
+    client, name = stream
+    _append(client, name, 50)
+    reader = _reader(redis_url, name, 100)
+    start, _ = _batch(reader, reader.initialOffset(), 100)  # the reader knows the count at its position
+    client.delete(name)
+    recreated = _append(client, name, 120)  # new ids, after the position; entries-added starts again
+    _, ids = _batch(reader, start, 100)
+    assert ids == recreated[:100]
