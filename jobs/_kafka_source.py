@@ -57,10 +57,21 @@ class _Range(InputPartition):
         self.partition, self.start, self.end = partition, start, end
 
 
+def _end_of_partition(error: Any, topic: str, partition: int, at: int) -> None:
+    """Returns when a message's `error` is end-of-partition; raises for any other (an offset no longer
+    there, with auto.offset.reset=error, is SourceDataLoss)."""
+    from confluent_kafka import KafkaError
+
+    if error.code() == KafkaError._AUTO_OFFSET_RESET:
+        raise SourceDataLoss(f"kafka {topic}[{partition}]: offset {at} is gone: {error}")
+    if error.code() != KafkaError._PARTITION_EOF:
+        raise RuntimeError(f"kafka {topic}[{partition}]: {error}")
+
+
 def _read(consumer: Any, topic: str, partition: int, start: int, end: int) -> Iterator[list[Any]]:
     """Messages of one partition from `start` to `end` (exclusive), in chunks: a planned batch's range,
     known to exist, so reaching end-of-partition before `end` means the events are gone: SourceDataLoss."""
-    from confluent_kafka import KafkaError, TopicPartition
+    from confluent_kafka import TopicPartition
 
     consumer.assign([TopicPartition(topic, partition, start)])
     at, idle = start, 0
@@ -71,10 +82,7 @@ def _read(consumer: Any, topic: str, partition: int, start: int, end: int) -> It
         for m in messages:
             error = m.error()
             if error is not None:
-                if error.code() == KafkaError._AUTO_OFFSET_RESET:
-                    raise SourceDataLoss(f"kafka {topic}[{partition}]: offset {at} is gone: {error}")
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"kafka {topic}[{partition}]: {error}")
+                _end_of_partition(error, topic, partition, at)
                 eof = True
                 continue
             if m.offset() >= end:
@@ -98,7 +106,7 @@ def _chase(consumer: Any, topic: str, starts: dict[int, int], stops: dict[int, i
     read to end-of-partition or `stops`, for at most _CHASE_SECONDS, all partitions at once. What is read
     by then is a valid end; a producer writing faster than this reads is not chased (the next batch
     continues from here)."""
-    from confluent_kafka import KafkaError, TopicPartition
+    from confluent_kafka import TopicPartition
 
     ends = dict(starts)
     waiting = {p for p, at in starts.items() if stops[p] is None or at < (stops[p] or 0)}
@@ -112,10 +120,7 @@ def _chase(consumer: Any, topic: str, starts: dict[int, int], stops: dict[int, i
             if p not in waiting:
                 continue
             if error is not None:
-                if error.code() == KafkaError._AUTO_OFFSET_RESET:
-                    raise SourceDataLoss(f"kafka {topic}[{p}]: offset {starts[p]} is gone: {error}")
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"kafka {topic}[{p}]: {error}")
+                _end_of_partition(error, topic, p, starts[p])
                 waiting.discard(p)
             elif stop is not None and m.offset() >= stop:
                 waiting.discard(p)
