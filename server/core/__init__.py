@@ -18,7 +18,7 @@ from server.core._definitions import (
 )
 from server.core._functions import EXAMPLE_COLUMNS, EXAMPLES, FUNCTIONS, ExpressionUse
 from server.core._limits import Limits
-from server.core._records import HistoryRecord, HistoryRow, KeyWrite, entity_key
+from server.core._records import HistoryRecord, HistoryRow, KeyWrite, entity_key, entity_keys
 from server.core._services import FEATURE_STORE_SERVICE, REGISTRY_SERVICE
 from server.core._streaming import (
     DEFAULT_EVENT_TIME,
@@ -42,6 +42,7 @@ from server.core._validation import (
     TIMESTAMP_MIN_SECONDS,
     VALUE_KINDS,
     entity_id_problem,
+    entity_ids_fine,
     entity_type_problem,
     identifier_problem,
     preview,
@@ -89,7 +90,9 @@ __all__ = [
     "computation_problems",
     "entity_field",
     "entity_id_problem",
+    "entity_ids_fine",
     "entity_key",
+    "entity_keys",
     "entity_type_problem",
     "expression_problem",
     "identifier_problem",

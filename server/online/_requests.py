@@ -17,6 +17,7 @@ from server.core import (
     WriteBatch,
     codec,
     entity_id_problem,
+    entity_ids_fine,
     entity_type_problem,
     timestamp_problem,
 )
@@ -45,6 +46,8 @@ def check_read(entity_type: str, entity_ids: Sequence[str], n_features: int, lim
         problem = f"asks for {len(entity_ids)} entities x {n_features} features; the limit is {limits.max_values}"
         violations.append(FieldViolation("entity_ids", problem))
     _raise_if(violations)
+    if entity_ids_fine(entity_ids):
+        return
     for i, entity_id in enumerate(entity_ids):
         violations += entity_id_problem(f"entity_ids[{i}]" if batch else "entity_id", entity_id)
         if len(violations) >= MAX_VIOLATIONS:
