@@ -22,8 +22,11 @@ from server.core.errors import resource_exhausted
 from server.online._catalog import Catalog, Plan
 from server.online._requests import EncodedWrite, RowsEncoding, check_read, features_allowed
 from server.online._store import HistorySink, OnlineStore
+from server.online._wire import WireWriteRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_WRITE_REQUEST = fs.WriteFeaturesRequest.DESCRIPTOR.full_name
+_PUSH_REQUEST = fs.PushFeaturesRequest.DESCRIPTOR.full_name
 _SLICE_VALUES = 500  # values encoded between two yields to the event loop (~1-2 ms)
 _READS = ("GetFeatures", "GetFeaturesJson", "BatchGetFeatures", "BatchGetFeaturesJson")
 _FEATURES_ASKED = {method: REQUEST_FEATURES.labels(method).observe for method in _READS}
@@ -152,7 +155,7 @@ class OnlineServicer:
         response = fs.PushFeaturesResponse()
         pushed, ends = 0, time.monotonic() + self._limits.max_stream_seconds
         async for request in requests:
-            encoded = await self._encode(parsed(request).entity_type, request.rows)
+            encoded = await self._encode(parsed(request).entity_type, request.rows, _PUSH_REQUEST)
             if _metrics.enabled:
                 _ENTITIES["PushFeatures"](len(request.rows))
             pushed += encoded.values
@@ -178,12 +181,12 @@ class OnlineServicer:
         encoded = await self._encode(entity_type, rows)
         return await self._store_both(encoded, context), encoded.values
 
-    async def _encode(self, entity_type: str, rows: Any) -> EncodedWrite:
+    async def _encode(self, entity_type: str, rows: Any, type_name: str = _WRITE_REQUEST) -> EncodedWrite:
         """The rows checked and encoded in slices of ~_SLICE_VALUES values, the loop yielded between them,
         by one write at a time: concurrent writes queue for their turn (a FIFO lock) instead of all running
         a slice each time the loop comes round, so a read that becomes ready waits for one slice at most,
         however many large writes are in progress. (Their stores' I/O goes on meanwhile.)"""
-        encoding = RowsEncoding(self._catalog, entity_type, rows, self._limits, time.time())
+        encoding = RowsEncoding(self._catalog, entity_type, rows, self._limits, time.time(), type_name)
         step = max(1, _SLICE_VALUES * len(rows) // max(encoding.values, 1))
         async with self._encoding:
             for start in range(0, len(rows), step):
@@ -212,6 +215,11 @@ def methods(servicer: OnlineServicer) -> dict[str, grpc.RpcMethodHandler]:  # ty
         "BatchGetFeatures": unary_unary(servicer.BatchGetFeatures, fs.BatchGetFeaturesRequest),
         "GetFeaturesJson": unary_unary(servicer.GetFeaturesJson, fs.GetFeaturesRequest),
         "BatchGetFeaturesJson": unary_unary(servicer.BatchGetFeaturesJson, fs.BatchGetFeaturesRequest),
-        "WriteFeatures": unary_unary(servicer.WriteFeatures, fs.WriteFeaturesRequest, fs.WriteFeaturesResponse),
-        "PushFeatures": stream_unary(servicer.PushFeatures, fs.PushFeaturesRequest, fs.PushFeaturesResponse),
+        # Writes parse with each value left as its bytes (see _wire), named as the requests they are.
+        "WriteFeatures": unary_unary(
+            servicer.WriteFeatures, WireWriteRequest, fs.WriteFeaturesResponse, type_name=_WRITE_REQUEST
+        ),
+        "PushFeatures": stream_unary(
+            servicer.PushFeatures, WireWriteRequest, fs.PushFeaturesResponse, type_name=_PUSH_REQUEST
+        ),
     }
