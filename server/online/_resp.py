@@ -233,9 +233,16 @@ class RespClient:
             raise reply
         return reply
 
-    async def execute_many(self, packed: bytes, count: int) -> list[Any]:
-        """Send `count` packed commands in one write and return their replies (ReplyError for the first error)."""
-        slot = self._next()
+    def connection(self) -> int:
+        """A request connection (the next in turn), for requests that should share one (`execute_many`)."""
+        return self._next()
+
+    async def execute_many(self, packed: bytes, count: int, connection: int | None = None) -> list[Any]:
+        """Send `count` packed commands in one write and return their replies (ReplyError for the first error).
+
+        `connection` (from `connection()`): send them over that one, else over the next in turn.
+        """
+        slot = self._next() if connection is None else connection
         conn = self._slots[slot]
         if conn is None or conn.lost:
             conn = await self._connect(slot)
