@@ -41,9 +41,11 @@ pieces of one read share one connection: Valkey reads 16 KB of a connection
 (about one piece) per pass over its clients and answers at the end of the pass,
 so over one connection the pieces come back one by one, each framed while
 Valkey works on the next; spread over four, they came back four at a time and
-the last four were framed after Valkey was done (1,000 x 10: ~0.5 ms more). A
-read on another connection waits for about one piece of it, one queued on the
-same connection for all of it. Standalone servers are
+the last four were framed after Valkey was done (1,000 x 10: ~0.5 ms more).
+That connection is one of its own (``RespClient``'s ``large``), so other reads
+wait for about one piece of a large read, never for all of it (large reads
+queue behind each other: Valkey would run their pieces one after the other
+anyway). Standalone servers are
 reached through the pipelining client in ``_resp`` (requests of concurrent
 calls share a few connections). In a cluster (redis-py's cluster client) the
 keys are grouped by hash slot (a script may only touch one slot) and the
@@ -427,7 +429,7 @@ class _Standalone:
     async def read_each(self, keys: Sequence[bytes], fields: Sequence[bytes], each: Each[R]) -> list[R]:
         per_call = max(1, self._chunk_values // max(1, len(fields)))
         if len(keys) > per_call and len(keys) * len(fields) > SCRIPT_READ_VALUES:
-            connection = self._client.connection()  # every piece over one: see "Round trips" above
+            connection = self._client.large_connection()  # every piece over one: see "Round trips" above
 
             def piece(keys: Sequence[bytes]) -> Awaitable[list[bytes | None]]:
                 return self._read_pipelined(keys, fields, connection)
