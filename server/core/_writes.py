@@ -34,8 +34,7 @@ class WriteBatch:
     `latest_online` one per entity holding only its newest value of each feature (what
     the only-newer write script would leave after writing every row in order: of equal
     event times the later row wins); `history` always holds every value (HistoryRows:
-    binary COPY tuples). `values` counts
-    the values added (history records).
+    binary COPY tuples). `values` counts the values added (history records).
     """
 
     __slots__ = ("_copy_type", "_latest", "_times", "_writes", "entity_type", "history", "values")
@@ -46,7 +45,9 @@ class WriteBatch:
         self.history = HistoryRows(entity_type)
         self._copy_type = copy_text(entity_type)
         self.values = 0
-        self._latest: dict[str, dict[bytes, tuple[bytes, bytes, bytes]]] | None = {} if latest_online else None
+        # per entity, the values of its one row so far, or by field its newest (protobuf form, JSON field, JSON form)
+        self._latest: dict[str, list[tuple[ValueEncoder, Encoded]] | dict[bytes, tuple[bytes, bytes, bytes]]] | None
+        self._latest = {} if latest_online else None
         self._times: dict[int, EventTime] = {}
 
     def event_time(self, micros: int) -> EventTime:
@@ -87,8 +88,12 @@ class WriteBatch:
         encoded = [encoder.encode_many(xs, ats) for encoder, xs in columns]
         times = repeat(ats) if isinstance(ats, EventTime) else ats
         add = self._add
-        for entity_id, at, *row in zip(entity_ids, times, *encoded, strict=False):
-            add(entity_id, at, [(e, forms) for e, forms in zip(encoders, row, strict=True) if forms is not None])
+        if any(None in forms for forms in encoded):
+            for entity_id, at, *row in zip(entity_ids, times, *encoded, strict=False):
+                add(entity_id, at, [(e, forms) for e, forms in zip(encoders, row, strict=True) if forms is not None])
+        else:  # no missing values: each row's pairs as they are
+            for entity_id, at, *row in zip(entity_ids, times, *encoded, strict=False):
+                add(entity_id, at, list(zip(encoders, row, strict=True)))
 
     def _add(self, entity_id: str, at: EventTime, encoded: list[tuple[ValueEncoder, Encoded]]) -> None:
         if not encoded:
@@ -103,8 +108,11 @@ class WriteBatch:
             self._writes.append(KeyWrite(entity_key(self.entity_type, entity_id), fields))
             return
         newest = latest.get(entity_id)
-        if newest is None:
-            newest = latest[entity_id] = {}
+        if newest is None:  # the entity's first row: its values are the newest so far, kept as they are
+            latest[entity_id] = encoded
+            return
+        if isinstance(newest, list):  # a second row: the first one's values by field, then this one's
+            newest = latest[entity_id] = {e.field: (proto, e.json_field, as_json) for e, (proto, as_json, _) in newest}
         for encoder, (proto, as_json, _) in encoded:
             old = newest.get(encoder.field)
             if old is None or proto[:TIME_BYTES] >= old[0][:TIME_BYTES]:  # not older: as the write script decides
@@ -117,7 +125,11 @@ class WriteBatch:
         writes = []
         for entity_id, newest in self._latest.items():
             fields: list[tuple[bytes, bytes]] = []
-            for field, (proto, json_field, as_json) in newest.items():
-                fields += ((field, proto), (json_field, as_json))
+            if isinstance(newest, list):  # one row
+                for encoder, (proto, as_json, _) in newest:
+                    fields += ((encoder.field, proto), (encoder.json_field, as_json))
+            else:
+                for field, (proto, json_field, as_json) in newest.items():
+                    fields += ((field, proto), (json_field, as_json))
             writes.append(KeyWrite(entity_key(self.entity_type, entity_id), fields))
         return writes
