@@ -14,6 +14,7 @@ from server.core import HistoryRecord, KeyWrite, Limits, WriteBatch, codec, copy
 from server.core._copy import decode_tuples
 from server.core.errors import ServiceError
 from server.online import Catalog
+from server.online._redis import stored_kind
 from server.online._requests import encode_rows
 from server.online._wire import WireWriteRequest
 from server.registry import Feature
@@ -274,3 +275,13 @@ def test_a_batch_builds_the_tuples_of_its_records(rows: list[tuple[str, int, str
         if v is not None
     ]
     assert batch.history.months() == {datetime(r[3].year, r[3].month, 1, tzinfo=UTC).date() for r in records}
+
+
+@given(st.data(), st.sampled_from(sorted(_KIND_VALUES)), st.integers(1, 300), _TIMES)
+def test_the_online_store_reads_the_kind_a_stored_form_holds(
+    data: st.DataObject, kind: str, name_length: int, micros: int
+) -> None:
+    """stored_kind, short frames and names (its fast path) or long ones."""
+    encoder = codec.encoder("n" * name_length, kind)
+    proto, _, _ = encoder.encode(data.draw(_KIND_VALUES[kind]), codec.EventTime(micros))
+    assert stored_kind(proto) == vpb.Value.DESCRIPTOR.fields_by_name[kind].number
