@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +115,7 @@ def timestamp_bytes(micros: int) -> bytes:
     return out + (_NANOS_TAG + varint(rest * 1000) if rest else b"")
 
 
+_AFTER_TIME = operator.itemgetter(slice(TIME_BYTES, None))  # a stored value's frame
 _SHORT_VARINTS = tuple(varint(n) for n in range(1 << 14))  # every length up to 16 KiB: two bytes at most
 
 
@@ -523,30 +525,37 @@ def assemble_batch(
     """The framed EntityFeatures of many entities (`stored` key-major, `len(not_found)` values an entity),
     each an `entities` field of BatchGetFeaturesResponse; expired ones are counted in `expired_seen[0]`.
 
-    The same bytes as framing `assemble` per entity, in one pass over every value and one join per
-    entity (1,000 x 10: ~1.4 against ~2.2 ms); not-found and expired values take a second, slower pass.
+    The same bytes as framing `assemble` per entity, with the least Python per value: every value
+    cut after its event time in one C-level `map` (a value not stored makes it fail and a
+    comprehension take over), only the features with a max age compared with their cutoff, one
+    join per entity (1,000 x 10: ~0.75 ms, against ~2.2 ms for `assemble` per entity).
     """
     width = len(not_found)
-    limits = cutoffs * len(entity_ids)
-    served = [None if v is None or v < c else v[TIME_BYTES:] for v, c in zip(stored, limits, strict=True)]
-    if None in served:
-        for k, part in enumerate(served):
-            if part is None:
-                value = stored[k]
-                if value is None:
-                    served[k] = not_found[k % width]
-                else:
-                    served[k] = expired_frame(value)
-                    if expired_seen is not None:
-                        expired_seen[0] += 1
-    short, entity_tag, id_tag = _SHORT_VARINTS, BATCH_ENTITIES_TAG, ENTITY_ID_TAG
-    out = []
-    for i, entity_id in enumerate(entity_ids):
+    try:
+        served: list[bytes] = list(map(_AFTER_TIME, stored))  # type: ignore[arg-type]  # None fails: below
+    except TypeError:  # some value is not stored
+        served = [not_found[k % width] if v is None else v[TIME_BYTES:] for k, v in enumerate(stored)]
+    for j, limit in enumerate(cutoffs):
+        if limit == NEVER_EXPIRES:
+            continue
+        for k in range(j, len(stored), width):
+            value = stored[k]
+            if value is not None and value < limit:
+                served[k] = expired_frame(value)
+                if expired_seen is not None:
+                    expired_seen[0] += 1
+    short, entity_tag, id_tag, join = _SHORT_VARINTS, BATCH_ENTITIES_TAG, ENTITY_ID_TAG, b"".join
+    out: list[bytes] = []
+    append = out.append
+    end = 0
+    for entity_id in entity_ids:
         eid = entity_id.encode()
-        values = b"".join(served[i * width : (i + 1) * width])  # type: ignore[arg-type]  # no None is left
-        head = id_tag + (short[len(eid)] if len(eid) < 1 << 14 else varint(len(eid)))
-        n = len(head) + len(eid) + len(values)
-        out.append(b"".join((entity_tag, short[n] if n < 1 << 14 else varint(n), head, eid, values)))
+        start, end = end, end + width
+        values = join(served[start:end])
+        m = len(eid)
+        size = short[m] if m < 1 << 14 else varint(m)
+        n = len(id_tag) + len(size) + m + len(values)
+        append(join((entity_tag, short[n] if n < 1 << 14 else varint(n), id_tag, size, eid, values)))
     return out
 
 
