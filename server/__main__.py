@@ -58,7 +58,8 @@ class _Supervisor:
 
     Write workers (`write_workers`) start first, each serving on a Unix socket in a
     directory of its own (mode 0700: only this user can connect), at a lower CPU priority
-    (`write_nice` added to the supervisor's own niceness); the serving workers then start and pass writes to them
+    (`write_nice` added to the supervisor's own niceness; `write_sched`: the scheduling policy each write
+    worker sets for itself at start, see _enter_write_policy); the serving workers then start and pass writes to them
     (server/online/_forward.py). Worker i's metrics are on metrics_port + i, write worker
     j's on write_metrics_port + j (default: right after the serving workers').
     """
@@ -156,6 +157,33 @@ class _Supervisor:
             return worker.wait()
 
 
+_POLICIES = {"other": "SCHED_OTHER", "batch": "SCHED_BATCH", "idle": "SCHED_IDLE"}
+
+
+def _write_policy(name: str) -> int | None:
+    """The os.SCHED_* number of a write_sched value; None where the platform has no such policy (not Linux)."""
+    if name not in _POLICIES:
+        raise SystemExit(f"write_sched {name!r} is not one of {', '.join(_POLICIES)}")
+    number: int | None = getattr(os, _POLICIES[name], None)
+    return number if hasattr(os, "sched_setscheduler") else None
+
+
+def _enter_write_policy(name: str) -> None:
+    """A write worker's own CPU policy, set before it starts any thread (gRPC's, asyncio's): they inherit it.
+
+    idle: the kernel runs this process only on CPU time no other runnable task of its group wants
+    (weight 3 against a serving process's 1024), and a waking serving thread preempts it at once;
+    batch: its wake-ups never preempt a running task. Neither needs privileges.
+    """
+    policy = _write_policy(name)
+    if policy is None or name == "other":
+        return
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError as err:  # the worker runs anyway, under the policy it was started with
+        _log.warning("write worker: scheduling policy %s not set: %s", name, err)
+
+
 def _configure_logging(settings: Settings) -> None:
     """JSON lines carrying the current trace id (log_format json), or plain text lines."""
     handler = logging.StreamHandler()
@@ -176,6 +204,9 @@ def main() -> None:
     if settings.migrate_only:
         asyncio.run(migrate_only(settings))
         return
+    _write_policy(settings.write_sched)  # a bad value stops the start before any process is spawned
+    if settings.write_worker_socket:
+        _enter_write_policy(settings.write_sched)
     if settings.workers > 1 or settings.write_workers > 0:
         supervisor = _Supervisor(sys.argv[1:], settings)
         signal.signal(signal.SIGTERM, supervisor.stop)  # before any worker starts: none is left behind
