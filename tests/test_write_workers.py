@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -268,6 +269,27 @@ def test_write_sched_idle_puts_every_thread_of_the_write_worker_and_none_other_o
     for pid, writes in roles.items():  # after serving calls: gRPC's and asyncio's threads exist by now
         assert _policies(pid) == ({os.SCHED_IDLE} if writes else {os.SCHED_OTHER}), (pid, writes)
     assert _policies(server.popen.pid) == {os.SCHED_OTHER}  # the supervisor keeps its own
+
+
+def test_a_write_worker_has_a_session_of_its_own_and_stops_when_its_supervisor_is_killed(workers: Proc) -> None:
+    eventually(lambda: len(_children(workers.popen.pid)) == 2)
+    children = _children(workers.popen.pid)
+    writer = next(pid for pid in children if b"--write-worker-socket" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    serving = next(pid for pid in children if pid != writer)
+    assert os.getsid(writer) == writer  # its own session, so its own autogroup where the kernel has them
+    assert os.getsid(serving) == os.getsid(workers.popen.pid)
+    if Path(f"/proc/{writer}/autogroup").exists():  # the group weighs what the worker's niceness says
+        eventually(lambda: Path(f"/proc/{writer}/autogroup").read_text().split()[-1] == "5")
+        assert Path(f"/proc/{serving}/autogroup").read_text().split()[-1] == "0"
+    try:
+        os.kill(workers.popen.pid, signal.SIGKILL)  # the supervisor alone, not its process group
+        status = Path(f"/proc/{writer}/status")
+        eventually(lambda: not status.exists() or "zombie" in status.read_text())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(serving, signal.SIGKILL)  # orphaned: no one else would stop it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(writer, signal.SIGKILL)
 
 
 def test_an_unknown_write_sched_stops_the_start() -> None:
