@@ -82,7 +82,7 @@ def instrumentation_us(rounds: int = 200_000) -> float:
         redis(time.perf_counter() - started)
         expired = [0]
         if _metrics.enabled:
-            _servicer._tally("GetFeatures", plan, stored, expired[0])
+            _servicer._tally("GetFeatures", plan, len(stored), stored.count(None), expired[0])
         rpc(time.perf_counter() - started)
 
     return timeit.timeit(one_call, number=rounds) / rounds * 1e6

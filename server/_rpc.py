@@ -44,10 +44,11 @@ class Undecodable:
         return invalid_argument([FieldViolation("request", problem)])
 
 
-def parser(message_class: type[Message]) -> Callable[[bytes], Any]:
-    """A request deserializer that never raises: bad bytes become an Undecodable request."""
+def parser(message_class: type[Message], type_name: str | None = None) -> Callable[[bytes], Any]:
+    """A request deserializer that never raises: bad bytes become an Undecodable request (of
+    `type_name`, by default the message's)."""
     from_string = message_class.FromString
-    type_name = message_class.DESCRIPTOR.full_name
+    type_name = type_name or message_class.DESCRIPTOR.full_name
 
     def parse(data: bytes) -> Any:
         try:
@@ -65,11 +66,13 @@ def parsed(request: Req) -> Req:
     return request
 
 
-def unary_unary(behavior: Any, request: type[Message], response: type[Message] | None = None) -> Any:
+def unary_unary(
+    behavior: Any, request: type[Message], response: type[Message] | None = None, type_name: str | None = None
+) -> Any:
     """A method handler whose requests go through `parser`; `response` None: the method returns bytes."""
     serialize = None if response is None else response.SerializeToString
     return grpc.unary_unary_rpc_method_handler(
-        behavior, request_deserializer=parser(request), response_serializer=serialize
+        behavior, request_deserializer=parser(request, type_name), response_serializer=serialize
     )
 
 
@@ -78,10 +81,10 @@ def unary_stream(behavior: Any, request: type[Message]) -> Any:
     return grpc.unary_stream_rpc_method_handler(behavior, request_deserializer=parser(request))
 
 
-def stream_unary(behavior: Any, request: type[Message], response: type[Message]) -> Any:
+def stream_unary(behavior: Any, request: type[Message], response: type[Message], type_name: str | None = None) -> Any:
     """A client-streaming handler; its method checks each request with `parsed`."""
     return grpc.stream_unary_rpc_method_handler(
-        behavior, request_deserializer=parser(request), response_serializer=response.SerializeToString
+        behavior, request_deserializer=parser(request, type_name), response_serializer=response.SerializeToString
     )
 
 

@@ -83,10 +83,14 @@ def test_a_stored_frame_ends_with_its_status(value: vpb.Value, when: timestamp_p
     st.lists(st.tuples(st.text(min_size=1, max_size=200), st.lists(st.booleans(), min_size=3, max_size=3)), max_size=6),
     st.booleans(),
     st.integers(min_value=0, max_value=20_000),
+    st.booleans(),
 )
-def test_batch_framing_is_that_of_each_entity(entities: list[tuple[str, list[bool]]], expire: bool, size: int) -> None:
+def test_batch_framing_is_that_of_each_entity(
+    entities: list[tuple[str, list[bool]]], expire: bool, size: int, ages: bool
+) -> None:
     # assemble_batch is the one-pass form of assemble + two frames per entity: the same bytes and
-    # the same count of expired values (with ids past 127 bytes and entities past 16 KiB too).
+    # the same count of expired values (with ids past 127 bytes and entities past 16 KiB too),
+    # whether values are missing or not, and with or without features that have a max age.
     micros = int(datetime(2026, 1, 2, tzinfo=UTC).timestamp() * 1_000_000)
     names = ["f_float", "f_text", "f_int"]
     values = [vpb.Value(float_value=0.5), vpb.Value(string_value="x" * size), vpb.Value(int64_value=-(2**63))]
@@ -96,7 +100,7 @@ def test_batch_framing_is_that_of_each_entity(entities: list[tuple[str, list[boo
     ]
     not_found = [codec.not_found_frame(n) for n in names]
     limit = codec.time_key(micros + 1 if expire else micros - 1)
-    cutoffs = [limit, codec.NEVER_EXPIRES, limit]
+    cutoffs = [limit, codec.NEVER_EXPIRES, limit] if ages else [codec.NEVER_EXPIRES] * 3
     stored = [forms[j] if present else None for _, states in entities for j, present in enumerate(states)]
     ids = [entity_id for entity_id, _ in entities]
     want_expired, got_expired = [0], [0]

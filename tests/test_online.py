@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 import redis
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore import FeatureStoreClient, error_details
@@ -181,12 +182,14 @@ def test_a_batch_larger_than_a_redis_chunk_is_read_in_order(client: FeatureStore
     ]
     for count in (300, 700):  # 903 values: four script calls; 2,103 values: nine HMGET pipelines
         ids = [f"big{i}" for i in range(count)] + ["big4"]
-        response = client.store.BatchGetFeatures(
-            fs.BatchGetFeaturesRequest(entity_type="customer", entity_ids=ids, feature_names=names)
-        )
+        request = fs.BatchGetFeaturesRequest(entity_type="customer", entity_ids=ids, feature_names=names)
+        response = client.store.BatchGetFeatures(request)
         assert [e.entity_id for e in response.entities] == ids
         got = [[(f.name, f.status, f.value.int64_value) for f in e.features] for e in response.entities]
         assert got == [*expected[:count], expected[4]], count
+        # The REST rendering, piece by piece as well: the same answer.
+        rendered = json_format.Parse(client.store.BatchGetFeaturesJson(request).data, fs.BatchGetFeaturesResponse())
+        assert rendered == response, count
 
 
 def _invalid(call: object, request: object) -> dict[str, str]:

@@ -62,6 +62,10 @@ class WriteBatch:
         """One row of plain Python values (see ValueEncoder.encode); None is no value."""
         self._add(entity_id, at, [(e, e.encode(x, at)) for e, x in values if x is not None])
 
+    def add_encoded(self, entity_id: str, at: EventTime, encoded: list[tuple[ValueEncoder, Encoded]]) -> None:
+        """One row of values already encoded at `at` (each by its encoder)."""
+        self._add(entity_id, at, encoded)
+
     def add_columns(
         self,
         entity_ids: Sequence[str],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -113,6 +114,7 @@ def timestamp_bytes(micros: int) -> bytes:
     return out + (_NANOS_TAG + varint(rest * 1000) if rest else b"")
 
 
+_AFTER_TIME = operator.itemgetter(slice(TIME_BYTES, None))  # a stored value's frame
 _SHORT_VARINTS = tuple(varint(n) for n in range(1 << 14))  # every length up to 16 KiB: two bytes at most
 
 
@@ -205,6 +207,18 @@ class ValueEncoder:
             "string_value": self._str,
         }
         self._plain = fast.get(kind, self._other)
+        wire: dict[str, Callable[[bytes, EventTime], Encoded | None]] = {
+            "float_value": self._float_wire,
+            "bool_value": self._bool_wire,
+            "int64_value": self._int64_wire,
+            "string_value": self._str_wire,
+        }
+        self.encode_wire: Callable[[bytes, EventTime], Encoded | None] = wire.get(kind, _not_canonical)
+        """The stored forms of a serialized Value (`raw`, the bytes a write request carries) at `at`:
+        the same bytes as `encode_value(Value.FromString(raw), at)` (tests compare them), read
+        straight from `raw` when it is the canonical serialization of a value of this encoder's
+        kind (what every protobuf library writes), else None: then parse it and use `encode_value`."""
+        self._wire_heads: dict[int, bytes] = {}  # length of the event time's frame -> a fixed-size value's head
 
     def _stored(self, value: bytes, as_json: bytes, at: EventTime) -> Encoded:
         n = len(value)
@@ -289,6 +303,60 @@ class ValueEncoder:
             append((at.key + head + payload, at.key + json_head + text.encode() + at.json_tail, value))
         return out
 
+    def _wire_head(self, tail: int, size: int) -> bytes:
+        """The protobuf form's bytes between the time and a serialized Value of `size` bytes."""
+        value_head = _VALUE_FRAME_HEADS[size]
+        m = len(self._name) + len(value_head) + size + tail
+        head = _FEATURES_FRAME_HEADS[m] if m < 1 << 14 else FEATURES_TAG + varint(m)
+        head = self._wire_heads[tail] = head + self._name + value_head
+        return head
+
+    def _float_wire(self, raw: bytes, at: EventTime) -> Encoded | None:
+        if len(raw) != 9 or raw[0] != 0x09:  # the tag of float_value (field 1, 64-bit), 8 bytes
+            return None
+        text = repr(_DOUBLE.unpack_from(raw, 1)[0])
+        if text[-1] > "9":  # nan, inf, -inf: every finite repr ends in a digit
+            text = _NONFINITE_JSON[text]
+        tail = at.tail
+        head = self._wire_heads.get(len(tail)) or self._wire_head(len(tail), 9)
+        key = at.key
+        return key + head + raw + tail, key + self._json_head + text.encode() + at.json_tail, raw
+
+    def _bool_wire(self, raw: bytes, at: EventTime) -> Encoded | None:
+        if len(raw) != 2 or raw[0] != 0x20 or raw[1] > 1:  # bool_value (field 4, varint) 0 or 1
+            return None
+        tail = at.tail
+        head = self._wire_heads.get(len(tail)) or self._wire_head(len(tail), 2)
+        key = at.key
+        text = b"true" if raw[1] else b"false"
+        return key + head + raw + tail, key + self._json_head + text + at.json_tail, raw
+
+    def _int64_wire(self, raw: bytes, at: EventTime) -> Encoded | None:
+        n = _canonical_varint(raw, 0x10)  # int64_value: field 2, varint
+        if n is None or n >= 1 << 64:
+            return None
+        return self._sized_wire(raw, f'"{n if n < _BIAS else n - (1 << 64)}"', at)
+
+    def _str_wire(self, raw: bytes, at: EventTime) -> Encoded | None:
+        n = _canonical_varint(raw, 0x1A)  # string_value: field 3, length-delimited: the length
+        if n is None:
+            return None
+        start = len(raw) - n
+        if start != 1 + (len(_SHORT_VARINTS[n]) if n < 1 << 14 else len(varint(n))):  # the string ends `raw`
+            return None
+        try:
+            text = raw[start:].decode()
+        except UnicodeDecodeError:
+            return None
+        return self._sized_wire(raw, _JSON_STRING(text), at)
+
+    def _sized_wire(self, raw: bytes, text: str, at: EventTime) -> Encoded:
+        n = len(raw)
+        payload = self._name + (_VALUE_FRAME_HEADS[n] if n < 128 else _VALUE_TAG + varint(n)) + raw + at.tail
+        m = len(payload)
+        head = _FEATURES_FRAME_HEADS[m] if m < 1 << 14 else FEATURES_TAG + varint(m)
+        return at.key + head + payload, at.key + self._json_head + text.encode() + at.json_tail, raw
+
     def encode_value(self, value: value_pb2.Value, at: EventTime | None = None) -> Encoded:
         """The stored forms of a Value message holding this encoder's kind."""
         render = self._scalar_json
@@ -326,6 +394,31 @@ class ValueEncoder:
             setattr(message, self.kind, x)
         as_dict = json_format.MessageToDict(message, preserving_proto_field_name=True)
         return message.SerializeToString(), json.dumps(as_dict[self.kind], ensure_ascii=False, separators=(",", ":"))
+
+
+def _not_canonical(raw: bytes, at: EventTime) -> None:
+    return None
+
+
+def _canonical_varint(raw: bytes, tag: int) -> int | None:
+    """The varint after the one-byte `tag` at the start of `raw` if it is written as protobuf writes it
+    (fewest bytes, at most 10) and, for a varint field, ends `raw`; else None. For a length-delimited
+    field the caller checks the rest."""
+    if not raw or raw[0] != tag:
+        return None
+    n, shift, pos, end = 0, 0, 1, min(len(raw), 11)
+    while pos < end:
+        byte = raw[pos]
+        n |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            if byte == 0 and pos > 2:  # a longer form than needed
+                return None
+            if tag & 7 == 0 and pos != len(raw):  # a varint field: nothing may follow
+                return None
+            return n
+        shift += 7
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -425,30 +518,37 @@ def assemble_batch(
     """The framed EntityFeatures of many entities (`stored` key-major, `len(not_found)` values an entity),
     each an `entities` field of BatchGetFeaturesResponse; expired ones are counted in `expired_seen[0]`.
 
-    The same bytes as framing `assemble` per entity, in one pass over every value and one join per
-    entity (1,000 x 10: ~1.4 against ~2.2 ms); not-found and expired values take a second, slower pass.
+    The same bytes as framing `assemble` per entity, with the least Python per value: every value
+    cut after its event time in one C-level `map` (a value not stored makes it fail and a
+    comprehension take over), only the features with a max age compared with their cutoff, one
+    join per entity (1,000 x 10: ~0.75 ms, against ~2.2 ms for `assemble` per entity).
     """
     width = len(not_found)
-    limits = cutoffs * len(entity_ids)
-    served = [None if v is None or v < c else v[TIME_BYTES:] for v, c in zip(stored, limits, strict=True)]
-    if None in served:
-        for k, part in enumerate(served):
-            if part is None:
-                value = stored[k]
-                if value is None:
-                    served[k] = not_found[k % width]
-                else:
-                    served[k] = expired_frame(value)
-                    if expired_seen is not None:
-                        expired_seen[0] += 1
-    short, entity_tag, id_tag = _SHORT_VARINTS, BATCH_ENTITIES_TAG, ENTITY_ID_TAG
-    out = []
-    for i, entity_id in enumerate(entity_ids):
+    try:
+        served: list[bytes] = list(map(_AFTER_TIME, stored))  # type: ignore[arg-type]  # None fails: below
+    except TypeError:  # some value is not stored
+        served = [not_found[k % width] if v is None else v[TIME_BYTES:] for k, v in enumerate(stored)]
+    for j, limit in enumerate(cutoffs):
+        if limit == NEVER_EXPIRES:
+            continue
+        for k in range(j, len(stored), width):
+            value = stored[k]
+            if value is not None and value < limit:
+                served[k] = expired_frame(value)
+                if expired_seen is not None:
+                    expired_seen[0] += 1
+    short, entity_tag, id_tag, join = _SHORT_VARINTS, BATCH_ENTITIES_TAG, ENTITY_ID_TAG, b"".join
+    out: list[bytes] = []
+    append = out.append
+    end = 0
+    for entity_id in entity_ids:
         eid = entity_id.encode()
-        values = b"".join(served[i * width : (i + 1) * width])  # type: ignore[arg-type]  # no None is left
-        head = id_tag + (short[len(eid)] if len(eid) < 1 << 14 else varint(len(eid)))
-        n = len(head) + len(eid) + len(values)
-        out.append(b"".join((entity_tag, short[n] if n < 1 << 14 else varint(n), head, eid, values)))
+        start, end = end, end + width
+        values = join(served[start:end])
+        m = len(eid)
+        size = short[m] if m < 1 << 14 else varint(m)
+        n = len(id_tag) + len(size) + m + len(values)
+        append(join((entity_tag, short[n] if n < 1 << 14 else varint(n), id_tag, size, eid, values)))
     return out
 
 

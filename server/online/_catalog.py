@@ -139,6 +139,17 @@ class Catalog:
         self._groups_per_entity_type: Counter[str] = Counter()
         self._plans: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Plan] = {}
         self._cached_features = 0
+        self._encoders: dict[str, dict[str, codec.ValueEncoder]] = {}
+
+    def encoders(self, entity_type: str) -> dict[str, codec.ValueEncoder]:
+        """The value encoder of each feature of `entity_type`, by name (kept per snapshot)."""
+        found = self._encoders.get(entity_type)
+        if found is None:
+            features = self.features.values()
+            found = {f.name: codec.encoder(f.name, f.value_kind) for f in features if f.entity_type == entity_type}
+            if len(self._encoders) < _PLAN_CACHE_MAX:  # bounded: entity types come from requests
+                self._encoders[entity_type] = found
+        return found
 
     def replace(self, version: int, features: list[Feature], groups: list[FeatureGroup]) -> None:
         """Swap in a new snapshot (one assignment each: readers never see a mix)."""
@@ -148,6 +159,7 @@ class Catalog:
         self._groups_per_entity_type = Counter(g.entity_type for g in groups)
         self._plans = {}
         self._cached_features = 0
+        self._encoders = {}
         self.version = version
 
     def definitions(self) -> list[tuple[str, str, int]]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
+from server._rpc import Undecodable
 from server.core import (
     HistoryRecord,
     KeyWrite,
@@ -22,6 +25,7 @@ from server.core import (
 )
 from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.online._catalog import Catalog
+from server.online._wire import wire_rows
 
 
 def _too_many(path: str, what: str, count: int, limit: int) -> FieldViolation:
@@ -67,7 +71,7 @@ class EncodedWrite:
 
 
 def encode_rows(
-    catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits, now_seconds: float
+    catalog: Catalog, entity_type: str, rows: Sequence[Any], limits: Limits, now_seconds: float
 ) -> EncodedWrite:
     """The writes for `rows` and how many values they hold; INVALID_ARGUMENT names the bad values."""
     encoding = RowsEncoding(catalog, entity_type, rows, limits, now_seconds)
@@ -85,8 +89,15 @@ class RowsEncoding:
     """
 
     def __init__(
-        self, catalog: Catalog, entity_type: str, rows: Sequence[fs.EntityRow], limits: Limits, now_seconds: float
+        self,
+        catalog: Catalog,
+        entity_type: str,
+        rows: Sequence[Any],
+        limits: Limits,
+        now_seconds: float,
+        type_name: str = fs.WriteFeaturesRequest.DESCRIPTOR.full_name,
     ) -> None:
+        rows = wire_rows(rows)
         violations = entity_type_problem(entity_type)
         total = 0
         if len(rows) > limits.max_values:
@@ -101,6 +112,8 @@ class RowsEncoding:
         self._window = _TimeWindow(limits.min_event_seconds, int(now_seconds + limits.max_clock_skew))
         self._violations = violations
         self._batch = WriteBatch(entity_type)
+        self._encoders = catalog.encoders(entity_type)
+        self._type_name = type_name
 
     @property
     def done(self) -> bool:
@@ -108,28 +121,60 @@ class RowsEncoding:
         return len(self._violations) >= MAX_VIOLATIONS
 
     def encode(self, start: int, stop: int) -> None:
-        """Check and encode rows[start:stop]."""
-        entity_type, features, batch = self._entity_type, self._features, self._batch
-        violations, window, encoder = self._violations, self._window, codec.encoder
+        """Check and encode rows[start:stop].
+
+        A value goes straight from its bytes to its stored forms when it is one of a registered
+        feature of this entity type, of the feature's kind, in canonical form (ValueEncoder.
+        encode_wire); any other is parsed as a Value and checked (`_checked`).
+        """
+        batch, rows, encoders = self._batch, self.rows, self._encoders
+        violations, window = self._violations, self._window
         for i in range(start, stop):
-            row = self.rows[i]
+            row = rows[i]
             entity_id = row.entity_id
             violations += entity_id_problem(f"rows[{i}].entity_id", entity_id)
-            time_problem = _event_time_problem(f"rows[{i}].event_time", row, window)
-            violations += time_problem
-            values: list[tuple[codec.ValueEncoder, value_pb2.Value]] = []
-            for name, value in row.values.items():
-                feature = features.get(name)
-                kind = value.WhichOneof("kind")
-                if feature is None or feature.entity_type != entity_type or kind != feature.value_kind:
-                    _value_problem(self._catalog, f"rows[{i}].values[{name}]", name, entity_type, kind, violations)
-                    continue
-                values.append((encoder(name, kind), value))
-            if not violations:  # else nothing will be written: the values were checked, skip encoding them
+            violations += _event_time_problem(f"rows[{i}].event_time", row, window)
+            values = row.values
+            if violations:  # nothing will be written: check the values, skip encoding them
+                for name in values:
+                    self._checked(i, name, values[name], None)
+            else:
                 ts = row.event_time
-                batch.add(entity_id, batch.event_time(ts.seconds * 1_000_000 + ts.nanos // 1000), values)
+                at = batch.event_time(ts.seconds * 1_000_000 + ts.nanos // 1000)
+                encoded: list[tuple[codec.ValueEncoder, codec.Encoded]] = []
+                for name in values:
+                    raw = values[name]
+                    encoder = encoders.get(name)
+                    forms = None if encoder is None else encoder.encode_wire(raw, at)
+                    if forms is None:
+                        checked = self._checked(i, name, raw, at)
+                        if checked is None:
+                            continue
+                        encoder, forms = checked
+                    encoded.append((encoder, forms))  # type: ignore[arg-type]  # set with forms
+                if not violations:
+                    batch.add_encoded(entity_id, at, encoded)
             if len(violations) >= MAX_VIOLATIONS:
                 return
+
+    def _checked(
+        self, i: int, name: str, raw: bytes, at: codec.EventTime | None
+    ) -> tuple[codec.ValueEncoder, codec.Encoded] | None:
+        """A value as a Value message: checked, and encoded if `at` is given; None if it is bad (noted)."""
+        try:
+            value = value_pb2.Value.FromString(raw)
+        except (DecodeError, UnicodeDecodeError, RuntimeWarning, ValueError):
+            raise Undecodable(self._type_name).error() from None  # as if the request had failed to parse
+        feature = self._features.get(name)
+        kind = value.WhichOneof("kind")
+        if feature is None or feature.entity_type != self._entity_type or kind != feature.value_kind:
+            path = f"rows[{i}].values[{name}]"
+            _value_problem(self._catalog, path, name, self._entity_type, kind, self._violations)
+            return None
+        if at is None:
+            return None
+        encoder = codec.encoder(name, kind)
+        return encoder, encoder.encode_value(value, at)
 
     def result(self) -> EncodedWrite:
         """The encoded write; INVALID_ARGUMENT if any row or value was bad."""
@@ -164,7 +209,7 @@ class _TimeWindow:
         return []
 
 
-def _event_time_problem(path: str, row: fs.EntityRow, window: _TimeWindow) -> list[FieldViolation]:
+def _event_time_problem(path: str, row: Any, window: _TimeWindow) -> list[FieldViolation]:
     if not row.HasField("event_time"):
         return [FieldViolation(path, "is required")]
     return timestamp_problem(path, row.event_time) or window.problem(path, row.event_time)

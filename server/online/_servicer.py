@@ -22,20 +22,22 @@ from server.core.errors import resource_exhausted
 from server.online._catalog import Catalog, Plan
 from server.online._requests import EncodedWrite, RowsEncoding, check_read, features_allowed
 from server.online._store import HistorySink, OnlineStore
+from server.online._wire import WireWriteRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_WRITE_REQUEST = fs.WriteFeaturesRequest.DESCRIPTOR.full_name
+_PUSH_REQUEST = fs.PushFeaturesRequest.DESCRIPTOR.full_name
 _SLICE_VALUES = 500  # values encoded between two yields to the event loop (~1-2 ms)
 _READS = ("GetFeatures", "GetFeaturesJson", "BatchGetFeatures", "BatchGetFeaturesJson")
 _FEATURES_ASKED = {method: REQUEST_FEATURES.labels(method).observe for method in _READS}
 _ENTITIES = {m: REQUEST_ENTITIES.labels(m).observe for m in (*_READS[2:], "WriteFeatures", "PushFeatures")}
 
 
-def _tally(method: str, plan: Plan, stored: list[bytes | None], expired: int, entities: int = 0) -> None:
+def _tally(method: str, plan: Plan, values: int, missing: int, expired: int, entities: int = 0) -> None:
     """Count a read's values by status, and its size (a few increments: no loop over the values)."""
     present, not_found, expired_inc = _metrics.served_counters(plan.label)
-    missing = stored.count(None)
-    if len(stored) - missing - expired:
-        present(len(stored) - missing - expired)
+    if values - missing - expired:
+        present(values - missing - expired)
     if missing:
         not_found(missing)
     if expired:
@@ -72,7 +74,7 @@ class OnlineServicer:
         expired = [0]
         features = codec.assemble(stored, plan.not_found, plan.cutoffs(codec.now_micros()), expired)
         if _metrics.enabled:
-            _tally("GetFeatures", plan, stored, expired[0])
+            _tally("GetFeatures", plan, len(stored), stored.count(None), expired[0])
         head = codec.frame(codec.ENTITY_ID_TAG, entity_id.encode())
         return head + codec.frame(codec.ENTITY_TYPE_TAG, entity_type.encode()) + features
 
@@ -84,7 +86,7 @@ class OnlineServicer:
         expired = [0]
         features = codec.assemble_json(stored, plan.not_found_json, plan.cutoffs(codec.now_micros()), expired)
         if _metrics.enabled:
-            _tally("GetFeaturesJson", plan, stored, expired[0])
+            _tally("GetFeaturesJson", plan, len(stored), stored.count(None), expired[0])
         head = b'{"entity_id":' + codec.json_string(entity_id) + b',"entity_type":' + codec.json_string(entity_type)
         return codec.http_body(head + b',"features":[' + features + b"]}")
 
@@ -94,27 +96,47 @@ class OnlineServicer:
         plan = self._plan(entity_type, request, entity_ids, batch=True)
         parts = [codec.frame(codec.BATCH_ENTITY_TYPE_TAG, entity_type.encode())]
         if entity_ids:
-            stored = await self._read(entity_type, entity_ids, plan.fields)
-            expired = [0]
-            parts += codec.assemble_batch(entity_ids, stored, plan.not_found, plan.cutoffs(codec.now_micros()), expired)
+            width, not_found, cutoffs = len(plan.fields), plan.not_found, plan.cutoffs(codec.now_micros())
+            expired, missing = [0], [0]
+
+            def framed(first: int, stored: list[bytes | None]) -> list[bytes]:
+                """A piece's entities, framed while Valkey still works on the next pieces."""
+                if _metrics.enabled:
+                    missing[0] += stored.count(None)
+                ids = entity_ids[first : first + len(stored) // width]
+                return codec.assemble_batch(ids, stored, not_found, cutoffs, expired)
+
+            keys = [entity_key(entity_type, e) for e in entity_ids]
+            for piece in await self._store.read_each(keys, plan.fields, framed):
+                parts += piece
             if _metrics.enabled:
-                _tally("BatchGetFeatures", plan, stored, expired[0], len(entity_ids))
+                _tally("BatchGetFeatures", plan, len(keys) * width, missing[0], expired[0], len(entity_ids))
         return b"".join(parts)
 
     @rpc
     async def BatchGetFeaturesJson(self, request: fs.BatchGetFeaturesRequest, context: Context) -> bytes:
         entity_type, entity_ids = request.entity_type, list(request.entity_ids)
         plan = self._plan(entity_type, request, entity_ids, batch=True)
-        entities = []
+        entities: list[bytes] = []
         if entity_ids:
-            stored = await self._read(entity_type, entity_ids, plan.json_fields)
-            cutoffs, width = plan.cutoffs(codec.now_micros()), len(plan.fields)
-            expired = [0]
-            for i, entity_id in enumerate(entity_ids):
-                values = codec.assemble_json(stored[i * width : (i + 1) * width], plan.not_found_json, cutoffs, expired)
-                entities.append(b'{"entity_id":' + codec.json_string(entity_id) + b',"features":[' + values + b"]}")
+            cutoffs, width, not_found = plan.cutoffs(codec.now_micros()), len(plan.fields), plan.not_found_json
+            expired, missing = [0], [0]
+
+            def rendered(first: int, stored: list[bytes | None]) -> list[bytes]:
+                """A piece's entities, rendered while Valkey still works on the next pieces."""
+                if _metrics.enabled:
+                    missing[0] += stored.count(None)
+                out = []
+                for i, entity_id in enumerate(entity_ids[first : first + len(stored) // width]):
+                    values = codec.assemble_json(stored[i * width : (i + 1) * width], not_found, cutoffs, expired)
+                    out.append(b'{"entity_id":' + codec.json_string(entity_id) + b',"features":[' + values + b"]}")
+                return out
+
+            keys = [entity_key(entity_type, e) for e in entity_ids]
+            for piece in await self._store.read_each(keys, plan.json_fields, rendered):
+                entities += piece
             if _metrics.enabled:
-                _tally("BatchGetFeaturesJson", plan, stored, expired[0], len(entity_ids))
+                _tally("BatchGetFeaturesJson", plan, len(keys) * width, missing[0], expired[0], len(entity_ids))
         head = b'{"entity_type":' + codec.json_string(entity_type) + b',"entities":['
         return codec.http_body(head + b",".join(entities) + b"]}")
 
@@ -133,7 +155,7 @@ class OnlineServicer:
         response = fs.PushFeaturesResponse()
         pushed, ends = 0, time.monotonic() + self._limits.max_stream_seconds
         async for request in requests:
-            encoded = await self._encode(parsed(request).entity_type, request.rows)
+            encoded = await self._encode(parsed(request).entity_type, request.rows, _PUSH_REQUEST)
             if _metrics.enabled:
                 _ENTITIES["PushFeatures"](len(request.rows))
             pushed += encoded.values
@@ -159,12 +181,12 @@ class OnlineServicer:
         encoded = await self._encode(entity_type, rows)
         return await self._store_both(encoded, context), encoded.values
 
-    async def _encode(self, entity_type: str, rows: Any) -> EncodedWrite:
+    async def _encode(self, entity_type: str, rows: Any, type_name: str = _WRITE_REQUEST) -> EncodedWrite:
         """The rows checked and encoded in slices of ~_SLICE_VALUES values, the loop yielded between them,
         by one write at a time: concurrent writes queue for their turn (a FIFO lock) instead of all running
         a slice each time the loop comes round, so a read that becomes ready waits for one slice at most,
         however many large writes are in progress. (Their stores' I/O goes on meanwhile.)"""
-        encoding = RowsEncoding(self._catalog, entity_type, rows, self._limits, time.time())
+        encoding = RowsEncoding(self._catalog, entity_type, rows, self._limits, time.time(), type_name)
         step = max(1, _SLICE_VALUES * len(rows) // max(encoding.values, 1))
         async with self._encoding:
             for start in range(0, len(rows), step):
@@ -193,6 +215,11 @@ def methods(servicer: OnlineServicer) -> dict[str, grpc.RpcMethodHandler]:  # ty
         "BatchGetFeatures": unary_unary(servicer.BatchGetFeatures, fs.BatchGetFeaturesRequest),
         "GetFeaturesJson": unary_unary(servicer.GetFeaturesJson, fs.GetFeaturesRequest),
         "BatchGetFeaturesJson": unary_unary(servicer.BatchGetFeaturesJson, fs.BatchGetFeaturesRequest),
-        "WriteFeatures": unary_unary(servicer.WriteFeatures, fs.WriteFeaturesRequest, fs.WriteFeaturesResponse),
-        "PushFeatures": stream_unary(servicer.PushFeatures, fs.PushFeaturesRequest, fs.PushFeaturesResponse),
+        # Writes parse with each value left as its bytes (see _wire), named as the requests they are.
+        "WriteFeatures": unary_unary(
+            servicer.WriteFeatures, WireWriteRequest, fs.WriteFeaturesResponse, type_name=_WRITE_REQUEST
+        ),
+        "PushFeatures": stream_unary(
+            servicer.PushFeatures, WireWriteRequest, fs.PushFeaturesResponse, type_name=_PUSH_REQUEST
+        ),
     }

@@ -188,6 +188,11 @@ class FakeOnlineStore:
         self.calls.append("read")
         return [self.hashes.get(key, {}).get(field) for key in keys for field in fields]
 
+    async def read_each(
+        self, keys: Sequence[bytes], fields: Sequence[bytes], each: Callable[[int, list[bytes | None]], T]
+    ) -> list[T]:
+        return [each(0, await self.read(keys, fields))]
+
     async def write(self, writes: Sequence[KeyWrite]) -> int:
         self.calls.append("write")
         written = 0

@@ -1,12 +1,19 @@
-"""server.core.WriteBatch: the one rows -> writes conversion (no servers)."""
+"""server.core.WriteBatch: the one rows -> writes conversion, and the write path's reading of requests (no servers)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
-from server.core import KeyWrite, WriteBatch, codec, entity_key
+from server.core import KeyWrite, Limits, WriteBatch, codec, entity_key
+from server.core.errors import ServiceError
+from server.online import Catalog
+from server.online._requests import encode_rows
+from server.online._wire import WireWriteRequest
+from server.registry import Feature
 
 X, S = codec.encoder("x", "int64_value"), codec.encoder("s", "string_value")
 
@@ -98,3 +105,136 @@ def test_columns_give_the_same_writes_as_plain_rows_for_every_kind(
             value = vpb.Value()
             setattr(value, kind, v)
             assert forms == x.encode_value(value, at)  # what WriteFeatures stores
+
+
+_WIRE_KINDS = ("float_value", "int64_value", "bool_value", "string_value")
+
+
+def _value(kind: str, v: object) -> vpb.Value:
+    value = vpb.Value()
+    if kind.endswith("_list_value") or kind == "embedding_value":
+        getattr(value, kind).values.extend(v)
+    else:
+        setattr(value, kind, v)
+    return value
+
+
+@given(st.data(), st.sampled_from(sorted(_KIND_VALUES)), _TIMES)
+def test_a_value_from_its_bytes_is_stored_as_the_value_message_would_be(
+    data: st.DataObject, kind: str, micros: int
+) -> None:
+    """encode_wire reads the canonical bytes of the fast kinds, the same bytes as encode_value; None for the rest."""
+    value = _value(kind, data.draw(_KIND_VALUES[kind]))
+    encoder, at = codec.encoder("x", kind), codec.EventTime(micros)
+    forms = encoder.encode_wire(value.SerializeToString(), at)
+    if kind in _WIRE_KINDS:
+        assert forms == encoder.encode_value(value, at)
+    else:
+        assert forms is None
+
+
+def _varint(n: int, extra: int = 0) -> bytes:
+    """A varint, written with `extra` needless bytes if asked (not as protobuf writes it)."""
+    out = bytearray(codec.varint(n))
+    for _ in range(extra):
+        out[-1] |= 0x80
+        out.append(0)
+    return bytes(out)
+
+
+_ODD_BYTES = st.one_of(
+    st.binary(max_size=24),
+    st.builds(lambda n, extra: b"\x10" + _varint(n, extra), st.integers(0, 2**64 - 1), st.integers(0, 2)),
+    st.builds(lambda n, extra: b"\x20" + _varint(n, extra), st.integers(0, 3), st.integers(0, 2)),
+    st.builds(
+        lambda s, extra, more: b"\x1a" + _varint(max(0, len(s) + more), extra) + s,
+        st.binary(max_size=20) | st.text(max_size=20).map(str.encode),
+        st.integers(0, 2),
+        st.integers(-1, 1),
+    ),
+    st.builds(
+        lambda a, b: a + b, st.sampled_from([b"\x09" + bytes(8), b"\x20\x01", b"\x10\x05"]), st.binary(max_size=10)
+    ),
+)
+
+
+@given(_ODD_BYTES, st.sampled_from(_WIRE_KINDS))
+def test_bytes_not_written_as_protobuf_writes_them_are_left_to_the_value_parser(raw: bytes, kind: str) -> None:
+    """Whatever the bytes: encode_wire gives None, or exactly what parsing them as a Value would store."""
+    encoder, at = codec.encoder("x", kind), codec.EventTime(1_700_000_000_000_000)
+    forms = encoder.encode_wire(raw, at)
+    if forms is None:
+        return
+    value = vpb.Value.FromString(raw)
+    assert value.WhichOneof("kind") == kind
+    assert forms == encoder.encode_value(value, at)
+
+
+_FEATURES = {"f": "float_value", "n": "int64_value", "s": "string_value", "b": "bool_value", "l": "float_list_value"}
+_TYPES = {"float_value": "FLOAT", "int64_value": "INT64", "string_value": "STRING", "bool_value": "BOOL"}
+
+
+def _catalog() -> Catalog:
+    catalog = Catalog()
+    types = {**_TYPES, "float_list_value": "FLOAT_LIST"}
+    catalog.replace(1, [Feature(name=n, entity_type="t", value_type=types[k]) for n, k in _FEATURES.items()], [])
+    return catalog
+
+
+@st.composite
+def _raw_value(draw: st.DrawFn, kind: str) -> bytes:
+    """A serialized Value of `kind`: canonical, or with an earlier value of it in front (the last one counts)."""
+    raw = _value(kind, draw(_KIND_VALUES[kind])).SerializeToString()
+    if draw(st.booleans()):
+        raw = _value(kind, draw(_KIND_VALUES[kind])).SerializeToString() + raw
+    return raw
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "é"]),
+            st.integers(0, 1_700_000_000_000_000),
+            st.dictionaries(st.sampled_from(sorted(_FEATURES)), st.none(), max_size=5),
+        ),
+        max_size=8,
+    ),
+    st.data(),
+)
+def test_a_write_request_read_as_bytes_gives_the_writes_its_value_messages_give(
+    rows: list[tuple[str, int, dict[str, None]]], data: st.DataObject
+) -> None:
+    request = WireWriteRequest(entity_type="t")
+    for entity_id, micros, names in rows:
+        row = request.rows.add(entity_id=entity_id)
+        row.event_time.seconds, row.event_time.nanos = divmod(micros, 1_000_000)
+        row.event_time.nanos *= 1000
+        for name in names:
+            row.values[name] = data.draw(_raw_value(_FEATURES[name]))
+    as_messages = fs.WriteFeaturesRequest.FromString(request.SerializeToString())
+    want = WriteBatch("t")  # what the write path did with Value messages
+    for row in as_messages.rows:
+        values = [(codec.encoder(name, value.WhichOneof("kind")), value) for name, value in row.values.items()]
+        want.add(row.entity_id, want.event_time(codec.micros_of(row.event_time)), values)
+    sent = WireWriteRequest.FromString(request.SerializeToString())  # as the server parses it
+    got = encode_rows(_catalog(), "t", sent.rows, Limits(max_values=1_000), now_seconds=2e9)
+    assert (got.online, got.history, got.values) == (want.online(), want.history, want.values)
+    again = encode_rows(_catalog(), "t", as_messages.rows, Limits(max_values=1_000), now_seconds=2e9)  # in-process
+    assert (again.online, again.history) == (got.online, got.history)
+
+
+def test_a_value_of_another_kind_or_feature_is_named_and_a_malformed_one_fails_the_request() -> None:
+    request = WireWriteRequest(entity_type="t")
+    row = request.rows.add(entity_id="a")
+    row.event_time.seconds = 1_700_000_000
+    row.values["f"] = vpb.Value(int64_value=3).SerializeToString()
+    row.values["zz"] = vpb.Value(float_value=1.0).SerializeToString()
+    with pytest.raises(ServiceError) as info:
+        encode_rows(_catalog(), "t", request.rows, Limits(max_values=1_000), now_seconds=2e9)
+    paths = sorted(v.field for v in info.value.violations)
+    assert paths == ["rows[0].values[f]", "rows[0].values[zz]"], paths
+    row.values["s"] = b"\x1a\x02\xff\xfe"  # a string_value that is not UTF-8
+    with pytest.raises(ServiceError) as info:
+        encode_rows(_catalog(), "t", request.rows, Limits(max_values=1_000), now_seconds=2e9)
+    assert [v.field for v in info.value.violations] == ["request"]
+    assert "is not a valid featurestore.serving.v1.WriteFeaturesRequest" in info.value.violations[0].description
