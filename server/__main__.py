@@ -9,6 +9,8 @@ SIGTERM/SIGINT to them and restarts a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -57,8 +59,10 @@ class _Supervisor:
     """Runs `settings.workers` copies of this server as child processes, and its write workers.
 
     Write workers (`write_workers`) start first, each serving on a Unix socket in a
-    directory of its own (mode 0700: only this user can connect), at a lower CPU priority
-    (`write_nice` added to the supervisor's own niceness); the serving workers then start and pass writes to them
+    directory of its own (mode 0700: only this user can connect), in a session of its own, at a
+    lower CPU priority (`write_nice` added to the supervisor's own niceness, for its scheduling
+    group too: see _enter_write_group; `write_sched`: the scheduling policy each write worker sets
+    for itself at start, see _enter_write_policy); the serving workers then start and pass writes to them
     (server/online/_forward.py). Worker i's metrics are on metrics_port + i, write worker
     j's on write_metrics_port + j (default: right after the serving workers').
     """
@@ -96,7 +100,8 @@ class _Supervisor:
         return [*self._cmd, *role, "--metrics-port", str(port)]
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        worker = subprocess.Popen(self._args(index))
+        # A write worker gets a session of its own: see _enter_write_group.
+        worker = subprocess.Popen(self._args(index), start_new_session=index >= self._serving)
         if index >= self._serving and self._nice:
             # Niceness added to this process's own: raising it is allowed to any user, lowering it is not.
             nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self._nice)
@@ -156,6 +161,63 @@ class _Supervisor:
             return worker.wait()
 
 
+_POLICIES = {"other": "SCHED_OTHER", "batch": "SCHED_BATCH", "idle": "SCHED_IDLE"}
+
+
+def _write_policy(name: str) -> int | None:
+    """The os.SCHED_* number of a write_sched value; None where the platform has no such policy (not Linux)."""
+    if name not in _POLICIES:
+        raise SystemExit(f"write_sched {name!r} is not one of {', '.join(_POLICIES)}")
+    number: int | None = getattr(os, _POLICIES[name], None)
+    return number if hasattr(os, "sched_setscheduler") else None
+
+
+def _enter_write_policy(name: str) -> None:
+    """A write worker's own CPU policy, set before it starts any thread (gRPC's, asyncio's): they inherit it.
+
+    idle: the kernel runs this process only on CPU time no other runnable task of its group wants
+    (weight 3 against a serving process's 1024), and a waking serving thread preempts it at once;
+    batch: its wake-ups never preempt a running task. Neither needs privileges.
+    """
+    policy = _write_policy(name)
+    if policy is None or name == "other":
+        return
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError as err:  # the worker runs anyway, under the policy it was started with
+        _log.warning("write worker: scheduling policy %s not set: %s", name, err)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _enter_write_group(settings: Settings) -> None:
+    """A write worker's niceness, for its scheduling group too; it stops when its supervisor dies.
+
+    The kernel shares the CPU between scheduling groups first, and niceness ranks a process only
+    within its group. On a host with the kernel's autogroup on (a group per session, for
+    processes outside a CPU cgroup), a write worker in the server's session would rank below
+    the serving processes only, while the group, with the writes' CPU in it, competes with
+    PostgreSQL, Valkey and everything else as one. So the supervisor starts each write worker
+    in a session of its own (its own autogroup), and the worker gives that group its niceness
+    (the supervisor's own + write_nice): against every other group, the writes then weigh
+    what their niceness says. In a CPU cgroup (a container) the kernel ignores the autogroup,
+    and the niceness ranks the worker within the container, as before. Out of the server's
+    process group, the worker would outlive a supervisor killed outright: it asks for SIGTERM
+    when its parent dies.
+    """
+    if os.getsid(0) != os.getpid():  # not a session leader: its autogroup is the server's, leave it
+        return
+    with contextlib.suppress(OSError, AttributeError):  # Linux only
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor died before that: nothing to write for
+        raise SystemExit("write worker: its supervisor is gone")
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, os.getppid()) + max(0, min(19, settings.write_nice)))
+    with contextlib.suppress(OSError):  # no autogroup (not Linux, or a kernel without it): nothing to do
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+        Path("/proc/self/autogroup").write_text(str(nice))
+
+
 def _configure_logging(settings: Settings) -> None:
     """JSON lines carrying the current trace id (log_format json), or plain text lines."""
     handler = logging.StreamHandler()
@@ -176,6 +238,10 @@ def main() -> None:
     if settings.migrate_only:
         asyncio.run(migrate_only(settings))
         return
+    _write_policy(settings.write_sched)  # a bad value stops the start before any process is spawned
+    if settings.write_worker_socket:
+        _enter_write_group(settings)
+        _enter_write_policy(settings.write_sched)
     if settings.workers > 1 or settings.write_workers > 0:
         supervisor = _Supervisor(sys.argv[1:], settings)
         signal.signal(signal.SIGTERM, supervisor.stop)  # before any worker starts: none is left behind

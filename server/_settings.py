@@ -120,6 +120,13 @@ class Settings:
         default=5,
         metadata={"help": "CPU niceness the write workers add to the server's own (0-19): reads get the CPU first"},
     )
+    write_sched: str = field(
+        default="other",
+        metadata={
+            "help": "CPU scheduling policy of the write workers: other (at write_nice), batch (at write_nice, never "
+            "preempts a read on waking), idle (only CPU time nothing else wants: reads first, strictly)"
+        },
+    )
     write_metrics_port: int = field(
         default=0,
         metadata={"help": "/metrics port of the first write worker (the next: + 1); 0 = after the workers' ports"},

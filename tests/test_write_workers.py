@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -243,3 +244,61 @@ def test_a_stop_signal_during_start_up_leaves_no_process_or_socket_behind(
     for pid in started:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not list(tmp_path.glob("featurestore-writes-*")), "the sockets' folder is left behind"
+
+
+def _policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of `pid`."""
+    return {os.sched_getscheduler(int(tid.name)) for tid in Path(f"/proc/{pid}/task").iterdir()}
+
+
+def test_write_sched_idle_puts_every_thread_of_the_write_worker_and_none_other_on_sched_idle(
+    processes: Processes, postgres_dsn: str, redis_url: str
+) -> None:
+    server = processes.server(postgres_dsn, redis_url, [*WORKERS, "--write-sched", "idle"])
+    eventually(lambda: len(_children(server.popen.pid)) == 2)
+    roles = {
+        pid: b"--write-worker-socket" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        for pid in _children(server.popen.pid)
+    }
+    with FeatureStoreClient(f"127.0.0.1:{server.port}") as client:
+        register(client, "ww_idle", pb.INT64)
+        wait_servable(client, "customer", "ww_idle")
+        _writable(client, "ww_idle")  # the write worker writes under its policy
+        assert write(client, [row("i1", ago(minutes=1), ww_idle=i64(3))]).written_values == 1
+        assert get(client, "i1", "ww_idle")["ww_idle"].value.int64_value == 3
+    for pid, writes in roles.items():  # after serving calls: gRPC's and asyncio's threads exist by now
+        assert _policies(pid) == ({os.SCHED_IDLE} if writes else {os.SCHED_OTHER}), (pid, writes)
+    assert _policies(server.popen.pid) == {os.SCHED_OTHER}  # the supervisor keeps its own
+
+
+def test_a_write_worker_has_a_session_of_its_own_and_stops_when_its_supervisor_is_killed(workers: Proc) -> None:
+    eventually(lambda: len(_children(workers.popen.pid)) == 2)
+    children = _children(workers.popen.pid)
+    writer = next(pid for pid in children if b"--write-worker-socket" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    serving = next(pid for pid in children if pid != writer)
+    assert os.getsid(writer) == writer  # its own session, so its own autogroup where the kernel has them
+    assert os.getsid(serving) == os.getsid(workers.popen.pid)
+    if Path(f"/proc/{writer}/autogroup").exists():  # the group weighs what the worker's niceness says
+        eventually(lambda: Path(f"/proc/{writer}/autogroup").read_text().split()[-1] == "5")
+        assert Path(f"/proc/{serving}/autogroup").read_text().split()[-1] == "0"
+    try:
+        os.kill(workers.popen.pid, signal.SIGKILL)  # the supervisor alone, not its process group
+        status = Path(f"/proc/{writer}/status")
+        eventually(lambda: not status.exists() or "zombie" in status.read_text())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(serving, signal.SIGKILL)  # orphaned: no one else would stop it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(writer, signal.SIGKILL)
+
+
+def test_an_unknown_write_sched_stops_the_start() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "--write-workers", "1", "--write-sched", "fast", "--metrics", "false"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert b"write_sched 'fast' is not one of other, batch, idle" in done.stderr

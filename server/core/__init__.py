@@ -5,6 +5,7 @@ and `server.core.errors` (domain errors and their gRPC statuses).
 """
 
 from server.core._caller import acting_as, caller_subject
+from server.core._copy import HISTORY_COLUMNS, HistoryRows, copy_data, copy_tuples
 from server.core._definitions import (
     AGGREGATION,
     AGGREGATIONS,
@@ -63,6 +64,7 @@ __all__ = [
     "FEATURE_STORE_SERVICE",
     "FILTER",
     "FUNCTIONS",
+    "HISTORY_COLUMNS",
     "NAME_MAX",
     "REGISTRY_SERVICE",
     "STREAM_AGGREGATIONS",
@@ -78,6 +80,7 @@ __all__ = [
     "ExpressionUse",
     "HistoryRecord",
     "HistoryRow",
+    "HistoryRows",
     "KeyWrite",
     "Limits",
     "Step",
@@ -88,6 +91,8 @@ __all__ = [
     "batch_stream_problems",
     "caller_subject",
     "computation_problems",
+    "copy_data",
+    "copy_tuples",
     "entity_field",
     "entity_id_problem",
     "entity_ids_fine",

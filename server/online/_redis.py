@@ -257,6 +257,10 @@ def stored_kind(stored: bytes) -> int:
     name's length and the name (field 1), 0x12 and a varint length (field 2, the Value),
     whose first byte is the tag of the member it holds.
     """
+    if stored[9] < 0x80 and stored[11] < 0x80:  # one-byte frame and name lengths: the usual case
+        pos = 12 + stored[11]
+        if stored[pos] == 0x12 and stored[pos + 1] < 0x80:
+            return stored[pos + 2] >> 3
     pos = _skip_varint(stored, TIME_BYTES + 1) + 1
     name_len, shift = 0, 0
     while True:

@@ -14,7 +14,7 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
 from server._rpc import Undecodable
 from server.core import (
-    HistoryRecord,
+    HistoryRows,
     KeyWrite,
     Limits,
     WriteBatch,
@@ -69,7 +69,7 @@ class EncodedWrite:
     """A validated write: the online hash fields and the history rows of the same values."""
 
     online: list[KeyWrite]
-    history: list[HistoryRecord]
+    history: HistoryRows
     values: int
 
 
