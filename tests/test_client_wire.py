@@ -158,16 +158,27 @@ def test_fields_in_another_order_and_unknown_fields_are_read() -> None:
 
 
 @pytest.mark.parametrize("length", [8, 0])
-def test_lists_all_of_one_length_read_as_protobuf_does(length: int) -> None:
-    """Embeddings of one length and nothing missing take the pandas path for a matrix's rows."""
+@pytest.mark.parametrize("output", ["pandas", "arrow"])
+def test_columns_with_nothing_missing_read_as_protobuf_does(length: int, output: c.Output) -> None:
+    """Embeddings of one length (a matrix's rows), text and bytes with no value missing."""
     response = fs.BatchGetFeaturesResponse(entity_type="customer")
     for i in range(4):
-        value = vpb.Value(embedding_value=vpb.FloatVector(values=[i / 4] * length))
-        response.entities.add(entity_id=f"c{i}").features.add(name="f_embedding", value=value, status=fs.PRESENT)
-    fast, slow, read = _frames(response.SerializeToString(), "pandas", False, False, ["f_embedding"])
+        entity = response.entities.add(entity_id=f"c{i}")
+        values = {
+            "f_embedding": vpb.Value(embedding_value=vpb.FloatVector(values=[i / 4] * length)),
+            "f_string": vpb.Value(string_value=["", "é漢", "x" * 200, "y"][i]),
+            "f_bytes": vpb.Value(bytes_value=bytes(range(i))),
+        }
+        for name, value in values.items():
+            entity.features.add(name=name, value=value, status=fs.PRESENT)
+    fast, slow, read = _frames(
+        response.SerializeToString(), output, False, False, ["f_embedding", "f_string", "f_bytes"]
+    )
     assert read.reader == "numpy"
     _assert_same(fast, slow)
-    assert [row.tolist() for row in fast["f_embedding"]] == [[i / 4] * length for i in range(4)]
+    if output == "pandas":
+        assert [row.tolist() for row in fast["f_embedding"]] == [[i / 4] * length for i in range(4)]
+        assert fast["f_string"].tolist() == ["", "é漢", "x" * 200, "y"]
 
 
 def test_a_value_of_another_kind_is_missing() -> None:

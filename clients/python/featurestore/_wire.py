@@ -260,9 +260,12 @@ class BatchFrame:
         self.rows = rows = len(entities)
 
         ids = _single(np, level, _ENTITY_ID, 2)
-        entity_ids = [""] * rows
-        for i, s, e in zip(ids.msg.tolist(), ids.start.tolist(), ids.end.tolist(), strict=True):
-            entity_ids[i] = data[s:e].decode()
+        if ids.full:
+            entity_ids = [data[s:e].decode() for s, e in zip(ids.start.tolist(), ids.end.tolist(), strict=True)]
+        else:
+            entity_ids = [""] * rows
+            for i, s, e in zip(ids.msg.tolist(), ids.start.tolist(), ids.end.tolist(), strict=True):
+                entity_ids[i] = data[s:e].decode()
         self.first = Column("entity_id", "STRING", entity_ids)
 
         starts, ends = self._features(np, _parts(np, level, _FEATURES, 2), len(names))
@@ -417,6 +420,9 @@ class BatchFrame:
         rows = np.flatnonzero(ok)
         if value_type in ("STRING", "BYTES"):
             data, text = self.data, value_type == "STRING"
+            if len(rows) == n:  # none missing
+                spans = zip(start.tolist(), end.tolist(), strict=True)
+                return Column(name, value_type, [data[s:e].decode() if text else data[s:e] for s, e in spans])
             out: list[Any] = [None] * n
             for i, s, e in zip(rows.tolist(), start[rows].tolist(), end[rows].tolist(), strict=True):
                 out[i] = data[s:e].decode() if text else data[s:e]
@@ -454,13 +460,15 @@ class BatchFrame:
         if len(fields) > 1:
             raise Irregular("a list not packed in one piece")
         payload = _single(np, fields, 1, 2)
-        starts, ends = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=np.int64)
-        starts[payload.msg], ends[payload.msg] = payload.start, payload.end
+        starts, ends = payload.dense(np, payload.start, len(rows)), payload.dense(np, payload.end, len(rows))
         lengths = ends - starts
         dtype = np.dtype(_PACKED[value_type])
         if (lengths % dtype.itemsize).any():
             raise Irregular("a packed list of a partial element")
-        index = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        if len(rows) and (lengths == lengths[0]).all():  # embeddings: one length, a matrix of bytes
+            index = (starts[:, None] + np.arange(lengths[0])).ravel()
+        else:
+            index = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         flat = self.buf[index].view(dtype)
         if value_type == "BOOL_LIST":
             if (flat > 1).any():
