@@ -115,8 +115,7 @@ class _Stages:
 
     async def write_history(self) -> None:
         while (encoded := await self.to_history.get()) is not None:
-            for i in range(0, len(encoded.history), _HISTORY_BATCH):
-                await self.history.append_records(encoded.history[i : i + _HISTORY_BATCH])
+            await self.history.append_records(encoded.history)  # in COPYs of _HISTORY_BATCH rows
             await self.to_online.put(encoded)
         await self.to_online.put(None)
 
@@ -134,7 +133,7 @@ async def write_batches(config: SinkConfig, batches: Iterable[pa.RecordBatch]) -
     client = connect(config.redis_url, cluster=config.redis_cluster, connections=2, timeout=30.0)
     online = RedisOnlineStore(client, ttl_seconds=config.online_ttl)
     pool = await create_pool(config.postgres_dsn, min_size=1, max_size=2, command_timeout=300.0)
-    stages = _Stages(config, PostgresHistoryStore(pool, copy_rows=None), online)  # serves nothing: whole COPYs
+    stages = _Stages(config, PostgresHistoryStore(pool, copy_rows=_HISTORY_BATCH), online)
     try:
         async with asyncio.TaskGroup() as group:  # the first failure cancels the other stages
             group.create_task(stages.read(iter(batches)))

@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 
 import asyncpg
@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from server import _tracing, offline, online
 from server._metrics import REGISTRY, store_timer
-from server.core import HistoryRecord
+from server.core import HistoryRows
 
 _log = logging.getLogger(__name__)
 WRITER = "write_path"
@@ -43,13 +43,13 @@ class FreshnessTracker(Collector):
         self._dirty: dict[str, tuple[datetime, str]] = {}
         self._rows: list[offline.Freshness] = []
 
-    def note(self, rows: Sequence[HistoryRecord]) -> None:
+    def note(self, rows: HistoryRows) -> None:
         """Remember the newest event time of each feature in `rows` (written just now)."""
-        dirty = self._dirty
-        for row in rows:
-            old = dirty.get(row[2])
-            if old is None or row[3] > old[0]:
-                dirty[row[2]] = (row[3], row[0])
+        dirty, entity_type = self._dirty, rows.entity_type
+        for name, when in rows.newest().items():
+            old = dirty.get(name)
+            if old is None or when > old[0]:
+                dirty[name] = (when, entity_type)
 
     async def sync(self) -> None:
         """Upsert what was noted, then load the whole summary for the gauges."""
@@ -117,14 +117,14 @@ class NotingSink:
         self._history = history
         self._tracker = tracker
 
-    async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
+    async def append(self, rows: HistoryRows, timeout: float | None = None) -> None:
         attributes = functools.partial(_append_attributes, rows)
         with _tracing.StoreCall("postgresql history_append", attributes, _APPEND_SECONDS, _APPEND_ERRORS):
             await self._history.append(rows, timeout)
         self._tracker.note(rows)
 
 
-def _append_attributes(rows: Sequence[HistoryRecord]) -> dict[str, str | int]:
+def _append_attributes(rows: HistoryRows) -> dict[str, str | int]:
     return {"db.system": "postgresql", "db.operation": "COPY", "rows": len(rows)}
 
 

@@ -157,9 +157,45 @@ def test_fields_in_another_order_and_unknown_fields_are_read() -> None:
     assert fast["f_int"].tolist() == [-5, pd.NA, -5]
 
 
+@pytest.mark.parametrize("length", [8, 0])
+def test_lists_all_of_one_length_read_as_protobuf_does(length: int) -> None:
+    """Embeddings of one length and nothing missing take the pandas path for a matrix's rows."""
+    response = fs.BatchGetFeaturesResponse(entity_type="customer")
+    for i in range(4):
+        value = vpb.Value(embedding_value=vpb.FloatVector(values=[i / 4] * length))
+        response.entities.add(entity_id=f"c{i}").features.add(name="f_embedding", value=value, status=fs.PRESENT)
+    fast, slow, read = _frames(response.SerializeToString(), "pandas", False, False, ["f_embedding"])
+    assert read.reader == "numpy"
+    _assert_same(fast, slow)
+    assert [row.tolist() for row in fast["f_embedding"]] == [[i / 4] * length for i in range(4)]
+
+
+def test_a_value_of_another_kind_is_missing() -> None:
+    """A column's values are read one column at a time when all hold the same field; one of another
+    kind (a feature re-registered with another type) makes the reader walk every Value instead."""
+    entities = b""
+    for i in range(3):
+        value = vpb.Value(string_value="x") if i == 1 else vpb.Value(int64_value=i - 5)
+        feature = _field(1, b"f_int") + _field(2, value.SerializeToString()) + bytes([4 << 3, fs.PRESENT])
+        entities += _field(2, _field(1, f"e{i}".encode()) + _field(3, feature))
+    read = c.BytesFrame(_field(1, b"customer") + entities, ["f_int"], False, False)
+    frame = read.output({}, "pandas")
+    assert read.reader == "numpy"
+    assert str(frame["f_int"].dtype) == "Int64"
+    assert frame["f_int"].tolist() == [-5, pd.NA, -3]
+
+
 @pytest.mark.parametrize(
     "case",
-    ["unpacked list", "split packed list", "two values", "uneven entities", "big field number", "far timestamp"],
+    [
+        "unpacked list",
+        "split packed list",
+        "two values",
+        "a value of two fields",
+        "uneven entities",
+        "big field number",
+        "far timestamp",
+    ],
 )
 def test_forms_numpy_does_not_read_fall_back_to_protobuf(case: str) -> None:
     response = _response(3)
@@ -180,6 +216,10 @@ def test_forms_numpy_does_not_read_fall_back_to_protobuf(case: str) -> None:
     elif case == "two values":  # a singular field sent twice: the last one wins
         twice = _field(2, vpb.Value(int64_value=1).SerializeToString()) * 2
         body = _field(2, _field(1, b"u") + _field(3, _field(1, b"f_int") + twice + bytes([4 << 3, fs.PRESENT])))
+        names = ["f_int"]
+    elif case == "a value of two fields":  # a oneof set twice: the last one wins
+        twice = vpb.Value(int64_value=1).SerializeToString() + vpb.Value(int64_value=2).SerializeToString()
+        body = _field(2, _field(1, b"u") + _field(3, _field(1, b"f_int") + _field(2, twice) + bytes([4 << 3, 1])))
         names = ["f_int"]
     elif case == "uneven entities":
         del response.entities[1].features[-1]

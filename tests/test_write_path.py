@@ -328,3 +328,48 @@ def test_concurrent_appends_are_committed_together_and_each_returns_after_its_co
         "SELECT value FROM feature_history WHERE entity_type = 'grouped' AND entity_id = 'c7' AND feature_name = 'f0'",
     )
     assert bytes(row["value"]) == b"last"
+
+
+def test_history_rows_copied_as_built_are_the_rows_asyncpg_copies_from_records(
+    postgres_dsn: str, server: object
+) -> None:
+    """WriteBatch's binary COPY tuples store, byte for byte, what asyncpg's COPY of the same records stores."""
+    import asyncpg
+
+    from server.core import HISTORY_COLUMNS, WriteBatch
+    from server.core.postgres import create_pool
+    from server.offline import PostgresHistoryStore
+
+    rng = random.Random(5)
+    batch = WriteBatch("copied")
+    encoders = [codec.encoder(f"k_{kind}", kind) for kind in ("float_value", "int64_value", "string_value")]
+    records = []  # the same rows as asyncpg takes them, built apart
+    for i in range(300):
+        micros = rng.choice([0, -1, 946_684_800_000_000, 1_700_000_000_123_456]) + rng.randrange(10**12)
+        plain = [rng.uniform(-1e9, 1e9), rng.randrange(-(2**63), 2**63), "é" * rng.randrange(3000)]
+        batch.add_plain(f"e{i % 40}-ü", batch.event_time(micros), zip(encoders, plain, strict=True))
+        when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+        for encoder, x in zip(encoders, plain, strict=True):
+            proto, _, value = encoder.encode(x, codec.EventTime(micros))
+            records.append(("copied", f"e{i % 40}-ü", encoder.name, when, value, proto[codec.TIME_BYTES :]))
+    query = (
+        "SELECT entity_type, entity_id, feature_name, event_time, value, frame FROM {} WHERE entity_type = 'copied' "
+    )
+    order = "ORDER BY entity_id, feature_name, event_time"
+
+    async def go() -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        pool = await create_pool(postgres_dsn, min_size=1, max_size=2, command_timeout=30)
+        try:
+            await PostgresHistoryStore(pool).append(batch.history)
+            async with pool.acquire() as conn:
+                await conn.execute("CREATE TEMP TABLE by_asyncpg (LIKE feature_history INCLUDING DEFAULTS)")
+                await conn.copy_records_to_table("by_asyncpg", records=records, columns=list(HISTORY_COLUMNS))
+                return await conn.fetch(query.format("feature_history") + order), await conn.fetch(
+                    query.format("by_asyncpg") + order
+                )
+        finally:
+            await pool.close()
+
+    stored, by_asyncpg = asyncio.run(go())
+    assert len(stored) == len(records) == 900
+    assert stored == by_asyncpg

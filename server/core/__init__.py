@@ -5,6 +5,7 @@ and `server.core.errors` (domain errors and their gRPC statuses).
 """
 
 from server.core._caller import acting_as, caller_subject
+from server.core._copy import HISTORY_COLUMNS, HistoryRows, copy_data, copy_tuples
 from server.core._definitions import (
     AGGREGATION,
     AGGREGATIONS,
@@ -18,7 +19,7 @@ from server.core._definitions import (
 )
 from server.core._functions import EXAMPLE_COLUMNS, EXAMPLES, FUNCTIONS, ExpressionUse
 from server.core._limits import Limits
-from server.core._records import HistoryRecord, HistoryRow, KeyWrite, entity_key
+from server.core._records import HistoryRecord, HistoryRow, KeyWrite, entity_key, entity_keys
 from server.core._services import FEATURE_STORE_SERVICE, REGISTRY_SERVICE
 from server.core._streaming import (
     DEFAULT_EVENT_TIME,
@@ -42,6 +43,7 @@ from server.core._validation import (
     TIMESTAMP_MIN_SECONDS,
     VALUE_KINDS,
     entity_id_problem,
+    entity_ids_fine,
     entity_type_problem,
     identifier_problem,
     preview,
@@ -62,6 +64,7 @@ __all__ = [
     "FEATURE_STORE_SERVICE",
     "FILTER",
     "FUNCTIONS",
+    "HISTORY_COLUMNS",
     "NAME_MAX",
     "REGISTRY_SERVICE",
     "STREAM_AGGREGATIONS",
@@ -77,6 +80,7 @@ __all__ = [
     "ExpressionUse",
     "HistoryRecord",
     "HistoryRow",
+    "HistoryRows",
     "KeyWrite",
     "Limits",
     "Step",
@@ -87,9 +91,13 @@ __all__ = [
     "batch_stream_problems",
     "caller_subject",
     "computation_problems",
+    "copy_data",
+    "copy_tuples",
     "entity_field",
     "entity_id_problem",
+    "entity_ids_fine",
     "entity_key",
+    "entity_keys",
     "entity_type_problem",
     "expression_problem",
     "identifier_problem",

@@ -13,6 +13,12 @@ def entity_key(entity_type: str, entity_id: str) -> bytes:
     return b"f:" + entity_type.encode() + b":" + entity_id.encode()
 
 
+def entity_keys(entity_type: str, entity_ids: Sequence[str]) -> list[bytes]:
+    """`entity_key` of each id (the prefix made once)."""
+    prefix = entity_key(entity_type, "")
+    return [prefix + entity_id.encode() for entity_id in entity_ids]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyWrite:
     """The values to write into one entity's hash: (field, stored value) pairs.

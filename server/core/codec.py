@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
+from server.core._copy import copy_text, copy_time
 
 _BIAS = 1 << 63
 _TIME = struct.Struct(">Q")
@@ -160,15 +161,20 @@ _SCALAR_JSON: dict[str, Callable[[Any], str]] = {
 class EventTime:
     """What every value stored with one event time shares, prepared once (see ValueEncoder)."""
 
-    __slots__ = ("datetime", "json_tail", "key", "tail", "timestamp")
+    __slots__ = ("copy_time", "json_tail", "key", "micros", "tail", "timestamp")
 
     def __init__(self, micros: int) -> None:
         seconds, rest = divmod(micros, 1_000_000)
+        self.micros = micros
         self.timestamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1000)
         self.key = time_key(micros)
         self.tail = frame(_EVENT_TIME_TAG, timestamp_bytes(micros)) + _STATUS_TAG + varint(fs.PRESENT)
         self.json_tail = f'}},"event_time":"{self.timestamp.ToJsonString()}","status":"PRESENT"}}'.encode()
-        self.datetime = _EPOCH + timedelta(microseconds=micros)
+        self.copy_time = copy_time(micros)  # the history row's event_time in binary COPY
+
+    @property
+    def datetime(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self.micros)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -194,6 +200,7 @@ class ValueEncoder:
         self.name, self.kind = name, kind
         self.field = name.encode()  # the hash fields a writer hands the online store (see server.core.KeyWrite)
         self.json_field = self.field + JSON_FIELD_SUFFIX
+        self.copy_name = copy_text(name)  # the history row's feature_name in binary COPY
         self.at = EventTime(event_micros) if event_micros is not None else None
         self.event_time = self.at.timestamp if self.at is not None else None
         self._name = frame(_NAME_TAG, name.encode())

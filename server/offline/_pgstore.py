@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
-from server.core import HistoryRecord
+from server.core import HISTORY_COLUMNS, HistoryRecord, HistoryRows, copy_data, copy_tuples
 from server.core.errors import resource_exhausted
 from server.core.postgres import quote_ident, translated_postgres
 from server.offline._asof_sql import AS_OF_PAIRS, AS_OF_ROWS, row_cells
@@ -36,14 +37,17 @@ _log = logging.getLogger(__name__)
 _PARTITION_LOCK = 0x6869_7374  # "hist"
 _PREFIX = "feature_history_p"
 
-_COLUMNS = ["entity_type", "entity_id", "feature_name", "event_time", "value", "frame"]
+# The staging table numbers its rows in COPY order (`seq`), so of rows with one key the merge keeps the last.
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS history_staging (entity_type text, entity_id text, "
-    "feature_name text, event_time timestamptz, value bytea, frame bytea) ON COMMIT DELETE ROWS"
+    "feature_name text, event_time timestamptz, value bytea, frame bytea, "
+    "seq bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
 )
 _MERGE = (
     "INSERT INTO feature_history (entity_type, entity_id, feature_name, event_time, value, frame) "
-    "SELECT entity_type, entity_id, feature_name, event_time, value, frame FROM history_staging "
+    "SELECT DISTINCT ON (entity_type, entity_id, feature_name, event_time) "
+    "  entity_type, entity_id, feature_name, event_time, value, frame FROM history_staging "
+    "  ORDER BY entity_type, entity_id, feature_name, event_time, seq DESC "
     "ON CONFLICT (entity_type, entity_id, feature_name, event_time) "
     "DO UPDATE SET value = EXCLUDED.value, frame = EXCLUDED.frame, ingestion_time = now()"
 )
@@ -68,8 +72,8 @@ _PARTITIONS = (
     "WHERE i.inhparent = 'feature_history'::regclass"
 )
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
-_Pending = tuple[Sequence[HistoryRecord], set[date], "asyncio.Future[None]"]
-_CopyGroup = Callable[[Sequence[HistoryRecord], set[date]], Awaitable[None]]
+_Pending = tuple[Sequence[bytes], set[date], "asyncio.Future[None]"]  # COPY tuples, their months, the caller
+_CopyGroup = Callable[[Sequence[bytes], set[date]], Awaitable[None]]
 
 
 def _month(d: datetime | date) -> date:
@@ -109,10 +113,10 @@ class PostgresHistoryStore:
     (None: unbounded, for batch backfills); the partitions of the current and next
     months are created ahead of time by `maintain_partitions`. A method's `timeout` (what
     is left of the caller's deadline) shortens, never lengthens, `statement_timeout`.
-    A group's rows go in COPYs of at most `copy_rows` rows: asyncpg encodes a COPY's rows
-    without yielding to the event loop, so one COPY of a whole group would hold up every
-    read a serving process answers meanwhile (None: one COPY per group, ~15-25% faster,
-    for batch writers that serve nothing).
+    A group's rows go in COPYs of at most `copy_rows` rows (None: one COPY per group). Rows
+    arrive as binary COPY tuples (server.core.HistoryRows, built while the write is encoded;
+    records are turned into them on arrival), so a COPY joins and sends bytes: nothing is
+    encoded per row meanwhile.
     """
 
     def __init__(
@@ -124,7 +128,7 @@ class PostgresHistoryStore:
         statement_timeout: float | None = None,
         group_rows: int = 5_000,
         copies: int = 2,
-        copy_rows: int | None = 1_000,
+        copy_rows: int | None = None,
     ) -> None:
         self._pool = pool
         self._read_pool = read_pool or pool
@@ -135,26 +139,32 @@ class PostgresHistoryStore:
         self._copy_rows = copy_rows
         self._group = _GroupCommit(self._copy_group, group_rows, copies)
 
-    async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
-        """Store `rows`; re-appending the same (entity, feature, event time) replaces the value (the last wins)."""
-        await self.append_records(rows, timeout)
-
     @translated_postgres
-    async def append_records(self, records: Sequence[HistoryRecord], timeout: float | None = None) -> None:
-        """`append` for rows as tuples (a HistoryRow is one); returns once they are committed.
+    async def append(self, rows: HistoryRows | Sequence[HistoryRecord], timeout: float | None = None) -> None:
+        """Store `rows` (a WriteBatch's, or records: a HistoryRow is one); returns once they are
+        committed. Re-appending the same (entity, feature, event time) replaces the value (the last wins).
 
         `timeout`: seconds the caller waits (and the statements may take); past it the caller
         gets UNAVAILABLE, while its rows may still be committed with their group (a retry
         then changes nothing).
         """
-        if not records:
+        if not rows:
             return
+        if isinstance(rows, HistoryRows):
+            tuples, months = rows.tuples, rows.months()
+        else:
+            tuples, months = copy_tuples(rows), {_month(when) for when in {r[3] for r in rows}}
         timeout = self._within(timeout)
-        months = {_month(when) for when in {r[3] for r in records}}
         await self._ensure_partitions(months)  # this caller's own limit on new partitions
-        await self._group.append(records, months, timeout)
+        await self._group.append(tuples, months, timeout)
 
-    async def _copy_group(self, records: Sequence[HistoryRecord], months: set[date]) -> None:
+    async def append_records(
+        self, records: HistoryRows | Sequence[HistoryRecord], timeout: float | None = None
+    ) -> None:
+        """`append` (the pipelines' name for it)."""
+        await self.append(records, timeout)
+
+    async def _copy_group(self, records: Sequence[bytes], months: set[date]) -> None:
         timeout = self._statement_timeout
         try:
             await self._copy(records, months, timeout)
@@ -163,23 +173,20 @@ class PostgresHistoryStore:
             self._partitions_known = False
             await self._copy(records, months, timeout)
 
-    async def _copy(self, records: Sequence[HistoryRecord], months: set[date], timeout: float | None) -> None:
+    async def _copy(self, records: Sequence[bytes], months: set[date], timeout: float | None) -> None:
         await self._ensure_partitions(months, limited=False)  # the callers' limits were checked on arrival
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 async with conn.transaction():  # a savepoint: new rows take the fast path
                     for part in _parts(records, self._copy_rows):
-                        await conn.copy_records_to_table(
-                            "feature_history", records=part, columns=_COLUMNS, timeout=timeout
-                        )
+                        await _copy_in(conn, "feature_history", part, timeout)
                 return
             except asyncpg.UniqueViolationError:
                 pass
-            latest = list({r[:4]: r for r in records}.values())  # one row per key, the last one
             await conn.execute(_STAGING, timeout=timeout)
-            for part in _parts(latest, self._copy_rows):
-                await conn.copy_records_to_table("history_staging", records=part, columns=_COLUMNS, timeout=timeout)
-            await conn.execute(_MERGE, timeout=timeout)
+            for part in _parts(records, self._copy_rows):
+                await _copy_in(conn, "history_staging", part, timeout)
+            await conn.execute(_MERGE, timeout=timeout)  # one row per key, the last one
 
     async def _ensure_partitions(self, months: set[date], *, limited: bool = True) -> None:
         missing = months - self._partitions
@@ -309,7 +316,7 @@ class _GroupCommit:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._running: set[asyncio.Task[None]] = set()
 
-    async def append(self, records: Sequence[HistoryRecord], months: set[date], timeout: float | None) -> None:
+    async def append(self, records: Sequence[bytes], months: set[date], timeout: float | None) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieve)  # a caller past its timeout no longer looks at the outcome
         self._pending.append((records, months, done))
@@ -345,7 +352,16 @@ class _GroupCommit:
                         done.set_result(None)
 
 
-def _parts(records: Sequence[HistoryRecord], most: int | None) -> list[Sequence[HistoryRecord]]:
+async def _copy_in(conn: Any, table: str, tuples: Sequence[bytes], timeout: float | None) -> None:
+    """One binary COPY of `tuples` (see server.core.HistoryRows) into `table` (`conn`: a pool's connection)."""
+
+    async def data() -> AsyncIterator[bytes]:  # an iterable: bytes as they are would be taken for a path
+        yield copy_data(tuples)
+
+    await conn.copy_to_table(table, source=data(), columns=HISTORY_COLUMNS, format="binary", timeout=timeout)
+
+
+def _parts(records: Sequence[bytes], most: int | None) -> list[Sequence[bytes]]:
     """`records` in COPYs of at most `most` rows (None: one COPY)."""
     if most is None or len(records) <= most:
         return [records]

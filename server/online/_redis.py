@@ -36,7 +36,16 @@ more (100x10: 1.19 against 0.98 ms of server CPU, so those keep the script).
 The pieces are sent together: one round trip; they come back one after the
 other while Valkey works through the rest, and ``read_each`` hands each to the
 caller as it arrives (BatchGetFeatures frames its entities then, not after the
-last piece: 1,000 x 10, ~0.7 ms less latency, bench/README.md). Standalone servers are
+last piece: 1,000 x 10, ~0.7 ms less latency, bench/README.md). The pipelined
+pieces of one read share one connection: Valkey reads 16 KB of a connection
+(about one piece) per pass over its clients and answers at the end of the pass,
+so over one connection the pieces come back one by one, each framed while
+Valkey works on the next; spread over four, they came back four at a time and
+the last four were framed after Valkey was done (1,000 x 10: ~0.5 ms more).
+That connection is one of its own (``RespClient``'s ``large``), so other reads
+wait for about one piece of a large read, never for all of it (large reads
+queue behind each other: Valkey would run their pieces one after the other
+anyway). Standalone servers are
 reached through the pipelining client in ``_resp`` (requests of concurrent
 calls share a few connections). In a cluster (redis-py's cluster client) the
 keys are grouped by hash slot (a script may only touch one slot) and the
@@ -248,6 +257,10 @@ def stored_kind(stored: bytes) -> int:
     name's length and the name (field 1), 0x12 and a varint length (field 2, the Value),
     whose first byte is the tag of the member it holds.
     """
+    if stored[9] < 0x80 and stored[11] < 0x80:  # one-byte frame and name lengths: the usual case
+        pos = 12 + stored[11]
+        if stored[pos] == 0x12 and stored[pos + 1] < 0x80:
+            return stored[pos + 2] >> 3
     pos = _skip_varint(stored, TIME_BYTES + 1) + 1
     name_len, shift = 0, 0
     while True:
@@ -419,11 +432,18 @@ class _Standalone:
 
     async def read_each(self, keys: Sequence[bytes], fields: Sequence[bytes], each: Each[R]) -> list[R]:
         per_call = max(1, self._chunk_values // max(1, len(fields)))
-        many = len(keys) > per_call and len(keys) * len(fields) > SCRIPT_READ_VALUES
-        piece = self._read_pipelined if many else self._read_script
+        if len(keys) > per_call and len(keys) * len(fields) > SCRIPT_READ_VALUES:
+            connection = self._client.large_connection()  # every piece over one: see "Round trips" above
+
+            def piece(keys: Sequence[bytes]) -> Awaitable[list[bytes | None]]:
+                return self._read_pipelined(keys, fields, connection)
+        else:
+
+            def piece(keys: Sequence[bytes]) -> Awaitable[list[bytes | None]]:
+                return self._read_script(keys, fields)
 
         async def then(first: int) -> R:
-            return each(first, await piece(keys[first : first + per_call], fields))
+            return each(first, await piece(keys[first : first + per_call]))
 
         return await _all([then(first) for first in range(0, len(keys), per_call)])
 
@@ -434,12 +454,14 @@ class _Standalone:
         except TimeoutError:
             raise _timed_out(self._client, "read", len(keys) * len(fields)) from None
 
-    async def _read_pipelined(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[bytes | None]:
+    async def _read_pipelined(
+        self, keys: Sequence[bytes], fields: Sequence[bytes], connection: int
+    ) -> list[bytes | None]:
         """A piece of a large read: one HMGET per key, pipelined in one write; the values key by key."""
         head, tail = _hmget_parts(tuple(fields))
         packed = b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys])
         try:
-            replies = await self._client.execute_many(packed, len(keys))
+            replies = await self._client.execute_many(packed, len(keys), connection)
         except TimeoutError:
             raise _timed_out(self._client, "read", len(keys) * len(fields)) from None
         return list(itertools.chain.from_iterable(replies))

@@ -14,12 +14,13 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2
 from server._rpc import Undecodable
 from server.core import (
-    HistoryRecord,
+    HistoryRows,
     KeyWrite,
     Limits,
     WriteBatch,
     codec,
     entity_id_problem,
+    entity_ids_fine,
     entity_type_problem,
     timestamp_problem,
 )
@@ -49,6 +50,8 @@ def check_read(entity_type: str, entity_ids: Sequence[str], n_features: int, lim
         problem = f"asks for {len(entity_ids)} entities x {n_features} features; the limit is {limits.max_values}"
         violations.append(FieldViolation("entity_ids", problem))
     _raise_if(violations)
+    if entity_ids_fine(entity_ids):
+        return
     for i, entity_id in enumerate(entity_ids):
         violations += entity_id_problem(f"entity_ids[{i}]" if batch else "entity_id", entity_id)
         if len(violations) >= MAX_VIOLATIONS:
@@ -66,7 +69,7 @@ class EncodedWrite:
     """A validated write: the online hash fields and the history rows of the same values."""
 
     online: list[KeyWrite]
-    history: list[HistoryRecord]
+    history: HistoryRows
     values: int
 
 

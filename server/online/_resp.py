@@ -19,7 +19,10 @@ translate both to UNAVAILABLE.
 
 Bulk work (the online store's write chunks) goes over connections of its own
 (`bulk` of them), so a read never waits in a connection's reply order behind
-writes: it waits at most for the one command Valkey is running.
+writes: it waits at most for the one command Valkey is running. The pieces of
+a large read go over one connection of their own (`large`), for the same reason:
+other reads wait for about one piece of it (Valkey takes ~16 KB of commands
+from each connection per pass), not for all of it.
 """
 
 from __future__ import annotations
@@ -179,8 +182,11 @@ class _Connection(asyncio.Protocol):
 class RespClient:
     """Requests over `size` shared connections to one Redis server."""
 
-    def __init__(self, url: str, *, size: int = 4, timeout: float = 0.5, bulk: int = 1, stall: float = 0.0) -> None:
-        """`size` connections for requests, `bulk` more for bulk work; `timeout`: seconds per request.
+    def __init__(
+        self, url: str, *, size: int = 4, timeout: float = 0.5, bulk: int = 1, large: int = 1, stall: float = 0.0
+    ) -> None:
+        """`size` connections for requests, `bulk` more for bulk work, `large` more for large reads'
+        pipelined pieces (see `large_connection`); `timeout`: seconds per request.
 
         `stall`: seconds a connection may stay silent while requests wait before it is closed
         (0: four timeouts, at least 2 s).
@@ -199,10 +205,11 @@ class RespClient:
             self._setup.append(("SELECT", db))
         self._timeout = timeout
         self._stall = stall or max(4 * timeout, 2.0)
-        self._slots: list[_Connection | None] = [None] * (size + bulk)
-        self._dialing: list[asyncio.Future[_Connection] | None] = [None] * (size + bulk)
+        self._slots: list[_Connection | None] = [None] * (size + bulk + large)
+        self._dialing: list[asyncio.Future[_Connection] | None] = [None] * (size + bulk + large)
         self._next = itertools.cycle(range(size)).__next__
         self._next_bulk = itertools.cycle(range(size, size + bulk)).__next__ if bulk else self._next
+        self._next_large = itertools.cycle(range(size + bulk, size + bulk + large)).__next__ if large else self._next
         self._sweeper: asyncio.Task[None] | None = None
 
     async def execute(self, *args: Any) -> Any:
@@ -233,9 +240,17 @@ class RespClient:
             raise reply
         return reply
 
-    async def execute_many(self, packed: bytes, count: int) -> list[Any]:
-        """Send `count` packed commands in one write and return their replies (ReplyError for the first error)."""
-        slot = self._next()
+    def large_connection(self) -> int:
+        """A connection for the pieces of one large read (`execute_many`): one of the `large` ones, so
+        that other requests never wait in its reply order behind a large read."""
+        return self._next_large()
+
+    async def execute_many(self, packed: bytes, count: int, connection: int | None = None) -> list[Any]:
+        """Send `count` packed commands in one write and return their replies (ReplyError for the first error).
+
+        `connection` (from `large_connection()`): send them over that one, else over the next in turn.
+        """
+        slot = self._next() if connection is None else connection
         conn = self._slots[slot]
         if conn is None or conn.lost:
             conn = await self._connect(slot)

@@ -17,7 +17,7 @@ from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from server import _metrics
 from server._metrics import REQUEST_ENTITIES, REQUEST_FEATURES
 from server._rpc import parsed, rpc, stream_unary, unary_unary
-from server.core import Limits, codec, entity_key
+from server.core import Limits, codec, entity_keys
 from server.core.errors import resource_exhausted
 from server.online._catalog import Catalog, Plan
 from server.online._requests import EncodedWrite, RowsEncoding, check_read, features_allowed
@@ -64,7 +64,7 @@ class OnlineServicer:
         return plan
 
     async def _read(self, entity_type: str, entity_ids: Sequence[str], fields: Sequence[bytes]) -> list[bytes | None]:
-        return await self._store.read([entity_key(entity_type, e) for e in entity_ids], fields)
+        return await self._store.read(entity_keys(entity_type, entity_ids), fields)
 
     @rpc
     async def GetFeatures(self, request: fs.GetFeaturesRequest, context: Context) -> bytes:
@@ -106,7 +106,7 @@ class OnlineServicer:
                 ids = entity_ids[first : first + len(stored) // width]
                 return codec.assemble_batch(ids, stored, not_found, cutoffs, expired)
 
-            keys = [entity_key(entity_type, e) for e in entity_ids]
+            keys = entity_keys(entity_type, entity_ids)
             for piece in await self._store.read_each(keys, plan.fields, framed):
                 parts += piece
             if _metrics.enabled:
@@ -132,7 +132,7 @@ class OnlineServicer:
                     out.append(b'{"entity_id":' + codec.json_string(entity_id) + b',"features":[' + values + b"]}")
                 return out
 
-            keys = [entity_key(entity_type, e) for e in entity_ids]
+            keys = entity_keys(entity_type, entity_ids)
             for piece in await self._store.read_each(keys, plan.json_fields, rendered):
                 entities += piece
             if _metrics.enabled:

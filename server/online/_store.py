@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from server.core import HistoryRecord, KeyWrite
+from server.core import HistoryRows, KeyWrite
 
 R = TypeVar("R")
 
@@ -32,6 +32,6 @@ class OnlineStore(Protocol):
 class HistorySink(Protocol):
     """Where written values are also appended, for history (the offline store)."""
 
-    async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
+    async def append(self, rows: HistoryRows, timeout: float | None = None) -> None:
         """Append `rows`; `timeout`: seconds the caller has left (None: the store's own limit)."""
         ...

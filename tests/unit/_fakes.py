@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from server.core import HistoryRecord, HistoryRow, KeyWrite
+from server.core import HistoryRow, HistoryRows, KeyWrite
 from server.core.codec import TIME_BYTES
 from server.core.errors import ServiceError, already_exists, not_found
 from server.online._redis import stored_kind, value_field
@@ -219,9 +219,9 @@ class FakeHistory:
         self.rows: list[HistoryRow] = []
         self.calls = calls if calls is not None else []
 
-    async def append(self, rows: Sequence[HistoryRecord], timeout: float | None = None) -> None:
+    async def append(self, rows: HistoryRows, timeout: float | None = None) -> None:
         self.calls.append("append")
-        self.rows += map(HistoryRow._make, rows)
+        self.rows += map(HistoryRow._make, rows.records())
 
 
 class Aborted(Exception):

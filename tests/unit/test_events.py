@@ -36,7 +36,11 @@ _ANY_VALUE = st.one_of(
 _GOOD = st.fixed_dictionaries(
     {
         "customer_id": st.text(min_size=1, max_size=12),
-        "amount": st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**40), 2**40)),
+        # -0.0 is left to the event-by-event parser on purpose (see _arrow_batch): not "well formed" here
+        "amount": st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: x != 0 or str(x) == "0.0"),
+            st.integers(-(2**40), 2**40),
+        ),
         "quantity": st.integers(min_value=-(2**63), max_value=2**63 - 1),
         "gift": st.booleans(),
         "event_time": st.sampled_from(["2026-11-30T10:00:00+00:00", "2026-11-30T10:00:00.5Z", "2026-01-01"]),

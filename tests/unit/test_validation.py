@@ -6,6 +6,8 @@ from datetime import timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server import core
 from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
@@ -68,6 +70,15 @@ def test_entity_ids_are_one_to_256_bytes_without_nul(entity_id: str, problem: st
 @pytest.mark.parametrize("entity_id", ["c1", "e" * 256, "ü" * 128, "with spaces and : colons", "🙂"])
 def test_any_other_text_is_an_entity_id(entity_id: str) -> None:
     assert core.entity_id_problem("entity_id", entity_id) == []
+
+
+_IDS = ["c1", "e" * 256, "ü" * 128, "🙂" * 64, "", "é" * 129, "🙂" * 65, "a\x00b", "e" * 257]
+
+
+@given(st.lists(st.one_of(st.sampled_from(_IDS), st.text(max_size=70)), max_size=8))
+def test_a_batch_of_ids_is_fine_exactly_when_each_is(entity_ids: list[str]) -> None:
+    # entity_ids_fine is the fast check of a batch read's ids: it must agree with entity_id_problem.
+    assert core.entity_ids_fine(entity_ids) == all(not core.entity_id_problem("e", e) for e in entity_ids)
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from featurestore.serving.v1 import feature_store_service_pb2 as fs
 from featurestore.serving.v1 import value_pb2 as vpb
-from server.core import KeyWrite, Limits, WriteBatch, codec, entity_key
+from server.core import HistoryRecord, KeyWrite, Limits, WriteBatch, codec, copy_tuples, entity_key
+from server.core._copy import decode_tuples
 from server.core.errors import ServiceError
 from server.online import Catalog
+from server.online._redis import stored_kind
 from server.online._requests import encode_rows
 from server.online._wire import WireWriteRequest
 from server.registry import Feature
@@ -28,7 +32,7 @@ def test_a_row_is_one_key_write_with_both_forms_and_a_history_record_per_value()
     assert batch.online() == [
         KeyWrite(entity_key("customer", "c1"), [(b"x", x_proto), (b"x:j", x_json), (b"s", s_proto), (b"s:j", s_json)])
     ]
-    assert batch.history == [
+    assert batch.history.records() == [
         ("customer", "c1", "x", at.datetime, x_value, x_proto[codec.TIME_BYTES :]),
         ("customer", "c1", "s", at.datetime, s_value, s_proto[codec.TIME_BYTES :]),
     ]
@@ -40,9 +44,9 @@ def test_plain_values_give_the_same_writes_as_value_messages_and_none_is_no_valu
     at = by_message.event_time(5)
     by_message.add("e", at, [(X, vpb.Value(int64_value=-3))])
     by_plain.add_plain("e", by_plain.event_time(5), [(X, -3), (S, None)])
-    assert (by_plain.online(), by_plain.history, by_plain.values) == (
+    assert (by_plain.online(), by_plain.history.tuples, by_plain.values) == (
         by_message.online(),
-        by_message.history,
+        by_message.history.tuples,
         by_message.values,
     )
 
@@ -96,7 +100,7 @@ def test_columns_give_the_same_writes_as_plain_rows_for_every_kind(
     for i, entity_id in enumerate(ids):
         plain.add_plain(entity_id, times[0] if one_time else times[i], [(x, xs[i]), (y, ys[i])])
     assert columnar.online() == plain.online()
-    assert columnar.history == plain.history
+    assert columnar.history.tuples == plain.history.tuples
     assert columnar.values == plain.values
     stored = x.encode_many(xs, times)
     assert stored == [None if v is None else x.encode(v, at) for v, at in zip(xs, times, strict=True)]
@@ -218,9 +222,9 @@ def test_a_write_request_read_as_bytes_gives_the_writes_its_value_messages_give(
         want.add(row.entity_id, want.event_time(codec.micros_of(row.event_time)), values)
     sent = WireWriteRequest.FromString(request.SerializeToString())  # as the server parses it
     got = encode_rows(_catalog(), "t", sent.rows, Limits(max_values=1_000), now_seconds=2e9)
-    assert (got.online, got.history, got.values) == (want.online(), want.history, want.values)
+    assert (got.online, got.history.tuples, got.values) == (want.online(), want.history.tuples, want.values)
     again = encode_rows(_catalog(), "t", as_messages.rows, Limits(max_values=1_000), now_seconds=2e9)  # in-process
-    assert (again.online, again.history) == (got.online, got.history)
+    assert (again.online, again.history.tuples) == (got.online, got.history.tuples)
 
 
 def test_a_value_of_another_kind_or_feature_is_named_and_a_malformed_one_fails_the_request() -> None:
@@ -238,3 +242,46 @@ def test_a_value_of_another_kind_or_feature_is_named_and_a_malformed_one_fails_t
         encode_rows(_catalog(), "t", request.rows, Limits(max_values=1_000), now_seconds=2e9)
     assert [v.field for v in info.value.violations] == ["request"]
     assert "is not a valid featurestore.serving.v1.WriteFeaturesRequest" in info.value.violations[0].description
+
+
+_RECORDS = st.tuples(
+    st.text(max_size=20),
+    st.text(max_size=20),
+    st.text(max_size=20),
+    st.datetimes(timezones=st.just(UTC)),
+    st.binary(max_size=5000),
+    st.binary(max_size=20),
+)
+
+
+@given(st.lists(_RECORDS, max_size=5))
+def test_history_tuples_decode_to_their_records(records: list[HistoryRecord]) -> None:
+    """A record's binary COPY tuple holds its fields (lengths past 4 KiB, times before 1970 and 2000)."""
+    assert decode_tuples(copy_tuples(records)) == records
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "é"]), _TIMES, st.none() | _KIND_VALUES["string_value"]), max_size=6))
+def test_a_batch_builds_the_tuples_of_its_records(rows: list[tuple[str, int, str | None]]) -> None:
+    """WriteBatch's tuples, built from prepared parts, are those of its records built one by one."""
+    batch = WriteBatch("t")
+    for entity_id, micros, text in rows:
+        batch.add_plain(entity_id, batch.event_time(micros), [(S, text), (X, micros)])
+    records = batch.history.records()
+    assert batch.history.tuples == copy_tuples(records)
+    assert [(r[1], r[2], r[4]) for r in records] == [
+        (e, name, enc.encode(v, codec.EventTime(m))[2])
+        for e, m, text in rows
+        for name, enc, v in (("s", S, text), ("x", X, m))
+        if v is not None
+    ]
+    assert batch.history.months() == {datetime(r[3].year, r[3].month, 1, tzinfo=UTC).date() for r in records}
+
+
+@given(st.data(), st.sampled_from(sorted(_KIND_VALUES)), st.integers(1, 300), _TIMES)
+def test_the_online_store_reads_the_kind_a_stored_form_holds(
+    data: st.DataObject, kind: str, name_length: int, micros: int
+) -> None:
+    """stored_kind, short frames and names (its fast path) or long ones."""
+    encoder = codec.encoder("n" * name_length, kind)
+    proto, _, _ = encoder.encode(data.draw(_KIND_VALUES[kind]), codec.EventTime(micros))
+    assert stored_kind(proto) == vpb.Value.DESCRIPTOR.fields_by_name[kind].number

@@ -211,8 +211,12 @@ def _pandas_dense(value_type: str | None, dense: Dense) -> Any:
         ns = np.array(data, dtype=np.int64)
         ns[missing] = _NAT
         return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
+    n = len(missing)
+    if n and not missing.any() and len(data) % n == 0 and (np.diff(dense.offsets) == len(data) // n).all():
+        # Every row a list of the same length (embeddings): the rows of a matrix, iterated in C.
+        return np.fromiter(data.reshape(n, len(data) // n), dtype=object, count=n)
     offsets = dense.offsets.tolist()
-    out = np.empty(len(missing), dtype=object)
+    out = np.empty(n, dtype=object)
     for i, gone in enumerate(missing.tolist()):
         out[i] = None if gone else data[offsets[i] : offsets[i + 1]]
     return out

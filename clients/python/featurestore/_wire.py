@@ -6,7 +6,11 @@ Here the fields of every message of one level are read together: one numpy step 
 first field of every message, the next step the second field, and so on. The cost grows with
 the number of fields of a message (a FeatureValue has four), not with the number of values.
 The top level (one message holding the repeated entities) is split by protobuf itself, into
-the entities' bytes, through a private message type with the same field numbers.
+the entities' bytes, through a private message type with the same field numbers. The Values
+(one field each, the oneof) are read a column at a time: when a column's all hold the same
+field, one step over the column's rows; else every Value in one walk. Event times are read
+only when asked for, and a field every message holds in the same place is used as read, not
+scattered into a new array.
 
 This reader only takes what the protobuf encoding spec allows and what it can check: fields
 in any order, unknown fields skipped, lists packed in one piece. Anything else it meets
@@ -37,6 +41,11 @@ _STATUS_NAMES = [None, "PRESENT", "NOT_FOUND", "EXPIRED"]
 _PACKED = {"FLOAT_LIST": "<f8", "EMBEDDING": "<f4", "BOOL_LIST": "u1"}
 _MAX_SECONDS = 9_223_372_035  # the last whole second that nanoseconds since the epoch hold in an int64
 _PAD = 16  # zero bytes after the data, so that reading 10 bytes at any position inside it is safe
+# The wire type of each Value field (FLOAT: a double; INT64, BOOL: varints; the others length-delimited).
+_KIND_WIRE = {
+    f.number: {f.TYPE_DOUBLE: 1, f.TYPE_INT64: 0, f.TYPE_BOOL: 0}.get(f.type, 2)
+    for f in value_pb2.Value.DESCRIPTOR.oneofs_by_name["kind"].fields
+}
 
 
 class Irregular(Exception):
@@ -68,7 +77,8 @@ class _Step(NamedTuple):
 
     `msg`: the messages' indexes; `tag`: the tag when every one has the same, else -1 and
     `tags` per message; `start`/`end`: each payload (for a length-delimited field after its
-    length, for a varint the varint itself); `varint`: its value as uint64 (0 for others).
+    length, for a varint the varint itself); `varint`: its value as uint64 (0 for others);
+    `full`: every message has an n-th field (`msg` is 0, 1, ... of all of them).
     """
 
     msg: Any
@@ -77,15 +87,26 @@ class _Step(NamedTuple):
     start: Any
     end: Any
     varint: Any
+    full: bool
 
 
 class _Field(NamedTuple):
-    """One field number's occurrences over many messages: message index, payload, varint."""
+    """One field number's occurrences over many messages: message index, payload, varint;
+    `full`: once in every message, in message order (`msg` is 0, 1, ...)."""
 
     msg: Any
     start: Any
     end: Any
     varint: Any
+    full: bool = False
+
+    def dense(self, np: Any, values: Any, n: int) -> Any:
+        """`values` (one per occurrence) by message: 0 where a message has none."""
+        if self.full:
+            return values
+        out = np.zeros(n, dtype=values.dtype)
+        out[self.msg] = values
+        return out
 
 
 def _walk(np: Any, buf: Any, starts: Any, ends: Any) -> list[_Step]:
@@ -93,12 +114,13 @@ def _walk(np: Any, buf: Any, starts: Any, ends: Any) -> list[_Step]:
     msg = np.arange(len(starts))
     pos, end = starts, ends
     steps: list[_Step] = []
+    full = True
     while True:
         live = pos < end
         if not live.all():
             if (pos > end).any():
                 raise Irregular("a field runs past its message")
-            msg, pos, end = msg[live], pos[live], end[live]
+            msg, pos, end, full = msg[live], pos[live], end[live], False
         if not len(msg):
             return steps
         tags = buf[pos]
@@ -118,16 +140,16 @@ def _walk(np: Any, buf: Any, starts: Any, ends: Any) -> list[_Step]:
                 varint, start, stop = None, pos, pos + (8 if wire == 1 else 4)
             else:
                 raise Irregular("a group or an unknown wire type")
-            step = _Step(msg, first, None, start, stop, varint)
+            step = _Step(msg, first, None, start, stop, varint, full)
         else:
-            step = _mixed(np, buf, msg, tags, pos)
+            step = _mixed(np, buf, msg, tags, pos, full)
         if (step.end > end).any():
             raise Irregular("a field runs past its message")
         steps.append(step)
         pos = step.end
 
 
-def _mixed(np: Any, buf: Any, msg: Any, tags: Any, pos: Any) -> _Step:
+def _mixed(np: Any, buf: Any, msg: Any, tags: Any, pos: Any, full: bool) -> _Step:
     """A step whose messages have different tags here."""
     if (tags >= 0x80).any():
         raise Irregular("a field number above 15")
@@ -145,7 +167,7 @@ def _mixed(np: Any, buf: Any, msg: Any, tags: Any, pos: Any) -> _Step:
     start = np.where(delimited, after, pos)
     stop = np.where(delimited, after + varint.astype(np.int64), after)
     stop = np.where(wire == 1, pos + 8, np.where(wire == 5, pos + 4, stop))
-    return _Step(msg, -1, tags, start, stop, varint)
+    return _Step(msg, -1, tags, start, stop, varint, full)
 
 
 def _parts(np: Any, steps: list[_Step], number: int, wire: int) -> list[_Field]:
@@ -158,7 +180,7 @@ def _parts(np: Any, steps: list[_Step], number: int, wire: int) -> list[_Field]:
             if step.tag & 7 != wire:
                 raise Irregular(f"field {number} of an unexpected wire type")
             varint = step.varint if step.varint is not None else np.zeros(len(step.msg), dtype=np.uint64)
-            parts.append(_Field(step.msg, step.start, step.end, varint))
+            parts.append(_Field(step.msg, step.start, step.end, varint, step.full))
             continue
         rows = np.flatnonzero((step.tags >> 3) == number)
         if not len(rows):
@@ -177,7 +199,9 @@ def _single(np: Any, steps: list[_Step], number: int, wire: int) -> _Field:
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return _Field(empty, empty, empty, empty.astype(np.uint64))
-    field = _Field(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+    field = _Field(
+        *(np.concatenate([getattr(part, name) for part in parts]) for name in ("msg", "start", "end", "varint"))
+    )
     if np.bincount(field.msg).max() > 1:
         raise Irregular(f"field {number} sent twice")
     return field
@@ -205,6 +229,17 @@ def _varints(np: Any, buf: Any, pos: Any) -> tuple[Any, Any]:
     raise Irregular("a varint longer than 10 bytes")
 
 
+class _Values(NamedTuple):
+    """A column's Values, each one field: its number (`kind`, 0 for no value), wire type (one for
+    the column, or one per row), payload and varint (as in _Step)."""
+
+    kind: Any
+    wire: Any
+    start: Any
+    end: Any
+    varint: Any
+
+
 class BatchFrame:
     """A BatchGetFeatures response read into arrays; `output` builds the frame once the types are known.
 
@@ -215,6 +250,7 @@ class BatchFrame:
         import numpy as np
 
         self.include_status, self.include_event_time = include_status, include_event_time
+        self._walked: list[_Values] | None = None
         entities = list(_ENTITIES_AS_BYTES.FromString(body).entities)
         lengths = np.fromiter(map(len, entities), dtype=np.int64, count=len(entities))
         data = b"".join(entities) + bytes(_PAD)
@@ -230,46 +266,84 @@ class BatchFrame:
         self.first = Column("entity_id", "STRING", entity_ids)
 
         starts, ends = self._features(np, _parts(np, level, _FEATURES, 2), len(names))
-        width = self.width
         fv = _walk(np, self.buf, starts, ends)
         n = len(starts)
         self.names = self._names(np, fv, names)
         status = _single(np, fv, _STATUS, 0)
-        self.status = np.zeros(n, dtype=np.uint64)
-        self.status[status.msg] = status.varint
-        times = _single(np, fv, _EVENT_TIME, 2)
-        self.has_time = np.zeros(n, dtype=bool)
-        self.has_time[times.msg] = True
-        self.time_start, self.time_end = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        self.time_start[times.msg], self.time_end[times.msg] = times.start, times.end
+        self.status = status.dense(np, status.varint, n)
+        if include_event_time:
+            times = _single(np, fv, _EVENT_TIME, 2)
+            self.has_time = times.dense(np, np.ones(len(times.msg), dtype=bool), n)
+            self.time_start, self.time_end = times.dense(np, times.start, n), times.dense(np, times.end, n)
+        value = _single(np, fv, _VALUE, 2)  # no value: an empty payload at 0
+        self.value_start, self.value_end = value.dense(np, value.start, n), value.dense(np, value.end, n)
+        # Each Value holds one field (the oneof): its number, wire type, payload and varint, column by column.
+        self.values = [self._values(np, j) for j in range(len(self.names))]
+        self.types: dict[str, str | None] = {}
+        for name, column in zip(self.names, self.values, strict=True):
+            seen = np.flatnonzero(column.kind)
+            self.types[name] = _KIND_OF_NUMBER[int(column.kind[seen[0]])] if len(seen) else None
+        self.missing = [name for name, vt in self.types.items() if vt is None]
 
-        # Each Value holds one field (the oneof): its number, wire type, payload and varint, by FeatureValue.
-        value = _single(np, fv, _VALUE, 2)
-        self.value_start, self.value_end = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        self.value_start[value.msg], self.value_end[value.msg] = value.start, value.end
-        self.kind = np.zeros(n, dtype=np.int64)
-        self.wire = np.zeros(n, dtype=np.int64)
-        self.start, self.end = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        self.varint = np.zeros(n, dtype=np.uint64)
-        kinds = _walk(np, self.buf, value.start, value.end)
+    def _values(self, np: Any, j: int) -> _Values:
+        """Column j's Values. When they all hold the same field, one step over the column; else
+        (another kind, a Value of two fields: rare) every column's from one walk of all Values."""
+        if self._walked is not None:
+            return self._walked[j]
+        width, buf = self.width, self.buf
+        vs, ve = self.value_start[j::width], self.value_end[j::width]
+        has = ve > vs
+        if not has.any():
+            zeros = np.zeros(self.rows, dtype=np.int64)
+            return _Values(zeros, 0, zeros, zeros, zeros.view(np.uint64))
+        at = np.where(has, vs, len(self.data) - _PAD)  # no value: a zero byte (a varint 0) of the padding
+        tags = buf[at]
+        tag = int(tags[int(np.argmax(has))])
+        kind, wire = tag >> 3, tag & 7
+        if tag >= 0x80 or _KIND_WIRE.get(kind) != wire or not ((tags == tag) | ~has).all():
+            return self._walk_values(np)[j]
+        pos = at + 1
+        varint = None
+        if wire == 1:
+            start, end = pos, pos + 8
+        elif wire == 0:
+            varint, end = _varints(np, buf, pos)
+            start = pos
+        else:
+            length, start = _varints(np, buf, pos)
+            if (length > len(buf)).any():
+                raise Irregular("a length past the data")
+            end = start + length.astype(np.int64)
+        if not ((end == ve) | ~has).all():  # more than the one field
+            return self._walk_values(np)[j]
+        if varint is None:
+            varint = np.zeros(self.rows, dtype=np.uint64)
+        return _Values(np.where(has, kind, 0), wire, start, end, varint)
+
+    def _walk_values(self, np: Any) -> list[_Values]:
+        """Every column's Values from one walk of all of them (Irregular for a Value of two fields)."""
+        n = len(self.value_start)
+        kind, wire = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        start, end = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        varint = np.zeros(n, dtype=np.uint64)
+        present = np.flatnonzero(self.value_end > self.value_start)
+        kinds = _walk(np, self.buf, self.value_start[present], self.value_end[present])
         if len(kinds) > 1:
             raise Irregular("a Value with more than one field")
         for step in kinds:
-            at = value.msg[step.msg]
+            at = present[step.msg]
             tags = step.tags if step.tag < 0 else np.full(len(at), step.tag)
-            self.kind[at], self.wire[at] = tags >> 3, tags & 7
-            self.start[at], self.end[at] = step.start, step.end
+            kind[at], wire[at] = tags >> 3, tags & 7
+            start[at], end[at] = step.start, step.end
             if step.varint is not None:
-                self.varint[at] = step.varint
-        if (self.kind > 11).any():
+                varint[at] = step.varint
+        if (kind > 11).any():
             raise Irregular("a Value field this client does not know")
-
-        self.types: dict[str, str | None] = {}
-        for j, name in enumerate(self.names):
-            column = self.kind[j::width]
-            seen = np.flatnonzero(column)
-            self.types[name] = _KIND_OF_NUMBER[int(column[seen[0]])] if len(seen) else None
-        self.missing = [name for name, vt in self.types.items() if vt is None]
+        w = self.width
+        self._walked = [
+            _Values(kind[j::w], wire[j::w], start[j::w], end[j::w], varint[j::w]) for j in range(len(self.names))
+        ]
+        return self._walked
 
     def _features(self, np: Any, parts: list[_Field], asked: int) -> tuple[Any, Any]:
         """Every entity's FeatureValues' payloads, entity by entity in wire order (all entities have `width`)."""
@@ -325,18 +399,19 @@ class BatchFrame:
             return Column(name, None, [None] * n)
         number = _KIND_NUMBERS[TYPE_KINDS[value_type]]
         status = self.status[j::width]
-        ok = (self.kind[j::width] == number) & ((status == _HAS_VALUE[0]) | (status == _HAS_VALUE[1]))
+        values = self.values[j]
+        ok = (values.kind == number) & ((status == _HAS_VALUE[0]) | (status == _HAS_VALUE[1]))
         missing = ~ok
-        start, end = self.start[j::width], self.end[j::width]
+        start, end = values.start, values.end
         expected = {"FLOAT": 1, "INT64": 0, "BOOL": 0}.get(value_type, 2)
-        if (self.wire[j::width][ok] != expected).any():
+        if ((values.wire != expected) & ok).any():
             raise Irregular(f"{value_type} values of an unexpected wire type")
         if value_type == "FLOAT":
             at = np.where(ok, start, 0)
             data = self.buf[at[:, None] + np.arange(8)].view("<f8").reshape(n)
             return Column(name, value_type, [], Dense(data, missing))
         if value_type in ("INT64", "BOOL"):
-            raw = np.where(ok, self.varint[j::width], 0)
+            raw = np.where(ok, values.varint, 0)
             data = raw.view(np.int64) if value_type == "INT64" else raw != 0
             return Column(name, value_type, [], Dense(data, missing))
         rows = np.flatnonzero(ok)
