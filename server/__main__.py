@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from server._app import migrate_only, start
@@ -100,8 +101,11 @@ class _Supervisor:
         return [*self._cmd, *role, "--metrics-port", str(port)]
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        # A write worker gets a session of its own: see _enter_write_group.
-        worker = subprocess.Popen(self._args(index), start_new_session=index >= self._serving)
+        if index >= self._serving:  # a session of its own (see _enter_write_group); it stops when this process dies
+            # preexec_fn: this process runs no threads (gRPC runs in the workers only)
+            worker = subprocess.Popen(self._args(index), start_new_session=True, preexec_fn=_stop_with(os.getpid()))
+        else:
+            worker = subprocess.Popen(self._args(index))
         if index >= self._serving and self._nice:
             # Niceness added to this process's own: raising it is allowed to any user, lowering it is not.
             nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + self._nice)
@@ -191,6 +195,23 @@ def _enter_write_policy(name: str) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+def _stop_with(parent: int) -> Callable[[], None]:
+    """What a write worker runs between fork and exec: SIGTERM when `parent` dies (a write worker
+    is out of the supervisor's process group, so a kill of that group misses it); if `parent` is
+    gone already, exit. Linux only (elsewhere: nothing)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def stop_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # kept across exec
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return stop_with_parent
+
+
 def _enter_write_group(settings: Settings) -> None:
     """A write worker's niceness, for its scheduling group too; it stops when its supervisor dies.
 
@@ -203,15 +224,11 @@ def _enter_write_group(settings: Settings) -> None:
     (the supervisor's own + write_nice): against every other group, the writes then weigh
     what their niceness says. In a CPU cgroup (a container) the kernel ignores the autogroup,
     and the niceness ranks the worker within the container, as before. Out of the server's
-    process group, the worker would outlive a supervisor killed outright: it asks for SIGTERM
-    when its parent dies.
+    process group, the worker would outlive a supervisor killed outright: the supervisor
+    starts it asking for SIGTERM when the supervisor dies (_stop_with).
     """
     if os.getsid(0) != os.getpid():  # not a session leader: its autogroup is the server's, leave it
         return
-    with contextlib.suppress(OSError, AttributeError):  # Linux only
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the supervisor died before that: nothing to write for
-        raise SystemExit("write worker: its supervisor is gone")
     nice = min(19, os.getpriority(os.PRIO_PROCESS, os.getppid()) + max(0, min(19, settings.write_nice)))
     with contextlib.suppress(OSError):  # no autogroup (not Linux, or a kernel without it): nothing to do
         os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
