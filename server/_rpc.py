@@ -44,10 +44,12 @@ class Undecodable:
         return invalid_argument([FieldViolation("request", problem)])
 
 
-def parser(message_class: type[Message], type_name: str | None = None) -> Callable[[bytes], Any]:
+def parser(
+    message_class: type[Message], type_name: str | None = None, from_string: Callable[[bytes], Any] | None = None
+) -> Callable[[bytes], Any]:
     """A request deserializer that never raises: bad bytes become an Undecodable request (of
-    `type_name`, by default the message's)."""
-    from_string = message_class.FromString
+    `type_name`, by default the message's). `from_string`: what parses (default: the class's FromString)."""
+    from_string = from_string or message_class.FromString
     type_name = type_name or message_class.DESCRIPTOR.full_name
 
     def parse(data: bytes) -> Any:
@@ -67,12 +69,16 @@ def parsed(request: Req) -> Req:
 
 
 def unary_unary(
-    behavior: Any, request: type[Message], response: type[Message] | None = None, type_name: str | None = None
+    behavior: Any,
+    request: type[Message],
+    response: type[Message] | None = None,
+    type_name: str | None = None,
+    from_string: Callable[[bytes], Any] | None = None,
 ) -> Any:
     """A method handler whose requests go through `parser`; `response` None: the method returns bytes."""
     serialize = None if response is None else response.SerializeToString
     return grpc.unary_unary_rpc_method_handler(
-        behavior, request_deserializer=parser(request, type_name), response_serializer=serialize
+        behavior, request_deserializer=parser(request, type_name, from_string), response_serializer=serialize
     )
 
 
@@ -81,10 +87,17 @@ def unary_stream(behavior: Any, request: type[Message]) -> Any:
     return grpc.unary_stream_rpc_method_handler(behavior, request_deserializer=parser(request))
 
 
-def stream_unary(behavior: Any, request: type[Message], response: type[Message], type_name: str | None = None) -> Any:
+def stream_unary(
+    behavior: Any,
+    request: type[Message],
+    response: type[Message],
+    type_name: str | None = None,
+    from_string: Callable[[bytes], Any] | None = None,
+) -> Any:
     """A client-streaming handler; its method checks each request with `parsed`."""
+    deserialize = parser(request, type_name, from_string)
     return grpc.stream_unary_rpc_method_handler(
-        behavior, request_deserializer=parser(request, type_name), response_serializer=response.SerializeToString
+        behavior, request_deserializer=deserialize, response_serializer=response.SerializeToString
     )
 
 

@@ -22,7 +22,7 @@ from server.core.errors import resource_exhausted
 from server.online._catalog import Catalog, Plan
 from server.online._requests import EncodedWrite, RowsEncoding, check_read, features_allowed
 from server.online._store import HistorySink, OnlineStore
-from server.online._wire import WireWriteRequest
+from server.online._wire import WireWriteRequest, parse_write_request
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _WRITE_REQUEST = fs.WriteFeaturesRequest.DESCRIPTOR.full_name
@@ -217,9 +217,9 @@ def methods(servicer: OnlineServicer) -> dict[str, grpc.RpcMethodHandler]:  # ty
         "BatchGetFeaturesJson": unary_unary(servicer.BatchGetFeaturesJson, fs.BatchGetFeaturesRequest),
         # Writes parse with each value left as its bytes (see _wire), named as the requests they are.
         "WriteFeatures": unary_unary(
-            servicer.WriteFeatures, WireWriteRequest, fs.WriteFeaturesResponse, type_name=_WRITE_REQUEST
+            servicer.WriteFeatures, WireWriteRequest, fs.WriteFeaturesResponse, _WRITE_REQUEST, parse_write_request
         ),
         "PushFeatures": stream_unary(
-            servicer.PushFeatures, WireWriteRequest, fs.PushFeaturesResponse, type_name=_PUSH_REQUEST
+            servicer.PushFeatures, WireWriteRequest, fs.PushFeaturesResponse, _PUSH_REQUEST, parse_write_request
         ),
     }

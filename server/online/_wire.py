@@ -6,8 +6,10 @@ PushFeaturesRequest (the same fields, the same numbers) parse as `WireWriteReque
 rows' `values` map each feature name to its serialized Value. The write path then reads a
 value's bytes (server.core.codec.ValueEncoder.encode_wire) instead of building a Value
 message per value and serializing it again; a value not in the canonical form is parsed
-as a Value there. The message types are derived from the published descriptors at import,
-so they follow them.
+as a Value there. A request whose bytes are not what it re-serializes to (`parse_write_request`)
+is parsed as a WriteFeaturesRequest instead: protobuf merges a message field sent in pieces,
+and a Value split across one map entry would otherwise keep its last piece only. The message
+types are derived from the published descriptors at import, so they follow them.
 """
 
 from __future__ import annotations
@@ -85,3 +87,18 @@ def wire_rows(rows: Sequence[Any]) -> Sequence[Any]:
         return rows
     as_bytes = fs.WriteFeaturesRequest(rows=rows).SerializeToString()
     return WireWriteRequest.FromString(as_bytes).rows  # type: ignore[no-any-return]  # a message class built at run time
+
+
+def parse_write_request(data: bytes) -> Any:
+    """A WriteFeaturesRequest's or PushFeaturesRequest's bytes as WireWriteRequest, or, when parsing
+    it so dropped anything, as a WriteFeaturesRequest (whose rows `wire_rows` re-reads).
+
+    Parsed as bytes, a map entry whose Value was sent in pieces (protobuf merges them: a
+    Timestamp's seconds, then its nanos; a list in two runs) keeps only its last piece. Anything
+    dropped shows as a message that re-serializes shorter than it came (so do a key sent twice and
+    non-minimal encodings, which both parses read alike); what protobuf libraries write never does.
+    """
+    request = WireWriteRequest.FromString(data)
+    if request.ByteSize() != len(data):
+        return fs.WriteFeaturesRequest.FromString(data)
+    return request

@@ -16,7 +16,7 @@ from server.core.errors import ServiceError
 from server.online import Catalog
 from server.online._redis import stored_kind
 from server.online._requests import encode_rows
-from server.online._wire import WireWriteRequest
+from server.online._wire import WireWriteRequest, parse_write_request
 from server.registry import Feature
 
 X, S = codec.encoder("x", "int64_value"), codec.encoder("s", "string_value")
@@ -225,6 +225,29 @@ def test_a_write_request_read_as_bytes_gives_the_writes_its_value_messages_give(
     assert (got.online, got.history.tuples, got.values) == (want.online(), want.history.tuples, want.values)
     again = encode_rows(_catalog(), "t", as_messages.rows, Limits(max_values=1_000), now_seconds=2e9)  # in-process
     assert (again.online, again.history.tuples) == (got.online, got.history.tuples)
+
+
+def _frame(field: int, payload: bytes) -> bytes:
+    return bytes([field << 3 | 2]) + codec.varint(len(payload)) + payload
+
+
+def test_a_value_sent_in_pieces_in_one_map_entry_is_merged_as_protobuf_merges_it() -> None:
+    first = vpb.Value(float_list_value=vpb.DoubleList(values=[1.5])).SerializeToString()
+    second = vpb.Value(float_list_value=vpb.DoubleList(values=[2.5])).SerializeToString()
+    entry = _frame(1, b"l") + _frame(2, first) + _frame(2, second)  # one entry, its Value in two pieces
+    time = fs.EntityRow(event_time={"seconds": 1_700_000_000}).SerializeToString()
+    data = _frame(1, b"t") + _frame(2, _frame(1, b"a") + _frame(3, entry) + time)
+    as_messages = fs.WriteFeaturesRequest.FromString(data)
+    assert list(as_messages.rows[0].values["l"].float_list_value.values) == [1.5, 2.5]
+    assert len(WireWriteRequest.FromString(data).rows[0].values["l"]) == len(second)  # read as bytes: the last piece
+    parsed = parse_write_request(data)
+    assert not isinstance(parsed, WireWriteRequest)  # so the request is read as Value messages
+    limits = Limits(max_values=1_000)
+    got = encode_rows(_catalog(), "t", parsed.rows, limits, now_seconds=2e9)
+    want = encode_rows(_catalog(), "t", as_messages.rows, limits, now_seconds=2e9)
+    assert (got.online, got.history.tuples) == (want.online, want.history.tuples)
+    canonical = as_messages.SerializeToString()
+    assert isinstance(parse_write_request(canonical), WireWriteRequest)  # what protobuf writes: read as bytes
 
 
 def test_a_value_of_another_kind_or_feature_is_named_and_a_malformed_one_fails_the_request() -> None:
