@@ -67,7 +67,8 @@ class Proc:
             self.popen.wait()
 
     def kill(self) -> None:
-        """SIGKILL the server and every process it started, at once (a crash)."""
+        """SIGKILL the server and every process of its group, at once (a crash). A server's write
+        workers run in sessions of their own: they get SIGTERM when their supervisor dies."""
         if self.running():
             os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: the group is all of it
             self.popen.wait()

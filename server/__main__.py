@@ -14,6 +14,7 @@ import ctypes
 import gc
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -230,9 +231,27 @@ def _enter_write_group(settings: Settings) -> None:
     if os.getsid(0) != os.getpid():  # not a session leader: its autogroup is the server's, leave it
         return
     nice = min(19, os.getpriority(os.PRIO_PROCESS, os.getppid()) + max(0, min(19, settings.write_nice)))
-    with contextlib.suppress(OSError):  # no autogroup (not Linux, or a kernel without it): nothing to do
+    with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
-        Path("/proc/self/autogroup").write_text(str(nice))
+    _set_autogroup_nice(nice)
+
+
+def _set_autogroup_nice(nice: int, attempts: int = 20) -> None:
+    """Give this process's autogroup niceness `nice`. Without CAP_SYS_ADMIN the kernel takes one such
+    change per 100 ms on the whole host (EAGAIN otherwise: write workers started back to back), so
+    retry for about 2 s; no autogroup (not Linux, a kernel without it): nothing to do."""
+    for _ in range(attempts):
+        try:
+            Path("/proc/self/autogroup").write_text(str(nice))
+            return
+        except FileNotFoundError:
+            return
+        except BlockingIOError:
+            time.sleep(0.1 + random.random() * 0.05)
+        except OSError as err:
+            _log.warning("write worker: scheduling group niceness %d not set: %s", nice, err)
+            return
+    _log.warning("write worker: scheduling group niceness %d not set after %d attempts (EAGAIN)", nice, attempts)
 
 
 def _configure_logging(settings: Settings) -> None:
