@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -235,7 +236,7 @@ def test_a_value_sent_in_pieces_in_one_map_entry_is_merged_as_protobuf_merges_it
     first = vpb.Value(float_list_value=vpb.DoubleList(values=[1.5])).SerializeToString()
     second = vpb.Value(float_list_value=vpb.DoubleList(values=[2.5])).SerializeToString()
     entry = _frame(1, b"l") + _frame(2, first) + _frame(2, second)  # one entry, its Value in two pieces
-    time = fs.EntityRow(event_time={"seconds": 1_700_000_000}).SerializeToString()
+    time = fs.EntityRow(event_time=Timestamp(seconds=1_700_000_000)).SerializeToString()
     data = _frame(1, b"t") + _frame(2, _frame(1, b"a") + _frame(3, entry) + time)
     as_messages = fs.WriteFeaturesRequest.FromString(data)
     assert list(as_messages.rows[0].values["l"].float_list_value.values) == [1.5, 2.5]
