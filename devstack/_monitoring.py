@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from devstack._procs import ROOT, Proc, _spawn, wait_for_port
+from devstack._procs import ROOT, Proc, _spawn, stops_on_failure, wait_for_port
 
 RULES_DIR = ROOT / "monitoring" / "prometheus"
 PIPELINE_JOB = "featurestore_pipeline"  # the pipeline's scrape job, and the job its pushes are filed under
@@ -74,6 +74,7 @@ def prometheus_config(
     }
 
 
+@stops_on_failure
 def _wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,7 +7,9 @@ ports, throw-away state). Every server comes from a PyPI wheel: PostgreSQL
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import importlib.util
 import json
 import os
@@ -19,10 +21,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import yaml
 
@@ -56,7 +58,9 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Ask the server to shut down (its stop signal), then SIGKILL after `timeout` seconds."""
+        """Ask the server to shut down (its stop signal), then SIGKILL after `timeout` seconds; then
+        SIGKILL what it left of its process group (a Spark job stopped while it started its JVM
+        leaves the JVM running; a server's write workers are in sessions of their own)."""
         if not self.running():
             return
         self.popen.send_signal(self.stop_signal)
@@ -65,6 +69,8 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # none left: the usual case
+            os.killpg(self.popen.pid, signal.SIGKILL)  # its own session and group: see _spawn
 
     def kill(self) -> None:
         """SIGKILL the server and every process of its group, at once (a crash). A server's write
@@ -88,6 +94,27 @@ def _spawn(name: str, cmd: list[str], log: Path, port: int, **kwargs: object) ->
     return Proc(name, popen, log, port)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def stops_on_failure(wait: Callable[Concatenate[Proc, P], R]) -> Callable[Concatenate[Proc, P], R]:
+    """A start's wait for its process: if the wait fails or is interrupted (Ctrl-C or SIGTERM while
+    `make up` starts), the process is stopped before the error goes on. The caller holds the process
+    only once the start returns it, so nothing else would stop it (each runs in a session of its own)."""
+
+    @functools.wraps(wait)
+    def waiting(proc: Proc, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return wait(proc, *args, **kwargs)
+        except BaseException:
+            proc.stop()
+            raise
+
+    return waiting
+
+
+@stops_on_failure
 def wait_for_port(proc: Proc, timeout: float = 30.0) -> None:
     """Block until `proc` accepts TCP connections on its port."""
     deadline = time.monotonic() + timeout
@@ -325,6 +352,7 @@ def start_envoy(
     return proc
 
 
+@stops_on_failure
 def _wait_ready(proc: Proc, admin_port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -423,17 +451,23 @@ def start_pipeline(
         {"FEATURESTORE_REGISTRY_TOKEN": registry_token} if registry_token else {}
     )
     proc = _spawn("pipeline", cmd, log, 0, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 300
+    proc.extra["summary"] = _first_run(proc, start)
+    return proc
+
+
+@stops_on_failure
+def _first_run(proc: Proc, start: int, timeout: float = 300) -> str:
+    """The summary of the batch pipeline's first run (its log from `start` on)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.running():
             raise RuntimeError(f"the pipeline exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-        summaries = [s for s in log.read_text(errors="replace")[start:].splitlines() if s.startswith("batch pipeline ")]
+        text = proc.log.read_text(errors="replace")[start:]
+        summaries = [s for s in text.splitlines() if s.startswith("batch pipeline ")]
         if summaries:
-            proc.extra["summary"] = summaries[0]
-            return proc
+            return summaries[0]
         time.sleep(0.2)
-    proc.stop()
-    raise TimeoutError(f"the pipeline's first run did not finish within 300s:\n{proc.log_tail()}")
+    raise TimeoutError(f"the pipeline's first run did not finish within {timeout:g}s:\n{proc.log_tail()}")
 
 
 def start_streaming_pipeline(
