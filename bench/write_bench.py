@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -92,18 +92,10 @@ class Cpu:
         """The server's CPU split by process: serving process(es) and write worker(s), when it has children."""
         parent = self.pids["server"][0]
         roles = {"serving": 0.0, "write_worker": 0.0}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
+        for pid, fields, cmdline in _processes():
             if int(fields[1]) == parent:
                 role = "write_worker" if b"--write-worker-socket" in cmdline else "serving"
-                roles[role] += cpu_seconds(int(entry.name))
+                roles[role] += cpu_seconds(pid)
         return roles if any(roles.values()) else {}
 
     def major_faults(self) -> dict[str, float]:
@@ -112,17 +104,8 @@ class Cpu:
         a wait for the disk, seen as a stall of its reads."""
         out = dict.fromkeys(("serving", "write_worker", "postgres", "valkey"), 0.0)
         roots = {pid: name for name, (pid, _) in self.pids.items()}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            pid, parent = int(entry.name), int(fields[1])
-            name = roots.get(pid) or roots.get(parent)
+        for pid, fields, cmdline in _processes():
+            name = roots.get(pid) or roots.get(int(fields[1]))
             if name == "server" and pid != self.pids["server"][0]:
                 name = "write_worker" if b"--write-worker-socket" in cmdline else "serving"
             if name in out:
@@ -132,6 +115,19 @@ class Cpu:
     @staticmethod
     def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
         return {k: round(after[k] - before[k], 2) for k in after}
+
+
+def _processes() -> Iterator[tuple[int, list[str], bytes]]:
+    """Every process now: its pid, its /proc stat fields after the name, its command line."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        yield int(entry.name), stat[stat.rindex(")") + 2 :].split(), cmdline
 
 
 # -- the data ------------------------------------------------------------------------------
