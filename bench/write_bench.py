@@ -8,7 +8,7 @@ registers a 10-feature group and measures, each phase on empty stores:
 
 - the raw ceilings, back to back: pipelined HSETs of the same stored values (both
   forms, the same fields and bytes the server writes) from one Python process
-  (redis-py + hiredis), then binary COPY (`copy_records_to_table`) of the same
+  (redis-py + hiredis), then binary COPY (bytes built before the clock) of the same
   history rows from one connection. Every value goes to both stores, so the
   combined ceiling is 1 / (1/redis + 1/copy) values/s;
 - WriteFeatures: 100,000 entities x 10 features in 1,000-row requests, 4 in flight,

@@ -97,6 +97,9 @@ def parse_write_request(data: bytes) -> Any:
     Timestamp's seconds, then its nanos; a list in two runs) keeps only its last piece. Anything
     dropped shows as a message that re-serializes shorter than it came (so do a key sent twice and
     non-minimal encodings, which both parses read alike); what protobuf libraries write never does.
+    A map entry without its key or value re-serializes longer and can hide a drop, but such an entry
+    names no feature or holds no value, which fails the whole request. Senders of non-canonical
+    bytes pay for the second parse.
     """
     request = WireWriteRequest.FromString(data)
     if request.ByteSize() != len(data):
