@@ -87,7 +87,6 @@ def _wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    proc.stop()
     raise TimeoutError(f"{proc.name} not ready within {timeout}s:\n{proc.log_tail()}")
 
 

@@ -125,7 +125,6 @@ def wait_for_port(proc: Proc, timeout: float = 30.0) -> None:
             if s.connect_ex(("127.0.0.1", proc.port)) == 0:
                 return
         time.sleep(0.05)
-    proc.stop()  # a start that failed leaves nothing running
     raise TimeoutError(f"{proc.name} did not listen on {proc.port} within {timeout}s:\n{proc.log_tail()}")
 
 
@@ -365,7 +364,6 @@ def _wait_ready(proc: Proc, admin_port: int, timeout: float = 30.0) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    proc.stop()  # a start that failed leaves nothing running
     raise TimeoutError(f"envoy not ready within {timeout}s:\n{proc.log_tail()}")
 
 

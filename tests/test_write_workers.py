@@ -184,13 +184,7 @@ def test_a_write_worker_refuses_a_socket_folder_others_may_enter(tmp_path: Path)
     folder = tmp_path / "open"
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)
-    done = subprocess.run(
-        [sys.executable, "-m", "server", f"--write-worker-socket={folder / 'w.sock'}", "--metrics", "false"],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = _server_start(f"--write-worker-socket={folder / 'w.sock'}", "--metrics", "false")
     assert done.returncode != 0
     assert b"must be this user's, mode 0700" in done.stderr
 
@@ -293,6 +287,14 @@ def test_a_write_worker_has_a_session_of_its_own_and_stops_when_its_supervisor_i
             os.kill(writer, signal.SIGKILL)
 
 
+def _server_start(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """`python -m server` with `args`, run to its end (a start meant to be refused)."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], cwd=root, capture_output=True, timeout=60, check=False
+    )
+
+
 _BACK_TO_BACK = """
 import os, sys
 from server.__main__ import _set_autogroup_nice
@@ -325,12 +327,6 @@ def test_write_workers_started_back_to_back_each_get_their_group_niceness_withou
 
 
 def test_an_unknown_write_sched_stops_the_start() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "server", "--write-workers", "1", "--write-sched", "fast", "--metrics", "false"],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = _server_start("--write-workers", "1", "--write-sched", "fast", "--metrics", "false")
     assert done.returncode != 0
     assert b"write_sched 'fast' is not one of other, batch, idle" in done.stderr
