@@ -356,10 +356,12 @@ def _delete_capacity_keys(url: str) -> None:
 def _measured(
     name: str, transport: str, concurrency: int, pid: int, run: Callable[[], dict[str, float]], seconds: float
 ) -> Result:
-    """A run of one driver, with the server's CPU time per request over it (warm-up included)."""
+    """A run of one driver, with the server's CPU time per request over it (warm-up included): per
+    call the driver counted (`calls`, grpcio), or at the measured rate over the warm-up too (h2load)."""
     before = cpu_seconds(pid)
     m = run()
-    per_request = (cpu_seconds(pid) - before) / max(1.0, m["rps"] * (seconds + 1)) * 1e6
+    calls = m.get("calls") or m["rps"] * (seconds + 1)
+    per_request = (cpu_seconds(pid) - before) / max(1.0, calls) * 1e6
     values = m["rps"] * (10 if name == "1x10" else 0)
     counts = int(m["succeeded"]), int(m["failed"])
     return Result(name, transport, concurrency, m["rps"], values, m["p50"], m["p99"], *counts, per_request)
