@@ -6,8 +6,9 @@ to a write worker process over a Unix socket private to the server, and the work
 answer (or its error, with its details) comes back as it is. The serving process
 still authenticates and authorizes the call first (the guard wraps these handlers);
 the worker trusts its socket. What the serving process spends on a forwarded write is
-a copy of its bytes and two event-loop turns (~0.1-0.3 ms), instead of the
-validation, encoding and store work (milliseconds per thousand values) during which
+gRPC receiving and sending its bytes (measured: ~0.27 µs of CPU a value, 2.7 ms for a
+10,000-value request of 257 KB, on a 2-core machine), instead of the
+validation, encoding and store work (7-9 µs a value on the same machine) during which
 no read in its loop could run. The workers also run at a lower CPU priority
 (`--write-nice`): when reads and writes both want the CPU, reads get it first.
 
