@@ -86,9 +86,14 @@ def drive(target: str, method: str, body: bytes, concurrency: int, seconds: floa
         pipes.append(receive)
         workers.append(worker)
         readies.append(ready)
-    for ready in readies:
-        if not ready.wait(60):
-            raise RuntimeError("a grpcio driver process did not connect within 60 s")
+    deadline = time.monotonic() + 60
+    while not all(ready.is_set() for ready in readies):
+        if time.monotonic() > deadline or not all(worker.is_alive() for worker in workers):
+            for worker in workers:  # the others wait for `go`: stop them rather than start a partial load
+                worker.terminate()
+                worker.join()
+            raise RuntimeError("a grpcio driver process failed its first calls or did not make them within 60 s")
+        time.sleep(0.01)
     go.set()
     results: list[Any] = [pipe.recv() for pipe in pipes]
     for worker in workers:
