@@ -321,12 +321,20 @@ class _GroupCommit:
         done.add_done_callback(_retrieve)  # a caller past its timeout no longer looks at the outcome
         self._pending.append((records, months, done))
         if len(self._running) < self._copies:
-            task = asyncio.create_task(self._drain())
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._running.add(asyncio.create_task(self._drain()))
         await asyncio.wait_for(asyncio.shield(done), timeout)
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_pending()
+        finally:
+            # Leave `_running` in the same step as the last look at `_pending` (no await between):
+            # an append from then on starts a drain of its own. Leaving it in a done-callback, one
+            # loop turn later, let an append in between find the drains all "running" and start
+            # none, and its rows waited for the next append's drain (or its caller's timeout).
+            self._running.discard(asyncio.current_task())
+
+    async def _drain_pending(self) -> None:
         pending = self._pending
         while pending:
             group = [pending.popleft()]
