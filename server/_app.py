@@ -237,6 +237,7 @@ def _limits(settings: Settings) -> core.Limits:
         raise SystemExit(f"min_event_time {settings.min_event_time!r} is not an ISO 8601 time") from None
     return core.Limits(
         max_values=settings.max_request_values,
+        max_list_items=settings.max_list_items,
         max_stream_values=settings.max_stream_values,
         max_stream_seconds=settings.max_stream_seconds,
         max_clock_skew=settings.max_clock_skew,

@@ -63,6 +63,13 @@ class Settings:
     max_request_values: int = field(
         default=100_000, metadata={"help": "most entities x features one read or write may hold"}
     )
+    max_list_items: int = field(
+        default=16_384,
+        metadata={
+            "help": "most items one list or embedding value of a write may hold (each is checked and encoded "
+            "in one piece)"
+        },
+    )
     max_stream_values: int = field(
         default=1_000_000,
         metadata={"help": "most values one PushFeatures or StreamHistoricalFeatures call may carry in total"},

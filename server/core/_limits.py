@@ -10,6 +10,7 @@ class Limits:
     """Per-request and per-call bounds (see Settings for each)."""
 
     max_values: int
+    max_list_items: int = 16_384  # items of one list or embedding value in a write
     max_stream_values: int = 1_000_000
     max_stream_seconds: float = 600.0
     max_clock_skew: float = 300.0

@@ -28,6 +28,13 @@ from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.online._catalog import Catalog
 from server.online._wire import wire_rows
 
+# The Value kinds that hold a list: parsed, checked and rendered item by item (the scalar kinds in canonical
+# form are not parsed at all); _ITEMS_PER_VALUE items cost about what one scalar value costs to write.
+_LIST_KINDS = frozenset(
+    f.name for f in value_pb2.Value.DESCRIPTOR.oneofs_by_name["kind"].fields if f.message_type is not None
+) - {"timestamp_value"}
+_ITEMS_PER_VALUE = 16
+
 
 def _too_many(path: str, what: str, count: int, limit: int) -> FieldViolation:
     return FieldViolation(path, f"holds {count} {what}; the limit is {limit}")
@@ -117,14 +124,17 @@ class RowsEncoding:
         self._batch = WriteBatch(entity_type)
         self._encoders = catalog.encoders(entity_type)
         self._type_name = type_name
+        self._max_items = limits.max_list_items
+        self._spent = 0  # the current slice's work, in values (see `encode`)
 
     @property
     def done(self) -> bool:
         """True once enough violations were found: the rest need not be looked at."""
         return len(self._violations) >= MAX_VIOLATIONS
 
-    def encode(self, start: int, stop: int) -> None:
-        """Check and encode rows[start:stop].
+    def encode(self, start: int, stop: int, budget: int | None = None) -> int:
+        """Check and encode rows[start:stop], or, with a `budget` (of values; a list's items count one
+        value per _ITEMS_PER_VALUE), the rows up to the one that spends it; returns the next row's index.
 
         A value goes straight from its bytes to its stored forms when it is one of a registered
         feature of this entity type, of the feature's kind, in canonical form (ValueEncoder.
@@ -132,12 +142,16 @@ class RowsEncoding:
         """
         batch, rows, encoders = self._batch, self.rows, self._encoders
         violations, window = self._violations, self._window
+        self._spent = 0
         for i in range(start, stop):
+            if budget is not None and self._spent >= budget:
+                return i
             row = rows[i]
             entity_id = row.entity_id
             violations += entity_id_problem(f"rows[{i}].entity_id", entity_id)
             violations += _event_time_problem(f"rows[{i}].event_time", row, window)
             values = row.values
+            self._spent += len(values)
             if violations:  # nothing will be written: check the values, skip encoding them
                 for name in values:
                     self._checked(i, name, values[name], None)
@@ -158,7 +172,8 @@ class RowsEncoding:
                 if not violations:
                     batch.add_encoded(entity_id, at, encoded)
             if len(violations) >= MAX_VIOLATIONS:
-                return
+                return stop
+        return stop
 
     def _checked(
         self, i: int, name: str, raw: bytes, at: codec.EventTime | None
@@ -174,8 +189,19 @@ class RowsEncoding:
             path = f"rows[{i}].values[{name}]"
             _value_problem(self._catalog, path, name, self._entity_type, kind, self._violations)
             return None
+        if kind in _LIST_KINDS:
+            items = len(getattr(value, kind).values)
+            self._spent += items // _ITEMS_PER_VALUE
+            if items > self._max_items:
+                problem = f"holds {items} items; a list value may hold at most {self._max_items} (max_list_items)"
+                self._violations.append(FieldViolation(f"rows[{i}].values[{name}]", problem))
+                return None
         if at is None:
             return None
+        # Fields this server does not know are not stored: a Value holds one kind, and unknown fields
+        # (nested groups, say) stored and served inside the deeper responses could take them past
+        # protobuf's nesting limit, so clients could not parse a read that includes the value.
+        value.DiscardUnknownFields()
         encoder = codec.encoder(name, kind)
         return encoder, encoder.encode_value(value, at)
 

@@ -182,19 +182,17 @@ class OnlineServicer:
         return await self._store_both(encoded, context), encoded.values
 
     async def _encode(self, entity_type: str, rows: Any, type_name: str = _WRITE_REQUEST) -> EncodedWrite:
-        """The rows checked and encoded in slices of ~_SLICE_VALUES values, the loop yielded between them,
+        """The rows checked and encoded in slices of ~_SLICE_VALUES values (a list's items counting a value per
+        16), the loop yielded between them,
         by one write at a time: concurrent writes queue for their turn (a FIFO lock) instead of all running
         a slice each time the loop comes round, so a read that becomes ready waits for one slice at most,
         however many large writes are in progress. (Their stores' I/O goes on meanwhile.)"""
         encoding = RowsEncoding(self._catalog, entity_type, rows, self._limits, time.time(), type_name)
-        step = max(1, _SLICE_VALUES * len(rows) // max(encoding.values, 1))
         async with self._encoding:
-            for start in range(0, len(rows), step):
-                if start:
-                    await asyncio.sleep(0)
-                encoding.encode(start, min(start + step, len(rows)))
-                if encoding.done:
-                    break
+            start = encoding.encode(0, len(rows), _SLICE_VALUES)
+            while start < len(rows) and not encoding.done:
+                await asyncio.sleep(0)
+                start = encoding.encode(start, len(rows), _SLICE_VALUES)
         return encoding.result()
 
     async def _store_both(self, encoded: EncodedWrite, context: Context) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,7 +17,7 @@ from server.core._copy import decode_tuples
 from server.core.errors import ServiceError
 from server.online import Catalog
 from server.online._redis import stored_kind
-from server.online._requests import encode_rows
+from server.online._requests import RowsEncoding, encode_rows
 from server.online._wire import WireWriteRequest, parse_write_request
 from server.registry import Feature
 
@@ -251,6 +252,32 @@ def test_a_value_sent_in_pieces_in_one_map_entry_is_merged_as_protobuf_merges_it
     assert isinstance(parse_write_request(canonical), WireWriteRequest)  # what protobuf writes: read as bytes
 
 
+@pytest.mark.parametrize(
+    "unknown",
+    [
+        b"\xf8\x06\x05",  # field 111, a varint
+        b"\x7b" * 98 + b"\x7c" * 98,  # field 15 as 98 nested groups: parses alone, not inside a response
+    ],
+)
+def test_fields_a_value_does_not_know_are_not_stored(unknown: bytes) -> None:
+    """A Value with unknown fields is stored as the Value without them, so every read that holds it
+    parses (nested groups stored and served would pass protobuf's nesting limit in a batch response)."""
+    plain = vpb.Value(float_value=1.5).SerializeToString()
+    sent, want = WireWriteRequest(entity_type="t"), WireWriteRequest(entity_type="t")
+    for request, raw in ((sent, plain + unknown), (want, plain)):
+        row = request.rows.add(entity_id="a")
+        row.event_time.seconds = 1_700_000_000
+        row.values["f"] = raw
+    limits = Limits(max_values=1_000)
+    got = encode_rows(_catalog(), "t", parse_write_request(sent.SerializeToString()).rows, limits, now_seconds=2e9)
+    plain_write = encode_rows(_catalog(), "t", want.rows, limits, now_seconds=2e9)
+    assert (got.online, got.history.tuples) == (plain_write.online, plain_write.history.tuples)
+    stored = got.online[0].values[0][1]
+    batch = codec.assemble_batch(["a"], [stored], [codec.not_found_frame("f")], [codec.NEVER_EXPIRES])
+    response = fs.BatchGetFeaturesResponse.FromString(codec.frame(codec.BATCH_ENTITY_TYPE_TAG, b"t") + b"".join(batch))
+    assert response.entities[0].features[0].value.float_value == 1.5
+
+
 def test_a_value_of_another_kind_or_feature_is_named_and_a_malformed_one_fails_the_request() -> None:
     request = WireWriteRequest(entity_type="t")
     row = request.rows.add(entity_id="a")
@@ -309,3 +336,40 @@ def test_the_online_store_reads_the_kind_a_stored_form_holds(
     encoder = codec.encoder("n" * name_length, kind)
     proto, _, _ = encoder.encode(data.draw(_KIND_VALUES[kind]), codec.EventTime(micros))
     assert stored_kind(proto) == vpb.Value.DESCRIPTOR.fields_by_name[kind].number
+
+
+def _list_rows(items: list[int]) -> Any:  # a WireWriteRequest (a class built at run time)
+    request = WireWriteRequest(entity_type="t")
+    for i, n in enumerate(items):
+        row = request.rows.add(entity_id=f"e{i}")
+        row.event_time.seconds = 1_700_000_000
+        row.values["l"] = vpb.Value(float_list_value=vpb.DoubleList(values=[0.5] * n)).SerializeToString()
+    return request
+
+
+def test_a_list_value_over_max_list_items_is_named_and_nothing_is_written() -> None:
+    limits = Limits(max_values=1_000, max_list_items=100)
+    written = encode_rows(_catalog(), "t", _list_rows([100]).rows, limits, now_seconds=2e9)
+    assert written.values == 1
+    with pytest.raises(ServiceError) as info:
+        encode_rows(_catalog(), "t", _list_rows([3, 101]).rows, limits, now_seconds=2e9)
+    assert info.value.code.name == "INVALID_ARGUMENT"
+    assert [(v.field, v.description) for v in info.value.violations] == [
+        ("rows[1].values[l]", "holds 101 items; a list value may hold at most 100 (max_list_items)")
+    ]
+
+
+def test_a_slice_of_encoding_counts_a_lists_items_toward_its_budget() -> None:
+    """Rows of 1,600-item lists (100 values' worth each, +1 for the value): a budget of 500 stops after 5 rows;
+    scalar rows spend one per value."""
+    encoding = RowsEncoding(_catalog(), "t", _list_rows([1_600] * 12).rows, Limits(max_values=1_000), 2e9)
+    assert encoding.encode(0, 12, 500) == 5
+    assert encoding.encode(5, 12, 500) == 10
+    assert encoding.encode(10, 12, 500) == 12
+    assert encoding.result().values == 12
+    scalars = WireWriteRequest(entity_type="t")
+    for i in range(800):
+        row = scalars.rows.add(entity_id=f"e{i}")
+        row.event_time.seconds = 1_700_000_000
+        row.values["f"] = vpb.Value(float_value=1.0).SerializeToString()
+    assert RowsEncoding(_catalog(), "t", scalars.rows, Limits(max_values=1_000), 2e9).encode(0, 800, 500) == 500
