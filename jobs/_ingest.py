@@ -3,7 +3,8 @@
 The table's columns are named after registered features of one entity type; each
 column's Spark type must hold that feature's value type (VALUE_COLUMN_TYPES). The rows
 are checked as a whole before anything is written (entity ids as WriteFeatures checks
-them, event times within the server's window, no null list items); then every row goes
+them, event times within the server's window, no null list items, embedding items that a
+32-bit float holds); then every row goes
 to history and each entity's newest value of each feature online, through the batch
 pipeline's sink (jobs._sink, server.core.WriteBatch): the same bytes WriteFeatures
 stores for the same rows.
@@ -39,6 +40,7 @@ VALUE_COLUMN_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "EMBEDDING": (("array<float>", "array<double>"), "array<double>"),
 }
 _ENTITY_TYPES = ("string", *_INTEGRAL)
+_FLOAT32_MAX = 3.4028234663852886e38
 _TIME_TYPES = ("timestamp", "timestamp_ntz", "date")
 
 
@@ -147,6 +149,11 @@ def _problems(features: Sequence[tuple[str, str]], config: IngestConfig, now: da
     for name, value_type in features:
         if value_type.endswith("_LIST") or value_type == "EMBEDDING":
             checks[f"a null item in list column {name!r}"] = F.exists(F.col(name), lambda x: x.isNull())
+        if value_type == "EMBEDDING":  # stored as 32-bit floats: a finite double beyond them would become infinity
+            checks[f"an item beyond a 32-bit float's range in embedding column {name!r}"] = F.exists(
+                F.col(name),
+                lambda x: (F.abs(x) > F.lit(_FLOAT32_MAX)) & (F.abs(x) != F.lit(float("inf"))) & ~F.isnan(x),
+            )  # (Spark orders NaN above every number)
     return [F.sum(F.coalesce(condition, F.lit(False)).cast("int")).alias(what) for what, condition in checks.items()]
 
 

@@ -245,6 +245,13 @@ def test_bad_rows_are_counted_and_nothing_is_written(
         assert part in message
     assert "1 rows with an event time after " in message
     assert snapshot(redis_url, postgres_dsn) == ({}, [])
+    vector = pb.Feature(name="bulk_vector", entity_type=ENTITY_TYPE, value_type=pb.EMBEDDING, frequency=pb.DAILY)
+    registered["bulk_vector"] = client.registry.CreateFeature(rs.CreateFeatureRequest(feature=vector))
+    vectors = [("b1", BASE, [0.5, 1e39]), ("b2", BASE, [float("inf"), float("nan"), -3.4e38])]  # no float32 holds 1e39
+    df = spark.createDataFrame(vectors, schema="bulk_id string, computed_at timestamp, bulk_vector array<double>")
+    with pytest.raises(IngestError, match="1 rows with an item beyond a 32-bit float's range in embedding column"):
+        bulk_ingest(df, config(redis_url, postgres_dsn), registered)
+    assert snapshot(redis_url, postgres_dsn) == ({}, [])
 
 
 def test_the_command_line(
