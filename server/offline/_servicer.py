@@ -34,8 +34,9 @@ _END = datetime(9999, 12, 31, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _when(ts: Any, default: datetime) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC) if ts.seconds or ts.nanos else default
+def _when(request: Any, field: str, default: datetime) -> datetime:
+    """The time in `field` of `request`, or `default` when the field is not set (an explicit 1970-01-01 is a time)."""
+    return getattr(request, field).ToDatetime(tzinfo=UTC) if request.HasField(field) else default
 
 
 def _query(catalog: Catalog, request: fs.GetHistoricalFeaturesRequest, *, paged: bool) -> HistoryQuery:
@@ -54,7 +55,7 @@ def _query(catalog: Catalog, request: fs.GetHistoricalFeaturesRequest, *, paged:
         violations += timestamp_problem(name, getattr(request, name))
     if violations:
         raise invalid_argument(violations)
-    start, end = _when(request.start_time, _BEGINNING), _when(request.end_time, _END)
+    start, end = _when(request, "start_time", _BEGINNING), _when(request, "end_time", _END)
     if start >= end:
         violations.append(FieldViolation("start_time", "must be before end_time"))
     if request.limit and not 1 <= request.limit <= MAX_LIMIT:

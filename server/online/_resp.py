@@ -277,10 +277,16 @@ class RespClient:
         loop = asyncio.get_running_loop()
         connect = loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
         _, conn = await asyncio.wait_for(connect, self._timeout)
-        for command in self._setup:
-            reply = await conn.send(pack(*command), time.monotonic() + self._timeout)
-            if isinstance(reply, ReplyError):
-                raise reply
+        try:
+            for command in self._setup:  # not swept yet (not in a slot): each reply waited for within the timeout
+                sent = conn.send(pack(*command), time.monotonic() + self._timeout)
+                reply = await asyncio.wait_for(sent, self._timeout)
+                if isinstance(reply, ReplyError):
+                    raise reply
+        except BaseException:
+            if conn._transport is not None:
+                conn._transport.abort()
+            raise
         return conn
 
     async def _sweep(self) -> None:

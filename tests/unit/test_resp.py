@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from server.online._redis import _hmget_parts
-from server.online._resp import ReplyError, _Connection, pack
+from server.online._resp import ReplyError, RespClient, _Connection, pack
 
 
 class Transport:
@@ -208,3 +208,28 @@ def test_a_lost_connection_fails_gathered_replies() -> None:
 def test_the_read_pipeline_packs_hmget_as_pack_does() -> None:
     head, tail = _hmget_parts((b"a#1", b"bb#2"))
     assert head + b"$5\r\nf:c:1\r\n" + tail == pack("HMGET", b"f:c:1", b"a#1", b"bb#2")
+
+
+def test_a_server_that_accepts_and_never_answers_the_setup_fails_the_request_within_the_timeout() -> None:
+    """AUTH (a password in the URL) waits for its reply within the timeout too: a silent peer (a black hole after
+    the handshake) fails the request, and the slot dials again for the next one, instead of hanging them all."""
+
+    async def go() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient(f"redis://:secret@127.0.0.1:{port}", size=1, bulk=0, large=0, timeout=0.2)
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await client.execute("PING")
+            assert time.monotonic() - started < 1.0
+        assert len(accepted) == 2  # the second request dialled again
+        await client.close()
+        server.close()
+
+    asyncio.run(go())
