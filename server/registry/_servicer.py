@@ -145,7 +145,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         _require_name("name", request.name)
         size = _paging.page_size(request.page_size)
         cursor = _paging.decode_token(request.page_token, [request.name])
-        if cursor and not cursor.isdigit():
+        if cursor and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):  # a revision id: a bigint
             raise invalid_argument([FieldViolation("page_token", "is not a token returned by this listing")])
         page = await self._store.list_feature_revisions(request.name, size, cursor)
         return rs.ListFeatureRevisionsResponse(

@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2
 
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from server import _paging
 from server.core import acting_as
 from server.registry import RegistryServicer
 from tests.unit._fakes import Aborted, FakeRegistry, unary
@@ -141,6 +142,17 @@ def test_revisions_are_listed_newest_first(registry: Registry) -> None:
     request.page_token = first.next_page_token
     rest = unary(registry.servicer.ListFeatureRevisions, request)
     assert ([f.description for f in rest.features], rest.next_page_token) == (["v1"], "")
+
+
+@pytest.mark.parametrize("cursor", ["\u00b2", "9" * 30, "-1"])
+def test_a_forged_revisions_token_is_invalid_argument(registry: Registry, cursor: str) -> None:
+    """A token is unsigned base64: one that decodes to something other than a revision id is refused,
+    not passed to the store (a non-ASCII digit or an id beyond a bigint failed there as INTERNAL)."""
+    registry.create(description="v1")
+    token = _paging.encode_token(cursor, ["clicks"])
+    with pytest.raises(Aborted) as info:
+        unary(registry.servicer.ListFeatureRevisions, rs.ListFeatureRevisionsRequest(name="clicks", page_token=token))
+    assert "page_token" in info.value.field_violations
 
 
 def test_each_revision_records_who_made_it(registry: Registry) -> None:
