@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
@@ -9,6 +11,9 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from featurestore import FeatureStoreClient, error_details
 from featurestore.registry.v1 import feature_pb2 as pb
 from featurestore.registry.v1 import registry_service_pb2 as rs
+from server.core import postgres
+from server.core.errors import ServiceError
+from server.registry import Feature, PostgresRegistryStore
 from tests._http import Rest
 
 pytestmark = pytest.mark.usefixtures("empty_registry")
@@ -238,3 +243,33 @@ def test_a_streaming_feature_round_trips_and_a_bad_one_changes_nothing(client: F
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "java_method" in (err.details() or "")
     assert rpc_error(client.registry.GetFeature, rs.GetFeatureRequest(name="s2")).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_write_conditional_on_a_definition_misses_it_once_deleted_and_created_again(postgres_dsn: str) -> None:
+    """The race an etag guards: a caller reads a feature (revision 1), another deletes it and creates it again
+    (revision 1 once more, another entity type); the first caller's conditional update or delete must not apply
+    to the new one (it was conditioned on the revision alone: the old definition overwrote the new one)."""
+
+    async def scenario() -> None:
+        pool = await postgres.create_pool(postgres_dsn, min_size=1, max_size=2, command_timeout=5)
+        try:
+            store = PostgresRegistryStore(pool)
+            read = await store.create_feature(Feature(name="raced", entity_type="customer", value_type="FLOAT"))
+            assert read.meta is not None
+            await store.delete_feature("raced", read.meta)
+            again = await store.create_feature(Feature(name="raced", entity_type="product", value_type="FLOAT"))
+            assert again.meta is not None
+            assert again.meta.revision == read.meta.revision == 1
+            for write in (
+                store.replace_feature(Feature(name="raced", entity_type="customer", value_type="FLOAT"), read.meta),
+                store.delete_feature("raced", read.meta),
+            ):
+                with pytest.raises(ServiceError) as info:
+                    await write
+                assert info.value.code is grpc.StatusCode.ABORTED
+            assert (await store.get_feature("raced")).entity_type == "product"
+            await store.delete_feature("raced", again.meta)
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())

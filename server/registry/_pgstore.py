@@ -56,9 +56,9 @@ def _statements(table: str) -> dict[str, str]:
         "list": "SELECT " + _COLUMNS + " FROM " + table,
         "exists": "SELECT 1 FROM " + table + " WHERE name = $1",
         "replace": "UPDATE " + table + " SET definition = $2, revision = revision + 1, update_time = now(), "
-        "revised_by = $4 WHERE name = $1 AND revision = $3 RETURNING " + _COLUMNS,
-        "delete": "DELETE FROM " + table + " WHERE name = $1 AND ($2::bigint IS NULL OR revision = $2) "
-        "RETURNING " + _COLUMNS,
+        "revised_by = $4 WHERE name = $1 AND revision = $3 AND create_time = $5 RETURNING " + _COLUMNS,
+        "delete": "DELETE FROM " + table + " WHERE name = $1 "
+        "AND ($2::bigint IS NULL OR (revision = $2 AND create_time = $3)) RETURNING " + _COLUMNS,
     }
 
 
@@ -290,14 +290,15 @@ class PostgresRegistryStore:
         return _page([_feature_from_row(r) for r in rows], page_size, lambda f: f.name)
 
     @_translated
-    async def replace_feature(self, feature: Feature, expected_revision: int, *, actor: str = "") -> Feature:
+    async def replace_feature(self, feature: Feature, expected: Meta, *, actor: str = "") -> Feature:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 _SQL[_FEATURES]["replace"],
                 feature.name,
                 _feature_definition(feature),
-                expected_revision,
+                expected.revision,
                 actor,
+                expected.create_time,
             )
             if row is None:
                 raise await self._lost_race(conn, _FEATURES, "feature", feature.name)
@@ -305,13 +306,14 @@ class PostgresRegistryStore:
         return _feature_from_row(row)
 
     @_translated
-    async def delete_feature(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
+    async def delete_feature(self, name: str, expected: Meta | None, *, actor: str = "") -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
                     _SQL[_FEATURES]["delete"],
                     name,
-                    expected_revision,
+                    None if expected is None else expected.revision,
+                    None if expected is None else expected.create_time,
                 )
             except (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError):
                 raise await self._feature_in_use(name) from None
@@ -390,14 +392,15 @@ class PostgresRegistryStore:
         return _page([_group_from_row(r) for r in rows], page_size, lambda g: g.name)
 
     @_translated
-    async def replace_group(self, group: FeatureGroup, expected_revision: int, *, actor: str = "") -> FeatureGroup:
+    async def replace_group(self, group: FeatureGroup, expected: Meta, *, actor: str = "") -> FeatureGroup:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 _SQL[_GROUPS]["replace"],
                 group.name,
                 _group_definition(group),
-                expected_revision,
+                expected.revision,
                 actor,
+                expected.create_time,
             )
             if row is None:
                 raise await self._lost_race(conn, _GROUPS, "feature group", group.name)
@@ -407,12 +410,13 @@ class PostgresRegistryStore:
         return _group_from_row(row)
 
     @_translated
-    async def delete_group(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
+    async def delete_group(self, name: str, expected: Meta | None, *, actor: str = "") -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 _SQL[_GROUPS]["delete"],
                 name,
-                expected_revision,
+                None if expected is None else expected.revision,
+                None if expected is None else expected.create_time,
             )
             if row is None:
                 raise await self._lost_race(conn, _GROUPS, "feature group", name)

@@ -53,9 +53,10 @@ def _check_etag(kind: str, name: str, etag: str, meta: Meta | None) -> None:
         raise etag_mismatch(kind, name)
 
 
-def _revision(meta: Meta | None) -> int:
+def _read(meta: Meta | None) -> Meta:
+    """The Meta a write is conditional on (what the caller's etag was checked against)."""
     assert meta is not None, "stored records always carry meta"
-    return meta.revision
+    return meta
 
 
 def _same_definition(stored: Feature | FeatureGroup, candidate: Feature | FeatureGroup) -> bool:
@@ -122,7 +123,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         _ensure_valid(feature_violations(updated))
         if _same_definition(current, updated):
             return feature_to_proto(current)
-        replaced = await self._store.replace_feature(updated, _revision(current.meta), actor=caller_subject())
+        replaced = await self._store.replace_feature(updated, _read(current.meta), actor=caller_subject())
         await self._after_write()
         return feature_to_proto(replaced)
 
@@ -133,7 +134,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         if request.etag:
             current = await self._store.get_feature(request.name)
             _check_etag("feature", request.name, request.etag, current.meta)
-            expected = _revision(current.meta)
+            expected = _read(current.meta)
         await self._store.delete_feature(request.name, expected, actor=caller_subject())
         await self._after_write()
         return empty_pb2.Empty()
@@ -198,7 +199,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         _ensure_valid(group_violations(updated))
         if _same_definition(current, updated):
             return group_to_proto(current)
-        replaced = await self._store.replace_group(updated, _revision(current.meta), actor=caller_subject())
+        replaced = await self._store.replace_group(updated, _read(current.meta), actor=caller_subject())
         await self._after_write()
         return group_to_proto(replaced)
 
@@ -209,7 +210,7 @@ class RegistryServicer(rs_grpc.RegistryServiceServicer):
         if request.etag:
             current = await self._store.get_group(request.name)
             _check_etag("feature group", request.name, request.etag, current.meta)
-            expected = _revision(current.meta)
+            expected = _read(current.meta)
         await self._store.delete_group(request.name, expected, actor=caller_subject())
         await self._after_write()
         return empty_pb2.Empty()

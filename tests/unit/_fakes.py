@@ -27,6 +27,11 @@ from server.registry import Feature, FeatureFilter, FeatureGroup, GroupFilter, M
 T = TypeVar("T")
 
 
+def _incarnation(meta: Meta) -> tuple[int, datetime]:
+    """What a conditional write compares: the revision of one creation of the definition."""
+    return meta.revision, meta.create_time
+
+
 def _aborted(kind: str, name: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.ABORTED, "CONCURRENT_CHANGE", f"{kind} {name!r} changed meanwhile")
 
@@ -82,18 +87,18 @@ class FakeRegistry:
         ]
         return _page(wanted, lambda f: f.name, page_size, after)
 
-    async def replace_feature(self, feature: Feature, expected_revision: int, *, actor: str = "") -> Feature:
+    async def replace_feature(self, feature: Feature, expected: Meta, *, actor: str = "") -> Feature:
         current = await self.get_feature(feature.name)
-        if current.meta is None or current.meta.revision != expected_revision:
+        if current.meta is None or _incarnation(current.meta) != _incarnation(expected):
             raise _aborted("feature", feature.name)
         stored = dataclasses.replace(feature, meta=self._meta(current.meta, actor))
         self.features[feature.name] = stored
         self.revisions[feature.name].append(stored)
         return stored
 
-    async def delete_feature(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
+    async def delete_feature(self, name: str, expected: Meta | None, *, actor: str = "") -> None:
         current = await self.get_feature(name)
-        if expected_revision is not None and (current.meta is None or current.meta.revision != expected_revision):
+        if expected is not None and (current.meta is None or _incarnation(current.meta) != _incarnation(expected)):
             raise _aborted("feature", name)
         del self.features[name]
         self._meta(actor=actor)
@@ -135,17 +140,17 @@ class FakeRegistry:
         ]
         return _page(wanted, lambda g: g.name, page_size, after)
 
-    async def replace_group(self, group: FeatureGroup, expected_revision: int, *, actor: str = "") -> FeatureGroup:
+    async def replace_group(self, group: FeatureGroup, expected: Meta, *, actor: str = "") -> FeatureGroup:
         current = await self.get_group(group.name)
-        if current.meta is None or current.meta.revision != expected_revision:
+        if current.meta is None or _incarnation(current.meta) != _incarnation(expected):
             raise _aborted("feature group", group.name)
         stored = dataclasses.replace(group, meta=self._meta(current.meta, actor))
         self.groups[group.name] = stored
         return stored
 
-    async def delete_group(self, name: str, expected_revision: int | None, *, actor: str = "") -> None:
+    async def delete_group(self, name: str, expected: Meta | None, *, actor: str = "") -> None:
         current = await self.get_group(name)
-        if expected_revision is not None and (current.meta is None or current.meta.revision != expected_revision):
+        if expected is not None and (current.meta is None or _incarnation(current.meta) != _incarnation(expected)):
             raise _aborted("feature group", name)
         del self.groups[name]
         self._meta(actor=actor)
