@@ -28,13 +28,14 @@ from tests._online import ago, f64, get, i64, register, row, wait_servable, writ
 WORKERS = [*FAST_SERVER_ARGS, "--write-workers", "1", "--write-nice", "5"]
 
 
-def _writable(client: FeatureStoreClient, *names: str) -> None:
-    """Until the write worker knows `names` too: it learns registry changes by notification, as other
-    processes do (the serving process that made the change knows it at once)."""
+def _writable(client: FeatureStoreClient, *names: str, **values: Any) -> None:
+    """Until the write worker knows the INT64 features `names` and the features of `values` (a Value each)
+    too: it learns registry changes by notification, as other processes do (the serving process that made
+    the change knows it at once)."""
 
     def known() -> bool:
         try:
-            write(client, [row("probe", ago(days=300), **{n: i64(0) for n in names})])
+            write(client, [row("probe", ago(days=300), **{n: i64(0) for n in names}, **values)])
             return True
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
@@ -81,7 +82,7 @@ def test_writes_run_in_the_write_worker_and_read_back_from_the_serving_one(worke
         register(client, "ww_x", pb.INT64)
         register(client, "ww_y", pb.FLOAT)
         wait_servable(client, "customer", "ww_x", "ww_y")
-        _writable(client, "ww_x")
+        _writable(client, "ww_x", ww_y=f64(0.0))  # both: the write below names both
         response = write(client, [row("c1", ago(minutes=1), ww_x=i64(7), ww_y=f64(0.5))])
         assert (response.written_values, response.skipped_values) == (2, 0)
         assert write(client, [row("c1", ago(minutes=2), ww_x=i64(1))]).skipped_values == 1  # only newer
