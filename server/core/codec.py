@@ -184,6 +184,11 @@ _FEATURES_FRAME_HEADS = tuple(FEATURES_TAG + varint(n) for n in range(1 << 14))
 Encoded = tuple[bytes, bytes, bytes]  # (protobuf form, JSON form, serialized Value)
 
 
+def holds_list(kind: str) -> bool:
+    """Whether the Value member named `kind` holds a list (its items under `.values`)."""
+    return kind.endswith("_list_value") or kind == "embedding_value"
+
+
 class ValueEncoder:
     """The one encoder of stored values: one feature's values, in both stored forms.
 
@@ -395,7 +400,7 @@ class ValueEncoder:
         message = value_pb2.Value()
         if self.kind == "timestamp_value":
             message.timestamp_value.FromDatetime(x)
-        elif self.kind.endswith("_list_value") or self.kind == "embedding_value":
+        elif holds_list(self.kind):
             getattr(message, self.kind).values.extend(x)
         else:
             setattr(message, self.kind, x)

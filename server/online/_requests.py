@@ -28,11 +28,8 @@ from server.core.errors import MAX_VIOLATIONS, FieldViolation, invalid_argument
 from server.online._catalog import Catalog
 from server.online._wire import wire_rows
 
-# The Value kinds that hold a list: parsed, checked and rendered item by item (the scalar kinds in canonical
-# form are not parsed at all); _ITEMS_PER_VALUE items cost about what one scalar value costs to write.
-_LIST_KINDS = frozenset(
-    f.name for f in value_pb2.Value.DESCRIPTOR.oneofs_by_name["kind"].fields if f.message_type is not None
-) - {"timestamp_value"}
+# A list value is parsed, checked and rendered item by item (a scalar in canonical form is not parsed at
+# all): _ITEMS_PER_VALUE items cost about what one scalar value costs to write.
 _ITEMS_PER_VALUE = 16
 
 
@@ -189,7 +186,7 @@ class RowsEncoding:
             path = f"rows[{i}].values[{name}]"
             _value_problem(self._catalog, path, name, self._entity_type, kind, self._violations)
             return None
-        if kind in _LIST_KINDS:
+        if codec.holds_list(kind):
             items = len(getattr(value, kind).values)
             self._spent += items // _ITEMS_PER_VALUE
             if items > self._max_items:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -63,6 +63,11 @@ def _statements(table: str) -> dict[str, str]:
 
 
 _SQL = {_FEATURES: _statements(_FEATURES), _GROUPS: _statements(_GROUPS)}
+
+
+def _condition(expected: Meta | None) -> tuple[int | None, datetime | None]:
+    """A delete's condition ($2, $3): the revision and creation the caller read, or none."""
+    return (None, None) if expected is None else (expected.revision, expected.create_time)
 
 
 _translated = translated_postgres  # driver errors become ServiceErrors at the store's edge
@@ -312,8 +317,7 @@ class PostgresRegistryStore:
                 row = await conn.fetchrow(
                     _SQL[_FEATURES]["delete"],
                     name,
-                    None if expected is None else expected.revision,
-                    None if expected is None else expected.create_time,
+                    *_condition(expected),
                 )
             except (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError):
                 raise await self._feature_in_use(name) from None
@@ -415,8 +419,7 @@ class PostgresRegistryStore:
             row = await conn.fetchrow(
                 _SQL[_GROUPS]["delete"],
                 name,
-                None if expected is None else expected.revision,
-                None if expected is None else expected.create_time,
+                *_condition(expected),
             )
             if row is None:
                 raise await self._lost_race(conn, _GROUPS, "feature group", name)
